@@ -1,0 +1,47 @@
+# rebootcoord — developer entry points. `make demo` and `make test` are the README's two commands.
+PYTHON ?= python3
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+PY     := $(BIN)/python
+
+.PHONY: install demo test lint unit bench clean
+.DEFAULT_GOAL := help
+
+help:
+	@echo "make demo     run a simulated fleet (6 nodes, 2 slots) on an embedded etcd"
+	@echo "make test     lint, type-check and run the whole test suite (builds testbin/ first)"
+	@echo "make testbin  build the Kubernetes test control plane from Go modules"
+	@echo "make cluster NODES=6 / make cluster-down   a background test cluster"
+	@echo "make bench    run the benchmarks in benchmarks/ (JSON + plots in benchmarks/out/)"
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -c 'import sys; sys.exit("rebootcoord needs Python >= 3.11, found " + sys.version.split()[0]) if sys.version_info < (3, 11) else None'
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e '.[test,bench]'
+	touch $@
+
+install: $(VENV)/.installed
+
+demo: install
+	$(BIN)/rebootcoord simulate --nodes 6 --max 2 --reboot-seconds 2
+
+lint: install
+	$(BIN)/ruff check rebootcoord tests benchmarks
+	$(BIN)/ruff format --check rebootcoord tests benchmarks
+	$(BIN)/mypy
+	$(BIN)/lint-imports
+
+test: install testbin lint
+	$(BIN)/pytest -q
+
+unit: install
+	$(BIN)/pytest -q -m 'not etcd and not kube and not e2e'
+
+bench: install
+	$(PY) benchmarks/run_all.py
+
+clean:
+	rm -rf $(VENV) testbin .cluster sim-run benchmarks/out
+
+include hack/testbin.mk

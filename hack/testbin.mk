@@ -1,0 +1,4 @@
+# Placeholder until the test control plane lands (issue 3): nothing to build yet.
+.PHONY: testbin
+testbin:
+	@true
