@@ -1,0 +1,5 @@
+"""``python -m rebootcoord`` is ``rebootcoord``."""
+
+from rebootcoord.cli.main import entrypoint
+
+entrypoint()

@@ -1,0 +1,627 @@
+"""etcd v3 semaphore backend, compatible with airlock's key and value.
+
+Keys of one group (``<p>`` is ``etcd_key_prefix``, ``com.coreos.airlock`` by default)::
+
+    <p>/groups/<group>/v1/semaphore                      {"total_slots": N, "holders": [ids]}  (airlock's)
+    <p>/groups/<group>/v1/rebootcoord/holders/<id>       our holder record (phase, boot ID, ...)
+    <p>/groups/<group>/v1/rebootcoord/waiters/<id>       a place in the queue, on a lease
+    <p>/groups/<group>/v1/rebootcoord/paused             present while the group is paused
+
+Every write is one transaction guarded by the mod revision of what was read, so two writers can
+never both take the last slot; the slots and our record change together. A watch on the group's
+prefix keeps a cached view fresh: waiters learn of a freed slot within one watch round trip and
+only the first in line tries to take it.
+
+This module is the only one that imports ``etcd3`` and ``grpc``; their errors are translated here.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import random
+import threading
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any, TypeVar
+from urllib.parse import urlsplit
+
+import etcd3
+import etcd3.events
+import etcd3.exceptions as etcd_exc
+import grpc
+from tenacity import Retrying, retry_if_exception_type, stop_after_delay, wait_exponential_jitter
+
+from rebootcoord.core.semaphore import GroupView, HolderRecord, PauseInfo, SemaphoreState, Waiter
+from rebootcoord.core.types import Group, HolderId, NodeName
+from rebootcoord.errors import (
+    BackendUnavailable,
+    Conflict,
+    CorruptDocument,
+    NoFreeSlot,
+    NotHolder,
+    SlotLost,
+)
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+_TRANSIENT: tuple[type[BaseException], ...] = (
+    etcd_exc.ConnectionFailedError,
+    etcd_exc.ConnectionTimeoutError,
+    etcd_exc.InternalServerError,
+    etcd_exc.NoServerAvailableError,
+    etcd_exc.WatchTimedOut,
+    grpc.RpcError,
+    ValueError,  # etcd3 raises ValueError("Trying to use a failed node") between failovers
+)
+_WATCH_ERRORS: tuple[type[BaseException], ...] = (BackendUnavailable, *_TRANSIENT)
+_KEEPALIVE = [
+    ("grpc.keepalive_time_ms", 10_000),
+    ("grpc.keepalive_timeout_ms", 5_000),
+    ("grpc.keepalive_permit_without_calls", 1),
+    ("grpc.http2.max_pings_without_data", 0),
+]
+MAX_CAS_ATTEMPTS = 50
+NOTHING_TO_DO = -1
+
+
+@dataclass(frozen=True)
+class EtcdOptions:
+    endpoints: tuple[str, ...]
+    timeout: float = 5.0
+    ca_file: str | None = None
+    cert_file: str | None = None
+    key_file: str | None = None
+    username: str | None = None
+    password: str | None = None
+    retry_for: float = 30.0  # how long one operation retries transient errors before giving up
+
+
+class EtcdConnection:
+    """One etcd client, rebuilt when its auth token expires or its channel breaks."""
+
+    def __init__(self, options: EtcdOptions) -> None:
+        self.options = options
+        self._client: Any = None
+        self._lock = threading.Lock()
+
+    def client(self) -> Any:
+        with self._lock:
+            if self._client is None:
+                self._client = self._build()
+            return self._client
+
+    def reset(self) -> None:
+        with self._lock:
+            old, self._client = self._client, None
+        if old is not None:
+            try:
+                old.close()
+            except Exception:
+                log.debug("closing the etcd client failed", exc_info=True)
+
+    def _build(self) -> Any:
+        o = self.options
+        creds = None
+        if o.ca_file or o.cert_file or any(ep.startswith("https://") for ep in o.endpoints):
+            creds = grpc.ssl_channel_credentials(_read(o.ca_file), _read(o.key_file), _read(o.cert_file))
+        endpoints = []
+        for ep in o.endpoints:
+            parts = urlsplit(ep if "://" in ep else "http://" + ep)
+            endpoints.append(_endpoint(str(parts.hostname), int(parts.port or 2379), creds))
+        try:
+            return etcd3.MultiEndpointEtcd3Client(
+                endpoints=endpoints,
+                timeout=o.timeout,
+                user=o.username,
+                password=o.password,
+                failover=True,
+            )
+        except _TRANSIENT as exc:
+            raise BackendUnavailable(f"etcd at {', '.join(o.endpoints)}: {_describe(exc)}") from exc
+
+    @contextmanager
+    def translating(self) -> Iterator[None]:
+        """Translate etcd3/grpc errors into ours; drop the client when it may be the cause."""
+        try:
+            yield
+        except grpc.RpcError as exc:
+            code = exc.code() if hasattr(exc, "code") else None
+            self.reset()
+            if code in (grpc.StatusCode.PERMISSION_DENIED, grpc.StatusCode.INVALID_ARGUMENT):
+                raise BackendUnavailable(f"etcd refused the request: {_describe(exc)}") from exc
+            raise BackendUnavailable(f"etcd: {_describe(exc)}") from exc
+        except _TRANSIENT as exc:
+            self.reset()
+            raise BackendUnavailable(
+                f"etcd at {', '.join(self.options.endpoints)}: {_describe(exc)}"
+            ) from exc
+
+    def call(self, fn: Callable[[Any], T]) -> T:
+        """Run ``fn(client)`` with retries and backoff on transient errors (tenacity)."""
+        retrying = Retrying(
+            retry=retry_if_exception_type(BackendUnavailable),
+            wait=wait_exponential_jitter(initial=0.05, max=2.0),
+            stop=stop_after_delay(self.options.retry_for),
+            reraise=True,
+        )
+        for attempt in retrying:
+            with attempt, self.translating():
+                return fn(self.client())
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    def close(self) -> None:
+        self.reset()
+
+
+def _endpoint(host: str, port: int, creds: Any) -> Any:
+    # time_retry: python-etcd3 would otherwise shun a failed endpoint for 300 s after one error.
+    return etcd3.Endpoint(host, port, secure=creds is not None, creds=creds, time_retry=0.2, opts=_KEEPALIVE)
+
+
+def _read(path: str | None) -> bytes | None:
+    if path is None:
+        return None
+    with open(path, "rb") as fh:
+        return fh.read()
+
+
+def _describe(exc: BaseException) -> str:
+    if isinstance(exc, grpc.RpcError) and hasattr(exc, "code"):
+        details = exc.details() if hasattr(exc, "details") else ""
+        return f"{exc.code().name}: {details}"
+    return str(exc) or exc.__class__.__name__
+
+
+@dataclass
+class _Kv:
+    value: bytes
+    create_revision: int
+    mod_revision: int
+
+
+class EtcdSemaphore:
+    """The Semaphore port on etcd v3. Thread-safe; one instance per group."""
+
+    def __init__(self, conn: EtcdConnection, *, prefix: str, group: Group, waiter_ttl: float = 10.0) -> None:
+        self.conn = conn
+        self.group = group
+        self.base = f"{prefix.strip('/')}/groups/{group}/v1/"
+        self.slots_key = self.base + "semaphore"
+        self.records_prefix = self.base + "rebootcoord/holders/"
+        self.waiters_prefix = self.base + "rebootcoord/waiters/"
+        self.pause_key = self.base + "rebootcoord/paused"
+        self.waiter_ttl = max(2, round(waiter_ttl))
+        self._lease: Any = None
+        self._lease_lock = threading.Lock()
+        self._keepalive_stop = threading.Event()
+        self._keepalive: threading.Thread | None = None
+
+    # --------------------------------------------------------------------------------------
+    # reading
+
+    def _range(self) -> tuple[dict[str, _Kv], int]:
+        def fetch(client: Any) -> tuple[dict[str, _Kv], int]:
+            resp = client.get_prefix_response(self.base)
+            kvs = {kv.key.decode(): _Kv(kv.value, kv.create_revision, kv.mod_revision) for kv in resp.kvs}
+            return kvs, int(resp.header.revision)
+
+        return self.conn.call(fetch)
+
+    def read(self) -> GroupView:
+        kvs, revision = self._range()
+        return self._view(kvs, revision)
+
+    def _view(self, kvs: dict[str, _Kv], revision: int) -> GroupView:
+        corrupt: list[CorruptDocument] = []
+        slots = None
+        if self.slots_key in kvs:
+            try:
+                slots = SemaphoreState.decode(kvs[self.slots_key].value, key=self.slots_key)
+            except CorruptDocument as exc:
+                corrupt.append(exc)
+        records: dict[HolderId, HolderRecord] = {}
+        waiters: list[Waiter] = []
+        paused = None
+        for key, kv in kvs.items():
+            if key.startswith(self.records_prefix):
+                try:
+                    record = HolderRecord.decode(kv.value, key=key)
+                except CorruptDocument as exc:
+                    corrupt.append(exc)
+                    continue
+                if record.id != key[len(self.records_prefix) :]:
+                    corrupt.append(CorruptDocument(key, f"record id {record.id!r} does not match its key"))
+                    continue
+                records[record.id] = record
+            elif key.startswith(self.waiters_prefix):
+                waiter = _decode_waiter(kv, key[len(self.waiters_prefix) :])
+                if waiter is not None:
+                    waiters.append(waiter)
+            elif key == self.pause_key:
+                paused = _decode_pause(kv.value)
+        waiters.sort(key=lambda w: w.order)
+        return GroupView(
+            group=self.group,
+            slots=slots,
+            records=records,
+            waiters=tuple(waiters),
+            paused=paused,
+            corrupt=tuple(corrupt),
+            revision=revision,
+        )
+
+    def _slots(self, kvs: dict[str, _Kv]) -> tuple[SemaphoreState | None, int]:
+        kv = kvs.get(self.slots_key)
+        if kv is None:
+            return None, 0
+        return SemaphoreState.decode(kv.value, key=self.slots_key), kv.mod_revision
+
+    # --------------------------------------------------------------------------------------
+    # writing: read, apply, write-if-unchanged; retried on conflict
+
+    def _txn(self, compare: Callable[[Any], list[Any]], success: Callable[[Any], list[Any]]) -> int | None:
+        """Run a transaction; the revision it wrote at, or None when a comparison failed."""
+
+        def run(client: Any) -> int | None:
+            ok, responses = client.transaction(compare=compare(client), success=success(client), failure=[])
+            if not ok:
+                return None
+            for response in responses:
+                kind = response.WhichOneof("response")
+                return int(getattr(response, kind).header.revision)
+            return 0
+
+        return self.conn.call(run)
+
+    def _cas_loop(self, attempt: Callable[[], int | None]) -> int | None:
+        """Repeat read-apply-write until the write lands. ``attempt`` returns the revision written,
+        None when the write lost a race, or NOTHING_TO_DO when the state already is as wanted."""
+        for i in range(MAX_CAS_ATTEMPTS):
+            revision = attempt()
+            if revision == NOTHING_TO_DO:
+                return None
+            if revision is not None:
+                return revision
+            time.sleep(random.uniform(0, 0.002 * (i + 1)))  # noqa: S311 - jitter, not crypto
+        raise Conflict(f"gave up after {MAX_CAS_ATTEMPTS} conflicting writes on {self.slots_key}")
+
+    def ensure(self, max_holders: int) -> None:
+        initial = SemaphoreState(max_holders).encode()
+        self._txn(  # airlock's own initialisation: put only if the key does not exist
+            lambda c: [c.transactions.version(self.slots_key) == 0],
+            lambda c: [c.transactions.put(self.slots_key, initial)],
+        )
+
+    def acquire(self, record: HolderRecord) -> int | None:
+        kvs, revision = self._range()
+        view = self._view(kvs, revision)
+        if view.corrupt:
+            raise view.corrupt[0]
+        if view.holds(record.id):
+            return revision if view.record(record.id) == record else None
+        if not view.may_take(record.id):
+            return None
+        slots, mod = self._slots(kvs)
+        assert slots is not None
+        new = slots.acquire(record.id)
+        rkey = self.records_prefix + record.id
+        return self._txn(
+            lambda c: [
+                c.transactions.mod(self.slots_key) == mod,
+                c.transactions.version(self.pause_key) == 0,
+                c.transactions.version(rkey) == 0,
+            ],
+            lambda c: [
+                c.transactions.put(self.slots_key, new.encode()),
+                c.transactions.put(rkey, record.encode()),
+                c.transactions.delete(self.waiters_prefix + record.id),
+            ],
+        )
+
+    def update(self, record: HolderRecord) -> None:
+        rkey = self.records_prefix + record.id
+
+        def attempt() -> int | None:
+            kvs, _ = self._range()
+            slots, mod = self._slots(kvs)
+            current = kvs.get(rkey)
+            if current is None or slots is None or not slots.holds(record.id):
+                raise SlotLost(f"{record.id} no longer holds a slot in group {self.group}")
+            return self._txn(
+                lambda c: [
+                    c.transactions.mod(self.slots_key) == mod,
+                    c.transactions.create(rkey) == current.create_revision,
+                ],
+                lambda c: [c.transactions.put(rkey, record.encode())],
+            )
+
+        self._cas_loop(attempt)
+
+    def release(self, holder: HolderId) -> int | None:
+        return self._remove(holder, must_hold=False)[1]
+
+    def unlock(self, holder: HolderId) -> HolderRecord | None:
+        return self._remove(holder, must_hold=True)[0]
+
+    def _remove(self, holder: HolderId, *, must_hold: bool) -> tuple[HolderRecord | None, int | None]:
+        rkey = self.records_prefix + holder
+        removed: list[HolderRecord | None] = [None]
+
+        def attempt() -> int | None:
+            kvs, _ = self._range()
+            slots, mod = self._slots(kvs)
+            had_record = rkey in kvs
+            holds = slots is not None and slots.holds(holder)
+            if not holds and not had_record:
+                if must_hold:
+                    held = ", ".join(slots.holders) if slots and slots.holders else "none"
+                    raise NotHolder(f"{holder!r} holds no slot in group {self.group} (holders: {held})")
+                return NOTHING_TO_DO
+            removed[0] = _maybe_record(kvs.get(rkey), rkey)
+            ops: list[Callable[[Any], Any]] = [
+                lambda c: c.transactions.delete(rkey),
+                lambda c: c.transactions.delete(self.waiters_prefix + holder),
+            ]
+            if holds and slots is not None:
+                encoded = slots.release(holder).encode()
+                ops.append(lambda c: c.transactions.put(self.slots_key, encoded))
+            return self._txn(
+                lambda c: [c.transactions.mod(self.slots_key) == mod],
+                lambda c: [op(c) for op in ops],
+            )
+
+        revision = self._cas_loop(attempt)
+        self.leave_queue(holder)
+        return removed[0], revision
+
+    def drop_record(self, holder: HolderId) -> None:
+        rkey = self.records_prefix + holder
+
+        def attempt() -> int | None:
+            kvs, _ = self._range()
+            slots, mod = self._slots(kvs)
+            if rkey not in kvs:
+                return NOTHING_TO_DO
+            if slots is not None and slots.holds(holder):
+                raise Conflict(f"{holder} holds a slot again; its record stays")
+            return self._txn(
+                lambda c: [c.transactions.mod(self.slots_key) == mod],
+                lambda c: [c.transactions.delete(rkey)],
+            )
+
+        self._cas_loop(attempt)
+
+    def lock(self, holder: HolderId, record: HolderRecord) -> None:
+        rkey = self.records_prefix + holder
+
+        def attempt() -> int | None:
+            kvs, _ = self._range()
+            slots, mod = self._slots(kvs)
+            if slots is None:
+                raise NotHolder(f"group {self.group} has no semaphore yet (no agent started; use set-max)")
+            if slots.holds(holder):
+                raise NoFreeSlot(f"{holder!r} already holds a slot")
+            new = slots.acquire(holder)
+            return self._txn(
+                lambda c: [c.transactions.mod(self.slots_key) == mod],
+                lambda c: [
+                    c.transactions.put(self.slots_key, new.encode()),
+                    c.transactions.put(rkey, record.encode()),
+                ],
+            )
+
+        self._cas_loop(attempt)
+
+    def set_max(self, new_max: int) -> None:
+        def attempt() -> int | None:
+            kvs, _ = self._range()
+            slots, mod = self._slots(kvs)
+            if slots is None:
+                encoded = SemaphoreState(1).with_max(new_max).encode()
+                return self._txn(
+                    lambda c: [c.transactions.version(self.slots_key) == 0],
+                    lambda c: [c.transactions.put(self.slots_key, encoded)],
+                )
+            encoded = slots.with_max(new_max).encode()
+            return self._txn(
+                lambda c: [c.transactions.mod(self.slots_key) == mod],
+                lambda c: [c.transactions.put(self.slots_key, encoded)],
+            )
+
+        self._cas_loop(attempt)
+
+    def pause(self, info: PauseInfo) -> None:
+        doc = json.dumps({"by": info.by, "at": info.at, "reason": info.reason}).encode()
+        self.conn.call(lambda c: c.put(self.pause_key, doc))
+
+    def resume(self) -> None:
+        self.conn.call(lambda c: c.delete(self.pause_key))
+
+    # --------------------------------------------------------------------------------------
+    # the queue: waiter keys on a lease, so a dead agent's place goes away by itself
+
+    def join_queue(self, waiter: Waiter) -> None:
+        doc = json.dumps({"id": waiter.id, "node": waiter.node, "since": waiter.since}).encode()
+        key = self.waiters_prefix + waiter.id
+
+        def put(client: Any) -> None:
+            # put() on an existing key keeps its create revision: a restarted agent keeps its place.
+            client.put(key, doc, lease=self._ensure_lease(client))
+
+        self.conn.call(put)
+        self._start_keepalive()
+
+    def leave_queue(self, holder: HolderId) -> None:
+        self.conn.call(lambda c: c.delete(self.waiters_prefix + holder))
+        with self._lease_lock:
+            lease, self._lease = self._lease, None
+        if lease is not None:
+            try:
+                self.conn.call(lambda c: c.revoke_lease(lease.id))
+            except BackendUnavailable:
+                log.debug("revoking the waiter lease failed; it expires by itself")
+
+    def _ensure_lease(self, client: Any) -> Any:
+        with self._lease_lock:
+            if self._lease is None:
+                self._lease = client.lease(self.waiter_ttl)
+            return self._lease
+
+    def _start_keepalive(self) -> None:
+        if self._keepalive is not None and self._keepalive.is_alive():
+            return
+        self._keepalive_stop.clear()
+        self._keepalive = threading.Thread(
+            target=self._keepalive_loop, name="etcd-lease-keepalive", daemon=True
+        )
+        self._keepalive.start()
+
+    def _keepalive_loop(self) -> None:
+        while not self._keepalive_stop.wait(self.waiter_ttl / 3):
+            with self._lease_lock:
+                lease = self._lease
+            if lease is None:
+                continue
+            try:
+                responses = self.conn.call(_refresher(lease.id))
+                if responses and responses[0].TTL <= 0:
+                    log.info("waiter lease expired; the queue place will be taken again")
+                    with self._lease_lock:
+                        if self._lease is lease:
+                            self._lease = None
+            except BackendUnavailable as exc:
+                log.warning("cannot refresh the waiter lease: %s", exc)
+
+    # --------------------------------------------------------------------------------------
+    # watching
+
+    def watch(self, on_change: Callable[[GroupView | None], None]) -> Callable[[], None]:
+        watcher = _GroupWatch(self, on_change)
+        watcher.start()
+        return watcher.stop
+
+    def close(self) -> None:
+        self._keepalive_stop.set()
+        self.conn.close()
+
+
+class _GroupWatch:
+    """Keeps a cached copy of the group's keys from one range read plus a watch from its revision.
+
+    The etcd3 watcher calls back on its own thread; a broken stream or a compacted revision makes
+    this thread read again and watch anew, with backoff. Views are published in revision order.
+    """
+
+    def __init__(self, sem: EtcdSemaphore, on_change: Callable[[GroupView | None], None]) -> None:
+        self.sem = sem
+        self.on_change = on_change
+        self._stop = threading.Event()
+        self._broken = threading.Event()
+        self._lock = threading.Lock()
+        self._kvs: dict[str, _Kv] = {}
+        self._revision = 0
+        self._watch_id: Any = None
+        self._thread = threading.Thread(target=self._run, name=f"etcd-watch-{sem.group}", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._broken.set()
+        self._cancel()
+
+    def _run(self) -> None:
+        delay = 0.1
+        while not self._stop.is_set():
+            self._broken.clear()
+            try:
+                self._sync()
+                delay = 0.1
+            except _WATCH_ERRORS as exc:
+                log.warning("etcd watch of group %s interrupted: %s", self.sem.group, exc)
+                self.on_change(None)
+                self._stop.wait(delay)
+                delay = min(delay * 2, 5.0)
+                continue
+            self._broken.wait()
+            self._cancel()
+            if not self._stop.is_set():
+                self._stop.wait(0.05)
+
+    def _sync(self) -> None:
+        kvs, revision = self.sem._range()
+        with self._lock:
+            self._kvs = kvs
+            self._revision = revision
+        self._publish()
+        with self.sem.conn.translating():
+            self._watch_id = self.sem.conn.client().add_watch_prefix_callback(
+                self.sem.base, self._on_event, start_revision=revision + 1
+            )
+
+    def _cancel(self) -> None:
+        watch_id, self._watch_id = self._watch_id, None
+        if watch_id is not None:
+            try:
+                self.sem.conn.client().cancel_watch(watch_id)
+            except Exception:
+                log.debug("cancelling the etcd watch failed", exc_info=True)
+
+    def _on_event(self, response: Any) -> None:
+        if isinstance(response, BaseException):
+            self._broken.set()
+            return
+        with self._lock:
+            for event in response.events:
+                key = event.key.decode()
+                if isinstance(event, etcd3.events.DeleteEvent):
+                    self._kvs.pop(key, None)
+                else:
+                    self._kvs[key] = _Kv(event.value, event.create_revision, event.mod_revision)
+            self._revision = max(self._revision, int(response.header.revision))
+        self._publish()
+
+    def _publish(self) -> None:
+        with self._lock:
+            view = self.sem._view(dict(self._kvs), self._revision)
+        self.on_change(view)
+
+
+def _refresher(lease_id: int) -> Callable[[Any], list[Any]]:
+    return lambda client: list(client.refresh_lease(lease_id))
+
+
+def _decode_waiter(kv: _Kv, holder: str) -> Waiter | None:
+    try:
+        doc = json.loads(kv.value)
+        return Waiter(
+            HolderId(holder),
+            NodeName(str(doc.get("node", holder))),
+            float(doc.get("since", 0)),
+            kv.create_revision,
+        )
+    except (ValueError, TypeError, AttributeError):
+        # A waiter key is only a place in line; a bad one still holds its place.
+        return Waiter(HolderId(holder), NodeName(holder), 0.0, kv.create_revision)
+
+
+def _decode_pause(raw: bytes) -> PauseInfo:
+    try:
+        doc = json.loads(raw)
+        return PauseInfo(str(doc.get("by", "?")), float(doc.get("at", 0)), str(doc.get("reason", "")))
+    except (ValueError, TypeError, AttributeError):
+        return PauseInfo("?", 0.0, "unreadable pause marker (still paused)")
+
+
+def _maybe_record(kv: _Kv | None, key: str) -> HolderRecord | None:
+    if kv is None:
+        return None
+    try:
+        return HolderRecord.decode(kv.value, key=key)
+    except CorruptDocument:
+        return None

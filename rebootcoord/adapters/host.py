@@ -1,0 +1,70 @@
+"""The host seen from the agent: its file system root, its boot ID, how to run its commands.
+
+A DaemonSet pod mounts the host at ``host_root`` and runs host commands through nsenter into
+PID 1's namespaces; a systemd unit uses ``/`` and runs them directly; a simulated host is a
+directory with a boot ID file. The agent cannot tell these apart, on purpose.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+from dataclasses import dataclass
+from datetime import timedelta
+
+from rebootcoord.errors import DetectorError
+
+
+@dataclass(frozen=True)
+class CommandResult:
+    argv: tuple[str, ...]
+    returncode: int
+    stdout: str
+    stderr: str
+
+
+class CommandFailed(Exception):
+    """The command could not run to completion: missing binary, timeout, permission."""
+
+
+@dataclass(frozen=True)
+class Host:
+    root: str = "/"
+    boot_id_file: str = "/proc/sys/kernel/random/boot_id"
+    exec_prefix: tuple[str, ...] = ()  # e.g. nsenter --target 1 --mount ... --
+
+    def path(self, host_path: str) -> str:
+        """A host path as seen from here (under ``root``)."""
+        return os.path.join(self.root, host_path.lstrip("/"))
+
+    def boot_id(self) -> str:
+        try:
+            with open(self.boot_id_file, encoding="ascii") as fh:
+                value = fh.read().strip()
+        except OSError as exc:
+            raise DetectorError(f"cannot read the boot ID from {self.boot_id_file}: {exc}") from exc
+        if not value:
+            raise DetectorError(f"the boot ID file {self.boot_id_file} is empty")
+        return value
+
+    def run(self, argv: tuple[str, ...], timeout: timedelta) -> CommandResult:
+        """Run a host command (argv, never a shell). Raises CommandFailed if it cannot complete."""
+        full = (*self.exec_prefix, *argv)
+        try:
+            proc = subprocess.run(
+                full,
+                capture_output=True,
+                text=True,
+                timeout=timeout.total_seconds(),
+                check=False,
+                stdin=subprocess.DEVNULL,
+            )
+        except FileNotFoundError as exc:
+            raise CommandFailed(f"{full[0]}: not found") from exc
+        except PermissionError as exc:
+            raise CommandFailed(f"{full[0]}: permission denied") from exc
+        except subprocess.TimeoutExpired as exc:
+            raise CommandFailed(f"{' '.join(full)}: timed out after {timeout.total_seconds():g}s") from exc
+        except OSError as exc:
+            raise CommandFailed(f"{full[0]}: {exc}") from exc
+        return CommandResult(full, proc.returncode, proc.stdout, proc.stderr)

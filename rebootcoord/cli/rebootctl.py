@@ -1,0 +1,267 @@
+"""``rebootctl``: operators' view of and hand on the semaphore, like ``locksmithctl``.
+
+Exit codes: 0 done; 1 refused (unknown holder, no free slot, bad max); 2 usage or configuration
+error; 3 backend unreachable; 4 a corrupted semaphore document (status still shows the rest).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from collections.abc import Sequence
+from typing import Any
+
+import yaml
+
+from rebootcoord.cli.common import (
+    EXIT_CORRUPT,
+    EXIT_FAILED,
+    EXIT_OK,
+    EXIT_UNAVAILABLE,
+    EXIT_USAGE,
+    add_config_flags,
+    print_config_error,
+    settings_from_args,
+)
+from rebootcoord.cli.wiring import build_semaphore
+from rebootcoord.core.config import KEYS, Settings
+from rebootcoord.core.semaphore import MANUAL, GroupView, HolderRecord, PauseInfo
+from rebootcoord.core.types import HOLDER_ID_RE, HolderId, NodeName, Phase
+from rebootcoord.errors import (
+    BackendUnavailable,
+    ConfigError,
+    CorruptDocument,
+    SemaphoreError,
+    UsageError,
+)
+
+CTL_KEYS = {k: v for k, v in KEYS.items() if k in {"group", "backend", "node_name"} or k.startswith("etcd_")}
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> None:  # type: ignore[override]
+        self.print_usage(sys.stderr)
+        self.exit(EXIT_USAGE, f"{self.prog}: error: {message}\n")
+
+
+def parser() -> argparse.ArgumentParser:
+    p = _Parser(
+        prog="rebootctl",
+        description="Inspect and steer rebootcoord's reboot semaphore.",
+        epilog="exit codes: 0 done, 1 refused, 2 usage/config error, 3 backend unreachable, "
+        "4 corrupted document",
+    )
+    add_config_flags(p, CTL_KEYS)
+    p.add_argument("-o", "--output", choices=["table", "json", "yaml"], default="table")
+    sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
+    sub.add_parser("status", help="show max, holders (node, phase, age), waiters and pause state")
+    lock = sub.add_parser("lock", help="take a slot by hand (default id: this node)")
+    lock.add_argument("id", nargs="?")
+    lock.add_argument("--reason", default="locked by hand with rebootctl")
+    unlock = sub.add_parser("unlock", help="release a holder's slot (refuses unknown holders)")
+    unlock.add_argument("id")
+    set_max = sub.add_parser("set-max", help="change the number of slots")
+    set_max.add_argument("max", type=int)
+    pause = sub.add_parser("pause", help="agents take no new slots until resume")
+    pause.add_argument("--reason", default="")
+    sub.add_parser("resume", help="let agents take slots again")
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    try:
+        settings = settings_from_args(args)
+    except ConfigError as exc:
+        return print_config_error("rebootctl", exc)
+    try:
+        sem = build_semaphore(settings)
+    except UsageError as exc:
+        print(f"rebootctl: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    try:
+        return _run(args, settings, sem)
+    except BackendUnavailable as exc:
+        print(f"rebootctl: cannot reach the backend: {exc}", file=sys.stderr)
+        return EXIT_UNAVAILABLE
+    except CorruptDocument as exc:
+        print(f"rebootctl: {exc}", file=sys.stderr)
+        return EXIT_CORRUPT
+    except SemaphoreError as exc:
+        print(f"rebootctl: {exc}", file=sys.stderr)
+        return EXIT_FAILED
+    except UsageError as exc:
+        print(f"rebootctl: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    finally:
+        sem.close()
+
+
+def _run(args: argparse.Namespace, settings: Settings, sem: Any) -> int:
+    who = f"rebootctl@{settings.node_name}"
+    match args.command:
+        case "status":
+            view = sem.read()
+            _print_status(view, args.output)
+            return EXIT_CORRUPT if view.corrupt else EXIT_OK
+        case "lock":
+            holder = args.id or settings.holder
+            if not HOLDER_ID_RE.match(holder):
+                raise UsageError(f"id {holder!r}: expected letters, digits, '.', '_', ':' and '-'")
+            now = time.time()
+            record = HolderRecord(
+                id=HolderId(holder),
+                node=NodeName(args.id or settings.node_name),
+                group=settings.group,
+                phase=Phase.LOCKED,
+                boot_id="",
+                acquired_at=now,
+                phase_since=now,
+                kind=MANUAL,
+                reason=args.reason,
+                note=f"locked by {who}",
+            )
+            sem.lock(HolderId(holder), record)
+            print(f"locked: {holder} holds a slot of group {settings.group}")
+        case "unlock":
+            record = sem.unlock(HolderId(args.id))
+            was = f" (it was {record.phase} on {record.node})" if record else ""
+            print(f"unlocked: {args.id} released its slot of group {settings.group}{was}")
+            if record and record.phase in (Phase.REBOOTING, Phase.VERIFYING):
+                print(
+                    "warning: that node may be rebooting or just rebooted; check it",
+                    file=sys.stderr,
+                )
+        case "set-max":
+            sem.set_max(args.max)
+            print(f"group {settings.group}: max set to {args.max}")
+        case "pause":
+            sem.pause(PauseInfo(by=who, at=time.time(), reason=args.reason))
+            print(f"group {settings.group} paused: agents take no new slots (holders finish their cycle)")
+        case "resume":
+            sem.resume()
+            print(f"group {settings.group} resumed")
+    return EXIT_OK
+
+
+def status_doc(view: GroupView, now: float | None = None) -> dict[str, Any]:
+    now = time.time() if now is None else now
+    holders: list[dict[str, Any]] = []
+    for holder in view.slots.holders if view.slots else ():
+        record = view.record(holder)
+        if record is None:
+            holders.append(
+                {"id": holder, "node": None, "phase": None, "kind": "external", "age_seconds": None}
+            )
+            continue
+        holders.append(
+            {
+                "id": holder,
+                "node": record.node,
+                "phase": record.phase.value,
+                "kind": record.kind,
+                "age_seconds": round(now - record.acquired_at, 1),
+                "phase_age_seconds": round(now - record.phase_since, 1),
+                "boot_id": record.boot_id,
+                "cordoned_by_us": record.cordoned,
+                "reason": record.reason,
+                "note": record.note,
+            }
+        )
+    orphans = sorted(set(view.records) - set(view.slots.holders if view.slots else ()))
+    return {
+        "group": view.group,
+        "max": view.slots.max if view.slots else None,
+        "held": len(view.slots.holders) if view.slots else 0,
+        "paused": None
+        if view.paused is None
+        else {"by": view.paused.by, "at": view.paused.at, "reason": view.paused.reason},
+        "holders": holders,
+        "waiters": [
+            {
+                "position": i + 1,
+                "id": w.id,
+                "node": w.node,
+                "waiting_seconds": round(now - w.since, 1) if w.since else None,
+            }
+            for i, w in enumerate(view.waiters)
+        ],
+        "orphaned_records": orphans,
+        "corrupt": [str(c) for c in view.corrupt],
+        "revision": view.revision,
+    }
+
+
+def _age(seconds: float | None) -> str:
+    if seconds is None:
+        return "-"
+    s = int(seconds)
+    if s < 120:
+        return f"{s}s"
+    if s < 7200:
+        return f"{s // 60}m"
+    if s < 172800:
+        return f"{s // 3600}h"
+    return f"{s // 86400}d"
+
+
+def _print_status(view: GroupView, output: str) -> None:
+    doc = status_doc(view)
+    if output == "json":
+        print(json.dumps(doc, indent=2))
+        return
+    if output == "yaml":
+        print(yaml.safe_dump(doc, sort_keys=False), end="")
+        return
+    rows = [["GROUP", "MAX", "HELD", "WAITING", "PAUSED"]]
+    paused = "no" if doc["paused"] is None else f"yes, by {doc['paused']['by']}"
+    rows.append(
+        [
+            doc["group"],
+            str(doc["max"] if doc["max"] is not None else "-"),
+            str(doc["held"]),
+            str(len(doc["waiters"])),
+            paused,
+        ]
+    )
+    print(_table(rows))
+    if doc["holders"]:
+        print()
+        hrows = [["HOLDER", "NODE", "PHASE", "AGE", "IN PHASE", "NOTE"]]
+        for h in doc["holders"]:
+            phase = h["phase"] or "(airlock/external)"
+            if h["kind"] == MANUAL:
+                phase = "(manual lock)"
+            hrows.append(
+                [
+                    h["id"],
+                    h["node"] or "-",
+                    phase,
+                    _age(h["age_seconds"]),
+                    _age(h.get("phase_age_seconds")),
+                    h.get("note") or "",
+                ]
+            )
+        print(_table(hrows))
+    if doc["waiters"]:
+        print()
+        wrows = [["#", "WAITER", "NODE", "WAITING"]]
+        wrows += [
+            [str(w["position"]), w["id"], w["node"], _age(w["waiting_seconds"])] for w in doc["waiters"]
+        ]
+        print(_table(wrows))
+    for problem in doc["corrupt"]:
+        print(f"\nCORRUPT: {problem}")
+    for orphan in doc["orphaned_records"]:
+        print(f"\nnote: record of {orphan} has no slot (it will be dropped by its agent)")
+
+
+def _table(rows: list[list[str]]) -> str:
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    return "\n".join("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in rows)
+
+
+def entrypoint() -> None:
+    sys.exit(main())

@@ -1,0 +1,241 @@
+"""The reboot cycle as a pure decision: ``decide(snapshot) -> Step``.
+
+The daemon gathers a ``Snapshot`` (detector answer, boot ID, the group as the backend last showed
+it, the window, gates, the time), asks ``decide`` for one step, carries it out, and asks again.
+Every step is safe to repeat after a crash: what must survive lives in the holder record.
+
+This module never performs I/O and never reads the clock: ``now`` is in the snapshot.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import timedelta
+
+from rebootcoord.core.semaphore import MANUAL, GroupView, HolderRecord
+from rebootcoord.core.types import Group, HolderId, NodeName, PendingReboot, Phase
+from rebootcoord.core.windows import WindowStatus
+
+
+@dataclass(frozen=True)
+class Timing:
+    reboot_timeout: timedelta
+    verify_interval: timedelta
+    release_delay: timedelta
+    retry_after: timedelta = timedelta(seconds=5)
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    now: float  # unix seconds
+    holder: HolderId
+    node: NodeName
+    group: Group
+    boot_id: str
+    pending: PendingReboot | None
+    detector_errors: tuple[str, ...]
+    window: WindowStatus
+    view: GroupView | None  # None: the backend could not be read
+    blockers: tuple[str, ...] = ()  # pre-acquire gates that say "not now"
+    reboot_issued_at: float | None = None  # by this process, in this boot
+    last_verify_at: float | None = None  # by this process
+    timing: Timing = Timing(timedelta(minutes=10), timedelta(seconds=30), timedelta(0))
+
+
+# ---------------------------------------------------------------------------------------------
+# Steps
+
+
+@dataclass(frozen=True)
+class Rest:
+    """Nothing to do now. Report ``phase`` (None: unknown, keep the last) and wait for a change,
+    or until ``wake_at``."""
+
+    phase: Phase | None
+    reason: str
+    wake_at: float | None = None
+
+
+@dataclass(frozen=True)
+class JoinQueue:
+    """Take a place in the queue for a slot."""
+
+
+@dataclass(frozen=True)
+class LeaveQueue:
+    reason: str
+
+
+@dataclass(frozen=True)
+class Acquire:
+    record: HolderRecord
+
+
+@dataclass(frozen=True)
+class Persist:
+    """Write the holder record (a phase change) before doing what the new phase does."""
+
+    record: HolderRecord
+    reason: str
+
+
+@dataclass(frozen=True)
+class Drain:
+    record: HolderRecord
+
+
+@dataclass(frozen=True)
+class Reboot:
+    record: HolderRecord
+    retry: bool = False
+
+
+@dataclass(frozen=True)
+class Verify:
+    record: HolderRecord
+
+
+@dataclass(frozen=True)
+class Release:
+    record: HolderRecord
+
+
+@dataclass(frozen=True)
+class Abandon:
+    """Our record outlived our slot (someone released it): undo our cordon, drop the record."""
+
+    record: HolderRecord
+    reason: str
+
+
+Step = Rest | JoinQueue | LeaveQueue | Acquire | Persist | Drain | Reboot | Verify | Release | Abandon
+
+
+def step_phase(step: Step) -> Phase | None:
+    """The phase a step puts the node in, for reporting; None when it depends on the outcome."""
+    match step:
+        case Rest(phase=phase):
+            return phase
+        case JoinQueue() | Acquire():
+            return Phase.WAITING
+        case Persist(record=record):
+            return record.phase
+        case Drain():
+            return Phase.DRAINING
+        case Reboot():
+            return Phase.REBOOTING
+        case Verify():
+            return Phase.VERIFYING
+        case Release() | Abandon():
+            return Phase.RELEASING
+    return None
+
+
+def decide(s: Snapshot) -> Step:
+    if s.view is None:
+        return Rest(None, "backend unavailable", _later(s))
+    view = s.view
+    record = view.record(s.holder)
+    holds = view.holds(s.holder)
+
+    if record is not None and record.kind == MANUAL:
+        return Rest(Phase.PENDING if s.pending else Phase.IDLE, "our id is held by an operator lock")
+    if holds and record is None:
+        # airlock, etcdctl or `rebootctl lock` without a record: not ours to use or to release.
+        return Rest(Phase.PENDING if s.pending else Phase.IDLE, "our id holds a slot we did not take")
+    if record is not None and not holds:
+        if view.corrupt:
+            return Rest(record.phase, "semaphore document is corrupted; waiting for an operator", _later(s))
+        return Abandon(record, "our slot was released by someone else")
+    if record is not None:
+        return _holding(s, record)
+    return _not_holding(s, view)
+
+
+def _holding(s: Snapshot, record: HolderRecord) -> Step:
+    rebooted = record.boot_id != s.boot_id
+    if rebooted and record.phase in (Phase.LOCKED, Phase.DRAINING, Phase.REBOOTING):
+        return Persist(record.moved(Phase.VERIFYING, s.now, note=""), "boot ID changed: the node rebooted")
+    match record.phase:
+        case Phase.LOCKED:
+            return Persist(record.moved(Phase.DRAINING, s.now), "slot held")
+        case Phase.DRAINING:
+            return Drain(record)
+        case Phase.REBOOTING:
+            if s.reboot_issued_at is None:
+                # First attempt, or a restart after a crash in this phase: the boot ID has not
+                # changed, so no reboot happened yet and asking again cannot reboot twice.
+                return Reboot(record)
+            deadline = s.reboot_issued_at + s.timing.reboot_timeout.total_seconds()
+            if s.now >= deadline:
+                return Reboot(record, retry=True)
+            return Rest(Phase.REBOOTING, "waiting for the reboot", deadline)
+        case Phase.VERIFYING:
+            if record.healthy_at is None:
+                if s.last_verify_at is not None:
+                    next_try = s.last_verify_at + s.timing.verify_interval.total_seconds()
+                    if s.now < next_try:
+                        return Rest(Phase.VERIFYING, record.note or "post-reboot checks failing", next_try)
+                return Verify(record)
+            release_at = record.healthy_at + s.timing.release_delay.total_seconds()
+            if s.now < release_at:
+                return Rest(Phase.VERIFYING, "healthy; release delay", release_at)
+            return Persist(record.moved(Phase.RELEASING, s.now), "healthy after reboot")
+        case Phase.RELEASING:
+            return Release(record)
+    raise AssertionError(f"record in phase {record.phase}")  # decode() refuses these
+
+
+def _not_holding(s: Snapshot, view: GroupView) -> Step:
+    in_queue = view.queue_position(s.holder) is not None
+    if s.pending is None:
+        if in_queue:
+            return LeaveQueue("no reboot pending")
+        reason = (
+            "detector error: " + "; ".join(s.detector_errors) if s.detector_errors else "no reboot pending"
+        )
+        return Rest(Phase.IDLE, reason)
+    if view.corrupt:
+        reason = "semaphore document is corrupted: " + "; ".join(str(c) for c in view.corrupt)
+        return Rest(Phase.PENDING, reason, _later(s))
+    if view.slots is None:
+        return Rest(Phase.PENDING, "the group's semaphore does not exist yet", _later(s))
+    blocked = _blocked(s)
+    if blocked is not None:
+        reason, wake_at = blocked
+        return LeaveQueue(reason) if in_queue else Rest(Phase.PENDING, reason, wake_at)
+    if not in_queue:
+        return JoinQueue()
+    if view.may_take(s.holder):
+        return Acquire(
+            HolderRecord(
+                id=s.holder,
+                node=s.node,
+                group=s.group,
+                phase=Phase.LOCKED,
+                boot_id=s.boot_id,
+                acquired_at=s.now,
+                phase_since=s.now,
+                reason=s.pending.reason,
+                update_key=s.pending.key,
+            )
+        )
+    if view.paused is not None:
+        return Rest(Phase.WAITING, f"group paused by {view.paused.by}")
+    position = view.queue_position(s.holder)
+    assert position is not None
+    return Rest(Phase.WAITING, f"queue position {position + 1}, {view.slots.free} free slot(s)")
+
+
+def _blocked(s: Snapshot) -> tuple[str, float | None] | None:
+    if not s.window.open:
+        next_open = s.window.next_open.timestamp() if s.window.next_open else None
+        when = s.window.next_open.isoformat() if s.window.next_open else "never"
+        return f"outside the maintenance window (next opens {when})", next_open
+    if s.blockers:
+        return "blocked: " + "; ".join(s.blockers), _later(s)
+    return None
+
+
+def _later(s: Snapshot) -> float:
+    return s.now + s.timing.retry_after.total_seconds()

@@ -1,0 +1,223 @@
+"""The semaphore as plain values: no I/O. Backends read, apply one of these, write-if-unchanged.
+
+Two documents per group:
+
+- the *slots*: ``{"total_slots": N, "holders": [sorted ids]}``, byte-compatible with airlock's
+  etcd v3 semaphore, so Zincati nodes behind airlock share the budget;
+- one *holder record* per holder that is one of our agents: node, phase, boot ID at acquisition,
+  whether we cordoned. Airlock's holders simply have none.
+
+A document that is not well formed raises ``CorruptDocument``; nothing here guesses a repair.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from rebootcoord.core.types import Group, HolderId, NodeName, Phase
+from rebootcoord.errors import CorruptDocument, InvalidMax, NoFreeSlot, NotHolder
+
+MANUAL = "manual"  # kind of a record written by `rebootctl lock`
+AGENT = "agent"
+
+
+@dataclass(frozen=True)
+class SemaphoreState:
+    """A counting semaphore: at most ``max`` holders. Asking again as a holder changes nothing."""
+
+    max: int
+    holders: tuple[HolderId, ...] = ()
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "holders", tuple(sorted(self.holders)))
+
+    @property
+    def free(self) -> int:
+        return max(0, self.max - len(self.holders))
+
+    def holds(self, holder: HolderId) -> bool:
+        return holder in self.holders
+
+    def acquire(self, holder: HolderId) -> SemaphoreState:
+        if holder in self.holders:
+            return self
+        if len(self.holders) >= self.max:
+            raise NoFreeSlot(f"all {self.max} slots are held by {', '.join(self.holders)}")
+        return SemaphoreState(self.max, (*self.holders, holder))
+
+    def release(self, holder: HolderId) -> SemaphoreState:
+        if holder not in self.holders:
+            raise NotHolder(f"{holder!r} holds no slot (holders: {', '.join(self.holders) or 'none'})")
+        return SemaphoreState(self.max, tuple(h for h in self.holders if h != holder))
+
+    def with_max(self, new_max: int) -> SemaphoreState:
+        if new_max < 1:
+            raise InvalidMax(f"max must be at least 1, got {new_max}")
+        if new_max < len(self.holders):
+            raise InvalidMax(
+                f"max {new_max} is below the {len(self.holders)} current holders "
+                f"({', '.join(self.holders)}); wait for them to release or unlock them first"
+            )
+        return SemaphoreState(new_max, self.holders)
+
+    def encode(self) -> bytes:
+        """airlock's format exactly: sorted holders, no other field (airlock rewrites what it reads)."""
+        return json.dumps({"total_slots": self.max, "holders": list(self.holders)}).encode()
+
+    @classmethod
+    def decode(cls, raw: bytes, *, key: str) -> SemaphoreState:
+        try:
+            doc = json.loads(raw)
+        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+            raise CorruptDocument(key, f"not valid JSON ({exc})") from None
+        if not isinstance(doc, dict):
+            raise CorruptDocument(key, f"expected a JSON object, got {type(doc).__name__}")
+        total = doc.get("total_slots")
+        holders = doc.get("holders")
+        if holders is None:
+            holders = []  # Go marshals an empty slice created as nil as null
+        if isinstance(total, bool) or not isinstance(total, int):
+            raise CorruptDocument(key, f"total_slots must be an integer, got {total!r}")
+        if total < 1:
+            raise CorruptDocument(key, f"total_slots must be at least 1, got {total}")
+        if not isinstance(holders, list) or not all(isinstance(h, str) and h for h in holders):
+            raise CorruptDocument(key, f"holders must be a list of non-empty strings, got {holders!r}")
+        if len(set(holders)) != len(holders):
+            raise CorruptDocument(key, f"holders lists an id twice: {holders!r}")
+        if len(holders) > total:
+            raise CorruptDocument(key, f"{len(holders)} holders exceed total_slots {total}: {holders!r}")
+        return cls(total, tuple(HolderId(h) for h in holders))
+
+
+@dataclass(frozen=True)
+class HolderRecord:
+    """What one of our holders is doing. Persisted beside the slots; survives crashes and reboots."""
+
+    id: HolderId
+    node: NodeName
+    group: Group
+    phase: Phase
+    boot_id: str  # the boot ID when the slot was taken: a different one means we rebooted
+    acquired_at: float
+    phase_since: float
+    kind: str = AGENT
+    reason: str = ""
+    update_key: str = ""  # identifies the update that caused the reboot (PendingReboot.key)
+    cordoned: bool | None = None  # None: not decided yet; True: we cordoned (we must uncordon)
+    reboot_requested_at: float | None = None
+    healthy_at: float | None = None  # when the post-reboot checks first passed
+    note: str = ""  # last failure, for status
+
+    def encode(self) -> bytes:
+        doc = dataclasses.asdict(self)
+        doc["phase"] = self.phase.value
+        return json.dumps(doc, sort_keys=True).encode()
+
+    @classmethod
+    def decode(cls, raw: bytes, *, key: str) -> HolderRecord:
+        try:
+            doc = json.loads(raw)
+        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+            raise CorruptDocument(key, f"not valid JSON ({exc})") from None
+        if not isinstance(doc, dict):
+            raise CorruptDocument(key, f"expected a JSON object, got {type(doc).__name__}")
+        try:
+            phase = Phase(doc["phase"])
+            record = cls(
+                id=HolderId(_typed(doc, "id", str)),
+                node=NodeName(_typed(doc, "node", str)),
+                group=Group(_typed(doc, "group", str)),
+                phase=phase,
+                boot_id=_typed(doc, "boot_id", str),
+                acquired_at=float(_typed(doc, "acquired_at", (int, float))),
+                phase_since=float(_typed(doc, "phase_since", (int, float))),
+                kind=_typed(doc, "kind", str, AGENT),
+                reason=_typed(doc, "reason", str, ""),
+                update_key=_typed(doc, "update_key", str, ""),
+                cordoned=_typed(doc, "cordoned", (bool, type(None)), None),
+                reboot_requested_at=_opt_float(doc, "reboot_requested_at"),
+                healthy_at=_opt_float(doc, "healthy_at"),
+                note=_typed(doc, "note", str, ""),
+            )
+        except (KeyError, ValueError, TypeError) as exc:
+            raise CorruptDocument(key, f"holder record is malformed: {exc}") from None
+        if not record.phase.holds_slot:
+            raise CorruptDocument(key, f"holder record in phase {record.phase}, which holds no slot")
+        return record
+
+    def moved(self, phase: Phase, now: float, **changes: Any) -> HolderRecord:
+        return dataclasses.replace(self, phase=phase, phase_since=now, **changes)
+
+
+_MISSING = object()
+
+
+def _typed(doc: Mapping[str, Any], name: str, kind: Any, default: Any = _MISSING) -> Any:
+    if name not in doc:
+        if default is _MISSING:
+            raise KeyError(f"missing field {name!r}")
+        return default
+    value = doc[name]
+    if isinstance(value, bool) and kind in (int, float, (int, float)):
+        raise TypeError(f"field {name!r} must be a number, got {value!r}")
+    if not isinstance(value, kind):
+        raise TypeError(f"field {name!r} has the wrong type: {value!r}")
+    return value
+
+
+def _opt_float(doc: Mapping[str, Any], name: str) -> float | None:
+    value = _typed(doc, name, (int, float, type(None)), None)
+    return None if value is None else float(value)
+
+
+@dataclass(frozen=True)
+class Waiter:
+    """A place in the queue for a slot. ``order`` is the backend's creation order (etcd create rev)."""
+
+    id: HolderId
+    node: NodeName
+    since: float
+    order: int
+
+
+@dataclass(frozen=True)
+class PauseInfo:
+    by: str
+    at: float
+    reason: str = ""
+
+
+@dataclass(frozen=True)
+class GroupView:
+    """Everything the backend knows about one group, at one revision. A pure value."""
+
+    group: Group
+    slots: SemaphoreState | None  # None: the semaphore has not been created yet
+    records: Mapping[HolderId, HolderRecord] = field(default_factory=dict)
+    waiters: tuple[Waiter, ...] = ()  # in request order
+    paused: PauseInfo | None = None
+    corrupt: tuple[CorruptDocument, ...] = ()
+    revision: int = 0
+
+    def holds(self, holder: HolderId) -> bool:
+        return self.slots is not None and self.slots.holds(holder)
+
+    def record(self, holder: HolderId) -> HolderRecord | None:
+        return self.records.get(holder)
+
+    def queue_position(self, holder: HolderId) -> int | None:
+        for i, waiter in enumerate(self.waiters):
+            if waiter.id == holder:
+                return i
+        return None
+
+    def may_take(self, holder: HolderId) -> bool:
+        """Our turn: a free slot, not paused, and no earlier waiter that the free slots cannot cover."""
+        if self.slots is None or self.paused is not None or self.corrupt:
+            return False
+        position = self.queue_position(holder)
+        return position is not None and position < self.slots.free

@@ -1,0 +1,148 @@
+"""Prometheus metrics and /healthz, on a registry passed in (nothing global, nothing at import)."""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable, Iterable
+from socketserver import ThreadingMixIn
+from typing import Any
+from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, make_wsgi_app
+
+from rebootcoord.core.types import Phase
+
+log = logging.getLogger(__name__)
+
+PHASE_BUCKETS = (0.1, 0.5, 1, 5, 15, 60, 300, 900, 1800, 3600, 4 * 3600, 24 * 3600)
+
+
+class Metrics:
+    """Every metric the agent exports. Label values are bounded: phases, reasons, one node, groups."""
+
+    def __init__(self, registry: CollectorRegistry, *, node: str, group: str) -> None:
+        self.registry = registry
+        self.node = node
+        self.group = group
+        ns = "rebootcoord"
+        self.info = Gauge(
+            f"{ns}_info",
+            "Agent identity",
+            ["version", "node", "group", "backend"],
+            registry=registry,
+        )
+        self.reboot_required = Gauge(
+            f"{ns}_reboot_required",
+            "1 when a detector says this node needs a reboot",
+            ["node"],
+            registry=registry,
+        )
+        self.phase = Gauge(
+            f"{ns}_phase", "1 for the node's current phase", ["node", "phase"], registry=registry
+        )
+        self.slot_held = Gauge(
+            f"{ns}_slot_held",
+            "1 while this node holds a slot",
+            ["node", "group"],
+            registry=registry,
+        )
+        self.slots_max = Gauge(f"{ns}_slots_max", "Slots of the group", ["group"], registry=registry)
+        self.slots_held = Gauge(f"{ns}_slots_held", "Slots held in the group", ["group"], registry=registry)
+        self.waiters = Gauge(f"{ns}_waiters", "Agents queued for a slot", ["group"], registry=registry)
+        self.paused = Gauge(f"{ns}_group_paused", "1 while the group is paused", ["group"], registry=registry)
+        self.backend_up = Gauge(f"{ns}_backend_up", "1 when the semaphore backend answers", registry=registry)
+        self.reboots = Counter(
+            f"{ns}_reboots", "Reboots completed (boot ID changed while holding)", registry=registry
+        )
+        self.reboot_requests = Counter(
+            f"{ns}_reboot_requests", "Reboots asked of the host", registry=registry
+        )
+        self.failures = Counter(f"{ns}_failures", "Failures by reason", ["reason"], registry=registry)
+        self.health_failing = Gauge(
+            f"{ns}_health_gate_failing",
+            "1 while post-reboot checks fail (the slot stays held)",
+            registry=registry,
+        )
+        self.next_window = Gauge(
+            f"{ns}_next_window_open_timestamp_seconds",
+            "When the next maintenance window opens",
+            registry=registry,
+        )
+        self.phase_seconds = Histogram(
+            f"{ns}_phase_seconds",
+            "Seconds spent per phase",
+            ["phase"],
+            buckets=PHASE_BUCKETS,
+            registry=registry,
+        )
+        for phase in Phase:
+            self.phase.labels(node, phase.value).set(0)
+        self.slot_held.labels(node, group).set(0)
+        self.reboot_required.labels(node).set(0)
+        self.health_failing.set(0)
+
+    def set_phase(self, phase: Phase) -> None:
+        for p in Phase:
+            self.phase.labels(self.node, p.value).set(1 if p is phase else 0)
+        self.slot_held.labels(self.node, self.group).set(1 if phase.holds_slot else 0)
+
+    def fail(self, reason: str) -> None:
+        self.failures.labels(reason).inc()
+
+
+class _Server(ThreadingMixIn, WSGIServer):
+    daemon_threads = True
+
+
+class _QuietHandler(WSGIRequestHandler):
+    def log_message(self, format: str, *args: Any) -> None:
+        log.debug("metrics: " + format, *args)
+
+
+def serve(
+    address: str, registry: CollectorRegistry, healthy: Callable[[], tuple[bool, str]]
+) -> tuple[Callable[[], None], int]:
+    """Serve /metrics and /healthz on ``address`` in a thread. Returns (stop, bound port)."""
+    host, _, port = address.rpartition(":")
+    metrics_app = make_wsgi_app(registry)
+
+    def app(environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
+        path = environ.get("PATH_INFO", "/")
+        if path == "/healthz":
+            ok, detail = healthy()
+            start_response("200 OK" if ok else "503 Service Unavailable", [("Content-Type", "text/plain")])
+            return [(detail + "\n").encode()]
+        if path in ("/metrics", "/"):
+            result: Iterable[bytes] = metrics_app(environ, start_response)
+            return result
+        start_response("404 Not Found", [("Content-Type", "text/plain")])
+        return [b"not found\n"]
+
+    server = make_server(host or "0.0.0.0", int(port), app, server_class=_Server, handler_class=_QuietHandler)
+    thread = threading.Thread(target=server.serve_forever, name="metrics", daemon=True)
+    thread.start()
+
+    def stop() -> None:
+        server.shutdown()
+        server.server_close()
+
+    return stop, int(server.server_address[1])
+
+
+class Heartbeat:
+    """The main loop beats once per turn; /healthz fails when it stops beating."""
+
+    def __init__(self, max_age: float) -> None:
+        self.max_age = max_age
+        self._at = time.monotonic()
+
+    def beat(self) -> None:
+        self._at = time.monotonic()
+
+    def healthy(self) -> tuple[bool, str]:
+        age = time.monotonic() - self._at
+        if age > self.max_age:
+            return False, f"main loop stalled for {age:.0f}s"
+        return True, "ok"

@@ -1,0 +1,114 @@
+"""The exception tree of rebootcoord.
+
+Adapters translate third-party errors at their edge (``raise BackendUnavailable(...) from exc``);
+only the composition roots in ``rebootcoord.cli`` turn exceptions into exit codes.
+
+::
+
+    RebootcoordError
+    ├── ConfigError                 invalid configuration (exit code 2); lists every problem
+    ├── UsageError                  a command line that cannot be carried out (exit code 2)
+    ├── CorruptDocument             a semaphore document that is not what it must be; never repaired
+    ├── SemaphoreError              a refused semaphore operation (permanent, not retried)
+    │   ├── NoFreeSlot              every slot is held
+    │   ├── NotHolder               the id holds no slot (unlock of an unknown holder)
+    │   ├── InvalidMax              a max that is < 1 or below the current number of holders
+    │   └── SlotLost                our holder record vanished (an operator unlocked us)
+    ├── Conflict                    a compare-and-swap lost a race (retryable: read again)
+    ├── BackendUnavailable          the backend cannot be reached (retryable, with backoff)
+    ├── DetectorError               a detector could not answer; never causes a reboot
+    ├── RebootError                 the reboot method failed
+    └── NodeOperationError          cordon, drain or uncordon failed (Kubernetes mode)
+        └── DrainTimeout            the drain did not finish in time
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+class RebootcoordError(Exception):
+    """Base of every error rebootcoord raises on purpose."""
+
+
+@dataclass(frozen=True)
+class Problem:
+    """One thing wrong with the configuration: which key, what value, what was expected."""
+
+    key: str
+    value: object
+    expected: str
+    source: str = ""
+
+    def __str__(self) -> str:
+        where = f" (from {self.source})" if self.source else ""
+        return f"{self.key}{where}: got {self.value!r}, expected {self.expected}"
+
+
+class ConfigError(RebootcoordError):
+    """The configuration is invalid. Carries every problem found, not only the first."""
+
+    def __init__(self, problems: list[Problem]) -> None:
+        self.problems = list(problems)
+        lines = "\n".join(f"  - {p}" for p in self.problems)
+        super().__init__(f"invalid configuration:\n{lines}")
+
+
+class UsageError(RebootcoordError):
+    """A command line that cannot be carried out as written."""
+
+
+class CorruptDocument(RebootcoordError):
+    """A stored document is not what rebootcoord or airlock would have written.
+
+    It is reported and left alone: guessing a repair could hand out a slot twice.
+    """
+
+    def __init__(self, key: str, reason: str) -> None:
+        self.key = key
+        self.reason = reason
+        super().__init__(f"corrupted document at {key}: {reason}")
+
+
+class SemaphoreError(RebootcoordError):
+    """A semaphore operation that was refused for a reason a retry will not change."""
+
+
+class NoFreeSlot(SemaphoreError):
+    """Every slot of the group is held."""
+
+
+class NotHolder(SemaphoreError):
+    """The id does not hold a slot."""
+
+
+class InvalidMax(SemaphoreError):
+    """A max below 1, or below the number of current holders."""
+
+
+class SlotLost(SemaphoreError):
+    """Our holder record is gone: someone released our slot while we held it."""
+
+
+class Conflict(RebootcoordError):
+    """A compare-and-swap write lost a race; read the document again and retry."""
+
+
+class BackendUnavailable(RebootcoordError):
+    """The semaphore backend could not be reached or timed out (retryable)."""
+
+
+class DetectorError(RebootcoordError):
+    """A detector could not tell whether a reboot is pending. Never a reason to reboot."""
+
+
+class RebootError(RebootcoordError):
+    """The reboot method failed to start a reboot."""
+
+
+class NodeOperationError(RebootcoordError):
+    """Cordon, drain or uncordon failed."""
+
+
+class DrainTimeout(NodeOperationError):
+    """The drain did not finish within its timeout."""

@@ -1,0 +1,105 @@
+"""The ports: small interfaces between the daemon and its adapters.
+
+Each adapter lives in ``rebootcoord.adapters``, one module per concern. Tests use the real
+adapters against real backends, or small fakes of these protocols for pure unit tests.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Protocol
+
+from rebootcoord.core.semaphore import GroupView, HolderRecord, PauseInfo, Waiter
+from rebootcoord.core.types import Group, HolderId, PendingReboot
+
+
+class Detector(Protocol):
+    """Is a reboot pending, and why. Raises DetectorError when it cannot tell."""
+
+    name: str
+
+    def pending(self) -> PendingReboot | None: ...
+
+
+class Rebooter(Protocol):
+    """Starts a reboot of the host. Returns once the reboot was asked for; raises RebootError."""
+
+    def reboot(self) -> None: ...
+
+
+@dataclass(frozen=True)
+class CheckResult:
+    ok: bool
+    name: str
+    detail: str = ""
+
+
+class Check(Protocol):
+    """A gate: may we go on (before taking a slot), did we come back well (after the reboot)."""
+
+    name: str
+
+    def check(self) -> CheckResult: ...
+
+
+class NodeOps(Protocol):
+    """Cordon, drain and uncordon the node. The bare etcd mode has nothing to drain."""
+
+    def is_unschedulable(self) -> bool: ...
+
+    def cordon(self) -> None: ...
+
+    def drain(self) -> None: ...
+
+    def uncordon(self) -> None: ...
+
+
+class Semaphore(Protocol):
+    """One group's counting semaphore in a backend. Every write is compare-and-swap."""
+
+    group: Group
+
+    def ensure(self, max_holders: int) -> None:
+        """Create the group's semaphore with ``max_holders`` slots if it does not exist."""
+
+    def read(self) -> GroupView:
+        """A fresh, consistent view of the group."""
+
+    def watch(self, on_change: Callable[[GroupView | None], None]) -> Callable[[], None]:
+        """Call ``on_change`` with every new view (None while the backend is unreachable).
+
+        Returns a function that stops the watch. No polling: changes arrive by the backend's watch.
+        """
+
+    def join_queue(self, waiter: Waiter) -> None: ...
+
+    def leave_queue(self, holder: HolderId) -> None: ...
+
+    def acquire(self, record: HolderRecord) -> int | None:
+        """Take a slot for ``record.id`` with its record, if it is our turn.
+
+        Returns the backend revision of the write, or None when it is not our turn, no slot is
+        free, or another writer won the race (read again and decide again)."""
+
+    def update(self, record: HolderRecord) -> None:
+        """Write our record if we still hold the slot; raise SlotLost otherwise."""
+
+    def release(self, holder: HolderId) -> int | None:
+        """Give the slot back and drop the record; the revision written. Idempotent (None)."""
+
+    def drop_record(self, holder: HolderId) -> None:
+        """Remove a record whose slot is gone (Abandon)."""
+
+    # operators (rebootctl)
+    def lock(self, holder: HolderId, record: HolderRecord) -> None: ...
+
+    def unlock(self, holder: HolderId) -> HolderRecord | None: ...
+
+    def set_max(self, new_max: int) -> None: ...
+
+    def pause(self, info: PauseInfo) -> None: ...
+
+    def resume(self) -> None: ...
+
+    def close(self) -> None: ...

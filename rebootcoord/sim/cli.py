@@ -1,0 +1,215 @@
+"""``rebootcoord simulate``: a whole fleet on one machine, on a real etcd."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import shutil
+import signal
+import sys
+import tempfile
+import time
+from collections import Counter
+from types import FrameType
+from typing import Any
+
+from rebootcoord.core.types import GROUP_RE
+from rebootcoord.sim.checker import check, read_events
+from rebootcoord.sim.etcd_server import EtcdNotFound, EtcdServer
+from rebootcoord.sim.fleet import Fleet
+
+PHASE_ORDER = [
+    "idle",
+    "pending",
+    "waiting",
+    "locked",
+    "draining",
+    "rebooting",
+    "verifying",
+    "releasing",
+]
+
+
+def add_simulate_parser(sub: Any) -> None:
+    p = sub.add_parser(
+        "simulate",
+        help="run a simulated fleet (agents as processes) on a real etcd",
+        description="Every node needs a reboot; watch the fleet take turns. Exits 0 when every "
+        "node has rebooted and released its slot.",
+    )
+    p.add_argument("--nodes", type=int, default=6, help="number of simulated nodes (default 6)")
+    p.add_argument("--max", type=int, default=2, help="slots of the group (default 2)")
+    p.add_argument("--group", default="default")
+    p.add_argument("--etcd", metavar="ENDPOINT", help="use this etcd instead of starting one")
+    p.add_argument("--reboot-seconds", type=float, default=2.0, help="how long a simulated reboot takes")
+    p.add_argument("--events", metavar="FILE", help="append one JSON line per phase change")
+    p.add_argument("--cycles", type=int, default=1, help="reboots per node (a new update after each)")
+    p.add_argument(
+        "--timeout", type=float, default=0, help="give up after this many seconds (default: scaled)"
+    )
+    p.add_argument("--run-dir", help="keep node directories and logs here (default: a temp dir)")
+    p.add_argument("--summary-json", metavar="FILE", help="write timings and invariant checks as JSON")
+    p.add_argument("--quiet", action="store_true", help="no live progress")
+
+
+def run_simulate(args: argparse.Namespace) -> int:
+    problems = []
+    if args.nodes < 1:
+        problems.append(f"--nodes: got {args.nodes}, expected a whole number >= 1")
+    if args.max < 1:
+        problems.append(f"--max: got {args.max}, expected a whole number >= 1")
+    if not GROUP_RE.match(args.group):
+        problems.append(f"--group: got {args.group!r}, expected letters, digits, '.' and '-'")
+    if args.reboot_seconds < 0:
+        problems.append(f"--reboot-seconds: got {args.reboot_seconds}, expected >= 0")
+    if args.cycles < 1:
+        problems.append(f"--cycles: got {args.cycles}, expected >= 1")
+    if problems:
+        for problem in problems:
+            print(f"rebootcoord simulate: {problem}", file=sys.stderr)
+        return 2
+
+    run_dir = args.run_dir or tempfile.mkdtemp(prefix="rebootcoord-sim-")
+    keep = bool(args.run_dir)
+    events = os.path.abspath(args.events) if args.events else os.path.join(run_dir, "events.jsonl")
+    etcd = None
+    stopped = False
+
+    def on_signal(signum: int, _frame: FrameType | None) -> None:
+        nonlocal stopped
+        stopped = True
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    try:
+        endpoint = args.etcd
+        if endpoint is None:
+            try:
+                etcd = EtcdServer(data_dir=os.path.join(run_dir, "etcd")).start()
+            except EtcdNotFound as exc:
+                print(f"rebootcoord simulate: {exc}", file=sys.stderr)
+                return 1
+            endpoint = etcd.endpoint
+        per_node = args.reboot_seconds + 6.0
+        timeout = args.timeout or 60 + math.ceil(args.nodes * args.cycles / args.max) * per_node * 3
+        _say(
+            args,
+            f"simulating {args.nodes} nodes, {args.max} slot(s), group {args.group}, etcd {endpoint}",
+        )
+        _say(args, f"node directories and logs: {run_dir}; events: {events}")
+        started = time.time()
+        fleet = Fleet(
+            run_dir,
+            nodes=args.nodes,
+            endpoint=endpoint,
+            group=args.group,
+            max_holders=args.max,
+            reboot_seconds=args.reboot_seconds,
+            events_file=events,
+            cycles=args.cycles,
+        )
+        with fleet:
+            ok = _watch(fleet, args, started, timeout, lambda: stopped)
+            elapsed = time.time() - started
+        report = check(read_events(events), max_holders=args.max) if os.path.exists(events) else None
+        summary = _summary(fleet, report, elapsed, args)
+        if args.summary_json:
+            with open(args.summary_json, "w", encoding="utf-8") as fh:
+                json.dump(summary, fh, indent=2)
+        _print_summary(summary, args)
+        if fleet.violations or (report is not None and not report.ok):
+            return 1
+        return 0 if ok else 1
+    finally:
+        if etcd is not None:
+            etcd.stop()
+        if not keep:
+            shutil.rmtree(run_dir, ignore_errors=True)
+
+
+def _watch(fleet: Fleet, args: argparse.Namespace, started: float, timeout: float, stopped: Any) -> bool:
+    tty = sys.stderr.isatty() and not args.quiet
+    last_line = ""
+    last_print = 0.0
+    while True:
+        if fleet.done():
+            if tty:
+                sys.stderr.write("\n")
+            return True
+        now = time.time()
+        if stopped() or now - started > timeout:
+            if tty:
+                sys.stderr.write("\n")
+            why = "interrupted" if stopped() else f"timed out after {timeout:.0f}s"
+            print(f"rebootcoord simulate: {why}; unfinished: {_unfinished(fleet)}", file=sys.stderr)
+            return False
+        line = _progress(fleet, now - started)
+        if not args.quiet and (tty or (line != last_line and now - last_print >= 2)):
+            if tty:
+                sys.stderr.write("\r\033[K" + line)
+                sys.stderr.flush()
+            else:
+                print(line, file=sys.stderr)
+            last_line, last_print = line, now
+        time.sleep(0.25)
+
+
+def _progress(fleet: Fleet, elapsed: float) -> str:
+    phases = fleet.phases()
+    rebooted = sum(1 for n in fleet.nodes.values() if n.reboots >= fleet.cycles)
+    holding = [f"{name}:{phase}" for name, phase in sorted(phases.items()) if phase in PHASE_ORDER[3:]]
+    holding += [f"{n.name}:(booting)" for n in fleet.nodes.values() if n.rebooting]
+    counts = Counter(phases.get(name, "starting") for name in fleet.nodes)
+    others = " ".join(f"{p}={counts[p]}" for p in ("pending", "waiting", "idle") if counts[p])
+    held = " ".join(holding) or "-"
+    return f"[{elapsed:6.1f}s] rebooted {rebooted}/{len(fleet.nodes)} | holding: {held} | {others}"
+
+
+def _unfinished(fleet: Fleet) -> str:
+    phases = fleet.phases()
+    rest = [
+        f"{n.name}({phases.get(n.name, '?')}, {n.reboots} reboots)"
+        for n in fleet.nodes.values()
+        if n.reboots < fleet.cycles
+    ]
+    return ", ".join(rest) or "all rebooted; slots not yet released"
+
+
+def _summary(fleet: Fleet, report: Any, elapsed: float, args: argparse.Namespace) -> dict[str, Any]:
+    cycles = [end - start for spans in (report.cycles.values() if report else []) for start, end in spans]
+    cycles.sort()
+    median = cycles[len(cycles) // 2] if cycles else None
+    rounds = math.ceil(args.nodes * args.cycles / args.max)
+    return {
+        "nodes": args.nodes,
+        "max": args.max,
+        "cycles_per_node": args.cycles,
+        "reboot_seconds": args.reboot_seconds,
+        "elapsed_seconds": round(elapsed, 3),
+        "node_cycle_seconds_median": round(median, 3) if median else None,
+        "ideal_seconds": round(rounds * median, 3) if median else None,
+        "overhead_ratio": round(elapsed / (rounds * median), 3) if median else None,
+        "max_holders_seen": report.max_holders if report else None,
+        "ordered_by_revision": report.by_revision if report else None,
+        "reboots": {n.name: n.reboots for n in fleet.nodes.values()},
+        "violations": fleet.violations + (report.problems if report else []),
+    }
+
+
+def _print_summary(summary: dict[str, Any], args: argparse.Namespace) -> None:
+    ok = not summary["violations"]
+    print(
+        f"done in {summary['elapsed_seconds']:.1f}s: {sum(summary['reboots'].values())} reboots on "
+        f"{summary['nodes']} nodes, at most {summary['max_holders_seen']} holding at once "
+        f"(max {summary['max']}); "
+        f"median node cycle {summary['node_cycle_seconds_median']}s, "
+        f"ideal ceil(N/K) x cycle = {summary['ideal_seconds']}s"
+    )
+    print("invariants: " + ("OK" if ok else "VIOLATED: " + "; ".join(summary["violations"])))
+
+
+def _say(args: argparse.Namespace, text: str) -> None:
+    if not args.quiet:
+        print(text, file=sys.stderr)

@@ -1,0 +1,404 @@
+"""A simulated fleet: N agents as real OS processes, each with a simulated host, on a real backend.
+
+A simulated host is a directory: ``root/run/reboot-required`` (the sentinel, under the host root
+the agent is configured with), ``boot_id`` (the agent's boot_id_file) and a reboot command
+(``python -m rebootcoord.sim.hostctl``) that asks this simulator for a reboot over a Unix socket.
+A reboot stops the agent (SIGTERM, then SIGKILL, as a shutdown would), waits ``reboot_seconds``,
+applies the update (removes the sentinel), writes a new boot ID and starts the agent again.
+
+The agents are configured exactly like real ones; nothing in the agent knows it is simulated.
+At each reboot request the simulator checks in the backend that the node holds a slot, and
+records a violation otherwise: the "never reboot without a slot" invariant, checked at the edge.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import heapq
+import itertools
+import json
+import logging
+import os
+import queue
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from collections.abc import Callable
+from concurrent.futures import Future
+from dataclasses import dataclass, field
+from typing import Any
+
+import yaml
+
+from rebootcoord.adapters.etcd import EtcdConnection, EtcdOptions, EtcdSemaphore
+from rebootcoord.core.types import Group, HolderId
+from rebootcoord.sim.procs import orphan_proof
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class SimNode:
+    name: str
+    dir: str
+    boot_id: str
+    proc: subprocess.Popen[bytes] | None = None
+    reboots: int = 0
+    rebooting: bool = False
+    agent_starts: int = 0
+    boots: list[str] = field(default_factory=list)
+
+    @property
+    def root(self) -> str:
+        return os.path.join(self.dir, "root")
+
+    @property
+    def sentinel(self) -> str:
+        return os.path.join(self.root, "run", "reboot-required")
+
+    @property
+    def boot_id_file(self) -> str:
+        return os.path.join(self.dir, "boot_id")
+
+    @property
+    def config_file(self) -> str:
+        return os.path.join(self.dir, "agent.yaml")
+
+    @property
+    def log_file(self) -> str:
+        return os.path.join(self.dir, "agent.log")
+
+
+class Fleet:
+    def __init__(
+        self,
+        run_dir: str,
+        *,
+        nodes: int,
+        endpoint: str,
+        group: str = "default",
+        max_holders: int = 2,
+        reboot_seconds: float = 1.0,
+        events_file: str | None = None,
+        cycles: int = 1,
+        agent_config: dict[str, Any] | None = None,
+        prefix: str = "node",
+        arm: bool = True,
+    ) -> None:
+        self.run_dir = os.path.abspath(run_dir)
+        self.endpoint = endpoint
+        self.group = group
+        self.max_holders = max_holders
+        self.reboot_seconds = reboot_seconds
+        self.cycles = cycles
+        self.arm = arm
+        self.events_file = os.path.abspath(events_file or os.path.join(self.run_dir, "events.jsonl"))
+        self.agent_config = dict(agent_config or {})
+        self.socket_path = os.path.join(self.run_dir, "sim.sock")
+        width = max(2, len(str(nodes)))
+        self.nodes: dict[str, SimNode] = {}
+        for i in range(1, nodes + 1):
+            name = f"{prefix}-{i:0{width}d}"
+            self.nodes[name] = SimNode(name, os.path.join(self.run_dir, "nodes", name), str(uuid.uuid4()))
+        self.violations: list[str] = []
+        self.reboot_requests: list[tuple[float, str]] = []
+        self._actions: queue.Queue[tuple[Callable[[], Any], Future[Any]] | None] = queue.Queue()
+        self._timers: list[tuple[float, int, Callable[[], None]]] = []
+        self._seq = itertools.count()
+        self._lock = threading.Lock()
+        self._stopping = threading.Event()
+        self._supervisor = threading.Thread(target=self._supervise, name="sim-supervisor", daemon=True)
+        self._server: socket.socket | None = None
+        self._server_thread: threading.Thread | None = None
+        self.semaphore = EtcdSemaphore(
+            EtcdConnection(EtcdOptions(endpoints=(endpoint,), timeout=5.0)),
+            prefix=str(self.agent_config.get("etcd_key_prefix", "com.coreos.airlock")),
+            group=Group(group),
+        )
+
+    # ------------------------------------------------------------------------------------------
+    # life cycle
+
+    def start(self) -> Fleet:
+        os.makedirs(self.run_dir, exist_ok=True)
+        for node in self.nodes.values():
+            self._prepare(node)
+        self._serve()
+        self._supervisor.start()
+        for name in self.nodes:
+            self.start_agent(name)
+        return self
+
+    def stop(self) -> None:
+        if self._stopping.is_set():
+            return
+        if self._supervisor.is_alive():
+            self.call(self._stop_all)
+        self._stopping.set()
+        self._actions.put(None)
+        self._supervisor.join(10)
+        if self._server is not None:
+            self._server.close()
+        with contextlib.suppress(OSError):
+            os.unlink(self.socket_path)
+        self.semaphore.close()
+
+    def __enter__(self) -> Fleet:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    def _prepare(self, node: SimNode) -> None:
+        os.makedirs(os.path.join(node.root, "run"), exist_ok=True)
+        self._write_boot_id(node)
+        if self.arm:
+            self.arm_sentinel(node.name, "update-1")
+        config = {
+            "node_name": node.name,
+            "group": self.group,
+            "backend": "etcd",
+            "etcd_endpoints": [self.endpoint],
+            "max_holders": self.max_holders,
+            "host_root": node.root,
+            "boot_id_file": node.boot_id_file,
+            "reboot_method": "command",
+            "reboot_command": [
+                sys.executable, "-m", "rebootcoord.sim.hostctl",
+                "--socket", self.socket_path, "reboot", "--node", node.name,
+            ],
+            "check_interval": "1s",
+            "verify_interval": "1s",
+            "waiter_ttl": "5s",
+            "metrics_address": "",
+            "events_file": self.events_file,
+            "log_format": "json",
+        }  # fmt: skip
+        for key, value in self.agent_config.items():
+            config[key] = _fill(value, node)
+        with open(node.config_file, "w", encoding="utf-8") as fh:
+            yaml.safe_dump(config, fh, sort_keys=False)
+
+    def arm_sentinel(self, name: str, update: str) -> None:
+        """Make the simulated host need a reboot, as unattended-upgrades would."""
+        node = self.nodes[name]
+        with open(node.sentinel + ".pkgs", "w", encoding="utf-8") as fh:
+            fh.write(f"{update}\n")
+        with open(node.sentinel, "w", encoding="utf-8") as fh:
+            fh.write("*** System restart required ***\n")
+
+    def _write_boot_id(self, node: SimNode) -> None:
+        tmp = node.boot_id_file + ".tmp"
+        with open(tmp, "w", encoding="ascii") as fh:
+            fh.write(node.boot_id + "\n")
+        os.replace(tmp, node.boot_id_file)
+        node.boots.append(node.boot_id)
+
+    # ------------------------------------------------------------------------------------------
+    # the supervisor thread: every spawn happens here (see pdeath: children die with this thread)
+
+    def call(self, fn: Callable[[], Any]) -> Any:
+        future: Future[Any] = Future()
+        self._actions.put((fn, future))
+        return future.result(timeout=60)
+
+    def _after(self, delay: float, fn: Callable[[], None]) -> None:
+        with self._lock:
+            heapq.heappush(self._timers, (time.monotonic() + delay, next(self._seq), fn))
+        self._actions.put((lambda: None, Future()))  # wake the supervisor to re-arm its timeout
+
+    def _supervise(self) -> None:
+        while True:
+            with self._lock:
+                timeout = max(0.0, self._timers[0][0] - time.monotonic()) if self._timers else None
+            try:
+                item = self._actions.get(timeout=timeout)
+            except queue.Empty:
+                item = ()  # type: ignore[assignment]
+            if item is None:
+                return
+            if item:
+                fn, future = item
+                try:
+                    future.set_result(fn())
+                except Exception as exc:  # noqa: BLE001 - handed to the caller
+                    future.set_exception(exc)
+            while True:
+                with self._lock:
+                    if not self._timers or self._timers[0][0] > time.monotonic():
+                        break
+                    _, _, fn = heapq.heappop(self._timers)
+                if not self._stopping.is_set():
+                    try:
+                        fn()
+                    except Exception:
+                        log.exception("simulator timer failed")
+
+    # ------------------------------------------------------------------------------------------
+    # agents
+
+    def start_agent(self, name: str) -> None:
+        self.call(lambda: self._spawn(self.nodes[name]))
+
+    def kill_agent(self, name: str, sig: int = signal.SIGKILL) -> None:
+        """Kill the agent (SIGKILL by default) and wait for it to be gone."""
+        self.call(lambda: self._kill(self.nodes[name], sig))
+
+    def agent_pid(self, name: str) -> int | None:
+        proc = self.nodes[name].proc
+        return proc.pid if proc is not None and proc.poll() is None else None
+
+    def _spawn(self, node: SimNode) -> None:
+        if node.proc is not None and node.proc.poll() is None:
+            return
+        with open(node.log_file, "ab") as logf:
+            node.proc = subprocess.Popen(
+                orphan_proof([sys.executable, "-m", "rebootcoord", "agent", "--config", node.config_file]),
+                stdout=logf,
+                stderr=logf,
+                stdin=subprocess.DEVNULL,
+                cwd=node.dir,
+            )
+        node.agent_starts += 1
+
+    def _kill(self, node: SimNode, sig: int) -> None:
+        proc = node.proc
+        if proc is None or proc.poll() is not None:
+            return
+        proc.send_signal(sig)
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+    def _stop_all(self) -> None:
+        for node in self.nodes.values():
+            if node.proc is not None and node.proc.poll() is None:
+                node.proc.terminate()
+        deadline = time.monotonic() + 5
+        for node in self.nodes.values():
+            if node.proc is None:
+                continue
+            try:
+                node.proc.wait(max(0.1, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                node.proc.kill()
+                node.proc.wait()
+
+    # ------------------------------------------------------------------------------------------
+    # reboots
+
+    def _serve(self) -> None:
+        with contextlib.suppress(OSError):
+            os.unlink(self.socket_path)
+        server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        server.bind(self.socket_path)
+        server.listen(64)
+        self._server = server
+        self._server_thread = threading.Thread(target=self._accept, name="sim-socket", daemon=True)
+        self._server_thread.start()
+
+    def _accept(self) -> None:
+        assert self._server is not None
+        while not self._stopping.is_set():
+            try:
+                conn, _ = self._server.accept()
+            except OSError:
+                return
+            threading.Thread(target=self._answer, args=(conn,), daemon=True).start()
+
+    def _answer(self, conn: socket.socket) -> None:
+        with conn:
+            try:
+                request = json.loads(conn.makefile("rb").readline())
+                answer = self.request_reboot(str(request["node"]))
+            except (ValueError, KeyError) as exc:
+                answer = f"bad request: {exc}"
+            conn.sendall(answer.encode() + b"\n")
+
+    def request_reboot(self, name: str) -> str:
+        node = self.nodes.get(name)
+        if node is None:
+            return f"unknown node {name}"
+        try:
+            view = self.semaphore.read()
+            if not view.holds(HolderId(name)):
+                self.violations.append(
+                    f"{name} asked for a reboot without holding a slot (holders: {view.slots})"
+                )
+        except Exception as exc:  # noqa: BLE001 - the check must not break the simulated host
+            self.violations.append(f"{name}: could not verify the slot at reboot time: {exc}")
+        with self._lock:
+            self.reboot_requests.append((time.time(), name))
+            if node.rebooting:
+                return "ok"  # a host already going down ignores a second request
+            node.rebooting = True
+        self.call(lambda: self._shutdown(node))
+        self._after(self.reboot_seconds, lambda: self._boot(node))
+        return "ok"
+
+    def _shutdown(self, node: SimNode) -> None:
+        if node.proc is not None and node.proc.poll() is None:
+            node.proc.terminate()  # a shutdown sends SIGTERM first; _boot makes sure it is gone
+
+    def _boot(self, node: SimNode) -> None:
+        if node.proc is not None:
+            try:
+                node.proc.wait(2)
+            except subprocess.TimeoutExpired:
+                node.proc.kill()
+                node.proc.wait()
+        for path in (node.sentinel, node.sentinel + ".pkgs"):
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(path)  # the update is applied by the reboot; /run is a tmpfs
+        node.reboots += 1
+        node.boot_id = str(uuid.uuid4())
+        self._write_boot_id(node)
+        if node.reboots < self.cycles:
+            self.arm_sentinel(node.name, f"update-{node.reboots + 1}")
+        with self._lock:
+            node.rebooting = False
+        self._spawn(node)
+
+    # ------------------------------------------------------------------------------------------
+    # progress
+
+    def done(self) -> bool:
+        if any(n.reboots < self.cycles or n.rebooting for n in self.nodes.values()):
+            return False
+        view = self.semaphore.read()
+        ours = set(self.nodes)
+        holders = set(view.slots.holders) if view.slots else set()
+        return not (holders & ours) and not (set(view.records) & ours)
+
+    def phases(self) -> dict[str, str]:
+        """Each node's last phase, from the event log."""
+        last: dict[str, str] = {}
+        try:
+            with open(self.events_file, encoding="utf-8") as fh:
+                for line in fh:
+                    try:
+                        event = json.loads(line)
+                    except ValueError:
+                        continue
+                    if event.get("node") in self.nodes:
+                        last[event["node"]] = event["phase"]
+        except FileNotFoundError:
+            pass
+        return last
+
+
+def _fill(value: Any, node: SimNode) -> Any:
+    """Per-node placeholders in agent_config values: {node}, {node_dir}, {root}."""
+    if isinstance(value, str):
+        return value.format(node=node.name, node_dir=node.dir, root=node.root)
+    if isinstance(value, list):
+        return [_fill(v, node) for v in value]
+    if isinstance(value, dict):
+        return {k: _fill(v, node) for k, v in value.items()}
+    return value
