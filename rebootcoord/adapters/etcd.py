@@ -32,7 +32,7 @@ import etcd3
 import etcd3.events
 import etcd3.exceptions as etcd_exc
 import grpc
-from tenacity import Retrying, retry_if_exception_type, stop_after_delay, wait_exponential_jitter
+from tenacity import Retrying, retry_if_exception_type, stop_after_delay, wait_random_exponential
 
 from rebootcoord.core.semaphore import GroupView, HolderRecord, PauseInfo, SemaphoreState, Waiter
 from rebootcoord.core.types import Group, HolderId, NodeName
@@ -113,7 +113,7 @@ class EtcdConnection:
             parts = urlsplit(ep if "://" in ep else "http://" + ep)
             endpoints.append(_endpoint(str(parts.hostname), int(parts.port or 2379), creds))
         try:
-            return etcd3.MultiEndpointEtcd3Client(
+            client = etcd3.MultiEndpointEtcd3Client(
                 endpoints=endpoints,
                 timeout=o.timeout,
                 user=o.username,
@@ -122,6 +122,11 @@ class EtcdConnection:
             )
         except _TRANSIENT as exc:
             raise BackendUnavailable(f"etcd at {', '.join(o.endpoints)}: {_describe(exc)}") from exc
+        if creds is None:
+            # gRPC refuses call credentials on a plain channel; the token also travels as
+            # metadata, which is what etcd reads.
+            client.call_credentials = None
+        return client
 
     @contextmanager
     def translating(self) -> Iterator[None]:
@@ -140,12 +145,12 @@ class EtcdConnection:
                 f"etcd at {', '.join(self.options.endpoints)}: {_describe(exc)}"
             ) from exc
 
-    def call(self, fn: Callable[[Any], T]) -> T:
+    def call(self, fn: Callable[[Any], T], *, retry_for: float | None = None) -> T:
         """Run ``fn(client)`` with retries and backoff on transient errors (tenacity)."""
         retrying = Retrying(
             retry=retry_if_exception_type(BackendUnavailable),
-            wait=wait_exponential_jitter(initial=0.05, max=2.0),
-            stop=stop_after_delay(self.options.retry_for),
+            wait=wait_random_exponential(multiplier=0.05, max=2.0),
+            stop=stop_after_delay(self.options.retry_for if retry_for is None else retry_for),
             reraise=True,
         )
         for attempt in retrying:
@@ -195,7 +200,7 @@ class EtcdSemaphore:
         self.waiters_prefix = self.base + "rebootcoord/waiters/"
         self.pause_key = self.base + "rebootcoord/paused"
         self.waiter_ttl = max(2, round(waiter_ttl))
-        self._lease: Any = None
+        self._leases: dict[HolderId, Any] = {}  # one lease per waiter we queued
         self._lease_lock = threading.Lock()
         self._keepalive_stop = threading.Event()
         self._keepalive: threading.Thread | None = None
@@ -203,13 +208,13 @@ class EtcdSemaphore:
     # --------------------------------------------------------------------------------------
     # reading
 
-    def _range(self) -> tuple[dict[str, _Kv], int]:
+    def _range(self, *, retry_for: float | None = None) -> tuple[dict[str, _Kv], int]:
         def fetch(client: Any) -> tuple[dict[str, _Kv], int]:
             resp = client.get_prefix_response(self.base)
             kvs = {kv.key.decode(): _Kv(kv.value, kv.create_revision, kv.mod_revision) for kv in resp.kvs}
             return kvs, int(resp.header.revision)
 
-        return self.conn.call(fetch)
+        return self.conn.call(fetch, retry_for=retry_for)
 
     def read(self) -> GroupView:
         kvs, revision = self._range()
@@ -309,7 +314,7 @@ class EtcdSemaphore:
         assert slots is not None
         new = slots.acquire(record.id)
         rkey = self.records_prefix + record.id
-        return self._txn(
+        written = self._txn(
             lambda c: [
                 c.transactions.mod(self.slots_key) == mod,
                 c.transactions.version(self.pause_key) == 0,
@@ -321,6 +326,9 @@ class EtcdSemaphore:
                 c.transactions.delete(self.waiters_prefix + record.id),
             ],
         )
+        if written is not None:
+            self._drop_lease(record.id)  # the waiter key went with the transaction
+        return written
 
     def update(self, record: HolderRecord) -> None:
         rkey = self.records_prefix + record.id
@@ -375,7 +383,7 @@ class EtcdSemaphore:
             )
 
         revision = self._cas_loop(attempt)
-        self.leave_queue(holder)
+        self._drop_lease(holder)  # the waiter key, if any, went with the transaction
         return removed[0], revision
 
     def drop_record(self, holder: HolderId) -> None:
@@ -450,26 +458,29 @@ class EtcdSemaphore:
 
         def put(client: Any) -> None:
             # put() on an existing key keeps its create revision: a restarted agent keeps its place.
-            client.put(key, doc, lease=self._ensure_lease(client))
+            client.put(key, doc, lease=self._lease_for(client, waiter.id))
 
         self.conn.call(put)
         self._start_keepalive()
 
     def leave_queue(self, holder: HolderId) -> None:
         self.conn.call(lambda c: c.delete(self.waiters_prefix + holder))
+        self._drop_lease(holder)
+
+    def _lease_for(self, client: Any, holder: HolderId) -> Any:
         with self._lease_lock:
-            lease, self._lease = self._lease, None
+            if holder not in self._leases:
+                self._leases[holder] = client.lease(self.waiter_ttl)
+            return self._leases[holder]
+
+    def _drop_lease(self, holder: HolderId) -> None:
+        with self._lease_lock:
+            lease = self._leases.pop(holder, None)
         if lease is not None:
             try:
-                self.conn.call(lambda c: c.revoke_lease(lease.id))
+                self.conn.call(_revoker(lease.id))
             except BackendUnavailable:
                 log.debug("revoking the waiter lease failed; it expires by itself")
-
-    def _ensure_lease(self, client: Any) -> Any:
-        with self._lease_lock:
-            if self._lease is None:
-                self._lease = client.lease(self.waiter_ttl)
-            return self._lease
 
     def _start_keepalive(self) -> None:
         if self._keepalive is not None and self._keepalive.is_alive():
@@ -483,18 +494,18 @@ class EtcdSemaphore:
     def _keepalive_loop(self) -> None:
         while not self._keepalive_stop.wait(self.waiter_ttl / 3):
             with self._lease_lock:
-                lease = self._lease
-            if lease is None:
-                continue
-            try:
-                responses = self.conn.call(_refresher(lease.id))
+                leases = list(self._leases.items())
+            for holder, lease in leases:
+                try:
+                    responses = self.conn.call(_refresher(lease.id))
+                except BackendUnavailable as exc:
+                    log.warning("cannot refresh the waiter lease: %s", exc)
+                    continue
                 if responses and responses[0].TTL <= 0:
-                    log.info("waiter lease expired; the queue place will be taken again")
+                    log.info("waiter lease of %s expired; the queue place will be taken again", holder)
                     with self._lease_lock:
-                        if self._lease is lease:
-                            self._lease = None
-            except BackendUnavailable as exc:
-                log.warning("cannot refresh the waiter lease: %s", exc)
+                        if self._leases.get(holder) is lease:
+                            del self._leases[holder]
 
     # --------------------------------------------------------------------------------------
     # watching
@@ -554,7 +565,8 @@ class _GroupWatch:
                 self._stop.wait(0.05)
 
     def _sync(self) -> None:
-        kvs, revision = self.sem._range()
+        # One attempt: this loop has its own backoff, and must report an outage promptly.
+        kvs, revision = self.sem._range(retry_for=0)
         with self._lock:
             self._kvs = kvs
             self._revision = revision
@@ -594,6 +606,10 @@ class _GroupWatch:
 
 def _refresher(lease_id: int) -> Callable[[Any], list[Any]]:
     return lambda client: list(client.refresh_lease(lease_id))
+
+
+def _revoker(lease_id: int) -> Callable[[Any], Any]:
+    return lambda client: client.revoke_lease(lease_id)
 
 
 def _decode_waiter(kv: _Kv, holder: str) -> Waiter | None:

@@ -77,7 +77,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ConfigError as exc:
         return print_config_error("rebootctl", exc)
     try:
-        sem = build_semaphore(settings)
+        sem = build_semaphore(settings, retry_for=5.0)
     except UsageError as exc:
         print(f"rebootctl: {exc}", file=sys.stderr)
         return EXIT_USAGE
@@ -265,3 +265,7 @@ def _table(rows: list[list[str]]) -> str:
 
 def entrypoint() -> None:
     sys.exit(main())
+
+
+if __name__ == "__main__":
+    entrypoint()

@@ -19,7 +19,8 @@ from rebootcoord.errors import UsageError
 from rebootcoord.ports import Semaphore
 
 
-def build_semaphore(settings: Settings) -> Semaphore:
+def build_semaphore(settings: Settings, *, retry_for: float = 30.0) -> Semaphore:
+    """``retry_for``: how long one call retries transient errors (the agent waits; rebootctl not)."""
     if settings.backend == "etcd":
         from rebootcoord.adapters.etcd import EtcdConnection, EtcdOptions, EtcdSemaphore
 
@@ -32,6 +33,7 @@ def build_semaphore(settings: Settings) -> Semaphore:
                 key_file=settings.etcd_key_file,
                 username=settings.etcd_username,
                 password=settings.etcd_password,
+                retry_for=retry_for,
             )
         )
         return EtcdSemaphore(

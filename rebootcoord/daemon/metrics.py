@@ -16,6 +16,17 @@ from rebootcoord.core.types import Phase
 
 log = logging.getLogger(__name__)
 
+FAILURE_REASONS = (
+    "backend_unavailable",
+    "conflict",
+    "corrupt_document",
+    "detector_error",
+    "drain_failed",
+    "reboot_failed",
+    "reboot_timeout",
+    "health_gate",
+    "slot_lost",
+)
 PHASE_BUCKETS = (0.1, 0.5, 1, 5, 15, 60, 300, 900, 1800, 3600, 4 * 3600, 24 * 3600)
 
 
@@ -79,6 +90,9 @@ class Metrics:
         )
         for phase in Phase:
             self.phase.labels(node, phase.value).set(0)
+            self.phase_seconds.labels(phase.value)  # zero series from the start, not after a first change
+        for reason in FAILURE_REASONS:
+            self.failures.labels(reason)
         self.slot_held.labels(node, group).set(0)
         self.reboot_required.labels(node).set(0)
         self.health_failing.set(0)

@@ -1,0 +1,62 @@
+"""Shared fixtures: a real etcd on a loopback port with a temp data dir (session-scoped), and a
+fresh key prefix per test so tests never see each other's groups."""
+
+from __future__ import annotations
+
+import itertools
+import os
+import time
+from collections.abc import Callable, Iterator
+
+import pytest
+
+from rebootcoord.adapters.etcd import EtcdConnection, EtcdOptions, EtcdSemaphore
+from rebootcoord.core.types import Group
+from rebootcoord.sim.etcd_server import EtcdServer
+
+_counter = itertools.count()
+
+
+@pytest.fixture(scope="session")
+def etcd(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EtcdServer]:
+    server = EtcdServer(data_dir=str(tmp_path_factory.mktemp("etcd"))).start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+def prefix(request: pytest.FixtureRequest) -> str:
+    name = request.node.name.replace("[", "-").replace("]", "").replace("/", "-")
+    return f"test-{os.getpid()}-{next(_counter)}-{name[:40]}"
+
+
+@pytest.fixture
+def make_semaphore(etcd: EtcdServer, prefix: str) -> Iterator[Callable[..., EtcdSemaphore]]:
+    made: list[EtcdSemaphore] = []
+
+    def make(group: str = "default", *, endpoint: str | None = None, **options: object) -> EtcdSemaphore:
+        conn = EtcdConnection(EtcdOptions(endpoints=(endpoint or etcd.endpoint,), timeout=5.0, **options))  # type: ignore[arg-type]
+        sem = EtcdSemaphore(conn, prefix=prefix, group=Group(group), waiter_ttl=3)
+        made.append(sem)
+        return sem
+
+    yield make
+    for sem in made:
+        sem.close()
+
+
+def wait_for(
+    condition: Callable[[], object], timeout: float = 30.0, interval: float = 0.02, what: str = ""
+) -> object:
+    """Poll a condition until it is truthy; fail with ``what`` after ``timeout``. Tests wait on
+    conditions, never on fixed sleeps."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = condition()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            pytest.fail(f"timed out after {timeout}s waiting for {what or condition}")
+        time.sleep(interval)

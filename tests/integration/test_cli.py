@@ -1,0 +1,200 @@
+"""The two command lines as users run them: exit codes, messages, outputs."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import urllib.request
+from pathlib import Path
+
+import pytest
+import yaml
+
+from rebootcoord.sim.etcd_server import EtcdServer
+from rebootcoord.sim.procs import free_port
+from tests.conftest import wait_for
+
+pytestmark = pytest.mark.etcd
+
+
+def run(
+    *argv: str, env: dict[str, str] | None = None, timeout: float = 60
+) -> subprocess.CompletedProcess[str]:
+    full_env = {k: v for k, v in os.environ.items() if not k.startswith("REBOOTCOORD_")}
+    full_env.update(env or {})
+    return subprocess.run(
+        [sys.executable, "-m", *argv], capture_output=True, text=True, timeout=timeout, env=full_env
+    )
+
+
+def agent(*args: str, **kw: object) -> subprocess.CompletedProcess[str]:
+    return run("rebootcoord", "agent", *args, **kw)  # type: ignore[arg-type]
+
+
+def ctl(etcd: EtcdServer, prefix: str, *args: str) -> subprocess.CompletedProcess[str]:
+    return run(
+        "rebootcoord.cli.rebootctl",
+        "--etcd-endpoints", etcd.endpoint, "--etcd-key-prefix", prefix, *args,
+    )  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("args", "env", "fragments"),
+    [
+        (["--max-holders", "0"], {}, ["max_holders", "flag --max-holders", "got '0'", ">= 1"]),
+        ([], {"REBOOTCOORD_CHECK_INTERVAL": "often"}, ["check_interval", "'often'", "duration"]),
+        ([], {"REBOOTCOORD_TIME_ZONE": "Moon/Base"}, ["time_zone", "IANA"]),
+        ([], {"REBOOTCOORD_BOGUS": "1"}, ["bogus", "known key"]),
+        (["--windows", "[{start: 'Thu 04:00'}]"], {}, ["windows[0]", "start, length"]),
+        (["--node-name", ""], {"NODE_NAME": ""}, ["node_name"]),
+    ],
+    ids=["max-below-1", "bad-duration", "unknown-zone", "unknown-env-key", "bad-window", "missing-node"],
+)
+def test_agent_config_errors_exit_2_and_do_nothing(
+    tmp_path: Path, args: list[str], env: dict[str, str], fragments: list[str]
+) -> None:
+    events = tmp_path / "events.jsonl"
+    # An unreachable etcd: a bad config must fail before any attempt to use it.
+    done = agent(
+        "--etcd-endpoints", "http://127.0.0.1:1", "--events-file", str(events), "--metrics-address", "",
+        *args, env=env, timeout=20,
+    )  # fmt: skip
+    assert done.returncode == 2, done.stderr
+    for fragment in fragments:
+        assert fragment in done.stderr
+    assert done.stdout == ""
+    assert not events.exists()
+
+
+def test_agent_config_file_errors(tmp_path: Path) -> None:
+    config = tmp_path / "agent.yaml"
+    config.write_text("max_holders: 2\nreboot_command: systemctl reboot\ncolour: blue\n")
+    done = agent("--config", str(config))
+    assert done.returncode == 2
+    assert f"reboot_command (from file {config})" in done.stderr
+    assert "argv list" in done.stderr and "colour" in done.stderr
+    missing = agent("--config", str(tmp_path / "nope.yaml"))
+    assert missing.returncode == 2 and "nope.yaml" in missing.stderr
+    config.write_text("key: [unclosed\n")
+    assert agent("--config", str(config)).returncode == 2
+
+
+def test_print_config_masks_secrets_and_shows_sources_merged(tmp_path: Path) -> None:
+    config = tmp_path / "agent.yaml"
+    config.write_text("etcd_username: root\netcd_password: hunter2\ngroup: from-file\n")
+    done = agent("--config", str(config), "--print-config", env={"REBOOTCOORD_GROUP": "from-env"})
+    assert done.returncode == 0, done.stderr
+    printed = yaml.safe_load(done.stdout)
+    assert printed["group"] == "from-env"
+    assert printed["etcd_password"] == "********"
+    assert "hunter2" not in done.stdout
+
+
+def test_usage_error_exits_2() -> None:
+    assert run("rebootcoord", "frobnicate").returncode == 2
+    assert run("rebootcoord.cli.rebootctl", "set-max", "many").returncode == 2
+
+
+def test_version() -> None:
+    done = run("rebootcoord", "--version")
+    assert done.returncode == 0 and done.stdout.startswith("rebootcoord ")
+
+
+def test_rebootctl_status_lock_unlock_set_max_pause_resume(etcd: EtcdServer, prefix: str) -> None:
+    assert ctl(etcd, prefix, "set-max", "2").returncode == 0
+    locked = ctl(etcd, prefix, "lock", "maint-1", "--reason", "disk swap")
+    assert locked.returncode == 0, locked.stderr
+    status = ctl(etcd, prefix, "-o", "json", "status")
+    doc = json.loads(status.stdout)
+    assert doc["max"] == 2 and doc["held"] == 1
+    assert doc["holders"][0]["id"] == "maint-1" and doc["holders"][0]["kind"] == "manual"
+    table = ctl(etcd, prefix, "status").stdout
+    assert "maint-1" in table and "(manual lock)" in table
+    as_yaml = yaml.safe_load(ctl(etcd, prefix, "-o", "yaml", "status").stdout)
+    assert as_yaml["held"] == 1
+
+    refused = ctl(etcd, prefix, "unlock", "ghost")
+    assert refused.returncode == 1 and "'ghost' holds no slot" in refused.stderr
+    below = ctl(etcd, prefix, "set-max", "0")
+    assert below.returncode == 1 and "at least 1" in below.stderr
+
+    assert ctl(etcd, prefix, "pause", "--reason", "freeze").returncode == 0
+    assert json.loads(ctl(etcd, prefix, "-o", "json", "status").stdout)["paused"]["reason"] == "freeze"
+    assert ctl(etcd, prefix, "resume").returncode == 0
+    assert json.loads(ctl(etcd, prefix, "-o", "json", "status").stdout)["paused"] is None
+
+    unlocked = ctl(etcd, prefix, "unlock", "maint-1")
+    assert unlocked.returncode == 0 and "released" in unlocked.stdout
+    assert json.loads(ctl(etcd, prefix, "-o", "json", "status").stdout)["held"] == 0
+
+
+def test_rebootctl_unreachable_backend_exits_3() -> None:
+    done = run(
+        "rebootcoord.cli.rebootctl", "--etcd-endpoints", "http://127.0.0.1:1", "--etcd-timeout", "0.3s",
+        "status",
+        env={"REBOOTCOORD_ETCD_TIMEOUT": "0.3s"}, timeout=120,
+    )  # fmt: skip
+    assert done.returncode == 3 and "cannot reach" in done.stderr
+
+
+def test_rebootctl_corrupt_document_exits_4(etcd: EtcdServer, prefix: str) -> None:
+    import etcd3
+
+    host, port = etcd.endpoint.split("//")[1].split(":")
+    client = etcd3.client(host=host, port=int(port))
+    client.put(f"{prefix}/groups/default/v1/semaphore", "{oops")
+    status = ctl(etcd, prefix, "status")
+    assert status.returncode == 4
+    assert "CORRUPT" in status.stdout and "not valid JSON" in status.stdout
+    assert ctl(etcd, prefix, "set-max", "3").returncode == 4
+    assert client.get(f"{prefix}/groups/default/v1/semaphore")[0] == b"{oops"
+    client.close()
+
+
+def test_agent_serves_metrics_and_healthz(etcd: EtcdServer, prefix: str, tmp_path: Path) -> None:
+    port = free_port()
+    boot = tmp_path / "boot_id"
+    boot.write_text("b1\n")
+    proc = subprocess.Popen(
+        [
+            sys.executable, "-m", "rebootcoord", "agent",
+            "--node-name", "metrics-node", "--etcd-endpoints", etcd.endpoint, "--etcd-key-prefix", prefix,
+            "--host-root", str(tmp_path), "--boot-id-file", str(boot),
+            "--metrics-address", f"127.0.0.1:{port}", "--max-holders", "3", "--check-interval", "1s",
+        ],
+        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+    )  # fmt: skip
+    try:
+
+        def scrape() -> str:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=2) as resp:
+                    return resp.read().decode()
+            except OSError:
+                return ""
+
+        wait_for(lambda: 'rebootcoord_slots_max{group="default"} 3.0' in scrape(), what="slots_max")
+        assert 'rebootcoord_phase{node="metrics-node",phase="idle"} 1.0' in scrape()
+        for name in (
+            "rebootcoord_reboot_required",
+            "rebootcoord_slot_held",
+            "rebootcoord_slots_held",
+            "rebootcoord_reboots_total",
+            "rebootcoord_failures_total",
+            "rebootcoord_phase_seconds_bucket",
+        ):
+            assert name in scrape() or name.replace("_total", "") in scrape(), name
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=2) as resp:
+            assert resp.status == 200
+        # A pending reboot shows up as reboot_required within a check interval.
+        (tmp_path / "run").mkdir()
+        (tmp_path / "run" / "reboot-required").touch()
+        wait_for(
+            lambda: 'rebootcoord_reboot_required{node="metrics-node"} 1.0' in scrape(), what="reboot_required"
+        )
+    finally:
+        proc.terminate()
+        proc.wait(10)
+    assert proc.returncode == 0  # SIGTERM is a clean stop

@@ -1,0 +1,186 @@
+"""Configuration: layering, every class of invalid input, secrets masked."""
+
+from __future__ import annotations
+
+import signal
+from datetime import timedelta
+
+import pytest
+
+from rebootcoord.core.config import MASK, load_settings, to_plain
+from rebootcoord.errors import ConfigError
+
+
+def load(file_data: object = None, env: dict[str, str] | None = None, flags: dict[str, object] | None = None):
+    return load_settings(
+        file_data=file_data,
+        file_name="agent.yaml",
+        env=env or {},
+        flags=flags or {},
+        fallbacks={"node_name": "n1"},
+    )
+
+
+def problems(**kwargs: object) -> list[tuple[str, object, str, str]]:
+    with pytest.raises(ConfigError) as info:
+        load(**kwargs)  # type: ignore[arg-type]
+    return [(p.key, p.value, p.expected, p.source) for p in info.value.problems]
+
+
+def test_defaults() -> None:
+    s = load()
+    assert s.node_name == "n1" and s.holder == "n1"
+    assert s.group == "default"
+    assert s.reboot_command == ("systemctl", "reboot")
+    assert s.reboot_signal == int(signal.SIGRTMIN) + 5
+    assert s.detectors[0].type == "sentinel" and s.detectors[0].path == "/run/reboot-required"
+    assert s.schedule.windows == ()
+
+
+def test_precedence_flags_over_env_over_file_over_defaults() -> None:
+    file = {"group": "from-file", "max_holders": 3, "check_interval": "2m"}
+    env = {"REBOOTCOORD_GROUP": "from-env", "REBOOTCOORD_MAX_HOLDERS": "4"}
+    flags = {"group": "from-flag"}
+    s = load(file, env, flags)
+    assert s.group == "from-flag"
+    assert s.max_holders == 4
+    assert s.check_interval == timedelta(minutes=2)
+    assert s.time_zone == "UTC"
+
+
+def test_env_values_are_parsed_like_file_values() -> None:
+    s = load(
+        env={
+            "REBOOTCOORD_ETCD_ENDPOINTS": "http://a:2379,https://b:2379",
+            "REBOOTCOORD_REBOOT_COMMAND": "[systemctl, reboot, --force]",
+            "REBOOTCOORD_WINDOWS": '[{start: "Thu 04:00", length: 1h}]',
+            "REBOOTCOORD_DETECTORS": "sentinel,rpm-ostree",
+            "REBOOTCOORD_REBOOT_SIGNAL": "SIGTERM",
+        }
+    )
+    assert s.etcd_endpoints == ("http://a:2379", "https://b:2379")
+    assert s.reboot_command == ("systemctl", "reboot", "--force")
+    assert len(s.schedule.windows) == 1
+    assert [d.type for d in s.detectors] == ["sentinel", "rpm-ostree"]
+    assert s.detectors[1].argv == ("rpm-ostree", "status", "--json")
+    assert s.reboot_signal == int(signal.SIGTERM)
+
+
+def test_node_name_from_fallback_and_holder_id() -> None:
+    s = load({"holder_id": "abc123"})
+    assert s.node == "n1" and s.holder == "abc123"
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "key", "expected_part"),
+    [
+        pytest.param(
+            {"file_data": {"max_holder": 2}}, "max_holder", "did you mean 'max_holders'", id="unknown-key"
+        ),
+        pytest.param({"env": {"REBOOTCOORD_GRUOP": "x"}}, "gruop", "did you mean 'group'", id="unknown-env"),
+        pytest.param({"file_data": {"max_holders": "two"}}, "max_holders", "whole number", id="wrong-type"),
+        pytest.param({"file_data": {"max_holders": True}}, "max_holders", "whole number", id="bool-not-int"),
+        pytest.param({"file_data": {"max_holders": 0}}, "max_holders", ">= 1", id="max-below-1"),
+        pytest.param(
+            {"env": {"REBOOTCOORD_MAX_HOLDERS": "-3"}}, "max_holders", ">= 1", id="max-negative-env"
+        ),
+        pytest.param(
+            {"file_data": {"check_interval": "5 minutes"}}, "check_interval", "duration", id="bad-duration"
+        ),
+        pytest.param(
+            {"file_data": {"check_interval": "0s"}}, "check_interval", "above zero", id="zero-duration"
+        ),
+        pytest.param(
+            {"file_data": {"windows": [{"start": "Thu 4", "length": "1x"}]}},
+            "windows[0].length",
+            "duration",
+            id="bad-window",
+        ),
+        pytest.param({"file_data": {"time_zone": "Europe/Atlantis"}}, "time_zone", "IANA", id="unknown-zone"),
+        pytest.param({"file_data": {"node_name": ""}}, "node_name", "node name", id="missing-node-name"),
+        pytest.param(
+            {"file_data": {"etcd_endpoints": []}}, "etcd_endpoints", "at least one", id="no-endpoints"
+        ),
+        pytest.param(
+            {"file_data": {"etcd_endpoints": ["etcd:port"]}}, "etcd_endpoints", "endpoints", id="bad-ep"
+        ),
+        pytest.param(
+            {"file_data": {"reboot_command": "systemctl reboot"}}, "reboot_command", "argv", id="shell"
+        ),
+        pytest.param({"file_data": {"reboot_command": []}}, "reboot_command", "argv", id="empty-reboot"),
+        pytest.param({"file_data": {"reboot_method": "kexec"}}, "reboot_method", "one of", id="bad-enum"),
+        pytest.param({"file_data": {"reboot_signal": "SIGFOO"}}, "reboot_signal", "signal", id="bad-signal"),
+        pytest.param({"file_data": {"group": "a/b"}}, "group", "letters", id="bad-group"),
+        pytest.param(
+            {"file_data": {"etcd_username": "root"}}, "etcd_password", "together", id="user-no-pass"
+        ),
+        pytest.param(
+            {"file_data": {"etcd_cert_file": "/etc/hosts"}}, "etcd_key_file", "together", id="cert-no-key"
+        ),
+        pytest.param(
+            {"file_data": {"etcd_ca_file": "/nonexistent/ca.pem"}}, "etcd_ca_file", "readable", id="no-ca"
+        ),
+        pytest.param(
+            {"file_data": {"detectors": [{"type": "apt"}]}}, "detectors[0].type", "one of", id="bad-det"
+        ),
+        pytest.param(
+            {"file_data": {"detectors": [{"type": "command"}]}}, "detectors[0].argv", "argv", id="cmd-argv"
+        ),
+        pytest.param(
+            {"file_data": {"detectors": [{"type": "sentinel", "paht": "/x"}]}},
+            "detectors[0].paht",
+            "did you mean 'path'",
+            id="det-typo",
+        ),
+        pytest.param(
+            {"file_data": {"detectors": [{"type": "command", "argv": ["x"], "reboot_exit_codes": [300]}]}},
+            "detectors[0].reboot_exit_codes",
+            "<= 255",
+            id="exit-code",
+        ),
+        pytest.param(
+            {"file_data": {"health_checks": [{"type": "http", "url": "file:///etc/passwd"}]}},
+            "health_checks[0].url",
+            "http",
+            id="check-url",
+        ),
+        pytest.param(
+            {"file_data": {"metrics_address": "9090"}}, "metrics_address", "host:port", id="address"
+        ),
+        pytest.param({"file_data": ["a", "b"]}, "(config file)", "mapping", id="not-a-mapping"),
+        pytest.param(
+            {"file_data": {"host_root": "relative/dir"}}, "host_root", "absolute", id="relative-root"
+        ),
+    ],
+)
+def test_invalid_configuration_names_key_value_and_expectation(
+    kwargs: dict, key: str, expected_part: str
+) -> None:
+    found = problems(**kwargs)
+    keys = [p[0] for p in found]
+    assert key in keys, found
+    problem = found[keys.index(key)]
+    assert expected_part in problem[2]
+    with pytest.raises(ConfigError) as info:
+        load(**kwargs)
+    assert f"{key}" in str(info.value) and "expected" in str(info.value)
+
+
+def test_every_problem_is_reported_at_once() -> None:
+    found = problems(file_data={"max_holders": 0, "check_interval": "x", "colour": "blue"})
+    assert {p[0] for p in found} == {"max_holders", "check_interval", "colour"}
+    assert all(p[3].startswith("file agent.yaml") for p in found)
+
+
+def test_source_is_named() -> None:
+    found = problems(env={"REBOOTCOORD_MAX_HOLDERS": "zero"})
+    assert found == [("max_holders", "zero", "a whole number", "env REBOOTCOORD_MAX_HOLDERS")]
+
+
+def test_print_config_masks_secrets() -> None:
+    s = load({"etcd_username": "root", "etcd_password": "hunter2"})
+    plain = to_plain(s)
+    assert plain["etcd_password"] == MASK
+    assert "hunter2" not in repr(plain)
+    assert plain["check_interval"] == "1m"
+    assert plain["detectors"][0]["type"] == "sentinel"

@@ -1,0 +1,199 @@
+"""decide(): every branch of the cycle, as a table over snapshots. No I/O, no clock."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from datetime import UTC, datetime, timedelta
+
+import pytest
+
+from rebootcoord.core.cycle import (
+    Abandon,
+    Acquire,
+    Drain,
+    JoinQueue,
+    LeaveQueue,
+    Persist,
+    Reboot,
+    Release,
+    Rest,
+    Snapshot,
+    Timing,
+    Verify,
+    decide,
+    step_phase,
+)
+from rebootcoord.core.semaphore import (
+    MANUAL,
+    CorruptDocument,
+    GroupView,
+    HolderRecord,
+    PauseInfo,
+    SemaphoreState,
+    Waiter,
+)
+from rebootcoord.core.types import Group, HolderId, NodeName, PendingReboot, Phase
+from rebootcoord.core.windows import WindowStatus
+
+ME = HolderId("me")
+NOW = 1000.0
+PENDING = PendingReboot("sentinel", "/run/reboot-required exists", "k1")
+OPEN = WindowStatus(open=True, closes_at=None, next_open=None)
+CLOSED = WindowStatus(open=False, closes_at=None, next_open=datetime(2026, 1, 1, tzinfo=UTC))
+TIMING = Timing(timedelta(minutes=10), timedelta(seconds=30), timedelta(0))
+
+
+def rec(phase: Phase, **kw: object) -> HolderRecord:
+    base = HolderRecord(
+        id=ME, node=NodeName("me"), group=Group("g"), phase=phase, boot_id="boot-1",
+        acquired_at=900.0, phase_since=900.0, update_key="k1",
+    )  # fmt: skip
+    return replace(base, **kw)  # type: ignore[arg-type]
+
+
+def gv(holders=(), waiters=(), records=(), paused=False, corrupt=False, max_=2, slots=True) -> GroupView:
+    return GroupView(
+        group=Group("g"),
+        slots=SemaphoreState(max_, tuple(HolderId(h) for h in holders)) if slots else None,
+        records={r.id: r for r in records},
+        waiters=tuple(Waiter(HolderId(w), NodeName(w), 0.0, i) for i, w in enumerate(waiters)),
+        paused=PauseInfo("op", 1.0) if paused else None,
+        corrupt=(CorruptDocument("k", "bad"),) if corrupt else (),
+    )
+
+
+def snap(view: GroupView | None, **kw: object) -> Snapshot:
+    base = Snapshot(
+        now=NOW, holder=ME, node=NodeName("me"), group=Group("g"), boot_id="boot-1", pending=PENDING,
+        detector_errors=(), window=OPEN, view=view, timing=TIMING,
+    )  # fmt: skip
+    return replace(base, **kw)  # type: ignore[arg-type]
+
+
+CASES = [
+    ("backend-down", snap(None), Rest, None),
+    ("nothing-pending", snap(gv(), pending=None), Rest, Phase.IDLE),
+    ("detector-error-is-not-pending", snap(gv(), pending=None, detector_errors=("boom",)), Rest, Phase.IDLE),
+    ("pending-joins-queue", snap(gv()), JoinQueue, Phase.WAITING),
+    ("window-closed", snap(gv(), window=CLOSED), Rest, Phase.PENDING),
+    ("window-closed-leaves-queue", snap(gv(waiters=["me"]), window=CLOSED), LeaveQueue, None),
+    ("blocker", snap(gv(), blockers=("alert firing",)), Rest, Phase.PENDING),
+    ("no-longer-pending-leaves-queue", snap(gv(waiters=["me"]), pending=None), LeaveQueue, None),
+    ("our-turn", snap(gv(waiters=["me"])), Acquire, Phase.WAITING),
+    ("not-our-turn", snap(gv(holders=["x"], waiters=["a", "me"])), Rest, Phase.WAITING),
+    ("full", snap(gv(holders=["x", "y"], waiters=["me"])), Rest, Phase.WAITING),
+    ("paused-keeps-place", snap(gv(waiters=["me"], paused=True)), Rest, Phase.WAITING),
+    ("corrupt-blocks", snap(gv(waiters=["me"], corrupt=True)), Rest, Phase.PENDING),
+    ("no-semaphore-yet", snap(gv(slots=False)), Rest, Phase.PENDING),
+    ("locked-goes-draining", snap(gv(["me"], records=[rec(Phase.LOCKED)])), Persist, Phase.DRAINING),
+    ("draining-drains", snap(gv(["me"], records=[rec(Phase.DRAINING)])), Drain, Phase.DRAINING),
+    ("rebooting-reboots", snap(gv(["me"], records=[rec(Phase.REBOOTING)])), Reboot, Phase.REBOOTING),
+    (
+        "rebooting-waits-after-issuing",
+        snap(gv(["me"], records=[rec(Phase.REBOOTING)]), reboot_issued_at=NOW - 5),
+        Rest,
+        Phase.REBOOTING,
+    ),
+    (
+        "reboot-retried-after-timeout",
+        snap(gv(["me"], records=[rec(Phase.REBOOTING)]), reboot_issued_at=NOW - 601),
+        Reboot,
+        Phase.REBOOTING,
+    ),
+    (
+        "boot-changed-verifies",
+        snap(gv(["me"], records=[rec(Phase.REBOOTING)]), boot_id="boot-2"),
+        Persist,
+        Phase.VERIFYING,
+    ),
+    (
+        "boot-changed-while-draining-verifies",
+        snap(gv(["me"], records=[rec(Phase.DRAINING)]), boot_id="boot-2"),
+        Persist,
+        Phase.VERIFYING,
+    ),
+    (
+        "verifying-checks",
+        snap(gv(["me"], records=[rec(Phase.VERIFYING)]), boot_id="boot-2"),
+        Verify,
+        Phase.VERIFYING,
+    ),
+    (
+        "verifying-waits-between-checks",
+        snap(gv(["me"], records=[rec(Phase.VERIFYING)]), boot_id="boot-2", last_verify_at=NOW - 5),
+        Rest,
+        Phase.VERIFYING,
+    ),
+    (
+        "healthy-releases",
+        snap(gv(["me"], records=[rec(Phase.VERIFYING, healthy_at=NOW - 1)]), boot_id="boot-2"),
+        Persist,
+        Phase.RELEASING,
+    ),
+    (
+        "release-delay",
+        snap(
+            gv(["me"], records=[rec(Phase.VERIFYING, healthy_at=NOW - 1)]),
+            boot_id="boot-2",
+            timing=replace(TIMING, release_delay=timedelta(minutes=5)),
+        ),
+        Rest,
+        Phase.VERIFYING,
+    ),
+    (
+        "releasing-releases",
+        snap(gv(["me"], records=[rec(Phase.RELEASING)]), boot_id="boot-2"),
+        Release,
+        Phase.RELEASING,
+    ),
+    ("slot-taken-away", snap(gv([], records=[rec(Phase.DRAINING)])), Abandon, Phase.RELEASING),
+    (
+        "operator-locked-our-id",
+        snap(gv(["me"], records=[rec(Phase.LOCKED, kind=MANUAL)])),
+        Rest,
+        Phase.PENDING,
+    ),
+    ("held-without-record", snap(gv(["me"])), Rest, Phase.PENDING),
+    # Holding a slot ignores the window and the pause: a started cycle finishes.
+    (
+        "holder-ignores-closed-window",
+        snap(gv(["me"], records=[rec(Phase.LOCKED)], paused=True), window=CLOSED),
+        Persist,
+        Phase.DRAINING,
+    ),
+]
+
+
+@pytest.mark.parametrize(("name", "snapshot", "kind", "phase"), CASES, ids=[c[0] for c in CASES])
+def test_decide(name: str, snapshot: Snapshot, kind: type, phase: Phase | None) -> None:
+    step = decide(snapshot)
+    assert isinstance(step, kind), step
+    if kind is not LeaveQueue:
+        assert step_phase(step) == phase
+
+
+def test_acquire_record_carries_boot_and_update() -> None:
+    step = decide(snap(gv(waiters=["me"])))
+    assert isinstance(step, Acquire)
+    assert step.record.boot_id == "boot-1"
+    assert step.record.update_key == "k1"
+    assert step.record.phase is Phase.LOCKED
+
+
+def test_window_closed_wakes_at_next_open() -> None:
+    step = decide(snap(gv(), window=CLOSED))
+    assert isinstance(step, Rest)
+    assert step.wake_at == CLOSED.next_open.timestamp()  # type: ignore[union-attr]
+
+
+def test_never_reboots_without_holding() -> None:
+    """Exhaustively: no snapshot in which we do not hold a slot yields Reboot or Drain."""
+    records = [None, *[rec(p) for p in Phase if p.holds_slot]]
+    for holders in ([], ["x"], ["x", "y"], ["me"]):
+        for record in records:
+            for boot in ("boot-1", "boot-2"):
+                for pending in (None, PENDING):
+                    view = gv(holders, waiters=["me"], records=[record] if record else [])
+                    step = decide(snap(view, boot_id=boot, pending=pending))
+                    if isinstance(step, Reboot | Drain | Verify | Release):
+                        assert "me" in holders, (holders, record, step)
