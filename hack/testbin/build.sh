@@ -156,12 +156,16 @@ for t in "${targets[@]}"; do
     echo "testbin:       $name done in $((SECONDS - t0))s ($(wc -l <"$log") packages compiled)"
 done
 
-# Smoke check: every binary runs and reports the pinned version.
-"$out/kube-apiserver" --version
-"$out/kubectl" version --client | head -n 1
-"$out/etcd" --version | head -n 1
-"$out/helm" version --short
-"$out/kwok" --version 2>/dev/null || true
+# Smoke check: every binary runs and reports the pinned version. (No `| head`: with pipefail the
+# writer's SIGPIPE would fail the build.)
+first_line() { local text; text="$("$@" 2>&1)" && printf 'testbin:       %s\n' "${text%%$'\n'*}"; }
+first_line "$out/kube-apiserver" --version
+first_line "$out/kube-controller-manager" --version
+first_line "$out/kube-scheduler" --version
+first_line "$out/kubectl" version --client
+first_line "$out/etcd" --version
+first_line "$out/helm" version --short
+first_line "$out/kwok" --version
 
 echo "$stamp" >"$stamp_file"
 echo "testbin: all ${#targets[@]} binaries built in $((SECONDS - started))s"
