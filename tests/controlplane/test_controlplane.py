@@ -3,6 +3,7 @@ RBAC, kwok node health, and the tools built beside it (kubectl, helm)."""
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import subprocess
 from typing import Any
@@ -15,6 +16,8 @@ from tests.support.cluster import (
     FAKE_NODE_LABEL,
     KUBELET_VERSION,
     NOT_READY_TAINT,
+    POD_CIDR,
+    UNREACHABLE_TAINT,
     ZONE_LABEL,
     KubeCluster,
     wait_for,
@@ -98,7 +101,12 @@ def test_deployment_pods_are_scheduled_and_become_ready(kube: KubeTestEnv) -> No
     pods = wait_for_pods(kube.api, kube.namespace, "app=web", count=5)
     our_nodes = set(kube.nodes)
     assert {p.spec.node_name for p in pods} <= our_nodes
-    assert all(p.status.pod_ip for p in pods)
+    # kwok hands out pod IPs from a loopback block: nothing a test reads leads off the machine.
+    assert all(ipaddress.ip_address(p.status.pod_ip) in ipaddress.ip_network(POD_CIDR) for p in pods)
+    for name in our_nodes:
+        addresses = {a.type: a.address for a in kube.core.read_node(name).status.addresses}
+        assert ipaddress.ip_address(addresses["InternalIP"]).is_loopback
+        assert addresses["Hostname"] == name
 
 
 def _evict(kube: KubeTestEnv, pod: str) -> None:
@@ -237,6 +245,44 @@ def test_node_not_ready_and_back_through_kwok(kube: KubeTestEnv) -> None:
     assert node.status.node_info.machine_id == fake.machine_id
     ready = next(c for c in node.status.conditions if c.type == "Ready")
     assert ready.last_transition_time > node.metadata.creation_timestamp
+
+
+def test_stopped_kubelet_makes_node_unknown_and_its_pods_unhealthy(kube: KubeTestEnv) -> None:
+    selector = _own_nodes(kube, 2)
+    down, _ = kube.nodes
+    kube.apps.create_namespaced_deployment(
+        kube.namespace, _deployment("svc", replicas=4, node_selector=selector)
+    )
+    kube.policy.create_namespaced_pod_disruption_budget(
+        kube.namespace,
+        {
+            "metadata": {"name": "svc"},
+            "spec": {"maxUnavailable": 1, "selector": {"matchLabels": {"app": "svc"}}},
+        },
+    )
+    pods = wait_for_pods(kube.api, kube.namespace, "app=svc", count=4)
+    wait_for_pdb(kube.api, kube.namespace, "svc", disruptions_allowed=1)
+    on_down = {p.metadata.name for p in pods if p.spec.node_name == down}
+    assert on_down, "the scheduler spread nothing onto the node under test"
+
+    kube.set_kubelet_running(down, False)  # returns once Ready=Unknown
+    node = kube.core.read_node(down)
+    assert {t.key for t in node.spec.taints} >= {UNREACHABLE_TAINT}
+
+    def unready() -> bool:
+        pods = kube.core.list_namespaced_pod(kube.namespace, label_selector="app=svc").items
+        return all(
+            any(c.type == "Ready" and c.status == "False" for c in p.status.conditions)
+            for p in pods
+            if p.metadata.name in on_down
+        )
+
+    wait_for(unready, timeout=30, what="pods of the silent node marked unready")
+    wait_for_pdb(kube.api, kube.namespace, "svc", disruptions_allowed=0)
+
+    kube.set_kubelet_running(down, True)  # returns once Ready, untainted, pods ready again
+    wait_for_pods(kube.api, kube.namespace, "app=svc", count=4)
+    wait_for_pdb(kube.api, kube.namespace, "svc", disruptions_allowed=1)
 
 
 def test_simulated_reboot_changes_only_the_boot_id(kube: KubeTestEnv) -> None:

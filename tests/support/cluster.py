@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import ctypes
+import hashlib
 import json
 import logging
 import os
@@ -53,8 +54,16 @@ KWOK_STAGES: Final = Path(__file__).with_name("kwok_stages.yaml")
 NOT_READY_ANNOTATION: Final = "kwok.rebootcoord.test/not-ready"
 #: Every node made by :meth:`KubeCluster.create_nodes` carries this label (value "true").
 FAKE_NODE_LABEL: Final = "kwok.rebootcoord.test/fake"
+#: kwok manages (renews the Lease of, plays the stages of) nodes labelled KUBELET_LABEL=running:
+#: any other value stands for a stopped kubelet.
+KUBELET_LABEL: Final = "kwok.rebootcoord.test/kubelet"
+#: kwok's node Lease duration (renewed every quarter of it) and the node-lifecycle controller's
+#: grace period: a node whose kubelet stops goes Ready=Unknown this long after its last renewal.
+NODE_LEASE_SECONDS: Final = 20
 ZONE_LABEL: Final = "topology.kubernetes.io/zone"
 NOT_READY_TAINT: Final = "node.kubernetes.io/not-ready"
+UNREACHABLE_TAINT: Final = "node.kubernetes.io/unreachable"
+_HEALTH_TAINTS: Final = frozenset({NOT_READY_TAINT, UNREACHABLE_TAINT})
 DEFAULT_ZONES: Final = ("zone-a", "zone-b", "zone-c")
 #: status.nodeInfo.kubeletVersion of the fake nodes: the control plane's own release.
 KUBELET_VERSION: Final = "v1.36.3"
@@ -81,7 +90,8 @@ CONTROLLERS: Final = (
     "node-lifecycle-controller",
     "taint-eviction-controller",
 )
-SERVICE_CLUSTER_IP_RANGE: Final = "10.0.0.0/24"
+SERVICE_CLUSTER_IP_RANGE: Final = "10.0.0.0/24"  # only allocated in the API, never routed
+POD_CIDR: Final = "127.16.0.0/12"
 SA_ISSUER: Final = "https://kubernetes.default.svc.cluster.local"
 
 _T = TypeVar("_T")
@@ -623,7 +633,7 @@ class KubeCluster:
                 f"--service-account-private-key-file={creds.sa_key}",
                 f"--root-ca-file={creds.ca_cert}",
                 "--node-monitor-period=2s",
-                "--node-monitor-grace-period=40s",
+                f"--node-monitor-grace-period={NODE_LEASE_SECONDS}s",
                 f"--v={v}",
             ],
             logs,
@@ -650,10 +660,15 @@ class KubeCluster:
                 str(bin_("kwok")),
                 f"--kubeconfig={kubeconfigs['kwok']}",
                 f"--config={KWOK_STAGES}",
-                "--manage-all-nodes=true",
-                # kwok renews each node's Lease (kube-node-lease) every 10 s: the heartbeat that the
-                # node-lifecycle controller watches. Without it nodes would go Unknown after 40 s.
-                "--node-lease-duration-seconds=40",
+                # Not --manage-all-nodes: a node whose label says its kubelet is stopped must get
+                # no Lease renewals, so that the node-lifecycle controller sees it go silent.
+                f"--manage-nodes-with-label-selector={KUBELET_LABEL}=running",
+                # kwok renews each managed node's Lease (kube-node-lease) every 5 s: the heartbeat
+                # the node-lifecycle controller watches (without Leases nodes go Unknown).
+                f"--node-lease-duration-seconds={NODE_LEASE_SECONDS}",
+                # Pod IPs kwok hands out: a loopback block, so that an address a test reads from
+                # the API can never lead traffic off the machine (the default is 10.0.0.0/24).
+                f"--cidr={POD_CIDR}",
                 f"--server-address=127.0.0.1:{kwok_port}",
             ],
             logs,
@@ -847,6 +862,7 @@ class KubeCluster:
                     "kubernetes.io/arch": "amd64",
                     "type": "kwok",
                     FAKE_NODE_LABEL: "true",
+                    KUBELET_LABEL: "running",
                     **({ZONE_LABEL: zone} if zone else {}),
                     **(labels or {}),
                 }
@@ -869,6 +885,10 @@ class KubeCluster:
                         "allocatable": {"cpu": "32", "memory": "256Gi", "pods": "110"},
                         "capacity": {"cpu": "32", "memory": "256Gi", "pods": "110"},
                         "nodeInfo": _node_info(fake),
+                        "addresses": [
+                            {"type": "InternalIP", "address": _node_ip(name)},
+                            {"type": "Hostname", "address": name},
+                        ],
                     },
                 }
                 core.create_node(body)
@@ -880,18 +900,19 @@ class KubeCluster:
                 if current is None or current.boot_id != fake.boot_id:
                     core.patch_node_status(fake.name, {"status": {"nodeInfo": _node_info(fake)}})
         if wait:
-            for fake in nodes:
-                self.wait_node_ready(fake.name, True, timeout=timeout)
+            self.wait_nodes_ready([n.name for n in nodes], True, timeout=timeout)
         return nodes
 
     def set_node_ready(self, name: str, ready: bool, *, wait: bool = True, timeout: float = 30.0) -> None:
-        """Make kwok report node ``name`` Ready or NotReady, as a kubelet would.
+        """Make kwok report node ``name`` Ready or NotReady, as a running kubelet would.
 
         NotReady: the annotation kwok.rebootcoord.test/not-ready=true, which kwok's node-not-ready
         stage turns into Ready=False (reason KubeletNotReady) and which stops kwok from making the
         node Ready again. Ready: the annotation removed; kwok's node-initialize stage sets
-        Ready=True. kwok keeps renewing the node's Lease either way. With ``wait``, returns once
-        the condition shows (and, for Ready with node-lifecycle on, the not-ready taint is gone).
+        Ready=True, and pods the node-lifecycle controller marked unready meanwhile are made ready
+        again (a kubelet re-posts them; kwok would not). kwok renews the node's Lease throughout,
+        so the node never goes Unknown: see :meth:`set_kubelet_running` for that. With ``wait``,
+        returns once the condition shows (for Ready, also once the not-ready taint is gone).
         """
         from kubernetes import client as k8s
 
@@ -900,6 +921,59 @@ class KubeCluster:
             k8s.CoreV1Api(api).patch_node(name, patch)
         if wait:
             self.wait_node_ready(name, ready, timeout=timeout)
+            if ready:
+                self.restore_pod_readiness(name)
+
+    def set_kubelet_running(
+        self, name: str, running: bool, *, wait: bool = True, timeout: float | None = None
+    ) -> None:
+        """Stop or start the fake kubelet of node ``name``: a node that is powered off or
+        rebooting, as the control plane sees it.
+
+        Stopped (label kwok.rebootcoord.test/kubelet=stopped): kwok stops renewing the node's Lease
+        and playing its stages; NODE_LEASE_SECONDS later the node-lifecycle controller sets
+        Ready=Unknown, taints it unreachable (NoSchedule, NoExecute) and marks its pods unready,
+        so PodDisruptionBudgets count them as unhealthy. Pods deleted meanwhile stay Terminating.
+        Started: kwok takes the Lease again, node-initialize sets Ready=True, and the pods are made
+        ready again. With ``wait``: until Ready=Unknown, or until Ready and untainted.
+        """
+        from kubernetes import client as k8s
+
+        patch = {"metadata": {"labels": {KUBELET_LABEL: "running" if running else "stopped"}}}
+        with self.api_client() as api:
+            k8s.CoreV1Api(api).patch_node(name, patch)
+        if wait:
+            limit = timeout if timeout is not None else NODE_LEASE_SECONDS * 3 + 30
+            self.wait_node_ready(name, True if running else None, timeout=limit)
+            if running:
+                self.restore_pod_readiness(name)
+
+    def restore_pod_readiness(self, name: str) -> list[str]:
+        """Set Ready/ContainersReady back to True on the Running pods of node ``name`` that the
+        node-lifecycle controller marked unready (what a kubelet's status sync does after it comes
+        back). Returns the pods changed. A kwok stage cannot do it without fighting that controller
+        while the node is still NotReady."""
+        from kubernetes import client as k8s
+
+        changed = []
+        now = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+        with self.api_client() as api:
+            core = k8s.CoreV1Api(api)
+            pods = core.list_pod_for_all_namespaces(field_selector=f"spec.nodeName={name}").items
+            for pod in pods:
+                if pod.metadata.deletion_timestamp is not None or pod.status.phase != "Running":
+                    continue
+                if all(c.status == "True" for c in pod.status.conditions or () if c.type == "Ready"):
+                    continue
+                conditions = [
+                    {"type": t, "status": "True", "lastTransitionTime": now}
+                    for t in ("Ready", "ContainersReady")
+                ]
+                core.patch_namespaced_pod_status(
+                    pod.metadata.name, pod.metadata.namespace, {"status": {"conditions": conditions}}
+                )
+                changed.append(f"{pod.metadata.namespace}/{pod.metadata.name}")
+        return changed
 
     def set_boot_id(self, name: str, boot_id: str | None = None) -> str:
         """Set ``status.nodeInfo.bootID`` (a new random UUID by default): what a reboot changes.
@@ -911,11 +985,20 @@ class KubeCluster:
             k8s.CoreV1Api(api).patch_node_status(name, {"status": {"nodeInfo": {"bootID": boot_id}}})
         return boot_id
 
-    def simulate_reboot(self, name: str, *, timeout: float = 30.0) -> str:
-        """NotReady, a new bootID, Ready again (waiting for each); returns the new boot ID."""
-        self.set_node_ready(name, False, timeout=timeout)
+    def simulate_reboot(self, name: str, *, stop_kubelet: bool = False) -> str:
+        """Take node ``name`` down, give it a new bootID, bring it back (waiting for each step);
+        returns the new boot ID. Down is Ready=False reported by a live kubelet (instant), or with
+        ``stop_kubelet`` a silent node (Ready=Unknown after NODE_LEASE_SECONDS, pods unready):
+        slower, and closer to a real reboot."""
+        if stop_kubelet:
+            self.set_kubelet_running(name, False)
+        else:
+            self.set_node_ready(name, False)
         boot_id = self.set_boot_id(name)
-        self.set_node_ready(name, True, timeout=timeout)
+        if stop_kubelet:
+            self.set_kubelet_running(name, True)
+        else:
+            self.set_node_ready(name, True)
         return boot_id
 
     def delete_node(self, name: str, *, wait: bool = True, timeout: float = 30.0) -> None:
@@ -945,30 +1028,45 @@ class KubeCluster:
                 wait_for(gone, timeout=timeout, what=f"node {name} deleted")
 
     def node_ready(self, name: str) -> bool | None:
-        """The node's Ready condition as a bool (None: no such condition yet)."""
+        """The node's Ready condition: True, False, or None for Unknown (or not reported yet)."""
         from kubernetes import client as k8s
 
         with self.api_client() as api:
             node = k8s.CoreV1Api(api).read_node(name)
         return _ready(node)
 
-    def wait_node_ready(self, name: str, ready: bool, *, timeout: float = 30.0) -> None:
-        """Wait for Ready to be ``ready``; for True with node-lifecycle on, also for the
-        node.kubernetes.io/not-ready taint to be gone (until then nothing is scheduled there)."""
+    def wait_node_ready(self, name: str, ready: bool | None, *, timeout: float = 30.0) -> None:
+        """Wait for Ready to be ``ready`` (None: Unknown). For True with node-lifecycle on, also
+        for the not-ready/unreachable taints to be gone (until then nothing is scheduled there)."""
+        self.wait_nodes_ready([name], ready, timeout=timeout)
+
+    def wait_nodes_ready(self, names: Sequence[str], ready: bool | None, *, timeout: float = 30.0) -> None:
+        """:meth:`wait_node_ready` for many nodes at once (one list call per poll)."""
         from kubernetes import client as k8s
 
+        pending = set(names)
         with self.api_client() as api:
             core = k8s.CoreV1Api(api)
 
-            def check() -> bool:
-                node = core.read_node(name)
+            def settled(node: Any) -> bool:
                 if _ready(node) is not ready:
                     return False
                 if ready and self.node_lifecycle:
-                    return not any(t.key == NOT_READY_TAINT for t in node.spec.taints or ())
+                    return not any(t.key in _HEALTH_TAINTS for t in node.spec.taints or ())
                 return True
 
-            wait_for(check, timeout=timeout, what=f"node {name} Ready={ready}")
+            def check() -> bool:
+                if len(pending) == 1:
+                    (name,) = pending
+                    nodes = [core.read_node(name)]
+                else:
+                    nodes = core.list_node(label_selector=FAKE_NODE_LABEL).items
+                pending.difference_update(n.metadata.name for n in nodes if settled(n))
+                return not pending
+
+            state = {True: "True", False: "False", None: "Unknown"}[ready]
+            some = ", ".join(sorted(pending)[:5]) + (", ..." if len(pending) > 5 else "")
+            wait_for(check, timeout=timeout, what=f"Ready={state} on {some}", interval=0.25)
 
     # -- state for other processes ----------------------------------------------------------
 
@@ -993,10 +1091,16 @@ def _node_info(node: FakeNode) -> dict[str, str]:
     }
 
 
+def _node_ip(name: str) -> str:
+    """A stable loopback address for a fake node: kwok needs one, nothing ever connects to it."""
+    digest = hashlib.sha256(name.encode()).digest()
+    return f"127.1.{digest[0]}.{digest[1] % 254 + 1}"
+
+
 def _ready(node: Any) -> bool | None:
     for condition in node.status.conditions or ():
         if condition.type == "Ready":
-            return bool(condition.status == "True")
+            return {"True": True, "False": False}.get(condition.status)
     return None
 
 

@@ -130,12 +130,16 @@ class KubeTestEnv:
         )
         self.nodes.extend(n.name for n in made)
         if wait:
-            for node in made:
-                self.cluster.wait_node_ready(node.name, True)
+            self.cluster.wait_nodes_ready([n.name for n in made], True)
         return made
 
     def set_node_ready(self, name: str, ready: bool, *, wait: bool = True) -> None:
+        """:meth:`KubeCluster.set_node_ready`: Ready=False/True reported by a live kubelet."""
         self.cluster.set_node_ready(name, ready, wait=wait)
+
+    def set_kubelet_running(self, name: str, running: bool, *, wait: bool = True) -> None:
+        """:meth:`KubeCluster.set_kubelet_running`: a silent node (Ready=Unknown), and back."""
+        self.cluster.set_kubelet_running(name, running, wait=wait)
 
     def delete_node(self, name: str) -> None:
         self.cluster.delete_node(name)
