@@ -61,7 +61,7 @@ _WATCH_ERRORS: tuple[type[BaseException], ...] = (BackendUnavailable, *_TRANSIEN
 _KEEPALIVE = [
     ("grpc.keepalive_time_ms", 10_000),
     ("grpc.keepalive_timeout_ms", 5_000),
-    ("grpc.keepalive_permit_without_calls", 1),
+    ("grpc.keepalive_permit_without_calls", 0),  # etcd answers pings without streams with GOAWAY
     ("grpc.http2.max_pings_without_data", 0),
 ]
 MAX_CAS_ATTEMPTS = 50

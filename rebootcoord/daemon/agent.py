@@ -156,7 +156,10 @@ class Agent:
         snapshot = self._snapshot(now)
         step = decide(snapshot)
         phase = step_phase(step)
-        if phase is not None:
+        if phase is Phase.IDLE and snapshot.view is not None:
+            # An upper bound for the end of a holding interval cut short by a crash (checker).
+            self._enter(phase, getattr(step, "reason", ""), rev=snapshot.view.revision)
+        elif phase is not None:
             self._enter(phase, getattr(step, "reason", "") or _describe(step))
         if isinstance(step, Rest):
             self._rest(step, now)

@@ -59,7 +59,9 @@ def check(events: Iterable[dict[str, Any]], *, max_holders: int | None = None) -
             if phase in HOLDING and not holding:
                 # normally "locked"; after a crash right after acquiring, the first phase logged
                 start, holding = e, True
-            elif phase == "idle" and holding and e.get("reason") == "slot released":
+            elif phase == "idle" and holding:
+                # "slot released" carries the release revision; an idle after a restart carries
+                # the revision the agent saw, which is later: conservative.
                 assert start is not None
                 boundaries.append((_order(start), +1, node))
                 boundaries.append((_order(e), -1, node))

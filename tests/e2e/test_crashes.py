@@ -1,0 +1,191 @@
+"""kill -9 the agent in every phase, start it again, and prove the cycle resumes and the invariants
+of DESIGN.md hold: one reboot per update, never more holders than max, the slot given back.
+
+Each agent writes its events into a FIFO that this test reads (the agent just appends to its
+configured events_file). Reading is the gate: the test sees "phase X" and kills the agent either
+at once (somewhere inside X's work) or once the agent blocks before announcing the next phase
+(X's work done, nothing of the next begun). No test-only code path exists in the agent.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import glob
+import itertools
+import json
+import os
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from rebootcoord.core.semaphore import MANUAL, HolderRecord
+from rebootcoord.core.types import Group, HolderId, NodeName, Phase
+from rebootcoord.sim.checker import check
+from rebootcoord.sim.etcd_server import EtcdServer
+from rebootcoord.sim.fleet import Fleet
+from tests.conftest import wait_for
+from tests.integration.test_etcd_semaphore import slot_history
+
+pytestmark = pytest.mark.e2e
+
+
+class EventGate:
+    """Reads one agent's event FIFO in a thread; ``hold_after(phase)`` stops reading after it."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        os.mkfifo(path)
+        self.events: list[dict] = []
+        self._hold_after: str | None = None
+        self.holding = threading.Event()
+        self._resume = threading.Event()
+        self._closed = False
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def hold_after(self, phase: str) -> None:
+        self._hold_after = phase
+
+    def resume(self) -> None:
+        self._hold_after = None
+        self.holding.clear()
+        self._resume.set()
+
+    def phases(self) -> list[str]:
+        return [e["phase"] for e in self.events]
+
+    def _run(self) -> None:
+        while not self._closed:
+            if self.holding.is_set():
+                self._resume.wait()
+                self._resume.clear()
+                continue
+            with open(self.path, encoding="utf-8") as fh:  # blocks until the agent opens it to write
+                for line in fh:
+                    event = json.loads(line)
+                    self.events.append(event)
+                    if event["phase"] == self._hold_after:
+                        self.holding.set()
+
+    def close(self) -> None:
+        self._closed = True
+        self.resume()
+        with contextlib.suppress(OSError):  # unblock a reader waiting for a writer
+            fd = os.open(self.path, os.O_WRONLY | os.O_NONBLOCK)
+            os.close(fd)
+
+
+def blocked_on_fifo(pid: int) -> bool:
+    for wchan in glob.glob(f"/proc/{pid}/task/*/wchan"):
+        with contextlib.suppress(OSError), open(wchan) as fh:
+            if fh.read().strip() == "wait_for_partner":
+                return True
+    return False
+
+
+def alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except OSError as exc:
+        return exc.errno != errno.ESRCH
+    with contextlib.suppress(OSError), open(f"/proc/{pid}/stat") as fh:
+        return fh.read().split()[2] != "Z"
+    return False
+
+
+PHASES = ["waiting", "locked", "draining", "rebooting", "verifying", "releasing"]
+
+
+@pytest.mark.parametrize("moment", ["inside", "boundary"])
+@pytest.mark.parametrize("phase", PHASES)
+def test_kill_9_in_each_phase_resumes_safely(
+    etcd: EtcdServer, prefix: str, tmp_path: Path, phase: str, moment: str
+) -> None:
+    fleet = Fleet(
+        str(tmp_path / "run"), nodes=1, endpoint=etcd.endpoint, max_holders=1, reboot_seconds=0.5,
+        agent_config={"etcd_key_prefix": prefix, "events_file": "{node_dir}/events.fifo"},
+    )  # fmt: skip
+    node = next(iter(fleet.nodes.values()))
+    os.makedirs(node.dir, exist_ok=True)
+    gate = EventGate(os.path.join(node.dir, "events.fifo"))
+    blocker = HolderId("maintenance")
+    if phase == "waiting":
+        # Someone else holds the only slot, so the agent stays in "waiting".
+        fleet.semaphore.ensure(1)
+        now = time.time()
+        fleet.semaphore.lock(
+            blocker,
+            HolderRecord(blocker, NodeName("m"), Group("default"), Phase.LOCKED, "", now, now, kind=MANUAL),
+        )
+    gate.hold_after(phase)
+    try:
+        with fleet:
+            wait_for(gate.holding.is_set, timeout=120, what=f"phase {phase}")
+            pid = fleet.agent_pid(node.name)
+            if moment == "boundary" and pid is not None:
+                # Until the agent blocks announcing its next phase (or rests in this one: waiting).
+                deadline = time.monotonic() + 5
+                while time.monotonic() < deadline and alive(pid) and not blocked_on_fifo(pid):
+                    time.sleep(0.01)
+            if pid is not None:
+                fleet.kill_agent(node.name)  # SIGKILL, then reap: the process is gone for good
+            before_restart = fleet.semaphore.read()
+            gate.resume()
+            fleet.start_agent(node.name)
+            if phase == "waiting":
+                wait_for(lambda: gate.phases().count("waiting") >= 2, timeout=60, what="waiting again")
+                assert node.reboots == 0
+                fleet.semaphore.unlock(blocker)
+            wait_for(fleet.done, timeout=120, interval=0.1, what="the cycle to finish")
+            wait_for(lambda: gate.phases()[-1] == "idle", what="the agent to report idle")
+    finally:
+        gate.close()
+    assert node.reboots == 1, "exactly one reboot for one update"
+    assert not fleet.violations, fleet.violations
+    history = slot_history(etcd, f"{prefix}/groups/default/v1/semaphore")
+    assert max(len(doc["holders"]) for doc in history) <= 1
+    final = fleet.semaphore.read()
+    assert final.slots is not None and final.slots.holders == () and not final.records
+    if phase != "waiting":
+        # The kill happened while the slot was ours; the restarted agent continued the same cycle
+        # (one acquisition in the whole history).
+        assert before_restart.holds(HolderId(node.name)) or node.reboots == 1
+        acquisitions = sum(
+            1
+            for prev, doc in itertools.pairwise(history)
+            if node.name in doc["holders"] and node.name not in prev["holders"]
+        )
+        assert acquisitions == 1
+    report = check(gate.events, max_holders=1)
+    assert report.ok and report.reboots == {node.name: 1}, report
+
+
+def test_random_kills_never_break_the_budget(etcd: EtcdServer, prefix: str, tmp_path: Path) -> None:
+    """Chaos: 5 nodes, 2 slots, an agent killed with SIGKILL every 150-450 ms at random."""
+    import random
+
+    rng = random.Random(7)
+    fleet = Fleet(
+        str(tmp_path / "run"), nodes=5, endpoint=etcd.endpoint, max_holders=2, reboot_seconds=0.5,
+        agent_config={"etcd_key_prefix": prefix},
+    )  # fmt: skip
+    kills = 0
+    with fleet:
+        deadline = time.monotonic() + 240
+        while not fleet.done() and time.monotonic() < deadline:
+            name = rng.choice(sorted(fleet.nodes))
+            pid = fleet.agent_pid(name)
+            if pid is not None and kills < 25:
+                fleet.kill_agent(name)
+                kills += 1
+                fleet.start_agent(name)
+            time.sleep(rng.uniform(0.15, 0.45))
+        assert fleet.done(), "the rollout did not finish after the kills stopped"
+    assert kills >= 10
+    assert not fleet.violations, fleet.violations
+    assert {n.reboots for n in fleet.nodes.values()} == {1}
+    history = slot_history(etcd, f"{prefix}/groups/default/v1/semaphore")
+    assert max(len(doc["holders"]) for doc in history) <= 2
