@@ -118,6 +118,7 @@ log_dir="$(mktemp -d)"
 trap 'rm -rf "$log_dir"' EXIT
 
 # Downloads first, per module, so a proxy failure is reported as such and not as a compile error.
+t0=$SECONDS
 for mod in kube etcd helm kwok; do
     echo "testbin: [download] module hack/testbin/$mod"
     (cd "$here/$mod" && go mod download) || {
@@ -125,6 +126,7 @@ for mod in kube etcd helm kwok; do
         exit 1
     }
 done
+echo "testbin: modules present in $((SECONDS - t0))s"
 
 started=$SECONDS
 i=0
