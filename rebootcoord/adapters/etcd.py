@@ -17,6 +17,7 @@ This module is the only one that imports ``etcd3`` and ``grpc``; their errors ar
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import random
@@ -201,6 +202,7 @@ class EtcdSemaphore:
         self.pause_key = self.base + "rebootcoord/paused"
         self.waiter_ttl = max(2, round(waiter_ttl))
         self._leases: dict[HolderId, Any] = {}  # one lease per waiter we queued
+        self._decode_cache: dict[str, tuple[int, Any]] = {}
         self._lease_lock = threading.Lock()
         self._keepalive_stop = threading.Event()
         self._keepalive: threading.Thread | None = None
@@ -220,6 +222,24 @@ class EtcdSemaphore:
         kvs, revision = self._range()
         return self._view(kvs, revision)
 
+    def _decoded(self, key: str, kv: _Kv, decode: Callable[[bytes], Any]) -> Any:
+        """Decode a value once per (key, mod revision): every watch event rebuilds the view, and
+        a group of a hundred waiters would otherwise decode a hundred documents per event."""
+        cached = self._decode_cache.get(key)
+        if cached is not None and cached[0] == kv.mod_revision:
+            result = cached[1]
+        else:
+            try:
+                result = decode(kv.value)
+            except CorruptDocument as exc:
+                result = exc
+            if len(self._decode_cache) > 10_000:
+                self._decode_cache.clear()
+            self._decode_cache[key] = (kv.mod_revision, result)
+        if isinstance(result, CorruptDocument):
+            raise result
+        return result
+
     def _view(self, kvs: dict[str, _Kv], revision: int) -> GroupView:
         corrupt: list[CorruptDocument] = []
         slots = None
@@ -234,7 +254,7 @@ class EtcdSemaphore:
         for key, kv in kvs.items():
             if key.startswith(self.records_prefix):
                 try:
-                    record = HolderRecord.decode(kv.value, key=key)
+                    record = self._decoded(key, kv, functools.partial(HolderRecord.decode, key=key))
                 except CorruptDocument as exc:
                     corrupt.append(exc)
                     continue
@@ -243,9 +263,9 @@ class EtcdSemaphore:
                     continue
                 records[record.id] = record
             elif key.startswith(self.waiters_prefix):
-                waiter = _decode_waiter(kv, key[len(self.waiters_prefix) :])
-                if waiter is not None:
-                    waiters.append(waiter)
+                holder = key[len(self.waiters_prefix) :]
+                decode = functools.partial(_decode_waiter, holder=holder, order=kv.create_revision)
+                waiters.append(self._decoded(key, kv, decode))
             elif key == self.pause_key:
                 paused = _decode_pause(kv.value)
         waiters.sort(key=lambda w: w.order)
@@ -612,18 +632,15 @@ def _revoker(lease_id: int) -> Callable[[Any], Any]:
     return lambda client: client.revoke_lease(lease_id)
 
 
-def _decode_waiter(kv: _Kv, holder: str) -> Waiter | None:
+def _decode_waiter(raw: bytes, *, holder: str, order: int) -> Waiter:
     try:
-        doc = json.loads(kv.value)
+        doc = json.loads(raw)
         return Waiter(
-            HolderId(holder),
-            NodeName(str(doc.get("node", holder))),
-            float(doc.get("since", 0)),
-            kv.create_revision,
+            HolderId(holder), NodeName(str(doc.get("node", holder))), float(doc.get("since", 0)), order
         )
     except (ValueError, TypeError, AttributeError):
         # A waiter key is only a place in line; a bad one still holds its place.
-        return Waiter(HolderId(holder), NodeName(holder), 0.0, kv.create_revision)
+        return Waiter(HolderId(holder), NodeName(holder), 0.0, order)
 
 
 def _decode_pause(raw: bytes) -> PauseInfo:

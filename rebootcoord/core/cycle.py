@@ -60,6 +60,8 @@ class Rest:
 class JoinQueue:
     """Take a place in the queue for a slot."""
 
+    reason: str = "reboot required; queued for a slot"
+
 
 @dataclass(frozen=True)
 class LeaveQueue:
@@ -82,22 +84,26 @@ class Persist:
 @dataclass(frozen=True)
 class Drain:
     record: HolderRecord
+    reason: str = "cordoning and draining the node"
 
 
 @dataclass(frozen=True)
 class Reboot:
     record: HolderRecord
     retry: bool = False
+    reason: str = "asking the host to reboot"
 
 
 @dataclass(frozen=True)
 class Verify:
     record: HolderRecord
+    reason: str = "running the post-reboot checks"
 
 
 @dataclass(frozen=True)
 class Release:
     record: HolderRecord
+    reason: str = "uncordoning and giving the slot back"
 
 
 @dataclass(frozen=True)

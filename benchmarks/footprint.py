@@ -1,0 +1,92 @@
+"""Agent footprint: resident memory after start-up and CPU while idle (etcd backend).
+
+python benchmarks/footprint.py [--agents 5] [--idle-seconds 60]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+
+import psutil
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from benchmarks.common import write_json  # noqa: E402
+from rebootcoord.sim.etcd_server import EtcdServer  # noqa: E402
+
+
+def main() -> None:
+    p = argparse.ArgumentParser()
+    p.add_argument("--agents", type=int, default=5)
+    p.add_argument("--idle-seconds", type=float, default=60)
+    args = p.parse_args()
+    with (
+        tempfile.TemporaryDirectory(prefix="bench-fp-") as tmp,
+        EtcdServer(data_dir=os.path.join(tmp, "etcd")) as etcd,
+    ):
+        procs = []
+        for i in range(args.agents):
+            root = os.path.join(tmp, f"n{i}")
+            os.makedirs(root)
+            with open(os.path.join(root, "boot_id"), "w") as fh:
+                fh.write(f"boot-{i}\n")
+            procs.append(
+                subprocess.Popen(
+                    [
+                        sys.executable,
+                        "-m",
+                        "rebootcoord",
+                        "agent",
+                        "--node-name",
+                        f"n{i}",
+                        "--etcd-endpoints",
+                        etcd.endpoint,
+                        "--host-root",
+                        root,
+                        "--boot-id-file",
+                        os.path.join(root, "boot_id"),
+                        "--metrics-address",
+                        "127.0.0.1:0",
+                        "--log-level",
+                        "warning",
+                    ],
+                    stdout=subprocess.DEVNULL,
+                )  # fmt: skip
+            )
+        time.sleep(5)  # start-up: imports, first detection, watch established
+        ps = [psutil.Process(pr.pid) for pr in procs]
+        rss = [x.memory_info().rss / 2**20 for x in ps]
+        before = [x.cpu_times() for x in ps]
+        time.sleep(args.idle_seconds)
+        after = [x.cpu_times() for x in ps]
+        cpu = [
+            100 * ((a.user + a.system) - (b.user + b.system)) / args.idle_seconds
+            for a, b in zip(after, before, strict=True)
+        ]
+        for pr in procs:
+            pr.terminate()
+        for pr in procs:
+            pr.wait(10)
+    write_json(
+        "footprint_etcd",
+        {
+            "benchmark": "agent footprint, etcd backend, idle (no reboot pending, check_interval 60s)",
+            "agents": args.agents,
+            "rss_mib_median": round(statistics.median(rss), 1),
+            "rss_mib_max": round(max(rss), 1),
+            "target_rss_mib": 60,
+            "idle_cpu_percent_median": round(statistics.median(cpu), 3),
+            "idle_cpu_percent_max": round(max(cpu), 3),
+            "idle_seconds": args.idle_seconds,
+        },
+    )
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,13 @@
+"""Run every benchmark of the agent core; each prints JSON and writes benchmarks/out/."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+
+for script in ("footprint.py", "handoff.py", "rollout.py"):
+    print(f"== {script}", flush=True)
+    subprocess.run([sys.executable, os.path.join(HERE, script)], check=True)
