@@ -17,8 +17,8 @@ import psutil
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from benchmarks.common import write_json  # noqa: E402
-from rebootcoord.sim.etcd_server import EtcdServer  # noqa: E402
+from benchmarks.common import write_json
+from rebootcoord.sim.etcd_server import EtcdServer
 
 
 def main() -> None:
@@ -57,7 +57,7 @@ def main() -> None:
                         "warning",
                     ],
                     stdout=subprocess.DEVNULL,
-                )  # fmt: skip
+                )
             )
         time.sleep(5)  # start-up: imports, first detection, watch established
         ps = [psutil.Process(pr.pid) for pr in procs]

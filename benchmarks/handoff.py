@@ -19,9 +19,9 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from benchmarks.common import plot_cdf, summarize, write_json  # noqa: E402
-from rebootcoord.sim.etcd_server import EtcdServer  # noqa: E402
-from rebootcoord.sim.fleet import Fleet  # noqa: E402
+from benchmarks.common import plot_cdf, summarize, write_json
+from rebootcoord.sim.etcd_server import EtcdServer
+from rebootcoord.sim.fleet import Fleet
 
 
 def measure(waiters: int, handoffs: int, endpoint: str) -> list[float]:

@@ -19,8 +19,8 @@ import tempfile
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from benchmarks.common import OUT, write_json  # noqa: E402
-from rebootcoord.sim.etcd_server import EtcdServer  # noqa: E402
+from benchmarks.common import OUT, write_json
+from rebootcoord.sim.etcd_server import EtcdServer
 
 
 def run_one(nodes: int, slots: int, reboot_seconds: float, endpoint: str) -> dict[str, float]:
