@@ -6,6 +6,7 @@ from __future__ import annotations
 import ipaddress
 import json
 import subprocess
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -347,3 +348,27 @@ def test_kubectl_server_side_dry_run(kube_cluster: KubeCluster, kube_namespace: 
     assert proc.returncode != 0
     with pytest.raises(ApiException):
         k8s.CoreV1Api(kube_cluster.api_client()).read_namespaced_config_map("cfg", kube_namespace)
+
+
+def test_helm_template_output_passes_server_side_dry_run(
+    kube_cluster: KubeCluster, kube_namespace: str, tmp_path: Path
+) -> None:
+    chart = tmp_path / "demo"
+    (chart / "templates").mkdir(parents=True)
+    (chart / "Chart.yaml").write_text("apiVersion: v2\nname: demo\nversion: 0.1.0\n")
+    (chart / "templates" / "lease.yaml").write_text(
+        "apiVersion: coordination.k8s.io/v1\nkind: Lease\n"
+        "metadata:\n  name: {{ .Release.Name }}-slots\n"
+        "spec:\n  leaseDurationSeconds: 30\n"
+    )
+    rendered = subprocess.run(
+        [
+            *(str(kube_cluster.testbin.path("helm")), "template", "demo", str(chart)),
+            *("--namespace", kube_namespace, "--kube-version", "1.36.3"),
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    out = kube_cluster.kubectl("apply", "--dry-run=server", "-n", kube_namespace, "-f", "-", input=rendered)
+    assert "lease.coordination.k8s.io/demo-slots created (server dry run)" in out
