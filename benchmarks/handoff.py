@@ -24,6 +24,9 @@ from rebootcoord.sim.etcd_server import EtcdServer
 from rebootcoord.sim.fleet import Fleet
 
 
+RELEASE_DELAY = "1s"
+
+
 def measure(waiters: int, handoffs: int, endpoint: str) -> list[float]:
     import etcd3
 
@@ -56,7 +59,7 @@ def measure(waiters: int, handoffs: int, endpoint: str) -> list[float]:
             max_holders=1,
             reboot_seconds=0.2,
             cycles=cycles,
-            agent_config={"etcd_key_prefix": prefix, "log_level": "warning"},
+            agent_config={"etcd_key_prefix": prefix, "log_level": "warning", "release_delay": RELEASE_DELAY},
         )
         with fleet:
             deadline = time.monotonic() + 3600

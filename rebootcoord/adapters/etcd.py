@@ -203,6 +203,7 @@ class EtcdSemaphore:
         self.waiter_ttl = max(2, round(waiter_ttl))
         self._leases: dict[HolderId, Any] = {}  # one lease per waiter we queued
         self._decode_cache: dict[str, tuple[int, Any]] = {}
+        self._watches: list[_GroupWatch] = []
         self._lease_lock = threading.Lock()
         self._keepalive_stop = threading.Event()
         self._keepalive: threading.Thread | None = None
@@ -220,6 +221,8 @@ class EtcdSemaphore:
 
     def read(self) -> GroupView:
         kvs, revision = self._range()
+        for watch in list(self._watches):
+            watch.absorb(kvs, revision)
         return self._view(kvs, revision)
 
     def _decoded(self, key: str, kv: _Kv, decode: Callable[[bytes], Any]) -> Any:
@@ -532,8 +535,14 @@ class EtcdSemaphore:
 
     def watch(self, on_change: Callable[[GroupView | None], None]) -> Callable[[], None]:
         watcher = _GroupWatch(self, on_change)
+        self._watches.append(watcher)
         watcher.start()
-        return watcher.stop
+
+        def stop() -> None:
+            watcher.stop()
+            self._watches.remove(watcher)
+
+        return stop
 
     def close(self) -> None:
         self._keepalive_stop.set()
@@ -542,6 +551,13 @@ class EtcdSemaphore:
 
 class _GroupWatch:
     """Keeps a cached copy of the group's keys from one range read plus a watch from its revision.
+
+    The watch covers the slots, the queue and the pause marker, but not the holder records: every
+    phase change of every holder would otherwise wake every waiter of the group, and none of them
+    decides anything on another node's phase. Records in the cache come from reads instead (the
+    first one here, and every ``EtcdSemaphore.read()``, which the agent makes after each of its
+    own writes), so a node's own record is always current. The key layout makes this one range:
+    ``rebootcoord/holders/`` < ``rebootcoord/paused`` < ``rebootcoord/waiters/`` < ``semaphore``.
 
     The etcd3 watcher calls back on its own thread; a broken stream or a compacted revision makes
     this thread read again and watch anew, with backoff. Views are published in revision order.
@@ -554,7 +570,8 @@ class _GroupWatch:
         self._broken = threading.Event()
         self._lock = threading.Lock()
         self._kvs: dict[str, _Kv] = {}
-        self._revision = 0
+        self._revision = 0  # of the cache: the newest event applied or read absorbed
+        self._floor = 0  # events at or below this revision are already in the cache
         self._watch_id: Any = None
         self._thread = threading.Thread(target=self._run, name=f"etcd-watch-{sem.group}", daemon=True)
 
@@ -589,12 +606,30 @@ class _GroupWatch:
         kvs, revision = self.sem._range(retry_for=0)
         with self._lock:
             self._kvs = kvs
-            self._revision = revision
+            self._revision = self._floor = revision
         self._publish()
         with self.sem.conn.translating():
-            self._watch_id = self.sem.conn.client().add_watch_prefix_callback(
-                self.sem.base, self._on_event, start_revision=revision + 1
+            self._watch_id = self.sem.conn.client().add_watch_callback(
+                self.sem.pause_key,
+                self._on_event,
+                range_end=_prefix_end(self.sem.base),
+                start_revision=revision + 1,
             )
+
+    def absorb(self, kvs: dict[str, _Kv], revision: int) -> None:
+        """Take a fresh read into the cache: all of it when it is newer than what the watch has
+        delivered, else only the holder records (which are not watched, so the read's are the
+        newest known). Then publish, so the holder sees its own last write."""
+        prefix = self.sem.records_prefix
+        with self._lock:
+            if revision > self._revision:
+                self._kvs = dict(kvs)
+                self._revision = self._floor = revision
+            else:
+                for key in [k for k in self._kvs if k.startswith(prefix)]:
+                    del self._kvs[key]
+                self._kvs.update({k: v for k, v in kvs.items() if k.startswith(prefix)})
+        self._publish()
 
     def _cancel(self) -> None:
         watch_id, self._watch_id = self._watch_id, None
@@ -610,18 +645,25 @@ class _GroupWatch:
             return
         with self._lock:
             for event in response.events:
+                if event.mod_revision <= self._floor:
+                    continue  # already in a read that was absorbed
                 key = event.key.decode()
                 if isinstance(event, etcd3.events.DeleteEvent):
                     self._kvs.pop(key, None)
                 else:
                     self._kvs[key] = _Kv(event.value, event.create_revision, event.mod_revision)
-            self._revision = max(self._revision, int(response.header.revision))
+                self._revision = max(self._revision, int(event.mod_revision))
         self._publish()
 
     def _publish(self) -> None:
         with self._lock:
             view = self.sem._view(dict(self._kvs), self._revision)
         self.on_change(view)
+
+
+def _prefix_end(prefix: str) -> str:
+    """The first key after every key that starts with ``prefix`` (etcd's range_end)."""
+    return prefix[:-1] + chr(ord(prefix[-1]) + 1)
 
 
 def _refresher(lease_id: int) -> Callable[[Any], list[Any]]:

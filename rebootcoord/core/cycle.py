@@ -39,6 +39,9 @@ class Snapshot:
     blockers: tuple[str, ...] = ()  # pre-acquire gates that say "not now"
     reboot_issued_at: float | None = None  # by this process, in this boot
     last_verify_at: float | None = None  # by this process
+    # When this process last saw the post-reboot checks pass. Not persisted: after a crash the
+    # checks simply run again.
+    healthy_at: float | None = None
     timing: Timing = Timing(timedelta(minutes=10), timedelta(seconds=30), timedelta(0))
 
 
@@ -177,16 +180,19 @@ def _holding(s: Snapshot, record: HolderRecord) -> Step:
                 return Reboot(record, retry=True)
             return Rest(Phase.REBOOTING, "waiting for the reboot", deadline)
         case Phase.VERIFYING:
-            if record.healthy_at is None:
+            if s.healthy_at is None:
                 if s.last_verify_at is not None:
                     next_try = s.last_verify_at + s.timing.verify_interval.total_seconds()
                     if s.now < next_try:
                         return Rest(Phase.VERIFYING, record.note or "post-reboot checks failing", next_try)
                 return Verify(record)
-            release_at = record.healthy_at + s.timing.release_delay.total_seconds()
+            release_at = s.healthy_at + s.timing.release_delay.total_seconds()
             if s.now < release_at:
                 return Rest(Phase.VERIFYING, "healthy; release delay", release_at)
-            return Persist(record.moved(Phase.RELEASING, s.now), "healthy after reboot")
+            if record.cordoned:
+                # Uncordoning comes before giving the slot back; record that we are at it.
+                return Persist(record.moved(Phase.RELEASING, s.now), "healthy after reboot")
+            return Release(record, reason="healthy after reboot; giving the slot back")
         case Phase.RELEASING:
             return Release(record)
     raise AssertionError(f"record in phase {record.phase}")  # decode() refuses these

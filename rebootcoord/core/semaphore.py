@@ -109,7 +109,6 @@ class HolderRecord:
     update_key: str = ""  # identifies the update that caused the reboot (PendingReboot.key)
     cordoned: bool | None = None  # None: not decided yet; True: we cordoned (we must uncordon)
     reboot_requested_at: float | None = None
-    healthy_at: float | None = None  # when the post-reboot checks first passed
     note: str = ""  # last failure, for status
 
     def encode(self) -> bytes:
@@ -140,7 +139,6 @@ class HolderRecord:
                 update_key=_typed(doc, "update_key", str, ""),
                 cordoned=_typed(doc, "cordoned", (bool, type(None)), None),
                 reboot_requested_at=_opt_float(doc, "reboot_requested_at"),
-                healthy_at=_opt_float(doc, "healthy_at"),
                 note=_typed(doc, "note", str, ""),
             )
         except (KeyError, ValueError, TypeError) as exc:

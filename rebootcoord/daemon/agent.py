@@ -36,7 +36,7 @@ from rebootcoord.core.cycle import (
     step_phase,
 )
 from rebootcoord.core.semaphore import GroupView, HolderRecord, Waiter
-from rebootcoord.core.types import PendingReboot, Phase
+from rebootcoord.core.types import HolderId, PendingReboot, Phase
 from rebootcoord.daemon.events import EventLog
 from rebootcoord.daemon.metrics import Heartbeat, Metrics
 from rebootcoord.errors import (
@@ -57,7 +57,7 @@ class NoNodeOps:
     """Bare etcd mode: there is no cluster to cordon or drain."""
 
     def is_unschedulable(self) -> bool:
-        return False
+        return True  # no scheduler: never record that we cordoned, never uncordon
 
     def cordon(self) -> None:
         return None
@@ -94,6 +94,7 @@ class Agent:
         self.changed = threading.Event()
         self.heartbeat = Heartbeat(max_age=2 * self.s.check_interval.total_seconds() + 60)
         self._view: GroupView | None = None
+        self._last_digest: object = None
         self._view_lock = threading.Lock()
         self._phase: Phase | None = None
         self._phase_entered = time.monotonic()
@@ -103,6 +104,7 @@ class Agent:
         self._detected_at: float | None = None
         self._reboot_issued_at: float | None = None
         self._last_verify_at: float | None = None
+        self._healthy_at: float | None = None
         self._timing = Timing(
             reboot_timeout=self.s.reboot_timeout,
             verify_interval=self.s.verify_interval,
@@ -196,6 +198,7 @@ class Agent:
             blockers=blockers,
             reboot_issued_at=self._reboot_issued_at,
             last_verify_at=self._last_verify_at,
+            healthy_at=self._healthy_at,
             timing=self._timing,
         )
 
@@ -228,10 +231,16 @@ class Agent:
     def _on_view(self, view: GroupView | None) -> None:
         if view is None:
             self.p.metrics.backend_up.set(0)
-        else:
-            self.p.metrics.backend_up.set(1)
-            self._store_view(view)
-        self.changed.set()
+            self.changed.set()
+            return
+        self.p.metrics.backend_up.set(1)
+        self._store_view(view)
+        # Wake the loop only when something this node's decision depends on changed: in a group
+        # of a hundred waiters, each other holder's phase change would otherwise wake everyone.
+        digest = _relevant(view, self.s.holder)
+        if digest != self._last_digest:
+            self._last_digest = digest
+            self.changed.set()
 
     def _store_view(self, view: GroupView) -> None:
         with self._view_lock:
@@ -338,10 +347,11 @@ class Agent:
 
     def _drain(self, record: HolderRecord) -> None:
         sem, ops = self.p.semaphore, self.p.node_ops
-        if record.cordoned is None:
-            # Decide and record before touching the node: a crash between the two leaves a
-            # record that says "we cordon", and uncordoning a schedulable node is harmless.
-            record = replace(record, cordoned=not ops.is_unschedulable())
+        if record.cordoned is None and not ops.is_unschedulable():
+            # Record before touching the node: a crash between the two leaves a record that
+            # says "we cordon", and uncordoning a schedulable node is harmless. A node that is
+            # unschedulable already is not ours to uncordon; nothing to record (None stays None).
+            record = replace(record, cordoned=True)
             sem.update(record)
         try:
             if record.cordoned:
@@ -395,7 +405,7 @@ class Agent:
                 self.p.semaphore.update(replace(record, note=note))
             return
         self.p.metrics.health_failing.set(0)
-        self.p.semaphore.update(replace(record, healthy_at=now, note=""))
+        self._healthy_at = now
 
     def _release(self, record: HolderRecord) -> None:
         if record.cordoned:
@@ -403,8 +413,22 @@ class Agent:
         revision = self.p.semaphore.release(record.id)
         self._reboot_issued_at = None
         self._last_verify_at = None
+        self._healthy_at = None
         self._detected_at = None  # look again: a new update may be waiting
         self._enter(Phase.IDLE, "slot released", rev=revision)
+
+
+def _relevant(view: GroupView, holder: HolderId) -> object:
+    """What decide() reads from a view for this holder (see core.cycle)."""
+    return (
+        view.slots is None,
+        view.holds(holder),
+        view.queue_position(holder) is not None,
+        view.may_take(holder),  # not the position itself: it moves for everyone at each handoff
+        view.record(holder),
+        view.paused is not None,
+        len(view.corrupt),
+    )
 
 
 def _was(current: Phase | None, phase: Phase) -> bool:

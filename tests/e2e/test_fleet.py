@@ -29,7 +29,7 @@ def test_simulate_8_nodes_max_2_proves_invariants_from_the_event_log(tmp_path: P
         ],
         capture_output=True, text=True, timeout=600,
     )  # fmt: skip
-    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.returncode == 0, done.stdout + done.stderr[-3000:]
     assert "invariants: OK" in done.stdout
 
     lines = [json.loads(line) for line in events.read_text().splitlines()]

@@ -126,15 +126,22 @@ CASES = [
     ),
     (
         "healthy-releases",
-        snap(gv(["me"], records=[rec(Phase.VERIFYING, healthy_at=NOW - 1)]), boot_id="boot-2"),
+        snap(gv(["me"], records=[rec(Phase.VERIFYING, cordoned=True)]), boot_id="boot-2", healthy_at=NOW - 1),
         Persist,
+        Phase.RELEASING,
+    ),
+    (
+        "healthy-releases-at-once-when-nothing-to-uncordon",
+        snap(gv(["me"], records=[rec(Phase.VERIFYING)]), boot_id="boot-2", healthy_at=NOW - 1),
+        Release,
         Phase.RELEASING,
     ),
     (
         "release-delay",
         snap(
-            gv(["me"], records=[rec(Phase.VERIFYING, healthy_at=NOW - 1)]),
+            gv(["me"], records=[rec(Phase.VERIFYING)]),
             boot_id="boot-2",
+            healthy_at=NOW - 1,
             timing=replace(TIMING, release_delay=timedelta(minutes=5)),
         ),
         Rest,
