@@ -8,6 +8,6 @@ import sys
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 
-for script in ("footprint.py", "handoff.py", "rollout.py"):
+for script in ("footprint.py", "handoff.py", "rollout.py", "controlplane.py"):
     print(f"== {script}", flush=True)
     subprocess.run([sys.executable, os.path.join(HERE, script)], check=True)

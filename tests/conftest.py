@@ -14,6 +14,10 @@ from rebootcoord.adapters.etcd import EtcdConnection, EtcdOptions, EtcdSemaphore
 from rebootcoord.core.types import Group
 from rebootcoord.sim.etcd_server import EtcdServer
 
+# The real Kubernetes control plane (kube-apiserver, controller-manager, scheduler, kwok, etcd
+# built into testbin/ by `make testbin`): fixtures kube_cluster, kube, kube_nodes, ...
+pytest_plugins = ["tests.support.kubecluster"]
+
 _counter = itertools.count()
 
 
