@@ -68,6 +68,20 @@ class DetectorSpec:
     # None: every other exit code means "no reboot". Otherwise codes outside both sets are errors.
     no_reboot_exit_codes: frozenset[int] | None = None
 
+    def plain(self) -> dict[str, Any]:
+        """In the file's own format, so that --print-config output loads back."""
+        out: dict[str, Any] = {"type": self.type, "name": self.name}
+        if self.type == "sentinel":
+            out["path"] = self.path
+            return out
+        out["argv"] = list(self.argv)
+        out["timeout"] = format_duration(self.timeout)
+        if self.type == "command":
+            out["reboot_exit_codes"] = sorted(self.reboot_exit_codes)
+            if self.no_reboot_exit_codes is not None:
+                out["no_reboot_exit_codes"] = sorted(self.no_reboot_exit_codes)
+        return out
+
 
 @dataclass(frozen=True)
 class CheckSpec:
@@ -79,6 +93,15 @@ class CheckSpec:
     url: str = ""
     timeout: timedelta = timedelta(seconds=10)
     expect_status: frozenset[int] = frozenset({200})
+
+    def plain(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"type": self.type, "name": self.name, "timeout": format_duration(self.timeout)}
+        if self.type == "command":
+            out["argv"] = list(self.argv)
+        else:
+            out["url"] = self.url
+            out["expect_status"] = sorted(self.expect_status)
+        return out
 
 
 # ----------------------------------------------------------------------------------------------
@@ -138,6 +161,7 @@ def p_int(minimum: int | None = None, maximum: int | None = None) -> Callable[[o
             raise Invalid(f"a whole number <= {maximum}")
         return value
 
+    parse.schema = {"type": "integer", "minimum": minimum, "maximum": maximum}  # type: ignore[attr-defined]
     return parse
 
 
@@ -161,6 +185,7 @@ def p_enum(*choices: str) -> Callable[[object], str]:
             raise Invalid("one of " + ", ".join(choices))
         return value
 
+    parse.schema = {"type": "string", "enum": list(choices)}  # type: ignore[attr-defined]
     return parse
 
 
@@ -401,6 +426,182 @@ def p_zone(value: object) -> str:
     return str(value)
 
 
+_LABEL_KEY = r"(?:[a-z0-9](?:[-a-z0-9.]{0,251}[a-z0-9])?/)?[A-Za-z0-9](?:[-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?"
+_LABEL_VALUE = r"(?:[A-Za-z0-9](?:[-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?)?"
+_REQUIREMENT = re.compile(
+    rf"^\s*(?:!?{_LABEL_KEY}|{_LABEL_KEY}\s*(?:==?|!=)\s*{_LABEL_VALUE}"
+    rf"|{_LABEL_KEY}\s+(?:in|notin)\s+\(\s*{_LABEL_VALUE}(?:\s*,\s*{_LABEL_VALUE})*\s*\))\s*$"
+)
+_DNS_LABEL = re.compile(r"^[a-z0-9](?:[-a-z0-9]{0,61}[a-z0-9])?$")
+
+
+def p_selector(value: object) -> str:
+    """A Kubernetes label selector ("app=web,tier!=db", "env in (a,b)", "!legacy"); "" = none."""
+    text = p_str(value).strip()
+    if not text:
+        return ""
+    # split on commas outside parentheses
+    parts, depth, current = [], 0, ""
+    for ch in text:
+        depth += ch == "("
+        depth -= ch == ")"
+        if ch == "," and depth == 0:
+            parts.append(current)
+            current = ""
+        else:
+            current += ch
+    parts.append(current)
+    if depth != 0 or not all(_REQUIREMENT.match(part) for part in parts):
+        raise Invalid('a label selector such as "app=web,tier!=db" or "env in (a,b)"')
+    return text
+
+
+def p_labels(value: object) -> tuple[tuple[str, str], ...]:
+    """Node labels as "key=value" items (kured's --pre-reboot-node-labels)."""
+    items = p_str_list(value)
+    out = []
+    for item in items:
+        key, sep, val = item.partition("=")
+        if not sep or not re.fullmatch(_LABEL_KEY, key) or not re.fullmatch(_LABEL_VALUE, val):
+            raise Invalid(f'labels as "key=value" (bad: {item!r})')
+        out.append((key, val))
+    return tuple(out)
+
+
+def p_namespace(value: object) -> str:
+    text = p_str(value)
+    if text and not _DNS_LABEL.match(text):
+        raise Invalid("a namespace name (lowercase letters, digits and '-', at most 63)")
+    return text
+
+
+def p_regex(value: object) -> str:
+    text = p_str(value)
+    try:
+        re.compile(text)
+    except re.error as exc:
+        raise Invalid(f"a valid regular expression ({exc})") from None
+    return text
+
+
+def p_opt_url(value: object) -> str:
+    text = p_str(value) if value is not None else ""
+    if text and urlsplit(text).scheme not in ("http", "https"):
+        raise Invalid("an http:// or https:// URL, or empty")
+    return text
+
+
+def p_grace(value: object) -> int:
+    """Seconds of termination grace for evicted pods; -1 keeps each pod's own."""
+    return p_int(-1, 86400)(value)
+
+
+# ----------------------------------------------------------------------------------------------
+# JSON Schema of the file format (the Helm chart's values.schema.json is generated from it)
+
+_DURATION = {
+    "type": ["string", "number"],
+    "pattern": r"^([0-9]+(\.[0-9]*)?(ns|us|µs|ms|s|m|h|d))+$|^[0-9]+(\.[0-9]*)?$",
+    "minimum": 0,
+}
+_ARGV = {"type": "array", "minItems": 1, "items": {"type": "string", "minLength": 1}}
+_EXIT_CODES = {"type": "array", "minItems": 1, "items": {"type": "integer", "minimum": 0, "maximum": 255}}
+_DETECTOR = {
+    "type": "object",
+    "required": ["type"],
+    "additionalProperties": False,
+    "properties": {
+        "type": {"enum": list(DETECTOR_TYPES)},
+        "name": {"type": "string"},
+        "path": {"type": "string", "pattern": "^/"},
+        "argv": _ARGV,
+        "timeout": _DURATION,
+        "reboot_exit_codes": _EXIT_CODES,
+        "no_reboot_exit_codes": _EXIT_CODES,
+    },
+}
+_CHECK = {
+    "type": "object",
+    "required": ["type"],
+    "additionalProperties": False,
+    "properties": {
+        "type": {"enum": ["command", "http"]},
+        "name": {"type": "string"},
+        "argv": _ARGV,
+        "url": {"type": "string", "pattern": "^https?://"},
+        "timeout": _DURATION,
+        "expect_status": {"type": "array", "items": {"type": "integer", "minimum": 100, "maximum": 599}},
+    },
+}
+_WINDOW = {
+    "oneOf": [
+        {"type": "string"},
+        {
+            "type": "object",
+            "additionalProperties": False,
+            "required": ["start", "length"],
+            "properties": {"start": {"type": "string"}, "length": _DURATION, "time_zone": {"type": "string"}},
+        },
+        {
+            "type": "object",
+            "additionalProperties": False,
+            "required": ["end"],
+            "properties": {
+                "days": {"type": ["array", "string"]},
+                "start": {"type": "string"},
+                "end": {"type": "string"},
+                "time_zone": {"type": "string"},
+            },
+        },
+        {
+            "type": "object",
+            "additionalProperties": False,
+            "required": ["start_time", "length_minutes"],
+            "properties": {
+                "days": {"type": ["array", "string"]},
+                "start_time": {"type": "string"},
+                "length_minutes": {"type": "integer", "minimum": 1},
+                "time_zone": {"type": "string"},
+            },
+        },
+    ]
+}
+_LABEL_ITEM = {"type": "string", "pattern": "^[^=]+=[^=]*$"}
+
+_SCHEMAS: dict[Callable[[object], Any], dict[str, Any]] = {
+    p_str: {"type": "string"},
+    p_opt_str: {"type": ["string", "null"]},
+    p_bool: {"type": "boolean"},
+    p_duration: _DURATION,
+    p_positive_duration: _DURATION,
+    p_str_list: {"type": "array", "items": {"type": "string"}},
+    p_argv: _ARGV,
+    p_signal: {"type": ["string", "integer"]},
+    p_endpoints: {
+        "type": "array",
+        "minItems": 1,
+        "items": {"type": "string", "pattern": r"^(https?://)?[^/]+:[0-9]+/?$"},
+    },
+    p_address: {"type": "string", "pattern": r"^([^:]*:[0-9]{1,5})?$"},
+    p_group: {"type": "string", "pattern": r"^[a-zA-Z0-9.-]+$"},
+    p_holder_id: {"type": "string", "pattern": r"^([A-Za-z0-9][A-Za-z0-9._:-]{0,252})?$"},
+    p_detectors: {
+        "type": "array",
+        "minItems": 1,
+        "items": {"oneOf": [{"enum": list(DETECTOR_TYPES)}, _DETECTOR]},
+    },
+    p_checks: {"type": ["array", "null"], "items": _CHECK},
+    p_windows_raw: {"type": ["array", "null"], "items": _WINDOW},
+    p_zone: {"type": "string", "minLength": 1},
+    p_selector: {"type": "string"},
+    p_labels: {"type": "array", "items": _LABEL_ITEM},
+    p_namespace: {"type": "string", "pattern": r"^([a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?)?$"},
+    p_regex: {"type": "string"},
+    p_opt_url: {"type": "string", "pattern": r"^(https?://.+)?$"},
+    p_grace: {"type": "integer", "minimum": -1, "maximum": 86400},
+}
+
+
 # ----------------------------------------------------------------------------------------------
 # The schema
 
@@ -472,6 +673,59 @@ class Settings:
         timedelta(seconds=30), p_positive_duration, "retry period of failing checks"
     )
     release_delay: timedelta = _key(timedelta(0), p_duration, "hold the slot this long after the checks pass")
+    # Kubernetes: where the cluster is
+    kubeconfig: str | None = _key(
+        None, p_opt_str, "kubeconfig file (default: in-cluster, else ~/.kube/config)"
+    )
+    kube_context: str | None = _key(None, p_opt_str, "kubeconfig context")
+    namespace: str = _key(
+        "", p_namespace, "namespace of the Leases and events (default: the pod's, else default)"
+    )
+    lease_ttl: timedelta = _key(
+        timedelta(0), p_duration, "Lease backend: reclaim a slot held longer than this (0: never)"
+    )
+    # Kubernetes: the node
+    node_ops: str = _key(
+        "auto",
+        p_enum("auto", "kubernetes", "none"),
+        "cordon and drain through Kubernetes (auto: with that backend)",
+    )
+    boot_id_source: str = _key(
+        "file", p_enum("file", "node"), "boot ID from boot_id_file or the Node's nodeInfo"
+    )
+    drain_timeout: timedelta = _key(timedelta(minutes=15), p_positive_duration, "give up draining after this")
+    drain_grace_period: int = _key(
+        -1, p_grace, "termination grace of evicted pods in seconds; -1: the pod's own"
+    )
+    drain_pod_selector: str = _key("", p_selector, "evict only pods matching this label selector")
+    drain_delete_emptydir_data: bool = _key(False, p_bool, "evict pods with emptyDir volumes (kubectl drain)")
+    drain_force: bool = _key(False, p_bool, "evict pods no controller manages (kubectl drain --force)")
+    drain_parallelism: int = _key(5, p_int(1, 100), "evictions in flight at once")
+    drain_failure: str = _key(
+        "abort", p_enum("abort", "force"), "on drain failure: abort (uncordon, release) or reboot anyway"
+    )
+    pre_reboot_labels: tuple[tuple[str, str], ...] = _key(
+        (), p_labels, 'node labels set before the drain ("k=v")'
+    )
+    post_reboot_labels: tuple[tuple[str, str], ...] = _key(
+        (), p_labels, 'node labels set after the reboot ("k=v")'
+    )
+    taint_while_waiting: bool = _key(False, p_bool, "PreferNoSchedule taint while waiting for a slot")
+    # Kubernetes: gates
+    blocking_pod_selector: str = _key("", p_selector, "pods on this node matching it block the reboot")
+    prometheus_url: str = _key("", p_opt_url, "Prometheus whose firing alerts block the reboot")
+    prometheus_alert_filter: str = _key("", p_regex, "alerts whose name matches are ignored")
+    prometheus_alert_filter_match_only: bool = _key(
+        False, p_bool, "invert: only alerts whose name matches prometheus_alert_filter block"
+    )
+    max_unavailable_nodes: int = _key(
+        -1,
+        p_int(-1, 100_000),
+        "take no slot while more nodes of the group are NotReady or cordoned (-1: off)",
+    )
+    group_node_selector: str = _key("", p_selector, "label selector of the group's nodes (budget gate)")
+    verify_node_ready: bool = _key(True, p_bool, "after the reboot, the Node must be Ready (Kubernetes)")
+    verify_pods_ready: bool = _key(False, p_bool, "after the reboot, the pods on the node must be Ready")
     # observability
     metrics_address: str = _key("0.0.0.0:9727", p_address, 'metrics and /healthz listener; "" disables')
     log_format: str = _key("text", p_enum("text", "json"), "log line format")
@@ -617,6 +871,13 @@ def _cross_checks(s: Settings, sources: Mapping[str, str]) -> tuple[Settings, li
     for key in ("etcd_ca_file", "etcd_cert_file", "etcd_key_file"):
         path = getattr(s, key)
         need(path is None or os.path.isfile(path), key, path, "a readable file")
+    if s.backend == "kubernetes":
+        need(
+            bool(re.fullmatch(r"[a-z0-9]([-a-z0-9.]{0,200}[a-z0-9])?", s.group)),
+            "group",
+            s.group,
+            "with backend kubernetes, a lowercase name (it names the Lease): letters, digits, '-' and '.'",
+        )
     if s.reboot_method == "command":
         need(
             bool(s.reboot_command),
@@ -659,6 +920,14 @@ def to_plain(settings: Settings, *, mask_secrets: bool = True) -> dict[str, Any]
 
 
 def _plain(value: Any) -> Any:
+    if isinstance(value, DetectorSpec | CheckSpec):
+        return value.plain()
+    if (
+        isinstance(value, tuple)
+        and value
+        and all(isinstance(v, tuple) and len(v) == 2 and all(isinstance(x, str) for x in v) for v in value)
+    ):
+        return [f"{k}={v}" for k, v in value]  # labels
     if isinstance(value, timedelta):
         return format_duration(value)
     if isinstance(value, frozenset):
@@ -670,6 +939,27 @@ def _plain(value: Any) -> Any:
     if isinstance(value, Mapping):
         return {str(k): _plain(v) for k, v in value.items()}
     return value
+
+
+def json_schema() -> dict[str, Any]:
+    """JSON Schema of the configuration file: every key, its type, its default, its help."""
+    properties: dict[str, Any] = {}
+    for name, fld in KEYS.items():
+        parse = fld.metadata["parse"]
+        schema = dict(getattr(parse, "schema", None) or _SCHEMAS[parse])
+        schema = {k: v for k, v in schema.items() if v is not None}
+        schema["description"] = fld.metadata["help"]
+        default = fld.default
+        if default is not None and not fld.metadata["secret"]:
+            schema["default"] = _plain(default)
+        properties[name] = schema
+    return {
+        "$schema": "http://json-schema.org/draft-07/schema#",
+        "title": "rebootcoord agent configuration",
+        "type": "object",
+        "additionalProperties": False,
+        "properties": properties,
+    }
 
 
 def describe_keys() -> Sequence[tuple[str, str, str]]:

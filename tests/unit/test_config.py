@@ -184,3 +184,67 @@ def test_print_config_masks_secrets() -> None:
     assert "hunter2" not in repr(plain)
     assert plain["check_interval"] == "1m"
     assert plain["detectors"][0]["type"] == "sentinel"
+
+
+def test_json_schema_accepts_the_defaults_and_rejects_what_the_loader_rejects() -> None:
+    import jsonschema
+
+    from rebootcoord.core.config import json_schema
+
+    schema = json_schema()
+    validator = jsonschema.Draft7Validator(schema)
+    defaults = to_plain(load())
+    defaults.pop("etcd_password")
+    assert not list(validator.iter_errors(defaults))
+    good = {
+        "windows": [
+            {"start": "Thu 04:00", "length": "1h"},
+            {"days": ["mon"], "start": "22:00", "end": "06:00"},
+        ],
+        "detectors": [
+            "sentinel",
+            {"type": "command", "argv": ["needs-restarting", "-r"], "reboot_exit_codes": [1]},
+        ],
+        "health_checks": [{"type": "http", "url": "http://127.0.0.1:10248/healthz"}],
+        "pre_reboot_labels": ["rebootcoord.io/rebooting=true"],
+    }
+    assert not list(validator.iter_errors(good))
+    load(good)  # and the loader agrees
+    for bad in (
+        {"max_holders": 0},
+        {"colour": "blue"},
+        {"reboot_command": "systemctl reboot"},
+        {"node_ops": "x"},
+    ):
+        assert list(validator.iter_errors(bad)), bad
+        with pytest.raises(ConfigError):
+            load(bad)
+
+
+def test_kubernetes_backend_needs_a_lowercase_group() -> None:
+    found = problems(file_data={"backend": "kubernetes", "group": "Workers"})
+    assert found[0][0] == "group" and "lowercase" in found[0][2]
+
+
+def test_printed_configuration_loads_back_unchanged() -> None:
+    import yaml
+
+    source = {
+        "detectors": [
+            "sentinel",
+            {
+                "type": "command",
+                "argv": ["needs-restarting", "-r"],
+                "reboot_exit_codes": [1],
+                "no_reboot_exit_codes": [0],
+            },
+            {"type": "rpm-ostree", "timeout": "45s"},
+        ],
+        "health_checks": [{"type": "http", "url": "http://127.0.0.1:1/healthz", "expect_status": [200, 204]}],
+        "windows": [{"start": "Thu 04:00", "length": "1h30m"}],
+        "pre_reboot_labels": ["example.com/rebooting=yes"],
+        "release_delay": "2m",
+    }
+    first = load(source)
+    printed = yaml.safe_load(yaml.safe_dump(to_plain(first)))
+    assert load(printed) == first
