@@ -45,3 +45,4 @@ clean:
 	rm -rf $(VENV) testbin .cluster sim-run benchmarks/out
 
 include hack/testbin.mk
+-include hack/packaging.mk
