@@ -18,8 +18,10 @@ only the composition roots in ``rebootcoord.cli`` turn exceptions into exit code
     ├── BackendUnavailable          the backend cannot be reached (retryable, with backoff)
     ├── DetectorError               a detector could not answer; never causes a reboot
     ├── RebootError                 the reboot method failed
+    ├── ApiError                    the Kubernetes API refused a request (not retryable)
     └── NodeOperationError          cordon, drain or uncordon failed (Kubernetes mode)
-        └── DrainTimeout            the drain did not finish in time
+        ├── DrainTimeout            the drain did not finish in time
+        └── DrainInterrupted        the agent is stopping; the drain resumes at the next start
 """
 
 from __future__ import annotations
@@ -106,9 +108,23 @@ class RebootError(RebootcoordError):
     """The reboot method failed to start a reboot."""
 
 
+class ApiError(RebootcoordError):
+    """The Kubernetes API server refused a request for a reason a retry will not change."""
+
+    def __init__(self, status: int, reason: str, message: str) -> None:
+        self.status = status
+        self.reason = reason
+        self.message = message
+        super().__init__(f"{status} {reason}: {message}")
+
+
 class NodeOperationError(RebootcoordError):
     """Cordon, drain or uncordon failed."""
 
 
 class DrainTimeout(NodeOperationError):
     """The drain did not finish within its timeout."""
+
+
+class DrainInterrupted(NodeOperationError):
+    """The agent is stopping; the drain resumes when it starts again."""

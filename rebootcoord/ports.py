@@ -6,12 +6,13 @@ adapters against real backends, or small fakes of these protocols for pure unit 
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import threading
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
 from rebootcoord.core.semaphore import GroupView, HolderRecord, PauseInfo, Waiter
-from rebootcoord.core.types import Group, HolderId, PendingReboot
+from rebootcoord.core.types import Group, HolderId, NodeName, PendingReboot, Phase
 
 
 class Detector(Protocol):
@@ -44,15 +45,30 @@ class Check(Protocol):
 
 
 class NodeOps(Protocol):
-    """Cordon, drain and uncordon the node. The bare etcd mode has nothing to drain."""
+    """The node as the cluster sees it: cordon, drain, uncordon, tell the story.
+
+    The bare etcd mode has no cluster (NoNodeOps); Kubernetes mode talks to the API server.
+    """
 
     def is_unschedulable(self) -> bool: ...
 
     def cordon(self) -> None: ...
 
-    def drain(self) -> None: ...
+    def drain(self, stop: threading.Event) -> None:
+        """Evict the node's pods and wait until they are gone. Raises NodeOperationError."""
 
     def uncordon(self) -> None: ...
+
+    def node_exists(self, node: NodeName) -> bool | None:
+        """Whether a Node object exists; None when there is no cluster to ask."""
+
+    def announce(self, phase: Phase, reason: str, *, warning: bool = False, event_reason: str = "") -> None:
+        """Show the phase on the node (annotations) and record an Event (``event_reason``, else
+        one named after the phase)."""
+
+    def set_labels(self, labels: Sequence[tuple[str, str]]) -> None: ...
+
+    def set_waiting_taint(self, present: bool) -> None: ...
 
 
 class Semaphore(Protocol):
@@ -90,6 +106,9 @@ class Semaphore(Protocol):
 
     def drop_record(self, holder: HolderId) -> None:
         """Remove a record whose slot is gone (Abandon)."""
+
+    def reclaim(self, holder: HolderId, expect: HolderRecord) -> bool:
+        """Take back ``holder``'s slot if it still holds it with the record ``expect``."""
 
     # operators (rebootctl)
     def lock(self, holder: HolderId, record: HolderRecord) -> None: ...

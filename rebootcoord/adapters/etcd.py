@@ -378,7 +378,17 @@ class EtcdSemaphore:
     def unlock(self, holder: HolderId) -> HolderRecord | None:
         return self._remove(holder, must_hold=True)[0]
 
-    def _remove(self, holder: HolderId, *, must_hold: bool) -> tuple[HolderRecord | None, int | None]:
+    def reclaim(self, holder: HolderId, expect: HolderRecord) -> bool:
+        """Remove ``holder`` if it still holds the slot with the same record (acquired_at)."""
+        try:
+            removed, _ = self._remove(holder, must_hold=True, expect=expect)
+        except NotHolder:
+            return False
+        return removed is not None
+
+    def _remove(
+        self, holder: HolderId, *, must_hold: bool, expect: HolderRecord | None = None
+    ) -> tuple[HolderRecord | None, int | None]:
         rkey = self.records_prefix + holder
         removed: list[HolderRecord | None] = [None]
 
@@ -393,6 +403,8 @@ class EtcdSemaphore:
                     raise NotHolder(f"{holder!r} holds no slot in group {self.group} (holders: {held})")
                 return NOTHING_TO_DO
             removed[0] = _maybe_record(kvs.get(rkey), rkey)
+            if expect is not None and (removed[0] is None or removed[0].acquired_at != expect.acquired_at):
+                raise NotHolder(f"{holder!r} holds the slot again since; not reclaimed")
             ops: list[Callable[[Any], Any]] = [
                 lambda c: c.transactions.delete(rkey),
                 lambda c: c.transactions.delete(self.waiters_prefix + holder),

@@ -1,8 +1,12 @@
-"""Builds adapters from settings. The only place that knows every adapter; imported by the CLIs."""
+"""Builds adapters from settings. The only place that knows every adapter; imported by the CLIs.
+
+Backends are imported lazily: an etcd agent never loads the kubernetes package (memory).
+"""
 
 from __future__ import annotations
 
 import threading
+from typing import Any
 
 from prometheus_client import CollectorRegistry
 
@@ -12,37 +16,57 @@ from rebootcoord.adapters.detectors import build_detectors
 from rebootcoord.adapters.host import Host
 from rebootcoord.adapters.rebooters import build_rebooter
 from rebootcoord.core.config import Settings
-from rebootcoord.daemon.agent import Agent, AgentParts
+from rebootcoord.daemon.agent import Agent, AgentParts, NoNodeOps
 from rebootcoord.daemon.events import EventLog
 from rebootcoord.daemon.metrics import Metrics
-from rebootcoord.errors import UsageError
-from rebootcoord.ports import Semaphore
+from rebootcoord.ports import Check, NodeOps, Semaphore
 
 
-def build_semaphore(settings: Settings, *, retry_for: float = 30.0) -> Semaphore:
+def connect_kube(settings: Settings, *, retry_for: float = 30.0) -> Any:
+    from rebootcoord.adapters.kube.api import Kube, KubeOptions
+
+    return Kube.connect(
+        KubeOptions(kubeconfig=settings.kubeconfig, context=settings.kube_context, retry_for=retry_for)
+    )
+
+
+def kube_namespace(settings: Settings) -> str:
+    from rebootcoord.adapters.kube.api import default_namespace
+
+    return settings.namespace or default_namespace()
+
+
+def build_semaphore(settings: Settings, *, retry_for: float = 30.0, kube: Any = None) -> Semaphore:
     """``retry_for``: how long one call retries transient errors (the agent waits; rebootctl not)."""
-    if settings.backend == "etcd":
-        from rebootcoord.adapters.etcd import EtcdConnection, EtcdOptions, EtcdSemaphore
+    if settings.backend == "kubernetes":
+        from rebootcoord.adapters.kube.lease import LeaseSemaphore
 
-        conn = EtcdConnection(
-            EtcdOptions(
-                endpoints=settings.etcd_endpoints,
-                timeout=settings.etcd_timeout.total_seconds(),
-                ca_file=settings.etcd_ca_file,
-                cert_file=settings.etcd_cert_file,
-                key_file=settings.etcd_key_file,
-                username=settings.etcd_username,
-                password=settings.etcd_password,
-                retry_for=retry_for,
-            )
-        )
-        return EtcdSemaphore(
-            conn,
-            prefix=settings.etcd_key_prefix,
+        return LeaseSemaphore(
+            kube or connect_kube(settings, retry_for=retry_for),
+            namespace=kube_namespace(settings),
             group=settings.group,
             waiter_ttl=settings.waiter_ttl.total_seconds(),
         )
-    raise UsageError(f"backend {settings.backend!r} is not available in this build")
+    from rebootcoord.adapters.etcd import EtcdConnection, EtcdOptions, EtcdSemaphore
+
+    conn = EtcdConnection(
+        EtcdOptions(
+            endpoints=settings.etcd_endpoints,
+            timeout=settings.etcd_timeout.total_seconds(),
+            ca_file=settings.etcd_ca_file,
+            cert_file=settings.etcd_cert_file,
+            key_file=settings.etcd_key_file,
+            username=settings.etcd_username,
+            password=settings.etcd_password,
+            retry_for=retry_for,
+        )
+    )
+    return EtcdSemaphore(
+        conn,
+        prefix=settings.etcd_key_prefix,
+        group=settings.group,
+        waiter_ttl=settings.waiter_ttl.total_seconds(),
+    )
 
 
 def build_host(settings: Settings) -> Host:
@@ -50,13 +74,63 @@ def build_host(settings: Settings) -> Host:
     return Host(root=settings.host_root, boot_id_file=settings.boot_id_file, exec_prefix=prefix)
 
 
+def uses_kubernetes(settings: Settings) -> bool:
+    return (
+        settings.backend == "kubernetes"
+        or settings.node_ops == "kubernetes"
+        or (settings.node_ops == "auto" and settings.backend == "kubernetes")
+    )
+
+
 def build_agent(settings: Settings, stop: threading.Event, registry: CollectorRegistry) -> Agent:
     host = build_host(settings)
     metrics = Metrics(registry, node=settings.node_name, group=settings.group)
     metrics.info.labels(__version__, settings.node_name, settings.group, settings.backend).set(1)
+    kube = connect_kube(settings) if uses_kubernetes(settings) else None
+    checks: list[Check] = list(build_checks(settings.health_checks, host))
+    blockers: list[Check] = []
+    node_ops: NodeOps = NoNodeOps()
+    boot_id = host.boot_id
+    if kube is not None:
+        from rebootcoord.adapters.kube.gates import NodeBootId, NodeBudget, NodeReady, PodBlocker, PodsReady
+        from rebootcoord.adapters.kube.nodes import DrainOptions, KubeNodeOps
+
+        if settings.boot_id_source == "node":
+            boot_id = NodeBootId(kube, settings.node)
+        if settings.node_ops != "none":
+            node_ops = KubeNodeOps(
+                kube,
+                settings.node,
+                drain=DrainOptions(
+                    timeout=settings.drain_timeout.total_seconds(),
+                    grace_period=settings.drain_grace_period,
+                    pod_selector=settings.drain_pod_selector,
+                    delete_emptydir_data=settings.drain_delete_emptydir_data,
+                    force=settings.drain_force,
+                    parallelism=settings.drain_parallelism,
+                ),
+            )
+        if settings.verify_node_ready:
+            checks.insert(0, NodeReady(kube, settings.node, boot_id))
+        if settings.verify_pods_ready:
+            checks.append(PodsReady(kube, settings.node))
+        if settings.blocking_pod_selector:
+            blockers.append(PodBlocker(kube, settings.node, settings.blocking_pod_selector))
+        if settings.max_unavailable_nodes >= 0:
+            blockers.append(NodeBudget(kube, settings.max_unavailable_nodes, settings.group_node_selector))
+    if settings.prometheus_url:
+        from rebootcoord.adapters.prometheus import FiringAlerts
+
+        blockers.append(
+            FiringAlerts(
+                settings.prometheus_url,
+                settings.prometheus_alert_filter,
+                settings.prometheus_alert_filter_match_only,
+            )
+        )
     parts = AgentParts(
         settings=settings,
-        semaphore=build_semaphore(settings),
+        semaphore=build_semaphore(settings, kube=kube),
         detectors=build_detectors(settings.detectors, host),
         rebooter=build_rebooter(
             settings.reboot_method, host, settings.reboot_command, settings.reboot_signal
@@ -64,6 +138,9 @@ def build_agent(settings: Settings, stop: threading.Event, registry: CollectorRe
         host=host,
         metrics=metrics,
         events=EventLog(settings.events_file),
-        checks=build_checks(settings.health_checks, host),
+        checks=checks,
+        blockers=blockers,
+        node_ops=node_ops,
+        boot_id=boot_id,
     )
     return Agent(parts, stop)

@@ -636,7 +636,9 @@ class Settings:
     etcd_password: str | None = _key(None, p_opt_str, "etcd password", secret=True)
     etcd_timeout: timedelta = _key(timedelta(seconds=5), p_positive_duration, "timeout of one etcd call")
     waiter_ttl: timedelta = _key(
-        timedelta(seconds=10), p_positive_duration, "lease TTL of a waiter's place in the queue"
+        timedelta(seconds=30),
+        p_positive_duration,
+        "a waiter whose agent stops renewing its place in the queue loses it after this",
     )
     # detection
     detectors: tuple[DetectorSpec, ...] = _key(

@@ -23,6 +23,7 @@ class Timing:
     verify_interval: timedelta
     release_delay: timedelta
     retry_after: timedelta = timedelta(seconds=5)
+    lease_ttl: timedelta = timedelta(0)  # 0: holders never expire
 
 
 @dataclass(frozen=True)
@@ -42,6 +43,10 @@ class Snapshot:
     # When this process last saw the post-reboot checks pass. Not persisted: after a crash the
     # checks simply run again.
     healthy_at: float | None = None
+    # Holders whose Node object no longer exists (looked up by the daemon when it matters).
+    gone_holders: tuple[HolderId, ...] = ()
+    # After an aborted drain, this node does not queue again before this time (process-local).
+    retry_not_before: float | None = None
     timing: Timing = Timing(timedelta(minutes=10), timedelta(seconds=30), timedelta(0))
 
 
@@ -110,6 +115,14 @@ class Release:
 
 
 @dataclass(frozen=True)
+class Reclaim:
+    """Take back the slot of a holder whose node is gone or whose TTL ran out."""
+
+    record: HolderRecord
+    reason: str
+
+
+@dataclass(frozen=True)
 class Abandon:
     """Our record outlived our slot (someone released it): undo our cordon, drop the record."""
 
@@ -117,7 +130,9 @@ class Abandon:
     reason: str
 
 
-Step = Rest | JoinQueue | LeaveQueue | Acquire | Persist | Drain | Reboot | Verify | Release | Abandon
+Step = (
+    Rest | JoinQueue | LeaveQueue | Acquire | Persist | Drain | Reboot | Verify | Release | Abandon | Reclaim
+)
 
 
 def step_phase(step: Step) -> Phase | None:
@@ -125,7 +140,7 @@ def step_phase(step: Step) -> Phase | None:
     match step:
         case Rest(phase=phase):
             return phase
-        case JoinQueue() | Acquire():
+        case JoinQueue() | Acquire() | Reclaim():
             return Phase.WAITING
         case Persist(record=record):
             return record.phase
@@ -163,6 +178,9 @@ def decide(s: Snapshot) -> Step:
 
 def _holding(s: Snapshot, record: HolderRecord) -> Step:
     rebooted = record.boot_id != s.boot_id
+    if record.abort_reason and record.phase in (Phase.LOCKED, Phase.DRAINING) and not rebooted:
+        # A drain that could not finish: leave the node as we found it, give the slot back.
+        return Release(record, reason=f"aborting: {record.abort_reason}")
     if rebooted and record.phase in (Phase.LOCKED, Phase.DRAINING, Phase.REBOOTING):
         return Persist(record.moved(Phase.VERIFYING, s.now, note=""), "boot ID changed: the node rebooted")
     match record.phase:
@@ -218,6 +236,12 @@ def _not_holding(s: Snapshot, view: GroupView) -> Step:
         return LeaveQueue(reason) if in_queue else Rest(Phase.PENDING, reason, wake_at)
     if not in_queue:
         return JoinQueue()
+    if view.queue_position(s.holder) == 0 and view.slots.free == 0:
+        # First in line and nothing free: a slot held by a node that no longer exists, or held
+        # past the optional TTL, is taken back (only the first waiter does it: no herd).
+        stale = _stale_holder(s, view)
+        if stale is not None:
+            return stale
     if view.may_take(s.holder):
         return Acquire(
             HolderRecord(
@@ -239,7 +263,23 @@ def _not_holding(s: Snapshot, view: GroupView) -> Step:
     return Rest(Phase.WAITING, f"queue position {position + 1}, {view.slots.free} free slot(s)")
 
 
+def _stale_holder(s: Snapshot, view: GroupView) -> Reclaim | None:
+    ttl = s.timing.lease_ttl.total_seconds()
+    for holder, record in sorted(view.records.items()):
+        if not view.holds(holder):
+            continue
+        if holder in s.gone_holders:
+            return Reclaim(record, f"node {record.node} of holder {holder} no longer exists")
+        if ttl > 0 and s.now - record.acquired_at > ttl:
+            return Reclaim(
+                record, f"holder {holder} held its slot longer than the TTL ({s.timing.lease_ttl})"
+            )
+    return None
+
+
 def _blocked(s: Snapshot) -> tuple[str, float | None] | None:
+    if s.retry_not_before is not None and s.now < s.retry_not_before:
+        return "the last drain was aborted; trying again later", s.retry_not_before
     if not s.window.open:
         next_open = s.window.next_open.timestamp() if s.window.next_open else None
         when = s.window.next_open.isoformat() if s.window.next_open else "never"

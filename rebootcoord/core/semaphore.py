@@ -110,6 +110,7 @@ class HolderRecord:
     cordoned: bool | None = None  # None: not decided yet; True: we cordoned (we must uncordon)
     reboot_requested_at: float | None = None
     note: str = ""  # last failure, for status
+    abort_reason: str = ""  # set when a drain failed and the cycle is being undone
 
     def encode(self) -> bytes:
         doc = dataclasses.asdict(self)
@@ -140,6 +141,7 @@ class HolderRecord:
                 cordoned=_typed(doc, "cordoned", (bool, type(None)), None),
                 reboot_requested_at=_opt_float(doc, "reboot_requested_at"),
                 note=_typed(doc, "note", str, ""),
+                abort_reason=_typed(doc, "abort_reason", str, ""),
             )
         except (KeyError, ValueError, TypeError) as exc:
             raise CorruptDocument(key, f"holder record is malformed: {exc}") from None

@@ -26,6 +26,7 @@ from rebootcoord.core.cycle import (
     LeaveQueue,
     Persist,
     Reboot,
+    Reclaim,
     Release,
     Rest,
     Snapshot,
@@ -35,15 +36,17 @@ from rebootcoord.core.cycle import (
     decide,
     step_phase,
 )
-from rebootcoord.core.semaphore import GroupView, HolderRecord, Waiter
-from rebootcoord.core.types import HolderId, PendingReboot, Phase
+from rebootcoord.core.semaphore import AGENT, GroupView, HolderRecord, Waiter
+from rebootcoord.core.types import HolderId, NodeName, PendingReboot, Phase
 from rebootcoord.daemon.events import EventLog
 from rebootcoord.daemon.metrics import Heartbeat, Metrics
 from rebootcoord.errors import (
+    ApiError,
     BackendUnavailable,
     Conflict,
     CorruptDocument,
     DetectorError,
+    DrainInterrupted,
     NodeOperationError,
     RebootError,
     SlotLost,
@@ -54,7 +57,7 @@ log = logging.getLogger(__name__)
 
 
 class NoNodeOps:
-    """Bare etcd mode: there is no cluster to cordon or drain."""
+    """Bare etcd mode: there is no cluster to cordon, drain or tell."""
 
     def is_unschedulable(self) -> bool:
         return True  # no scheduler: never record that we cordoned, never uncordon
@@ -62,10 +65,22 @@ class NoNodeOps:
     def cordon(self) -> None:
         return None
 
-    def drain(self) -> None:
+    def drain(self, stop: threading.Event) -> None:
         return None
 
     def uncordon(self) -> None:
+        return None
+
+    def node_exists(self, node: NodeName) -> bool | None:
+        return None
+
+    def announce(self, phase: Phase, reason: str, *, warning: bool = False, event_reason: str = "") -> None:
+        return None
+
+    def set_labels(self, labels: Sequence[tuple[str, str]]) -> None:
+        return None
+
+    def set_waiting_taint(self, present: bool) -> None:
         return None
 
 
@@ -83,6 +98,7 @@ class AgentParts:
     checks: Sequence[Check] = ()  # post-reboot health checks
     blockers: Sequence[Check] = ()  # pre-acquire gates
     node_ops: NodeOps = field(default_factory=NoNodeOps)
+    boot_id: Callable[[], str] | None = None  # default: the host's boot ID file
     clock: Callable[[], float] = time.time
 
 
@@ -105,10 +121,17 @@ class Agent:
         self._reboot_issued_at: float | None = None
         self._last_verify_at: float | None = None
         self._healthy_at: float | None = None
+        self._retry_not_before: float | None = None
+        self._gone: tuple[HolderId, ...] = ()
+        self._gone_checked_at = 0.0
+        self._blockers: tuple[str, ...] = ()
+        self._blockers_at: float | None = None
+        self._boot_id = parts.boot_id or parts.host.boot_id
         self._timing = Timing(
             reboot_timeout=self.s.reboot_timeout,
             verify_interval=self.s.verify_interval,
             release_delay=self.s.release_delay,
+            lease_ttl=self.s.lease_ttl,
         )
 
     # ------------------------------------------------------------------------------------------
@@ -173,34 +196,59 @@ class Agent:
             self._detect(now)
         window = self.s.schedule.status(datetime.fromtimestamp(now, UTC))
         self.p.metrics.next_window.set(window.next_open.timestamp() if window.next_open else 0)
-        blockers: tuple[str, ...] = ()
         with self._view_lock:
             view = self._view
-        if (
-            self._pending is not None
-            and self.p.blockers
-            and view is not None
-            and not view.holds(self.s.holder)
-        ):
-            blockers = tuple(
-                f"{r.name}: {r.detail}" for r in (b.check() for b in self.p.blockers) if not r.ok
-            )
+        waiting = self._pending is not None and view is not None and not view.holds(self.s.holder)
         return Snapshot(
             now=now,
             holder=self.s.holder,
             node=self.s.node,
             group=self.s.group,
-            boot_id=self.p.host.boot_id(),
+            boot_id=self._boot_id(),
             pending=self._pending,
             detector_errors=self._detector_errors,
             window=window,
             view=view,
-            blockers=blockers,
+            blockers=self._check_blockers(now) if waiting else (),
             reboot_issued_at=self._reboot_issued_at,
             last_verify_at=self._last_verify_at,
             healthy_at=self._healthy_at,
+            gone_holders=self._gone_holders(view, now) if waiting and view is not None else (),
+            retry_not_before=self._retry_not_before,
             timing=self._timing,
         )
+
+    def _check_blockers(self, now: float, *, fresh: bool = False) -> tuple[str, ...]:
+        """Pre-acquire gates, at most once per check interval (fresh: right before acquiring)."""
+        if not self.p.blockers:
+            return ()
+        if (
+            fresh
+            or self._blockers_at is None
+            or now >= self._blockers_at + self.s.check_interval.total_seconds()
+        ):
+            self._blockers = tuple(
+                f"{r.name}: {r.detail}" for r in (b.check() for b in self.p.blockers) if not r.ok
+            )
+            self._blockers_at = now
+        return self._blockers
+
+    def _gone_holders(self, view: GroupView, now: float) -> tuple[HolderId, ...]:
+        """Holders whose Node is gone, looked up only by the first waiter of a full group."""
+        if view.slots is None or view.slots.free > 0 or view.queue_position(self.s.holder) != 0:
+            return ()
+        if now - self._gone_checked_at >= 30:
+            self._gone_checked_at = now
+            gone = []
+            for holder, record in view.records.items():
+                if (
+                    view.holds(holder)
+                    and record.kind == AGENT
+                    and self.p.node_ops.node_exists(record.node) is False
+                ):
+                    gone.append(holder)
+            self._gone = tuple(gone)
+        return self._gone
 
     def _detect(self, now: float) -> None:
         pending, errors = detect(self.p.detectors)
@@ -291,15 +339,31 @@ class Agent:
                     "reason": reason,
                 },
             )
+            self._tell_the_node(self._phase, phase, reason)
         elif reason != self._reason:
             log.debug("phase %s: %s", phase.value, reason)
         self._phase = phase
         self._reason = reason
 
+    def _tell_the_node(self, before: Phase | None, phase: Phase, reason: str) -> None:
+        """Annotations and an Event on the Node (Kubernetes mode), the waiting taint. Best effort:
+        the story is told, but a failure to tell it never stops the cycle."""
+        ops = self.p.node_ops
+        try:
+            if not (phase is Phase.IDLE and (before is None or before in (Phase.IDLE, Phase.PENDING))):
+                ops.announce(phase, reason)
+            if self.s.taint_while_waiting:
+                if phase is Phase.WAITING:
+                    ops.set_waiting_taint(True)
+                elif phase in (Phase.IDLE, Phase.PENDING, Phase.LOCKED):
+                    ops.set_waiting_taint(False)
+        except (BackendUnavailable, NodeOperationError, ApiError) as exc:
+            log.warning("cannot record phase %s on the node: %s", phase.value, exc)
+
     def _boot_id_or_unknown(self) -> str:
         try:
-            return self.p.host.boot_id()
-        except DetectorError:
+            return self._boot_id()
+        except (DetectorError, BackendUnavailable):
             return "unknown"
 
     # ------------------------------------------------------------------------------------------
@@ -314,10 +378,19 @@ class Agent:
                 case LeaveQueue():
                     sem.leave_queue(self.s.holder)
                 case Acquire(record=record):
-                    revision = sem.acquire(record)
-                    if revision is not None:
-                        self._phase = None  # force the event even if a stale view said locked
-                        self._enter(Phase.LOCKED, record.reason, rev=revision)
+                    # Last look at the gates before taking the slot: they were cached.
+                    blockers = self._check_blockers(now, fresh=True)
+                    if blockers:
+                        log.info("not taking the slot: %s", "; ".join(blockers))
+                    else:
+                        revision = sem.acquire(record)
+                        if revision is not None:
+                            self._phase = None  # force the event even if a stale view said locked
+                            self._enter(Phase.LOCKED, record.reason, rev=revision)
+                case Reclaim(record=record, reason=reason):
+                    if sem.reclaim(record.id, record):
+                        log.warning("reclaimed the slot of %s: %s", record.id, reason)
+                        self.p.metrics.fail("slot_reclaimed")
                 case Persist(record=record):
                     if record.phase is Phase.VERIFYING and not _was(self._phase, Phase.VERIFYING):
                         self.p.metrics.reboots.inc()
@@ -328,8 +401,8 @@ class Agent:
                     self._reboot(record, now)
                 case Verify(record=record):
                     self._verify(record, now)
-                case Release(record=record):
-                    self._release(record)
+                case Release(record=record, reason=reason):
+                    self._release(record, reason)
                 case Abandon(record=record, reason=reason):
                     log.warning("%s; undoing our cordon and dropping the record", reason)
                     self.p.metrics.fail("slot_lost")
@@ -356,14 +429,27 @@ class Agent:
         try:
             if record.cordoned:
                 ops.cordon()
-            ops.drain()
+            ops.set_labels(self.s.pre_reboot_labels)
+            ops.drain(self.stop)
+        except DrainInterrupted:
+            return  # stopping: the record says draining, the next start drains again
         except NodeOperationError as exc:
             self.p.metrics.fail("drain_failed")
-            log.error("drain failed: %s", exc)
-            sem.update(replace(record, note=f"drain failed: {exc}"))
-            self._sleep(self._timing.retry_after.total_seconds())
-            return
+            self._tell("DrainFailed", str(exc))
+            if self.s.drain_failure == "force":
+                log.error("drain failed, rebooting anyway (drain_failure: force): %s", exc)
+            else:
+                log.error("drain failed; undoing and giving the slot back: %s", exc)
+                sem.update(replace(record, note=f"drain failed: {exc}", abort_reason=f"drain failed: {exc}"))
+                return
         sem.update(record.moved(Phase.REBOOTING, self.p.clock(), reboot_requested_at=self.p.clock()))
+
+    def _tell(self, reason: str, message: str) -> None:
+        """A Warning Event on the Node, best effort."""
+        try:
+            self.p.node_ops.announce(self._phase or Phase.IDLE, message, warning=True, event_reason=reason)
+        except (BackendUnavailable, NodeOperationError, ApiError) as exc:
+            log.warning("cannot record %s on the node: %s", reason, exc)
 
     def _reboot(self, record: HolderRecord, now: float) -> None:
         # Last look before the point of no return: do we still hold the slot?
@@ -402,14 +488,20 @@ class Agent:
             self.p.metrics.health_failing.set(1)
             log.error("%s (the slot stays held)", note)
             if note != record.note:
+                self._tell("HealthCheckFailed", note)
                 self.p.semaphore.update(replace(record, note=note))
             return
         self.p.metrics.health_failing.set(0)
+        self.p.node_ops.set_labels(self.s.post_reboot_labels)
         self._healthy_at = now
 
-    def _release(self, record: HolderRecord) -> None:
+    def _release(self, record: HolderRecord, reason: str) -> None:
         if record.cordoned:
             self.p.node_ops.uncordon()
+        if record.abort_reason:
+            # The drain failed: the node is as we found it; queue again after a pause.
+            self._retry_not_before = self.p.clock() + self.s.drain_timeout.total_seconds() / 3
+            log.warning("%s; retrying after %s", reason, self._retry_not_before)
         revision = self.p.semaphore.release(record.id)
         self._reboot_issued_at = None
         self._last_verify_at = None

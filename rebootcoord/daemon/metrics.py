@@ -26,6 +26,7 @@ FAILURE_REASONS = (
     "reboot_timeout",
     "health_gate",
     "slot_lost",
+    "slot_reclaimed",
 )
 PHASE_BUCKETS = (0.1, 0.5, 1, 5, 15, 60, 300, 900, 1800, 3600, 4 * 3600, 24 * 3600)
 

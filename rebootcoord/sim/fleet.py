@@ -27,15 +27,16 @@ import sys
 import threading
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 import yaml
 
 from rebootcoord.adapters.etcd import EtcdConnection, EtcdOptions, EtcdSemaphore
 from rebootcoord.core.types import Group, HolderId
+from rebootcoord.ports import Semaphore
 from rebootcoord.sim.procs import orphan_proof
 
 log = logging.getLogger(__name__)
@@ -73,13 +74,21 @@ class SimNode:
         return os.path.join(self.dir, "agent.log")
 
 
+class RebootHooks(Protocol):
+    """What a simulated reboot does to the rest of the world (Kubernetes: the Node object)."""
+
+    def down(self, node: str) -> None: ...
+
+    def up(self, node: str, boot_id: str) -> None: ...
+
+
 class Fleet:
     def __init__(
         self,
         run_dir: str,
         *,
         nodes: int,
-        endpoint: str,
+        endpoint: str | None = None,
         group: str = "default",
         max_holders: int = 2,
         reboot_seconds: float = 1.0,
@@ -88,7 +97,14 @@ class Fleet:
         agent_config: dict[str, Any] | None = None,
         prefix: str = "node",
         arm: bool = True,
+        node_names: Sequence[str] | None = None,
+        semaphore: Semaphore | None = None,
+        hooks: RebootHooks | None = None,
+        agent_env: dict[str, str] | None = None,
     ) -> None:
+        """An etcd fleet by default (``endpoint``). For Kubernetes pass ``node_names`` (existing
+        Nodes), ``semaphore`` (to check slots at reboot time), ``hooks`` (take the Node down and
+        up) and the backend settings in ``agent_config``."""
         self.run_dir = os.path.abspath(run_dir)
         self.endpoint = endpoint
         self.group = group
@@ -96,14 +112,21 @@ class Fleet:
         self.reboot_seconds = reboot_seconds
         self.cycles = cycles
         self.arm = arm
+        self.hooks = hooks
+        self.agent_env = dict(agent_env or {})
         self.events_file = os.path.abspath(events_file or os.path.join(self.run_dir, "events.jsonl"))
         self.agent_config = dict(agent_config or {})
         self.socket_path = os.path.join(self.run_dir, "sim.sock")
         width = max(2, len(str(nodes)))
-        self.nodes: dict[str, SimNode] = {}
-        for i in range(1, nodes + 1):
-            name = f"{prefix}-{i:0{width}d}"
-            self.nodes[name] = SimNode(name, os.path.join(self.run_dir, "nodes", name), str(uuid.uuid4()))
+        names = (
+            list(node_names)
+            if node_names is not None
+            else [f"{prefix}-{i:0{width}d}" for i in range(1, nodes + 1)]
+        )
+        self.nodes: dict[str, SimNode] = {
+            name: SimNode(name, os.path.join(self.run_dir, "nodes", name), str(uuid.uuid4()))
+            for name in names
+        }
         self.violations: list[str] = []
         self.reboot_requests: list[tuple[float, str]] = []
         self._actions: queue.Queue[tuple[Callable[[], Any], Future[Any]] | None] = queue.Queue()
@@ -114,11 +137,15 @@ class Fleet:
         self._supervisor = threading.Thread(target=self._supervise, name="sim-supervisor", daemon=True)
         self._server: socket.socket | None = None
         self._server_thread: threading.Thread | None = None
-        self.semaphore = EtcdSemaphore(
-            EtcdConnection(EtcdOptions(endpoints=(endpoint,), timeout=5.0)),
-            prefix=str(self.agent_config.get("etcd_key_prefix", "com.coreos.airlock")),
-            group=Group(group),
-        )
+        if semaphore is None:
+            if endpoint is None:
+                raise ValueError("an etcd fleet needs an endpoint, other backends a semaphore")
+            semaphore = EtcdSemaphore(
+                EtcdConnection(EtcdOptions(endpoints=(endpoint,), timeout=5.0)),
+                prefix=str(self.agent_config.get("etcd_key_prefix", "com.coreos.airlock")),
+                group=Group(group),
+            )
+        self.semaphore = semaphore
 
     # ------------------------------------------------------------------------------------------
     # life cycle
@@ -135,6 +162,10 @@ class Fleet:
 
     def stop(self) -> None:
         if self._stopping.is_set():
+            return
+        if not self._supervisor.is_alive() and self._server is None:  # never started
+            self._stopping.set()
+            self.semaphore.close()
             return
         if self._supervisor.is_alive():
             self.call(self._stop_all)
@@ -156,13 +187,13 @@ class Fleet:
     def _prepare(self, node: SimNode) -> None:
         os.makedirs(os.path.join(node.root, "run"), exist_ok=True)
         self._write_boot_id(node)
+        if self.hooks is not None:
+            self.hooks.up(node.name, node.boot_id)  # the Node reports the boot the host is in
         if self.arm:
             self.arm_sentinel(node.name, "update-1")
-        config = {
+        config: dict[str, Any] = {
             "node_name": node.name,
             "group": self.group,
-            "backend": "etcd",
-            "etcd_endpoints": [self.endpoint],
             "max_holders": self.max_holders,
             "host_root": node.root,
             "boot_id_file": node.boot_id_file,
@@ -178,6 +209,8 @@ class Fleet:
             "events_file": self.events_file,
             "log_format": "json",
         }  # fmt: skip
+        if self.endpoint is not None:
+            config.update({"backend": "etcd", "etcd_endpoints": [self.endpoint]})
         for key, value in self.agent_config.items():
             config[key] = _fill(value, node)
         with open(node.config_file, "w", encoding="utf-8") as fh:
@@ -255,6 +288,7 @@ class Fleet:
     def _spawn(self, node: SimNode) -> None:
         if node.proc is not None and node.proc.poll() is None:
             return
+        env = {**os.environ, **{k: _fill(v, node) for k, v in self.agent_env.items()}, "NODE_NAME": node.name}
         with open(node.log_file, "ab") as logf:
             node.proc = subprocess.Popen(
                 orphan_proof([sys.executable, "-m", "rebootcoord", "agent", "--config", node.config_file]),
@@ -262,6 +296,7 @@ class Fleet:
                 stderr=logf,
                 stdin=subprocess.DEVNULL,
                 cwd=node.dir,
+                env=env,
             )
         node.agent_starts += 1
 
@@ -339,6 +374,11 @@ class Fleet:
                 return "ok"  # a host already going down ignores a second request
             node.rebooting = True
         self.call(lambda: self._shutdown(node))
+        if self.hooks is not None:
+            try:
+                self.hooks.down(name)
+            except Exception as exc:  # noqa: BLE001 - a simulated host cannot fail to go down
+                log.warning("reboot hook (down) for %s failed: %s", name, exc)
         self._after(self.reboot_seconds, lambda: self._boot(node))
         return "ok"
 
@@ -361,6 +401,11 @@ class Fleet:
         self._write_boot_id(node)
         if node.reboots < self.cycles:
             self.arm_sentinel(node.name, f"update-{node.reboots + 1}")
+        if self.hooks is not None:
+            try:
+                self.hooks.up(node.name, node.boot_id)
+            except Exception as exc:  # noqa: BLE001 - logged; the agent's health gate will tell
+                log.warning("reboot hook (up) for %s failed: %s", node.name, exc)
         with self._lock:
             node.rebooting = False
         self._spawn(node)

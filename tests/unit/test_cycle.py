@@ -15,6 +15,7 @@ from rebootcoord.core.cycle import (
     LeaveQueue,
     Persist,
     Reboot,
+    Reclaim,
     Release,
     Rest,
     Snapshot,
@@ -161,6 +162,58 @@ CASES = [
         Phase.PENDING,
     ),
     ("held-without-record", snap(gv(["me"])), Rest, Phase.PENDING),
+    (
+        "first-waiter-reclaims-a-gone-holder",
+        snap(
+            gv(["x"], waiters=["me"], records=[rec(Phase.DRAINING, id=HolderId("x"))], max_=1),
+            gone_holders=("x",),
+        ),
+        Reclaim,
+        Phase.WAITING,
+    ),
+    (
+        "second-waiter-leaves-it-to-the-first",
+        snap(
+            gv(["x"], waiters=["a", "me"], records=[rec(Phase.DRAINING, id=HolderId("x"))], max_=1),
+            gone_holders=("x",),
+        ),
+        Rest,
+        Phase.WAITING,
+    ),
+    (
+        "ttl-expired-holder-reclaimed",
+        snap(
+            gv(
+                ["x"],
+                waiters=["me"],
+                records=[rec(Phase.REBOOTING, id=HolderId("x"), acquired_at=NOW - 7200)],
+                max_=1,
+            ),
+            timing=replace(TIMING, lease_ttl=timedelta(hours=1)),
+        ),
+        Reclaim,
+        Phase.WAITING,
+    ),
+    (
+        "no-ttl-no-reclaim",
+        snap(
+            gv(
+                ["x"],
+                waiters=["me"],
+                records=[rec(Phase.REBOOTING, id=HolderId("x"), acquired_at=NOW - 7200)],
+                max_=1,
+            )
+        ),
+        Rest,
+        Phase.WAITING,
+    ),
+    (
+        "drain-abort-releases",
+        snap(gv(["me"], records=[rec(Phase.DRAINING, abort_reason="drain failed")])),
+        Release,
+        Phase.RELEASING,
+    ),
+    ("retry-later-after-abort", snap(gv(), retry_not_before=NOW + 60), Rest, Phase.PENDING),
     # Holding a slot ignores the window and the pause: a started cycle finishes.
     (
         "holder-ignores-closed-window",

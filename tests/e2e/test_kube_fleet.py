@@ -1,0 +1,293 @@
+"""Kubernetes mode end to end: one agent process per kwok node, configured as the DaemonSet
+configures it (NODE_NAME, namespace, a host root, a reboot command), coordinating through a Lease
+and draining through the Eviction API, on the real control plane of tests/support. A simulated
+reboot restarts the agent with a new boot ID and turns its Node NotReady, then Ready with the new
+bootID."""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from rebootcoord.adapters.kube.api import Kube
+from rebootcoord.adapters.kube.lease import LeaseSemaphore
+from rebootcoord.core.semaphore import HolderRecord, Waiter
+from rebootcoord.core.types import Group, HolderId, NodeName, Phase
+from rebootcoord.sim.checker import check, read_events
+from rebootcoord.sim.fleet import Fleet
+from rebootcoord.sim.kwok import KwokRebootHooks
+from tests.conftest import wait_for
+from tests.support.eventgate import EventGate
+from tests.support.kubecluster import KubeTestEnv, wait_for_deployment, wait_for_pdb
+
+pytestmark = [pytest.mark.kube, pytest.mark.e2e]
+
+
+class ClusterWatch:
+    """Samples the cluster while a fleet runs: cordoned nodes, Ready pods of a Deployment."""
+
+    def __init__(self, kube: KubeTestEnv, nodes: list[str], *, app: str | None = None,
+                 pre_cordoned: set[str] | None = None) -> None:  # fmt: skip
+        self.kube = kube
+        self.nodes = set(nodes)
+        self.app = app
+        self.pre_cordoned = pre_cordoned or set()
+        self.max_cordoned = 0
+        self.min_ready: int | None = None
+        self.samples = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def __enter__(self) -> ClusterWatch:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join(10)
+
+    def _run(self) -> None:
+        core = self.kube.core
+        while not self._stop.is_set():
+            cordoned = {
+                n.metadata.name
+                for n in core.list_node().items
+                if n.spec.unschedulable and n.metadata.name in self.nodes
+            }
+            self.max_cordoned = max(self.max_cordoned, len(cordoned - self.pre_cordoned))
+            if self.app:
+                pods = core.list_namespaced_pod(self.kube.namespace, label_selector=f"app={self.app}").items
+                ready = sum(1 for p in pods if p.metadata.deletion_timestamp is None and _ready(p))
+                self.min_ready = ready if self.min_ready is None else min(self.min_ready, ready)
+            self.samples += 1
+            self._stop.wait(0.1)
+
+
+def _ready(pod: Any) -> bool:
+    return any(c.type == "Ready" and c.status == "True" for c in (pod.status.conditions or []))
+
+
+def deploy(kube: KubeTestEnv, name: str, replicas: int, *, pdb: dict[str, Any] | None,
+           node: str | None = None, labels: dict[str, str] | None = None) -> None:  # fmt: skip
+    """A Deployment spread over the nodes (or pinned to ``node``), with an optional PDB."""
+    spec: dict[str, Any] = {
+        "containers": [{"name": name, "image": "registry.invalid/app:1"}],
+        "tolerations": [{"operator": "Exists", "effect": "NoSchedule"}],
+    }
+    if node:
+        spec["nodeName"] = node
+    else:
+        spec["topologySpreadConstraints"] = [
+            {
+                "maxSkew": 1,
+                "topologyKey": "kubernetes.io/hostname",
+                "whenUnsatisfiable": "DoNotSchedule",
+                "labelSelector": {"matchLabels": {"app": name}},
+            }
+        ]
+    kube.apps.create_namespaced_deployment(
+        kube.namespace,
+        {
+            "metadata": {"name": name},
+            "spec": {
+                "replicas": replicas,
+                "selector": {"matchLabels": {"app": name}},
+                "template": {"metadata": {"labels": {"app": name, **(labels or {})}}, "spec": spec},
+            },
+        },
+    )
+    wait_for_deployment(kube.api, kube.namespace, name, timeout=120)
+    if pdb is not None:
+        kube.policy.create_namespaced_pod_disruption_budget(
+            kube.namespace,
+            {"metadata": {"name": name}, "spec": {**pdb, "selector": {"matchLabels": {"app": name}}}},
+        )
+
+
+@pytest.fixture
+def kube_fleet(kube: KubeTestEnv, tmp_path: Path) -> Iterator[Callable[..., Fleet]]:
+    fleets: list[Fleet] = []
+
+    def make(node_names: list[str], *, max_holders: int = 1, agent_config: dict[str, Any] | None = None,
+             reboot_seconds: float = 1.0) -> Fleet:  # fmt: skip
+        api = Kube(kube.cluster.api_client())
+        fleet = Fleet(
+            str(tmp_path / f"run{len(fleets)}"),
+            nodes=len(node_names),
+            node_names=node_names,
+            max_holders=max_holders,
+            reboot_seconds=reboot_seconds,
+            semaphore=LeaseSemaphore(api, namespace=kube.namespace, group=Group("default")),
+            hooks=KwokRebootHooks(api),
+            agent_config={
+                "backend": "kubernetes",
+                "kubeconfig": str(kube.cluster.kubeconfig),
+                "namespace": kube.namespace,
+                "drain_timeout": "90s",
+                "drain_delete_emptydir_data": True,
+                **(agent_config or {}),
+            },
+        )
+        fleets.append(fleet)
+        return fleet
+
+    yield make
+    for fleet in fleets:
+        fleet.stop()
+
+
+def agent_log(fleet: Fleet, node: str) -> str:
+    with open(fleet.nodes[node].log_file, encoding="utf-8") as fh:
+        return fh.read()
+
+
+def test_rolling_reboot_respects_the_pdb_and_the_budget(
+    kube: KubeTestEnv, kube_fleet: Callable[..., Fleet]
+) -> None:
+    nodes = [n.name for n in kube.create_nodes(6)]
+    deploy(kube, "web", 12, pdb={"maxUnavailable": 1})  # two pods per node: drains meet 429s
+    wait_for_pdb(kube.api, kube.namespace, "web", disruptions_allowed=1, timeout=60)
+    kube.core.patch_node(nodes[0], {"spec": {"unschedulable": True}})  # cordoned by someone else
+    fleet = kube_fleet(nodes, max_holders=2)
+    with ClusterWatch(kube, nodes, app="web", pre_cordoned={nodes[0]}) as watch, fleet:
+        wait_for(fleet.done, timeout=600, interval=0.5, what="every node to reboot and release")
+    assert not fleet.violations, fleet.violations
+    assert {n.reboots for n in fleet.nodes.values()} == {1}  # every node rebooted exactly once
+    report = check(read_events(fleet.events_file), max_holders=2)
+    assert report.ok and report.by_revision, report.problems
+    assert watch.max_cordoned <= 2  # never more than max nodes cordoned or rebooting
+    assert watch.min_ready is not None and watch.min_ready >= 11, watch.min_ready  # the PDB held
+    refused = sum(agent_log(fleet, n).count("refused for now") for n in nodes)
+    assert refused > 0  # and it was put to the test: evictions beyond the budget got 429
+    final = {n.metadata.name: n for n in kube.core.list_node().items}
+    assert final[nodes[0]].spec.unschedulable  # pre-cordoned: still cordoned
+    for name in nodes[1:]:
+        assert not final[name].spec.unschedulable, name  # found schedulable: left schedulable
+    for name in nodes:
+        annotations = final[name].metadata.annotations or {}
+        assert annotations.get("rebootcoord.io/phase") == "idle", name
+        assert "rebootcoord.io/last-reboot" in annotations
+    described = kube.cluster.kubectl("describe", "node", nodes[1])
+    for reason in ("SlotAcquired", "Draining", "Rebooting", "Rebooted", "SlotReleased"):
+        assert reason in described, reason  # `kubectl describe node` tells the story
+    lease = kube.cluster.kubectl("get", "lease", "-n", kube.namespace, "rebootcoord-default")
+    assert "rebootcoord-default" in lease
+
+
+def test_unsatisfiable_pdb_times_out_the_drain_and_aborts_cleanly(
+    kube: KubeTestEnv, kube_fleet: Callable[..., Fleet]
+) -> None:
+    (node,) = [n.name for n in kube.create_nodes(1)]
+    deploy(kube, "stuck", 2, pdb={"minAvailable": 2}, node=node)  # no disruption is ever allowed
+    wait_for_pdb(kube.api, kube.namespace, "stuck", disruptions_allowed=0, timeout=60)
+    fleet = kube_fleet([node], agent_config={"drain_timeout": "8s"})
+    sem = fleet.semaphore
+    with fleet:
+        wait_for(lambda: "drain failed" in agent_log(fleet, node), timeout=120, what="the drain to fail")
+        wait_for(
+            lambda: (v := sem.read()).slots is not None and not v.holds(HolderId(node)) and not v.records,
+            timeout=60,
+            what="the slot to be given back",
+        )
+        wait_for(lambda: not kube.core.read_node(node).spec.unschedulable, timeout=30, what="the uncordon")
+        assert fleet.nodes[node].reboots == 0  # no reboot without a drained node
+        pods = kube.core.list_namespaced_pod(kube.namespace, label_selector="app=stuck").items
+        assert len(pods) == 2 and all(p.spec.node_name == node for p in pods)  # workload untouched
+        events = kube.cluster.kubectl("get", "events", "-n", "default", "--field-selector",
+                                      f"involvedObject.name={node},reason=DrainFailed")  # fmt: skip
+        assert "DrainFailed" in events
+    assert "retrying after" in agent_log(fleet, node)
+
+
+def test_blocking_pod_holds_its_node_back(kube: KubeTestEnv, kube_fleet: Callable[..., Fleet]) -> None:
+    nodes = [n.name for n in kube.create_nodes(3)]
+    blocked = nodes[1]
+    deploy(kube, "batch", 1, pdb=None, node=blocked, labels={"rebootcoord-test/blocker": "yes"})
+    fleet = kube_fleet(
+        nodes, max_holders=1, agent_config={"blocking_pod_selector": "rebootcoord-test/blocker=yes"}
+    )
+    with fleet:
+        wait_for(
+            lambda: all(fleet.nodes[n].reboots == 1 for n in nodes if n != blocked),
+            timeout=300,
+            what="the unblocked nodes to reboot",
+        )
+        assert fleet.nodes[blocked].reboots == 0
+        assert "blocking-pods" in agent_log(fleet, blocked)
+        kube.apps.delete_namespaced_deployment("batch", kube.namespace)  # the job is done
+        wait_for(fleet.done, timeout=300, interval=0.5, what="the blocked node to reboot")
+    assert not fleet.violations
+
+
+def test_slot_of_a_deleted_node_is_reclaimed(kube: KubeTestEnv, kube_fleet: Callable[..., Fleet]) -> None:
+    """A node took the only slot, then died for good (its Node object deleted). The first waiter
+    notices and takes the slot back; without that the group would stay blocked forever."""
+    doomed, survivor = (n.name for n in kube.create_nodes(2))
+    fleet = kube_fleet([survivor], max_holders=1)
+    sem = fleet.semaphore
+    sem.ensure(1)
+    now = time.time()
+    record = HolderRecord(
+        id=HolderId(doomed), node=NodeName(doomed), group=Group("default"), phase=Phase.DRAINING,
+        boot_id="old-boot", acquired_at=now, phase_since=now, cordoned=True, update_key="k",
+    )  # fmt: skip
+    sem.join_queue(Waiter(HolderId(doomed), NodeName(doomed), now, 0))
+    assert sem.acquire(record) is not None
+    sem.leave_queue(HolderId(doomed))
+    kube.delete_node(doomed)
+    with fleet:
+        wait_for(fleet.done, timeout=240, interval=0.5, what="the survivor to reboot")
+    assert "reclaimed the slot of" in agent_log(fleet, survivor)
+    assert not sem.read().holds(HolderId(doomed))
+    assert not fleet.violations
+
+
+def test_agent_killed_mid_drain_resumes(kube: KubeTestEnv, kube_fleet: Callable[..., Fleet]) -> None:
+    """SIGKILL while draining (a PDB refuses the eviction for now), then start again: the drain
+    resumes, the node reboots once, nobody is left cordoned."""
+    (target,) = [n.name for n in kube.create_nodes(1)]
+    deploy(kube, "pair", 2, pdb={"minAvailable": 2}, node=target)
+    wait_for_pdb(kube.api, kube.namespace, "pair", disruptions_allowed=0, timeout=60)
+    fleet = kube_fleet([target], agent_config={"events_file": "{node_dir}/events.fifo"})
+    node_dir = fleet.nodes[target].dir
+    os.makedirs(node_dir, exist_ok=True)
+    gate = EventGate(os.path.join(node_dir, "events.fifo"))
+    try:
+        with fleet:
+            wait_for(
+                lambda: "refused for now" in agent_log(fleet, target), timeout=120, what="the drain to wait"
+            )
+            fleet.kill_agent(target)  # SIGKILL, mid-drain
+            record = fleet.semaphore.read().record(HolderId(target))
+            assert record is not None and record.phase is Phase.DRAINING and record.cordoned
+            assert kube.core.read_node(target).spec.unschedulable
+            starts = agent_log(fleet, target).count("agent starting")
+            fleet.start_agent(target)
+            wait_for(
+                lambda: (
+                    agent_log(fleet, target).count("agent starting") > starts
+                    and agent_log(fleet, target).rsplit("agent starting", 1)[1].count("refused for now") > 0
+                ),
+                timeout=120,
+                what="the restarted agent to resume the drain",
+            )
+            # The budget opens: the resumed drain finishes, the node reboots and comes back.
+            kube.policy.patch_namespaced_pod_disruption_budget(
+                "pair", kube.namespace, {"spec": {"minAvailable": 1}}
+            )
+            wait_for(fleet.done, timeout=240, interval=0.5, what="the resumed cycle to finish")
+            wait_for(lambda: gate.phases()[-1] == "idle", what="idle")
+    finally:
+        gate.close()
+    assert fleet.nodes[target].reboots == 1
+    assert not kube.core.read_node(target).spec.unschedulable
+    assert not fleet.violations
+    assert gate.phases().count("locked") == 1  # one acquisition: the restart continued the cycle
+    report = check(gate.events, max_holders=1)
+    assert report.ok, report.problems
