@@ -1,0 +1,45 @@
+#!/usr/bin/env bash
+# Render the plain manifests in deploy/ from charts/rebootcoord (release "rebootcoord" in namespace
+# "rebootcoord"), for `kubectl apply -f` without Helm:
+#
+#   rebootcoord.yaml          defaults: Lease backend, reboot_method command (privileged, nsenter)
+#   rebootcoord-signal.yaml   reboot_method signal: no privileged container, CAP_KILL only
+#
+# Usage: deploy/render.sh [OUTDIR]   (default: deploy/). `make deploy-manifests` runs it;
+# tests/packaging/test_deploy_manifests.py renders to a temporary directory and fails when the
+# committed files differ, so the manifests cannot drift from the chart.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+HELM=${HELM:-testbin/helm}
+OUT=${1:-deploy}
+KUBE_VERSION=1.36.3
+NAMESPACE=rebootcoord
+
+[ -x "$HELM" ] || command -v "$HELM" >/dev/null || { echo "$0: $HELM not found: run make testbin (or set HELM)" >&2; exit 1; }
+
+render() {  # render FILE DESCRIPTION [helm args...]
+    local file=$1 description=$2
+    shift 2
+    {
+        echo "# $description"
+        echo "# Generated from charts/rebootcoord by deploy/render.sh (make deploy-manifests): edit the chart, not this file."
+        echo "# kubectl apply -f $file"
+        echo "---"
+        echo "apiVersion: v1"
+        echo "kind: Namespace"
+        echo "metadata:"
+        echo "  name: $NAMESPACE"
+        echo "  labels:"
+        echo "    # hostPID (and, for the nsenter method, a privileged container) need the privileged level."
+        echo "    pod-security.kubernetes.io/enforce: privileged"
+        "$HELM" template rebootcoord charts/rebootcoord --namespace "$NAMESPACE" --kube-version "$KUBE_VERSION" "$@"
+    } >"$OUT/$file.tmp"
+    mv "$OUT/$file.tmp" "$OUT/$file"
+}
+
+mkdir -p "$OUT"
+render rebootcoord.yaml \
+    "rebootcoord: Lease backend, reboot by 'systemctl reboot' on the host through nsenter (privileged)."
+render rebootcoord-signal.yaml \
+    "rebootcoord: Lease backend, reboot by SIGRTMIN+5 to the host's PID 1 (CAP_KILL only, not privileged)." \
+    --set config.reboot_method=signal
