@@ -94,6 +94,22 @@ SERVICE_CLUSTER_IP_RANGE: Final = "10.0.0.0/24"  # only allocated in the API, ne
 POD_CIDR: Final = "127.16.0.0/12"
 SA_ISSUER: Final = "https://kubernetes.default.svc.cluster.local"
 
+#: Audit policy of ``KubeCluster(audit=True)``: metadata (who, verb, resource, namespace, name,
+#: decision, status code) of every request, except those of the control plane's own components,
+#: kwok and the health probes, which would be most of the log and are never what a test accounts
+#: for. RequestReceived is omitted: ResponseStarted (watches) and ResponseComplete remain.
+AUDIT_POLICY: Final = """\
+apiVersion: audit.k8s.io/v1
+kind: Policy
+omitStages: [RequestReceived]
+rules:
+  - level: None
+    users: [system:kube-controller-manager, system:kube-scheduler, system:kwok, system:apiserver]
+  - level: None
+    nonResourceURLs: [/healthz*, /readyz*, /livez*]
+  - level: Metadata
+"""
+
 _T = TypeVar("_T")
 
 
@@ -460,6 +476,7 @@ class Endpoints:
     ca_file: Path
     admin_token: str
     pids: Mapping[str, int]
+    audit_log: Path | None = None  # the API server's audit log (JSON lines), when enabled
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -468,6 +485,7 @@ class Endpoints:
             "ca_file": str(self.ca_file),
             "admin_token": self.admin_token,
             "pids": dict(self.pids),
+            "audit_log": str(self.audit_log) if self.audit_log else None,
         }
 
     @classmethod
@@ -478,6 +496,7 @@ class Endpoints:
             ca_file=Path(data["ca_file"]),
             admin_token=data["admin_token"],
             pids={str(k): int(v) for k, v in data["pids"].items()},
+            audit_log=Path(data["audit_log"]) if data.get("audit_log") else None,
         )
 
 
@@ -487,6 +506,8 @@ class KubeCluster:
 
     ``KubeCluster(workdir).start()`` starts it (also a context manager); :meth:`attach` gives a
     handle on one that another process runs (``make cluster``), which :meth:`stop` leaves running.
+    ``audit=True`` makes the API server write an audit log (:data:`AUDIT_POLICY`) to
+    :attr:`audit_log`, from which :mod:`tests.support.rbac` tells which rights an identity used.
     """
 
     def __init__(
@@ -496,11 +517,13 @@ class KubeCluster:
         testbin: Testbin | None = None,
         node_lifecycle: bool = True,
         verbosity: int = 1,
+        audit: bool = False,
     ) -> None:
         self.workdir = workdir.resolve()
         self.testbin = testbin or Testbin.locate()
         self.node_lifecycle = node_lifecycle
         self.verbosity = verbosity
+        self.audit = audit
         self._processes: list[Process] = []
         self._endpoints: Endpoints | None = None
         self._owned = True
@@ -517,6 +540,7 @@ class KubeCluster:
         cluster.testbin = Testbin(DEFAULT_TESTBIN)
         cluster.node_lifecycle = True
         cluster.verbosity = 1
+        cluster.audit = False  # whether it audits is in its endpoints (audit_log)
         cluster._processes = []
         cluster._endpoints = Endpoints.from_json(json.loads(state_file.read_text()))
         cluster._owned = False
@@ -573,6 +597,19 @@ class KubeCluster:
         api_port = free_port()
         server = f"https://127.0.0.1:{api_port}"
         admission = [] if self.node_lifecycle else ["--disable-admission-plugins=TaintNodesByCondition"]
+        audit_log: Path | None = None
+        auditing: list[str] = []
+        if self.audit:
+            policy = self.workdir / "audit-policy.yaml"
+            policy.write_text(AUDIT_POLICY)
+            audit_log = logs / "audit.log"
+            auditing = [
+                f"--audit-policy-file={policy}",
+                f"--audit-log-path={audit_log}",
+                "--audit-log-format=json",
+                "--audit-log-mode=blocking",  # written by the request's own goroutine, in order
+                "--audit-log-maxsize=0",  # never rotated: a test reads one file
+            ]
         apiserver = self._spawn(
             "kube-apiserver",
             [
@@ -595,6 +632,7 @@ class KubeCluster:
                 "--profiling=false",
                 f"--v={v}",
                 *admission,
+                *auditing,
             ],
             logs,
         )
@@ -694,6 +732,7 @@ class KubeCluster:
             ca_file=creds.ca_cert,
             admin_token=admin,
             pids={p.name: p.pid for p in self._processes},
+            audit_log=audit_log,
         )
 
     def _spawn(self, name: str, argv: list[str], logs: Path) -> Process:
@@ -758,6 +797,11 @@ class KubeCluster:
     @property
     def admin_token(self) -> str:
         return self.endpoints.admin_token
+
+    @property
+    def audit_log(self) -> Path | None:
+        """The API server's audit log (JSON lines; see :data:`AUDIT_POLICY`), None if not auditing."""
+        return self.endpoints.audit_log
 
     def processes(self) -> dict[str, int]:
         """Component name -> pid."""
@@ -1201,7 +1245,7 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     signal.signal(signal.SIGINT, lambda *_: stop.set())
     (workdir / _SUPERVISOR_PID).write_text(f"{os.getpid()}\n")
-    cluster = KubeCluster(workdir)
+    cluster = KubeCluster(workdir, audit=True)
     try:
         cluster.start(timeout=args.timeout)
         t0 = time.monotonic()

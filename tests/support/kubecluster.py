@@ -5,7 +5,8 @@ Register it once, from the root conftest: ``pytest_plugins = ["tests.support.kub
 Fixtures:
     kube_testbin   (session)  the binaries in testbin/; fails, naming what to run or install, when
                               they are missing or stale (never skips)
-    kube_cluster   (session)  a started :class:`~tests.support.cluster.KubeCluster`; set
+    kube_cluster   (session)  a started :class:`~tests.support.cluster.KubeCluster`, with an
+                              API audit log (``kube_cluster.audit_log``); set
                               REBOOTCOORD_KUBE_CLUSTER=.cluster/state.json to use the one
                               ``make cluster`` runs instead of starting another
     kube           (function) a :class:`KubeTestEnv`: a fresh namespace, an admin client, and node
@@ -70,7 +71,8 @@ def kube_cluster(kube_testbin: Testbin, tmp_path_factory: pytest.TempPathFactory
     if attach:
         yield KubeCluster.attach(Path(attach))
         return
-    cluster = KubeCluster(tmp_path_factory.mktemp("kube"), testbin=kube_testbin)
+    # Audited: tests.support.rbac accounts for the rights an identity used from the audit log.
+    cluster = KubeCluster(tmp_path_factory.mktemp("kube"), testbin=kube_testbin, audit=True)
     try:
         cluster.start()
     except ClusterError as exc:  # start() already stopped whatever had started
