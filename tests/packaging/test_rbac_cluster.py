@@ -57,7 +57,7 @@ def test_chart_rules_are_enough_and_every_grant_is_used(kube: KubeTestEnv, ident
     )
     wait_for_pods(kube.api, ns, "app=web", count=1)
     assert ident.username == f"system:serviceaccount:{ns}:{ident.service_account}"
-    assert len(ident.rules) == 17  # 7 lease verbs + 2 event verbs + 4 node + 3 pod + 1 eviction
+    assert len(ident.rules) == 13  # 7 lease verbs, events create, nodes get/list/patch, pods list, eviction
 
     api = ident.api_client()
     coordination, core = k8s.CoordinationV1Api(api), k8s.CoreV1Api(api)
@@ -77,29 +77,24 @@ def test_chart_rules_are_enough_and_every_grant_is_used(kube: KubeTestEnv, ident
     assert not any(resource == "leases" for _, resource, _ in unused)
     assert ("", "events", "create") in unused and ("", "pods/eviction", "create") in unused
 
-    # 2. Events about the node, the node, the pods on it, their eviction.
+    # 2. An event about the node, the node, the pods on it, their eviction: the agent's calls.
     # Events about a Node (cluster-scoped) are only accepted in "default".
-    event_name = f"{node.name}.reboot"
     core.create_namespaced_event(
         "default",
         {
-            "metadata": {"name": event_name},
+            "metadata": {"generateName": f"{node.name}."},
             "involvedObject": {"kind": "Node", "name": node.name, "apiVersion": "v1"},
             "reason": "RebootRequired",
             "message": "a reboot is pending",
             "type": "Normal",
         },
     )
-    core.patch_namespaced_event(event_name, "default", {"count": 2})
     core.read_node(node.name)
     core.list_node(label_selector=f"kubernetes.io/hostname={node.name}")
-    _watch(core.list_node, field_selector=f"metadata.name={node.name}")
     core.patch_node(node.name, {"spec": {"unschedulable": True}})
     core.patch_node(node.name, {"spec": {"unschedulable": None}})
     pods = core.list_pod_for_all_namespaces(field_selector=f"spec.nodeName={node.name}").items
     assert [p.metadata.name for p in pods] == ["web"]
-    core.read_namespaced_pod("web", ns)
-    _watch(core.list_pod_for_all_namespaces, field_selector=f"spec.nodeName={node.name}")
     core.create_namespaced_pod_eviction(
         "web",
         ns,
@@ -116,8 +111,12 @@ def test_chart_rules_are_enough_and_every_grant_is_used(kube: KubeTestEnv, ident
     _forbidden(lambda: core.patch_namespaced_pod("web", ns, {"metadata": {"labels": {"x": "y"}}}))
     _forbidden(lambda: coordination.list_namespaced_lease("default"))
     _forbidden(lambda: k8s.AppsV1Api(api).list_namespaced_daemon_set(ns))
+    _forbidden(lambda: _watch(core.list_node))
+    _forbidden(lambda: core.read_namespaced_pod("web", ns))
     denied = {(r.verb, r.api_group, r.resource, r.namespace) for r in ident.denied_requests()}
     assert denied == {
+        ("watch", "", "nodes", None),
+        ("get", "", "pods", ns),
         ("list", "", "secrets", ns),
         ("delete", "", "nodes", None),
         ("patch", "", "pods", ns),
@@ -140,11 +139,13 @@ def test_kubectl_as_the_service_account(kube: KubeTestEnv, ident: ChartIdentity)
     for verb in ("get", "list", "watch", "create", "update", "patch", "delete"):
         assert can_i(verb, "leases.coordination.k8s.io")
         assert not can_i(verb, "leases.coordination.k8s.io", "kube-system")
-    assert can_i("create", "events", "default") and can_i("patch", "events", "default")
-    assert not can_i("delete", "events", "default") and not can_i("create", "events")
-    for verb in ("get", "list", "watch", "patch"):
+    assert can_i("create", "events", "default") and not can_i("patch", "events", "default")
+    assert not can_i("create", "events")  # elsewhere than "default"
+    for verb in ("get", "list", "patch"):
         assert can_i(verb, "nodes", None)
-    assert not can_i("update", "nodes", None) and not can_i("delete", "nodes", None)
+    for verb in ("watch", "update", "delete"):
+        assert not can_i(verb, "nodes", None)
+    assert can_i("list", "pods", None) and not can_i("get", "pods", None)
     assert can_i("create", "pods/eviction", "default") and not can_i("create", "pods", "default")
     assert not can_i("delete", "pods", "default") and not can_i("get", "secrets")
 
@@ -159,5 +160,6 @@ def test_rbac_follows_the_configuration(kube: KubeTestEnv) -> None:
     with chart_identity(kube.cluster, kube.namespace, values=values) as ident:
         assert not any(g.resource == "leases" for g in ident.rules)
         assert {g.resource for g in ident.rules} == {"events", "nodes", "pods", "pods/eviction"}
+        assert len(ident.rules) == 6
         _forbidden(lambda: k8s.CoordinationV1Api(ident.api_client()).list_namespaced_lease(kube.namespace))
         assert [r.resource for r in ident.denied_requests()] == ["leases"]
