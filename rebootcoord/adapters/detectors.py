@@ -95,12 +95,15 @@ class CommandDetector:
 
 
 @dataclass
-class RpmOstreeDetector:
-    """Fedora CoreOS, RHCOS: ``rpm-ostree status --json``; a first deployment not booted waits."""
+class _ParsedCommandDetector:
+    """A host command (exit 0 expected) whose output says whether a reboot waits."""
 
     name: str
     host: Host
     spec: DetectorSpec
+
+    def parse(self, text: str) -> PendingReboot | None:
+        raise NotImplementedError
 
     def pending(self) -> PendingReboot | None:
         try:
@@ -109,7 +112,21 @@ class RpmOstreeDetector:
             raise DetectorError(f"{self.name}: {exc}") from exc
         if result.returncode != 0:
             raise DetectorError(f"{self.name}: exited {result.returncode}: {result.stderr.strip()[:200]}")
-        return parse_rpm_ostree(result.stdout, self.name)
+        return self.parse(result.stdout)
+
+
+class RpmOstreeDetector(_ParsedCommandDetector):
+    """Fedora CoreOS, RHCOS: ``rpm-ostree status --json``; a first deployment not booted waits."""
+
+    def parse(self, text: str) -> PendingReboot | None:
+        return parse_rpm_ostree(text, self.name)
+
+
+class UpdateEngineDetector(_ParsedCommandDetector):
+    """Flatcar / CoreOS Container Linux: ``update_engine_client -status`` → NEED_REBOOT."""
+
+    def parse(self, text: str) -> PendingReboot | None:
+        return parse_update_engine(text, self.name)
 
 
 def parse_rpm_ostree(text: str, name: str = "rpm-ostree") -> PendingReboot | None:
@@ -134,24 +151,6 @@ def parse_rpm_ostree(text: str, name: str = "rpm-ostree") -> PendingReboot | Non
         flags.append("finalization-locked: a plain reboot will not apply it")
     reason = f"new deployment {version} waits" + (f" ({', '.join(flags)})" if flags else "")
     return PendingReboot(name, reason, f"rpm-ostree:{checksum or version}")
-
-
-@dataclass
-class UpdateEngineDetector:
-    """Flatcar / CoreOS Container Linux: ``update_engine_client -status`` → NEED_REBOOT."""
-
-    name: str
-    host: Host
-    spec: DetectorSpec
-
-    def pending(self) -> PendingReboot | None:
-        try:
-            result = self.host.run(self.spec.argv, self.spec.timeout)
-        except CommandFailed as exc:
-            raise DetectorError(f"{self.name}: {exc}") from exc
-        if result.returncode != 0:
-            raise DetectorError(f"{self.name}: exited {result.returncode}: {result.stderr.strip()[:200]}")
-        return parse_update_engine(result.stdout, self.name)
 
 
 _KV = re.compile(r"^([A-Z_]+)=(.*)$")

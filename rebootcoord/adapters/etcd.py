@@ -33,8 +33,8 @@ import etcd3
 import etcd3.events
 import etcd3.exceptions as etcd_exc
 import grpc
-from tenacity import Retrying, retry_if_exception_type, stop_after_delay, wait_random_exponential
 
+from rebootcoord.adapters.retry import retrying as retrying_for
 from rebootcoord.core.semaphore import GroupView, HolderRecord, PauseInfo, SemaphoreState, Waiter
 from rebootcoord.core.types import Group, HolderId, NodeName
 from rebootcoord.errors import (
@@ -148,11 +148,8 @@ class EtcdConnection:
 
     def call(self, fn: Callable[[Any], T], *, retry_for: float | None = None) -> T:
         """Run ``fn(client)`` with retries and backoff on transient errors (tenacity)."""
-        retrying = Retrying(
-            retry=retry_if_exception_type(BackendUnavailable),
-            wait=wait_random_exponential(multiplier=0.05, max=2.0),
-            stop=stop_after_delay(self.options.retry_for if retry_for is None else retry_for),
-            reraise=True,
+        retrying = retrying_for(
+            self.options.retry_for if retry_for is None else retry_for, first_wait=0.05, max_wait=2.0
         )
         for attempt in retrying:
             with attempt, self.translating():
@@ -203,6 +200,8 @@ class EtcdSemaphore:
         self.waiter_ttl = max(2, round(waiter_ttl))
         self._leases: dict[HolderId, Any] = {}  # one lease per waiter we queued
         self._decode_cache: dict[str, tuple[int, Any]] = {}
+        self.conflicts = 0  # transactions whose comparisons failed: lost races
+        self.on_conflict: Callable[[], None] | None = None
         self._watches: list[_GroupWatch] = []
         self._lease_lock = threading.Lock()
         self._keepalive_stop = threading.Event()
@@ -297,6 +296,9 @@ class EtcdSemaphore:
         def run(client: Any) -> int | None:
             ok, responses = client.transaction(compare=compare(client), success=success(client), failure=[])
             if not ok:
+                self.conflicts += 1
+                if self.on_conflict is not None:
+                    self.on_conflict()
                 return None
             for response in responses:
                 kind = response.WhichOneof("response")

@@ -8,7 +8,7 @@ import logging
 import os
 import socket
 import sys
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import yaml
@@ -24,11 +24,16 @@ EXIT_UNAVAILABLE = 3  # the backend could not be reached
 EXIT_CORRUPT = 4  # a corrupted semaphore document
 
 
-def add_config_flags(parser: argparse.ArgumentParser, keys: Mapping[str, Any] | None = None) -> None:
+def add_config_flags(
+    parser: argparse.ArgumentParser,
+    keys: Mapping[str, Any] | None = None,
+    aliases: Mapping[str, Sequence[str]] | None = None,
+) -> None:
     parser.add_argument("--config", metavar="FILE", help=f"YAML configuration file (or ${ENV_CONFIG_FILE})")
     group = parser.add_argument_group("configuration keys (also REBOOTCOORD_<KEY> and the file's <key>)")
     for name, fld in (keys or KEYS).items():
-        group.add_argument(flag_name(name), dest=f"cfg_{name}", metavar="VALUE", help=fld.metadata["help"])
+        flags = [flag_name(name), *(aliases or {}).get(name, ())]
+        group.add_argument(*flags, dest=f"cfg_{name}", metavar="VALUE", help=fld.metadata["help"])
 
 
 def settings_from_args(

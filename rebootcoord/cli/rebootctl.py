@@ -37,7 +37,10 @@ from rebootcoord.errors import (
     UsageError,
 )
 
-CTL_KEYS = {k: v for k, v in KEYS.items() if k in {"group", "backend", "node_name"} or k.startswith("etcd_")}
+_CTL = {"group", "backend", "node_name", "kubeconfig", "kube_context", "namespace"}
+CTL_KEYS = {k: v for k, v in KEYS.items() if k in _CTL or k.startswith("etcd_")}
+# kubectl's spellings for finding the cluster
+CTL_ALIASES = {"kube_context": ["--context"], "namespace": ["-n"]}
 
 
 class _Parser(argparse.ArgumentParser):
@@ -53,7 +56,7 @@ def parser() -> argparse.ArgumentParser:
         epilog="exit codes: 0 done, 1 refused, 2 usage/config error, 3 backend unreachable, "
         "4 corrupted document",
     )
-    add_config_flags(p, CTL_KEYS)
+    add_config_flags(p, CTL_KEYS, CTL_ALIASES)
     p.add_argument("-o", "--output", choices=["table", "json", "yaml"], default="table")
     sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
     sub.add_parser("status", help="show max, holders (node, phase, age), waiters and pause state")

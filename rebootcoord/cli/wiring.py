@@ -22,11 +22,16 @@ from rebootcoord.daemon.metrics import Metrics
 from rebootcoord.ports import Check, NodeOps, Semaphore
 
 
-def connect_kube(settings: Settings, *, retry_for: float = 30.0) -> Any:
+def connect_kube(settings: Settings, *, retry_for: float = 30.0, role: str = "agent") -> Any:
     from rebootcoord.adapters.kube.api import Kube, KubeOptions
 
     return Kube.connect(
-        KubeOptions(kubeconfig=settings.kubeconfig, context=settings.kube_context, retry_for=retry_for)
+        KubeOptions(
+            kubeconfig=settings.kubeconfig,
+            context=settings.kube_context,
+            retry_for=retry_for,
+            user_agent=f"rebootcoord/{__version__} ({role}; {settings.node_name})",
+        )
     )
 
 
@@ -42,7 +47,7 @@ def build_semaphore(settings: Settings, *, retry_for: float = 30.0, kube: Any = 
         from rebootcoord.adapters.kube.lease import LeaseSemaphore
 
         return LeaseSemaphore(
-            kube or connect_kube(settings, retry_for=retry_for),
+            kube or connect_kube(settings, retry_for=retry_for, role="rebootctl"),
             namespace=kube_namespace(settings),
             group=settings.group,
             waiter_ttl=settings.waiter_ttl.total_seconds(),
@@ -75,11 +80,8 @@ def build_host(settings: Settings) -> Host:
 
 
 def uses_kubernetes(settings: Settings) -> bool:
-    return (
-        settings.backend == "kubernetes"
-        or settings.node_ops == "kubernetes"
-        or (settings.node_ops == "auto" and settings.backend == "kubernetes")
-    )
+    """The Lease backend, or node operations asked for explicitly (an etcd semaphore on Kubernetes)."""
+    return settings.backend == "kubernetes" or settings.node_ops == "kubernetes"
 
 
 def build_agent(settings: Settings, stop: threading.Event, registry: CollectorRegistry) -> Agent:
@@ -128,9 +130,14 @@ def build_agent(settings: Settings, stop: threading.Event, registry: CollectorRe
                 settings.prometheus_alert_filter_match_only,
             )
         )
+    semaphore = build_semaphore(settings, kube=kube)
+    if hasattr(semaphore, "on_conflict"):
+        semaphore.on_conflict = metrics.conflicts.inc
+    if kube is not None:
+        kube.on_request = lambda verb: metrics.api_requests.labels(verb).inc()
     parts = AgentParts(
         settings=settings,
-        semaphore=build_semaphore(settings, kube=kube),
+        semaphore=semaphore,
         detectors=build_detectors(settings.detectors, host),
         rebooter=build_rebooter(
             settings.reboot_method, host, settings.reboot_command, settings.reboot_signal

@@ -82,6 +82,17 @@ class Metrics:
             "When the next maintenance window opens",
             registry=registry,
         )
+        self.api_requests = Counter(
+            f"{ns}_kube_requests",
+            "Kubernetes API requests by verb (watch: one per established watch)",
+            ["verb"],
+            registry=registry,
+        )
+        self.conflicts = Counter(
+            f"{ns}_backend_conflicts",
+            "Compare-and-swap writes that lost a race (HTTP 409, failed etcd txn)",
+            registry=registry,
+        )
         self.phase_seconds = Histogram(
             f"{ns}_phase_seconds",
             "Seconds spent per phase",

@@ -13,12 +13,13 @@ import tempfile
 import time
 from collections import Counter
 from types import FrameType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from rebootcoord.core.types import GROUP_RE
 from rebootcoord.sim.checker import check, read_events
-from rebootcoord.sim.etcd_server import EtcdNotFound, EtcdServer
-from rebootcoord.sim.fleet import Fleet
+
+if TYPE_CHECKING:  # the fleet imports the backends: only `simulate` pays for them
+    from rebootcoord.sim.fleet import Fleet
 
 PHASE_ORDER = [
     "idle",
@@ -52,6 +53,21 @@ def add_simulate_parser(sub: Any) -> None:
     p.add_argument("--run-dir", help="keep node directories and logs here (default: a temp dir)")
     p.add_argument("--summary-json", metavar="FILE", help="write timings and invariant checks as JSON")
     p.add_argument("--quiet", action="store_true", help="no live progress")
+    k = p.add_argument_group("Kubernetes (--backend kubernetes): agents on existing kwok Nodes")
+    k.add_argument("--backend", choices=["etcd", "kubernetes"], default="etcd")
+    k.add_argument("--kubeconfig", help="kubeconfig of the cluster (default: $KUBECONFIG, ~/.kube/config)")
+    k.add_argument("--context", help="kubeconfig context")
+    k.add_argument("--namespace", default="default", help="namespace of the Leases (default: default)")
+    k.add_argument(
+        "--node-selector",
+        default="kwok.rebootcoord.test/fake=true",
+        help="label selector of the kwok Nodes to use (default: the nodes `make cluster` creates)",
+    )
+    k.add_argument(
+        "--not-ready-annotation",
+        default="kwok.rebootcoord.test/not-ready",
+        help="annotation that makes your kwok stages report a Node NotReady while it reboots",
+    )
 
 
 def run_simulate(args: argparse.Namespace) -> int:
@@ -83,7 +99,12 @@ def run_simulate(args: argparse.Namespace) -> int:
 
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
+    from rebootcoord.sim.etcd_server import EtcdNotFound, EtcdServer
+    from rebootcoord.sim.fleet import Fleet
+
     try:
+        if args.backend == "kubernetes":
+            return _simulate_kubernetes(args, run_dir, events, lambda: stopped)
         endpoint = args.etcd
         if endpoint is None:
             try:
@@ -110,23 +131,80 @@ def run_simulate(args: argparse.Namespace) -> int:
             events_file=events,
             cycles=args.cycles,
         )
-        with fleet:
-            ok = _watch(fleet, args, started, timeout, lambda: stopped)
-            elapsed = time.time() - started
-        report = check(read_events(events), max_holders=args.max) if os.path.exists(events) else None
-        summary = _summary(fleet, report, elapsed, args)
-        if args.summary_json:
-            with open(args.summary_json, "w", encoding="utf-8") as fh:
-                json.dump(summary, fh, indent=2)
-        _print_summary(summary, args)
-        if fleet.violations or (report is not None and not report.ok):
-            return 1
-        return 0 if ok else 1
+        return _run_fleet(fleet, args, events, started=started, timeout=timeout, stopped=lambda: stopped)
     finally:
         if etcd is not None:
             etcd.stop()
         if not keep:
             shutil.rmtree(run_dir, ignore_errors=True)
+
+
+def _simulate_kubernetes(args: argparse.Namespace, run_dir: str, events: str, stopped: Any) -> int:
+    from rebootcoord.adapters.kube.api import Kube, KubeOptions
+    from rebootcoord.adapters.kube.lease import LeaseSemaphore
+    from rebootcoord.core.types import Group
+    from rebootcoord.errors import BackendUnavailable
+    from rebootcoord.sim.fleet import Fleet
+    from rebootcoord.sim.kwok import KwokRebootHooks, kwok_nodes
+
+    kubeconfig = os.path.abspath(args.kubeconfig) if args.kubeconfig else None
+    try:
+        kube = Kube.connect(KubeOptions(kubeconfig=kubeconfig, context=args.context))
+        names = kwok_nodes(kube, args.node_selector, args.nodes)
+    except (BackendUnavailable, ValueError) as exc:
+        print(f"rebootcoord simulate: {exc}", file=sys.stderr)
+        return 1
+    agent_config: dict[str, Any] = {
+        "backend": "kubernetes",
+        "namespace": args.namespace,
+        "drain_timeout": "2m",
+        "drain_delete_emptydir_data": True,
+    }
+    if kubeconfig:
+        agent_config["kubeconfig"] = kubeconfig
+    if args.context:
+        agent_config["kube_context"] = args.context
+    timeout = (
+        args.timeout or 120 + math.ceil(args.nodes * args.cycles / args.max) * (args.reboot_seconds + 15) * 3
+    )
+    _say(
+        args,
+        f"simulating {args.nodes} kwok nodes ({', '.join(names)}), {args.max} slot(s), group {args.group}",
+    )
+    _say(args, f"Lease {args.namespace}/rebootcoord-{args.group}; logs: {run_dir}; events: {events}")
+    started = time.time()
+    fleet = Fleet(
+        run_dir,
+        nodes=args.nodes,
+        node_names=names,
+        group=args.group,
+        max_holders=args.max,
+        reboot_seconds=args.reboot_seconds,
+        events_file=events,
+        cycles=args.cycles,
+        semaphore=LeaseSemaphore(kube, namespace=args.namespace, group=Group(args.group)),
+        hooks=KwokRebootHooks(kube, args.not_ready_annotation),
+        agent_config=agent_config,
+    )
+    return _run_fleet(fleet, args, events, started=started, timeout=timeout, stopped=stopped)
+
+
+def _run_fleet(
+    fleet: Fleet, args: argparse.Namespace, events: str, *, started: float, timeout: float, stopped: Any
+) -> int:
+    """Run until done or timeout, then check the event log and report; the exit code."""
+    with fleet:
+        ok = _watch(fleet, args, started, timeout, stopped)
+        elapsed = time.time() - started
+    report = check(read_events(events), max_holders=args.max) if os.path.exists(events) else None
+    summary = _summary(fleet, report, elapsed, args)
+    if args.summary_json:
+        with open(args.summary_json, "w", encoding="utf-8") as fh:
+            json.dump(summary, fh, indent=2)
+    _print_summary(summary, args)
+    if fleet.violations or (report is not None and not report.ok):
+        return 1
+    return 0 if ok else 1
 
 
 def _watch(fleet: Fleet, args: argparse.Namespace, started: float, timeout: float, stopped: Any) -> bool:

@@ -291,3 +291,29 @@ def test_agent_killed_mid_drain_resumes(kube: KubeTestEnv, kube_fleet: Callable[
     assert gate.phases().count("locked") == 1  # one acquisition: the restart continued the cycle
     report = check(gate.events, max_holders=1)
     assert report.ok, report.problems
+
+
+def test_simulate_command_on_kwok_nodes(kube: KubeTestEnv, tmp_path: Path) -> None:
+    """`rebootcoord simulate --backend kubernetes --kubeconfig FILE`: the same event log as on etcd."""
+    import json
+    import subprocess
+    import sys
+
+    label = f"sim-{kube.namespace}"
+    kube.create_nodes(3, labels={"rebootcoord-test/sim": label})
+    events = tmp_path / "events.jsonl"
+    done = subprocess.run(
+        [
+            sys.executable, "-m", "rebootcoord", "simulate", "--backend", "kubernetes",
+            "--kubeconfig", str(kube.cluster.kubeconfig), "--namespace", kube.namespace,
+            "--node-selector", f"rebootcoord-test/sim={label}", "--nodes", "3", "--max", "1",
+            "--reboot-seconds", "1", "--events", str(events),
+        ],
+        capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stdout + done.stderr[-3000:]
+    assert "invariants: OK" in done.stdout
+    lines = [json.loads(line) for line in events.read_text().splitlines()]
+    assert {"ts", "node", "pid", "phase", "boot_id", "group"} <= set(lines[0])
+    report = check(lines, max_holders=1)
+    assert report.ok and set(report.reboots.values()) == {1} and len(report.reboots) == 3

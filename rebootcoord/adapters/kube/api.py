@@ -23,8 +23,8 @@ from typing import Any, TypeVar
 from urllib.parse import quote
 
 import urllib3
-from tenacity import Retrying, retry_if_exception_type, stop_after_delay, wait_random_exponential
 
+from rebootcoord.adapters.retry import retrying as retrying_for
 from rebootcoord.errors import ApiError, BackendUnavailable, Conflict
 
 log = logging.getLogger(__name__)
@@ -47,6 +47,7 @@ class KubeOptions:
     context: str | None = None
     timeout: float = 30.0
     retry_for: float = 30.0
+    user_agent: str = ""  # e.g. "rebootcoord/0.1.0 (agent; node-a)": audit logs tell agents apart
 
 
 def micro_time(when: float) -> str:
@@ -98,7 +99,10 @@ class Kube:
 
     @classmethod
     def connect(cls, options: KubeOptions) -> Kube:
-        return cls(load_api_client(options), options)
+        api_client = load_api_client(options)
+        if options.user_agent:
+            api_client.user_agent = options.user_agent
+        return cls(api_client, options)
 
     def _count(self, verb: str) -> None:
         with self._lock:
@@ -159,11 +163,8 @@ class Kube:
 
     def call(self, fn: Callable[[], T], *, retry_for: float | None = None) -> T:
         """Run ``fn`` retrying BackendUnavailable with jittered backoff (tenacity)."""
-        retrying = Retrying(
-            retry=retry_if_exception_type(BackendUnavailable),
-            wait=wait_random_exponential(multiplier=0.1, max=3.0),
-            stop=stop_after_delay(self.options.retry_for if retry_for is None else retry_for),
-            reraise=True,
+        retrying = retrying_for(
+            self.options.retry_for if retry_for is None else retry_for, first_wait=0.1, max_wait=3.0
         )
         for attempt in retrying:
             with attempt:

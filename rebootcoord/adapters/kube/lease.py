@@ -42,6 +42,8 @@ LABEL_GROUP = "rebootcoord.io/group"
 LABEL_ROLE = "rebootcoord.io/role"
 MANAGED_BY = {"app.kubernetes.io/managed-by": "rebootcoord"}
 MAX_CAS_ATTEMPTS = 50
+# A watch lasts this long before it is re-established: the only requests of an idle agent.
+WATCH_SECONDS = 900
 
 
 class LeaseSemaphore:
@@ -66,6 +68,7 @@ class LeaseSemaphore:
         self.path = f"{self.base}/{path_segment(self.name)}"
         self.selector = f"{LABEL_GROUP}={group}"
         self.conflicts = 0  # 409s met, for metrics and benchmarks
+        self.on_conflict: Callable[[], None] | None = None
         self._mine: dict[HolderId, float] = {}  # waiters this process renews: id -> acquireTime
         self._renew_stop = threading.Event()
         self._renewer: threading.Thread | None = None
@@ -195,6 +198,8 @@ class LeaseSemaphore:
         except Conflict:
             with self._lock:
                 self.conflicts += 1
+            if self.on_conflict is not None:
+                self.on_conflict()
             raise
         return _revision(written["metadata"]["resourceVersion"])
 
@@ -474,7 +479,7 @@ class _LeaseWatch:
                     self.sem.base,
                     resource_version=self._rv,
                     labelSelector=self.sem.selector,
-                    timeout_seconds=300,
+                    timeout_seconds=WATCH_SECONDS,
                 ):
                     if self._stop.is_set():
                         return
