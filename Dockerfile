@@ -42,7 +42,7 @@ RUN --mount=type=secret,id=ca,required=false \
     rm -rf /opt/rebootcoord/lib/python3*/site-packages/kubernetes/aio; \
     /opt/rebootcoord/bin/pip uninstall --yes aiohttp aiohttp-retry aiosignal aiohappyeyeballs \
         frozenlist multidict yarl propcache pip setuptools; \
-    rm -f /opt/rebootcoord/bin/activate*
+    rm -f /opt/rebootcoord/bin/activate* /opt/rebootcoord/bin/Activate.ps1
 
 # ---------------------------------------------------------------------------------------------
 # runtime: the base plus the virtualenv; no compiler, no pip, no build files.

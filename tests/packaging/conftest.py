@@ -74,3 +74,9 @@ def only(objects: list[dict[str, Any]], kind: str) -> dict[str, Any]:
 
 def kinds(objects: list[dict[str, Any]]) -> list[str]:
     return [o["kind"] for o in objects]
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    # Until pyproject.toml declares them (each takes minutes the first time).
+    config.addinivalue_line("markers", "image: builds the container image with podman (make image)")
+    config.addinivalue_line("markers", "checkov: runs checkov from its own venv (make checkov)")
