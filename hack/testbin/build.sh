@@ -4,12 +4,18 @@
 #   etcd                                                             (module hack/testbin/etcd)
 #   helm                                                             (module hack/testbin/helm)
 #   kwok                                                             (module hack/testbin/kwok)
+#   prometheus                                                       (module hack/testbin/prometheus)
 #
 # Every version comes from the pinned go.mod/go.sum of those wrapper modules; nothing else is
 # downloaded. Each tool has its own module so that their dependency graphs (k8s.io/* minors, grpc,
 # otel) never force one another up. A stamp file keyed on the hash of the pins and of this script
 # makes a second run a no-op; Go's module and build caches (GOMODCACHE, GOCACHE) make a rebuild
 # after a pin bump incremental.
+#
+# prometheus is built for its HTTP API (queries, rules, alerts) only: without the `builtinassets`
+# tag (no web UI: its pages answer 500, the API is unaffected) and with `remove_all_sd` (only
+# static, file and http service discovery), which leaves out the cloud SDKs and client-go and a
+# third of its packages.
 #
 # Usage: hack/testbin/build.sh [--check] [OUT_DIR]
 #   --check  build nothing: exit 0 if OUT_DIR is up to date with the pins, 1 if not
@@ -31,7 +37,7 @@ out="$(cd "$out" && pwd)"
 min_go_minor=26
 if ! command -v go >/dev/null 2>&1; then
     cat >&2 <<EOF
-error: 'go' is not on PATH. The Kubernetes test control plane (kube-apiserver, etcd, kwok, helm)
+error: 'go' is not on PATH. The test control plane (kube-apiserver, etcd, kwok, helm, prometheus)
 is built from Go modules by hack/testbin/build.sh and needs Go 1.${min_go_minor} or newer.
 Install it (for example the official tarball for linux/$(uname -m) into /usr/local/go and add
 /usr/local/go/bin to PATH), then run 'make testbin' again.
@@ -45,7 +51,7 @@ if [[ ! "$go_minor" =~ ^[0-9]+$ ]] || ((go_minor < min_go_minor)); then
     exit 2
 fi
 
-binaries=(kube-apiserver kube-controller-manager kube-scheduler kubectl etcd helm kwok)
+binaries=(kube-apiserver kube-controller-manager kube-scheduler kubectl etcd helm kwok prometheus)
 
 # The stamp: what we built from (pins, this script, the Go version). Any change rebuilds.
 stamp_file="$out/.stamp"
@@ -84,6 +90,10 @@ etcd_version="$(modver etcd go.etcd.io/etcd/server/v3)"
 helm_version="$(modver helm helm.sh/helm/v3)"
 helm_client_go="$(modver helm k8s.io/client-go)" # helm's default --kube-version follows it
 kwok_version="$(modver kwok sigs.k8s.io/kwok)"
+prom_module_version="$(modver prometheus github.com/prometheus/prometheus)"
+# Prometheus 3.x publishes its Go module as v0.<major><minor 2 digits>.<patch>: v0.316.0 is 3.16.0.
+prom_mm="$(cut -d. -f2 <<<"$prom_module_version")"
+prom_version="$((prom_mm / 100)).$((prom_mm % 100)).$(cut -d. -f3 <<<"$prom_module_version" | cut -d- -f1)"
 build_date="$(date -u +%Y-%m-%dT%H:%M:%SZ)"
 
 cv=k8s.io/component-base/version
@@ -98,8 +108,11 @@ helm_ldflags+=" -X $hv/pkg/lint/rules.k8sVersionMajor=1 -X $hv/pkg/lint/rules.k8
 helm_ldflags+=" -X $hv/pkg/chartutil.k8sVersionMajor=1 -X $hv/pkg/chartutil.k8sVersionMinor=$helm_minor"
 kwok_ldflags="-s -w -X sigs.k8s.io/kwok/pkg/consts.Version=${kwok_version#v}"
 kwok_ldflags+=" -X sigs.k8s.io/kwok/pkg/consts.KubeVersion=${kube_version#v}"
+pv=github.com/prometheus/common/version
+prom_ldflags="-s -w -X $pv.Version=$prom_version -X $pv.Revision=$prom_module_version -X $pv.Branch=HEAD"
+prom_ldflags+=" -X $pv.BuildUser=rebootcoord-testbin -X $pv.BuildDate=$(date -u +%Y%m%d-%H:%M:%S)"
 
-# name|module dir|package|ldflags
+# name|module dir|package|ldflags|build tags
 targets=(
     "kube-apiserver|kube|k8s.io/kubernetes/cmd/kube-apiserver|$kube_ldflags"
     "kube-controller-manager|kube|k8s.io/kubernetes/cmd/kube-controller-manager|$kube_ldflags"
@@ -108,10 +121,12 @@ targets=(
     "etcd|etcd|go.etcd.io/etcd/server/v3|$etcd_ldflags"
     "helm|helm|helm.sh/helm/v3/cmd/helm|$helm_ldflags"
     "kwok|kwok|sigs.k8s.io/kwok/cmd/kwok|$kwok_ldflags"
+    "prometheus|prometheus|github.com/prometheus/prometheus/cmd/prometheus|$prom_ldflags|remove_all_sd"
 )
 
 echo "testbin: building into $out with $go_version, go build -p $parallel"
 echo "testbin: kubernetes $kube_version, etcd $etcd_version, helm $helm_version, kwok $kwok_version"
+echo "testbin: prometheus $prom_version ($prom_module_version)"
 echo "testbin: caches GOMODCACHE=$(go env GOMODCACHE) GOCACHE=$(go env GOCACHE)"
 
 log_dir="$(mktemp -d)"
@@ -119,7 +134,7 @@ trap 'rm -rf "$log_dir"' EXIT
 
 # Downloads first, per module, so a proxy failure is reported as such and not as a compile error.
 t0=$SECONDS
-for mod in kube etcd helm kwok; do
+for mod in kube etcd helm kwok prometheus; do
     echo "testbin: [download] module hack/testbin/$mod"
     (cd "$here/$mod" && go mod download) || {
         echo "error: 'go mod download' failed in hack/testbin/$mod (Go module proxy reachable?)" >&2
@@ -131,13 +146,14 @@ echo "testbin: modules present in $((SECONDS - t0))s"
 started=$SECONDS
 i=0
 for t in "${targets[@]}"; do
-    IFS='|' read -r name mod pkg ldflags <<<"$t"
+    IFS='|' read -r name mod pkg ldflags tags <<<"$t"
     i=$((i + 1))
     log="$log_dir/$name.log"
     t0=$SECONDS
-    echo "testbin: [$i/${#targets[@]}] $name ($pkg)"
+    echo "testbin: [$i/${#targets[@]}] $name ($pkg${tags:+, tags $tags})"
     # -v lists each package as it compiles (cached ones are not listed): the progress counter.
-    (cd "$here/$mod" && exec go build -p "$parallel" -v -ldflags "$ldflags" -o "$out/$name.tmp" "$pkg") \
+    (cd "$here/$mod" &&
+        exec go build -p "$parallel" -v -tags "${tags:-}" -ldflags "$ldflags" -o "$out/$name.tmp" "$pkg") \
         >"$log" 2>&1 &
     pid=$!
     while kill -0 "$pid" 2>/dev/null; do
@@ -168,6 +184,7 @@ first_line "$out/kubectl" version --client
 first_line "$out/etcd" --version
 first_line "$out/helm" version --short
 first_line "$out/kwok" --version
+first_line "$out/prometheus" --version
 
 echo "$stamp" >"$stamp_file"
 echo "testbin: all ${#targets[@]} binaries built in $((SECONDS - started))s"
