@@ -163,3 +163,13 @@ def test_rbac_follows_the_configuration(kube: KubeTestEnv) -> None:
         assert len(ident.rules) == 6
         _forbidden(lambda: k8s.CoordinationV1Api(ident.api_client()).list_namespaced_lease(kube.namespace))
         assert [r.resource for r in ident.denied_requests()] == ["leases"]
+
+
+def test_impersonation_is_accounted_to_the_service_account(kube: KubeTestEnv, ident: ChartIdentity) -> None:
+    api = ident.impersonating_client()
+    k8s.CoordinationV1Api(api).list_namespaced_lease(kube.namespace)
+    _forbidden(lambda: k8s.CoreV1Api(api).list_namespaced_secret(kube.namespace))
+    requests = ident.requests()
+    assert [(r.verb, r.resource) for r in requests if not r.denied] == [("list", "leases")]
+    assert [(r.verb, r.resource) for r in ident.denied_requests(requests)] == [("list", "secrets")]
+    assert ("coordination.k8s.io", "leases", "list") not in _keys(ident.unused_grants(requests))

@@ -349,6 +349,12 @@ class ChartIdentity:
 
         return config.new_client_from_config(config_file=str(self.kubeconfig_path))
 
+    def impersonating_client(self) -> Any:
+        """An admin ``ApiClient`` impersonating the ServiceAccount (in-process use only: the
+        Python client ignores a kubeconfig's ``as:``, so an impersonating kubeconfig would let
+        an agent process act as admin; agents get :attr:`kubeconfig_path`, a real token)."""
+        return self.cluster.service_account_client(self.namespace, self.service_account)
+
     def kubectl(
         self, *args: str, check: bool = True, input: str | None = None
     ) -> subprocess.CompletedProcess[str]:
