@@ -16,7 +16,7 @@ from rebootcoord.sim.etcd_server import EtcdServer
 
 # The real Kubernetes control plane (kube-apiserver, controller-manager, scheduler, kwok, etcd
 # built into testbin/ by `make testbin`): fixtures kube_cluster, kube, kube_nodes, ...
-pytest_plugins = ["tests.support.kubecluster"]
+pytest_plugins = ["tests.support.kubecluster", "tests.support.prometheus_plugin"]
 
 _counter = itertools.count()
 

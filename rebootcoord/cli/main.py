@@ -67,6 +67,8 @@ def run_agent(args: argparse.Namespace) -> int:
     registry = CollectorRegistry()
     try:
         agent = build_agent(settings, stop, registry)
+    except ConfigError as exc:
+        return print_config_error("rebootcoord agent", exc)
     except UsageError as exc:
         print(f"rebootcoord agent: {exc}", file=sys.stderr)
         return EXIT_USAGE

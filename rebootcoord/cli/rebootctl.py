@@ -81,9 +81,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         return print_config_error("rebootctl", exc)
     try:
         sem = build_semaphore(settings, retry_for=5.0)
-    except UsageError as exc:
-        print(f"rebootctl: {exc}", file=sys.stderr)
-        return EXIT_USAGE
+    except ConfigError as exc:
+        return print_config_error("rebootctl", exc)
+    except BackendUnavailable as exc:
+        print(f"rebootctl: cannot reach the backend: {exc}", file=sys.stderr)
+        return EXIT_UNAVAILABLE
     try:
         return _run(args, settings, sem)
     except BackendUnavailable as exc:

@@ -880,6 +880,12 @@ def _cross_checks(s: Settings, sources: Mapping[str, str]) -> tuple[Settings, li
             s.group,
             "with backend kubernetes, a lowercase name (it names the Lease): letters, digits, '-' and '.'",
         )
+    need(
+        not (s.prometheus_alert_filter_match_only and not s.prometheus_alert_filter),
+        "prometheus_alert_filter",
+        s.prometheus_alert_filter,
+        "a regular expression when prometheus_alert_filter_match_only is true (else no alert could block)",
+    )
     if s.reboot_method == "command":
         need(
             bool(s.reboot_command),

@@ -151,6 +151,12 @@ def test_node_name_from_fallback_and_holder_id() -> None:
         pytest.param(
             {"file_data": {"host_root": "relative/dir"}}, "host_root", "absolute", id="relative-root"
         ),
+        pytest.param(
+            {"file_data": {"prometheus_alert_filter_match_only": True}},
+            "prometheus_alert_filter",
+            "regular expression",
+            id="match-only-without-filter",
+        ),
     ],
 )
 def test_invalid_configuration_names_key_value_and_expectation(

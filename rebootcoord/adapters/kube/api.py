@@ -25,7 +25,7 @@ from urllib.parse import quote
 import urllib3
 
 from rebootcoord.adapters.retry import retrying as retrying_for
-from rebootcoord.errors import ApiError, BackendUnavailable, Conflict
+from rebootcoord.errors import ApiError, BackendUnavailable, ConfigError, Conflict, Problem
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -84,7 +84,11 @@ def load_api_client(options: KubeOptions) -> Any:
             return client.ApiClient()
         return config.new_client_from_config(context=options.context)
     except (config.ConfigException, OSError, ValueError) as exc:
-        raise BackendUnavailable(f"cannot load the Kubernetes configuration: {exc}") from exc
+        # Where the cluster is, is configuration: a usage error, not an outage (exit code 2).
+        key, value = (
+            ("kube_context", options.context) if options.context else ("kubeconfig", options.kubeconfig)
+        )
+        raise ConfigError([Problem(key, value, f"a usable Kubernetes configuration ({exc})")]) from exc
 
 
 class Kube:
