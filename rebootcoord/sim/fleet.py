@@ -192,7 +192,6 @@ class Fleet:
         if self.arm:
             self.arm_sentinel(node.name, "update-1")
         config: dict[str, Any] = {
-            "node_name": node.name,
             "group": self.group,
             "max_holders": self.max_holders,
             "host_root": node.root,
@@ -211,6 +210,8 @@ class Fleet:
         }  # fmt: skip
         if self.endpoint is not None:
             config.update({"backend": "etcd", "etcd_endpoints": [self.endpoint]})
+        if self.hooks is None:
+            config["node_name"] = node.name  # else from $NODE_NAME, as a DaemonSet's downward API sets it
         for key, value in self.agent_config.items():
             config[key] = _fill(value, node)
         with open(node.config_file, "w", encoding="utf-8") as fh:

@@ -317,3 +317,78 @@ def test_simulate_command_on_kwok_nodes(kube: KubeTestEnv, tmp_path: Path) -> No
     assert {"ts", "node", "pid", "phase", "boot_id", "group"} <= set(lines[0])
     report = check(lines, max_holders=1)
     assert report.ok and set(report.reboots.values()) == {1} and len(report.reboots) == 3
+
+
+def test_labels_taint_node_boot_id_pods_ready_and_the_node_budget(
+    kube: KubeTestEnv, kube_fleet: Callable[..., Fleet]
+) -> None:
+    """The optional node signals and gates: pre/post-reboot labels, a PreferNoSchedule taint while
+    waiting, the boot ID read from the Node, pods Ready after the reboot, and the cluster budget
+    (no slot while more than 0 other nodes of the group are NotReady)."""
+    nodes = [n.name for n in kube.create_nodes(3, labels={"pool": kube.namespace})]
+    outsider = kube.create_nodes(1, labels={"pool": kube.namespace}, prefix=f"{kube.namespace}-out")[0].name
+    kube.set_node_ready(outsider, False)  # a node of the group that is down for its own reasons
+    fleet = kube_fleet(
+        nodes,
+        agent_config={
+            "pre_reboot_labels": ["rebootcoord.io/rebooting=true"],
+            "post_reboot_labels": ["rebootcoord.io/rebooting=false"],
+            "taint_while_waiting": True,
+            "boot_id_source": "node",
+            "verify_pods_ready": True,
+            "max_unavailable_nodes": 0,
+            "group_node_selector": f"pool={kube.namespace}",
+        },
+    )
+    tainted: set[str] = set()
+    with fleet:
+        # Blocked by the budget: nobody takes the slot while the outsider is NotReady.
+        wait_for(
+            lambda: all("node-budget" in agent_log(fleet, n) for n in nodes), timeout=60, what="the budget"
+        )
+        assert not fleet.semaphore.read().slots.holders  # type: ignore[union-attr]
+        assert sum(n.reboots for n in fleet.nodes.values()) == 0
+        kube.set_node_ready(outsider, True)
+
+        def sample() -> bool:
+            for node in kube.core.list_node().items:
+                if any(t.key == "rebootcoord.io/reboot-pending" for t in node.spec.taints or []):
+                    tainted.add(node.metadata.name)
+            return fleet.done()
+
+        wait_for(sample, timeout=300, interval=0.2, what="the rollout")
+    assert tainted & set(nodes)  # waiting nodes were marked PreferNoSchedule
+    for node in kube.core.list_node().items:
+        if node.metadata.name in nodes:
+            assert not any(t.key == "rebootcoord.io/reboot-pending" for t in node.spec.taints or [])
+            assert node.metadata.labels.get("rebootcoord.io/rebooting") == "false"
+            assert not node.spec.unschedulable
+    assert {n.reboots for n in fleet.nodes.values()} == {1}
+    assert not fleet.violations
+
+
+def test_failed_health_gate_keeps_the_slot_with_an_event(
+    kube: KubeTestEnv, kube_fleet: Callable[..., Fleet]
+) -> None:
+    (node,) = [n.name for n in kube.create_nodes(1)]
+    fleet = kube_fleet(
+        [node],
+        agent_config={
+            "health_checks": [
+                {"type": "command", "name": "app", "argv": ["test", "-f", "{node_dir}/healthy"]}
+            ]
+        },
+    )
+    with fleet:
+        wait_for(lambda: fleet.nodes[node].reboots == 1, timeout=120, what="the reboot")
+        wait_for(
+            lambda: "HealthCheckFailed" in kube.cluster.kubectl("describe", "node", node),
+            timeout=60,
+            what="a HealthCheckFailed event on the Node",
+        )
+        record = fleet.semaphore.read().record(HolderId(node))
+        assert record is not None and record.phase is Phase.VERIFYING and "app" in record.note
+        assert kube.core.read_node(node).spec.unschedulable  # held: still cordoned, slot kept
+        Path(fleet.nodes[node].dir, "healthy").touch()
+        wait_for(fleet.done, timeout=120, what="the release once healthy")
+    assert not kube.core.read_node(node).spec.unschedulable
