@@ -58,12 +58,6 @@ def run_agent(args: argparse.Namespace) -> int:
         return 0
     setup_logging(settings.log_level, settings.log_format)
     stop = threading.Event()
-
-    def on_signal(signum: int, _frame: FrameType | None) -> None:
-        stop.set()
-
-    signal.signal(signal.SIGTERM, on_signal)
-    signal.signal(signal.SIGINT, on_signal)
     registry = CollectorRegistry()
     try:
         agent = build_agent(settings, stop, registry)
@@ -72,6 +66,12 @@ def run_agent(args: argparse.Namespace) -> int:
     except UsageError as exc:
         print(f"rebootcoord agent: {exc}", file=sys.stderr)
         return EXIT_USAGE
+
+    def on_signal(signum: int, _frame: FrameType | None) -> None:
+        agent.shutdown()
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
     stop_metrics = None
     if settings.metrics_address:
         try:

@@ -137,6 +137,11 @@ class Agent:
     # ------------------------------------------------------------------------------------------
     # the loop
 
+    def shutdown(self) -> None:
+        """Stop at the next step boundary (SIGTERM). Wakes the loop if it is resting."""
+        self.stop.set()
+        self.changed.set()
+
     def run(self) -> int:
         log.info(
             "agent starting",

@@ -198,3 +198,25 @@ def test_agent_serves_metrics_and_healthz(etcd: EtcdServer, prefix: str, tmp_pat
         proc.terminate()
         proc.wait(10)
     assert proc.returncode == 0  # SIGTERM is a clean stop
+
+
+def test_sigterm_stops_a_resting_agent_promptly(etcd: EtcdServer, prefix: str, tmp_path: Path) -> None:
+    """A resting agent (the default 60 s check interval) wakes on SIGTERM and exits 0."""
+    boot = tmp_path / "boot_id"
+    boot.write_text("b1\n")
+    events = tmp_path / "events.jsonl"
+    proc = subprocess.Popen(
+        [
+            sys.executable, "-m", "rebootcoord", "agent", "--node-name", "resting",
+            "--etcd-endpoints", etcd.endpoint, "--etcd-key-prefix", prefix, "--host-root", str(tmp_path),
+            "--boot-id-file", str(boot), "--metrics-address", "", "--events-file", str(events),
+        ],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    try:
+        wait_for(lambda: events.exists() and '"idle"' in events.read_text(), what="the agent to rest")
+        proc.terminate()
+        assert proc.wait(10) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
