@@ -138,7 +138,7 @@ def test_racing_writers_never_exceed_max_and_meet_409s(make_lease: Make, kube: K
     assert sum(s.conflicts for s in sems) > 0  # the race was real, and lost races were refused
 
 
-def test_waiter_that_stops_renewing_leaves_the_queue(make_lease: Make) -> None:
+def test_waiter_that_stops_renewing_leaves_the_queue(make_lease: Make, kube: KubeTestEnv) -> None:
     sem = make_lease(waiter_ttl=5)
     sem.ensure(1)
     dead = make_lease(waiter_ttl=5)
@@ -152,6 +152,13 @@ def test_waiter_that_stops_renewing_leaves_the_queue(make_lease: Make) -> None:
     again = make_lease(waiter_ttl=5)
     again.join_queue(Waiter(HolderId("dead"), NodeName("dead"), time.time(), 0))
     assert [w.id for w in sem.read().waiters] == ["dead", "alive"]
+    again.close()
+    # Long gone (3 TTLs), its Lease is deleted by the next acquisition.
+    wait_for(lambda: [w.id for w in sem.read().waiters] == ["alive"], timeout=30, what="the second expiry")
+    name = sem.waiter_name(HolderId("dead"))
+    time.sleep(15)  # the 3-TTL grace before a waiter Lease is deleted; nothing to poll for
+    assert sem.acquire(record("alive")) is not None
+    assert name not in kube.cluster.kubectl("get", "lease", "-n", kube.namespace, "-o", "name")
 
 
 def test_watch_sees_changes(make_lease: Make) -> None:

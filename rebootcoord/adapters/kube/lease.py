@@ -249,6 +249,7 @@ class LeaseSemaphore:
         except (Conflict, NoFreeSlot):
             return None
         self.leave_queue(record.id)
+        self.prune_waiters(items)  # waiter Leases of agents long gone (deleted nodes, removed pods)
         return written
 
     def update(self, record: HolderRecord) -> None:
