@@ -110,6 +110,63 @@ def test_rbac_and_token_only_where_the_agent_calls_the_api(
     assert only(objects, "ServiceAccount")["automountServiceAccountToken"] is False
 
 
+def _cluster_rules(objects: list[dict[str, Any]]) -> dict[str, list[str]]:
+    roles = [o for o in objects if o["kind"] == "ClusterRole"]
+    return {r["resources"][0]: r["verbs"] for role in roles for r in role["rules"]}
+
+
+NODE_OPS_OFF = {"node_ops": "none"}
+
+
+@pytest.mark.parametrize(
+    ("config", "rules", "events"),
+    [
+        pytest.param(
+            {},
+            {"nodes": ["get", "patch"], "pods": ["list"], "pods/eviction": ["create"]},
+            True,
+            id="defaults",
+        ),
+        pytest.param(
+            {"max_unavailable_nodes": 0},
+            {"nodes": ["get", "list", "patch"], "pods": ["list"], "pods/eviction": ["create"]},
+            True,
+            id="budget-gate-lists-nodes",
+        ),
+        pytest.param(NODE_OPS_OFF, {"nodes": ["get"]}, False, id="no-node-ops-ready-check-reads-the-node"),
+        pytest.param(NODE_OPS_OFF | {"verify_node_ready": False}, {}, False, id="no-node-ops-no-check"),
+        pytest.param(
+            NODE_OPS_OFF | {"verify_node_ready": False, "boot_id_source": "node"},
+            {"nodes": ["get"]},
+            False,
+            id="boot-id-from-the-node",
+        ),
+        pytest.param(
+            NODE_OPS_OFF | {"blocking_pod_selector": "app=db"},
+            {"nodes": ["get"], "pods": ["list"]},
+            False,
+            id="blocker-gate-lists-pods",
+        ),
+        pytest.param(
+            NODE_OPS_OFF | {"verify_pods_ready": True, "verify_node_ready": False},
+            {"pods": ["list"]},
+            False,
+            id="pods-ready-check-lists-pods",
+        ),
+    ],
+)
+def test_cluster_rules_follow_the_agents_calls(
+    render: Render, config: dict[str, Any], rules: dict[str, list[str]], events: bool
+) -> None:
+    """The rules mirror rebootcoord/cli/wiring.py: each gate, check and operation its own calls."""
+    objects = render({"config": config})
+    assert _cluster_rules(objects) == rules
+    assert ("ClusterRoleBinding" in kinds(objects)) is bool(rules)
+    assert (
+        any(o["metadata"]["name"] == "rebootcoord-events" for o in objects if o["kind"] == "Role") is events
+    )
+
+
 def test_lease_role_follows_config_namespace(render: Render) -> None:
     objects = render({"config": {"namespace": "reboots"}})
     role = next(o for o in objects if o["kind"] == "Role" and o["metadata"]["name"] == "rebootcoord")

@@ -27,6 +27,10 @@ def ident(kube: KubeTestEnv) -> Iterator[ChartIdentity]:
         yield identity
 
 
+# Every gate on: the budget gate adds `list nodes` to the defaults' rules.
+ALL_GATES = {"config": {"max_unavailable_nodes": 1}}
+
+
 def _forbidden(call: Callable[[], Any]) -> None:
     with pytest.raises(ApiException) as err:
         call()
@@ -43,7 +47,12 @@ def _keys(grants: list[Grant]) -> set[tuple[str, str, str]]:
     return {(g.api_group, g.resource, g.verb) for g in grants}
 
 
-def test_chart_rules_are_enough_and_every_grant_is_used(kube: KubeTestEnv, ident: ChartIdentity) -> None:
+def test_chart_rules_are_enough_and_every_grant_is_used(kube: KubeTestEnv) -> None:
+    with chart_identity(kube.cluster, kube.namespace, values=ALL_GATES) as ident:
+        _agents_calls_are_allowed_and_nothing_else(kube, ident)
+
+
+def _agents_calls_are_allowed_and_nothing_else(kube: KubeTestEnv, ident: ChartIdentity) -> None:
     ns = kube.namespace
     (node,) = kube.create_nodes(1)
     kube.core.create_namespaced_pod(
@@ -141,9 +150,9 @@ def test_kubectl_as_the_service_account(kube: KubeTestEnv, ident: ChartIdentity)
         assert not can_i(verb, "leases.coordination.k8s.io", "kube-system")
     assert can_i("create", "events", "default") and not can_i("patch", "events", "default")
     assert not can_i("create", "events")  # elsewhere than "default"
-    for verb in ("get", "list", "patch"):
+    for verb in ("get", "patch"):
         assert can_i(verb, "nodes", None)
-    for verb in ("watch", "update", "delete"):
+    for verb in ("list", "watch", "update", "delete"):  # list: only with the budget gate on
         assert not can_i(verb, "nodes", None)
     assert can_i("list", "pods", None) and not can_i("get", "pods", None)
     assert can_i("create", "pods/eviction", "default") and not can_i("create", "pods", "default")
@@ -160,7 +169,7 @@ def test_rbac_follows_the_configuration(kube: KubeTestEnv) -> None:
     with chart_identity(kube.cluster, kube.namespace, values=values) as ident:
         assert not any(g.resource == "leases" for g in ident.rules)
         assert {g.resource for g in ident.rules} == {"events", "nodes", "pods", "pods/eviction"}
-        assert len(ident.rules) == 6
+        assert len(ident.rules) == 5  # events create, nodes get/patch, pods list, eviction
         _forbidden(lambda: k8s.CoordinationV1Api(ident.api_client()).list_namespaced_lease(kube.namespace))
         assert [r.resource for r in ident.denied_requests()] == ["leases"]
 

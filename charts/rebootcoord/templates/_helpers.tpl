@@ -90,12 +90,38 @@ namespaces, which needs a privileged container.
 {{- end }}
 {{- end }}
 
-{{/* "true" when the agent calls the Kubernetes API (Lease backend, node operations, boot ID from the Node). */}}
+{{/* "true" when the agent calls the Kubernetes API: the Lease backend, or node operations asked
+for explicitly (rebootcoord/cli/wiring.py: uses_kubernetes). */}}
 {{- define "rebootcoord.usesKubeAPI" -}}
 {{- $cfg := .Values.config }}
-{{- $backend := default "etcd" $cfg.backend }}
-{{- $nodeOps := default "auto" $cfg.node_ops }}
-{{- if or (eq $backend "kubernetes") (eq $nodeOps "kubernetes") (eq (default "file" $cfg.boot_id_source) "node") }}true{{ end }}
+{{- if or (eq (default "etcd" $cfg.backend) "kubernetes") (eq (default "auto" $cfg.node_ops) "kubernetes") }}true{{ end }}
+{{- end }}
+
+{{/*
+The agent's API calls for this configuration, as rebootcoord/cli/wiring.py builds its parts, in
+JSON: {"leases": bool, "events": bool, "nodes": [verbs], "pods": [verbs], "evictions": bool}.
+  node operations (node_ops not none): read and patch the Node, list its pods, evict them, events
+  verify_node_ready / boot_id_source node: read the Node
+  verify_pods_ready, blocking_pod_selector: list the node's pods
+  max_unavailable_nodes >= 0 (the budget gate): list the nodes
+*/}}
+{{- define "rebootcoord.apiCalls" -}}
+{{- $cfg := .Values.config }}
+{{- $kube := eq (include "rebootcoord.usesKubeAPI" .) "true" }}
+{{- $nodeOps := and $kube (ne (default "auto" $cfg.node_ops) "none") }}
+{{- $readyCheck := true }}
+{{- if hasKey $cfg "verify_node_ready" }}{{ $readyCheck = $cfg.verify_node_ready }}{{ end }}
+{{- $budget := false }}
+{{- if and (hasKey $cfg "max_unavailable_nodes") (not (kindIs "invalid" $cfg.max_unavailable_nodes)) }}
+{{- $budget = ge (int $cfg.max_unavailable_nodes) 0 }}
+{{- end }}
+{{- $nodes := list }}
+{{- if and $kube (or $nodeOps $readyCheck (eq (default "file" $cfg.boot_id_source) "node")) }}{{ $nodes = append $nodes "get" }}{{ end }}
+{{- if and $kube $budget }}{{ $nodes = append $nodes "list" }}{{ end }}
+{{- if $nodeOps }}{{ $nodes = append $nodes "patch" }}{{ end }}
+{{- $pods := list }}
+{{- if and $kube (or $nodeOps $cfg.verify_pods_ready $cfg.blocking_pod_selector) }}{{ $pods = append $pods "list" }}{{ end }}
+{{- dict "leases" (eq (default "etcd" $cfg.backend) "kubernetes") "events" $nodeOps "nodes" $nodes "pods" $pods "evictions" $nodeOps | toJson }}
 {{- end }}
 
 {{/* The host directories the sentinel detectors read, each mounted read-only under host_root. */}}
