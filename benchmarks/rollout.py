@@ -2,7 +2,8 @@
 
 The node cycle (locked -> idle, from the event log) includes the simulated reboot and the agent's
 restart; the overhead ratio says how much the coordination itself adds to a perfectly packed
-schedule (1.0 = none).
+schedule (1.0 = none). Two ratios: from the command's start (includes starting N agent processes
+and etcd's first answers) and from the first slot taken to the last given back (the rollout).
 
     python benchmarks/rollout.py [--fleets 8:2 16:4 30:3] [--reboot-seconds 2] [--repeat 3]
 """
@@ -61,6 +62,10 @@ def main() -> None:
                     ),
                     "ideal_seconds_median": round(statistics.median(r["ideal_seconds"] for r in runs), 2),
                     "overhead_ratio_median": round(statistics.median(r["overhead_ratio"] for r in runs), 3),
+                    "rollout_seconds_median": round(statistics.median(r["rollout_seconds"] for r in runs), 2),
+                    "rollout_overhead_ratio_median": round(
+                        statistics.median(r["rollout_overhead_ratio"] for r in runs), 3
+                    ),
                     "max_holders_seen": max(r["max_holders_seen"] for r in runs),
                     "violations": sum(len(r["violations"]) for r in runs),
                 }

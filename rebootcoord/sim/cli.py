@@ -256,10 +256,12 @@ def _unfinished(fleet: Fleet) -> str:
 
 
 def _summary(fleet: Fleet, report: Any, elapsed: float, args: argparse.Namespace) -> dict[str, Any]:
-    cycles = [end - start for spans in (report.cycles.values() if report else []) for start, end in spans]
-    cycles.sort()
+    spans = [span for node_spans in (report.cycles.values() if report else []) for span in node_spans]
+    cycles = sorted(end - start for start, end in spans)
     median = cycles[len(cycles) // 2] if cycles else None
     rounds = math.ceil(args.nodes * args.cycles / args.max)
+    # From the first slot taken to the last given back: the rollout without the fleet's start-up.
+    rollout = max(end for _, end in spans) - min(start for start, _ in spans) if spans else None
     return {
         "nodes": args.nodes,
         "max": args.max,
@@ -269,6 +271,8 @@ def _summary(fleet: Fleet, report: Any, elapsed: float, args: argparse.Namespace
         "node_cycle_seconds_median": round(median, 3) if median else None,
         "ideal_seconds": round(rounds * median, 3) if median else None,
         "overhead_ratio": round(elapsed / (rounds * median), 3) if median else None,
+        "rollout_seconds": round(rollout, 3) if rollout else None,
+        "rollout_overhead_ratio": round(rollout / (rounds * median), 3) if rollout and median else None,
         "max_holders_seen": report.max_holders if report else None,
         "ordered_by_revision": report.by_revision if report else None,
         "reboots": {n.name: n.reboots for n in fleet.nodes.values()},
