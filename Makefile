@@ -36,13 +36,13 @@ test: install testbin lint
 	$(BIN)/pytest -q
 
 unit: install
-	$(BIN)/pytest -q -m 'not etcd and not kube and not e2e'
+	$(BIN)/pytest -q -m 'not etcd and not kube and not e2e and not image and not checkov'
 
 bench: install
 	$(PY) benchmarks/run_all.py
 
 clean:
-	rm -rf $(VENV) testbin .cluster sim-run benchmarks/out
+	rm -rf $(VENV) .venv-checkov testbin .cluster sim-run benchmarks/out
 
 include hack/testbin.mk
 -include hack/packaging.mk

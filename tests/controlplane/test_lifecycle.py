@@ -25,7 +25,7 @@ from tests.support.cluster import (
 def _env(**extra: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("PYTEST_")}
     env["PYTHONPATH"] = str(REPO_ROOT)
-    env.pop("REBOOTCOORD_KUBE_CLUSTER", None)
+    env.pop("TESTS_KUBE_CLUSTER", None)
     return {**env, **extra}
 
 

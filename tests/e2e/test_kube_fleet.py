@@ -25,6 +25,7 @@ from rebootcoord.sim.kwok import KwokRebootHooks
 from tests.conftest import wait_for
 from tests.support.eventgate import EventGate
 from tests.support.kubecluster import KubeTestEnv, wait_for_deployment, wait_for_pdb
+from tests.support.rbac import ChartIdentity, chart_identity
 
 pytestmark = [pytest.mark.kube, pytest.mark.e2e]
 
@@ -110,13 +111,35 @@ def deploy(kube: KubeTestEnv, name: str, replicas: int, *, pdb: dict[str, Any] |
         )
 
 
+# Agent settings that decide which API calls the agent makes, hence which rights the chart grants.
+RBAC_KEYS = (
+    "backend", "node_ops", "verify_node_ready", "verify_pods_ready", "max_unavailable_nodes",
+    "boot_id_source", "blocking_pod_selector",
+)  # fmt: skip
+
+
 @pytest.fixture
 def kube_fleet(kube: KubeTestEnv, tmp_path: Path) -> Iterator[Callable[..., Fleet]]:
+    """Fleets whose agents act as the Helm chart's ServiceAccount (a real token, the chart's own
+    Role and ClusterRole for the same configuration). At the end of each test, the API server's
+    audit log must show no request of theirs refused."""
     fleets: list[Fleet] = []
+    identities: list[ChartIdentity] = []
 
     def make(node_names: list[str], *, max_holders: int = 1, agent_config: dict[str, Any] | None = None,
              reboot_seconds: float = 1.0) -> Fleet:  # fmt: skip
         api = Kube(kube.cluster.api_client())
+        config = {
+            "backend": "kubernetes",
+            "namespace": kube.namespace,
+            "drain_timeout": "90s",
+            "drain_delete_emptydir_data": True,
+            **(agent_config or {}),
+        }
+        identity = chart_identity(
+            kube.cluster, kube.namespace, values={"config": {k: config[k] for k in RBAC_KEYS if k in config}}
+        )
+        identities.append(identity)
         fleet = Fleet(
             str(tmp_path / f"run{len(fleets)}"),
             nodes=len(node_names),
@@ -124,22 +147,22 @@ def kube_fleet(kube: KubeTestEnv, tmp_path: Path) -> Iterator[Callable[..., Flee
             max_holders=max_holders,
             reboot_seconds=reboot_seconds,
             semaphore=LeaseSemaphore(api, namespace=kube.namespace, group=Group("default")),
-            hooks=KwokRebootHooks(api),
-            agent_config={
-                "backend": "kubernetes",
-                "kubeconfig": str(kube.cluster.kubeconfig),
-                "namespace": kube.namespace,
-                "drain_timeout": "90s",
-                "drain_delete_emptydir_data": True,
-                **(agent_config or {}),
-            },
+            hooks=KwokRebootHooks(api),  # the harness, as admin: it plays the kubelet
+            agent_config={**config, "kubeconfig": str(identity.kubeconfig_path)},
         )
+        fleet.identity = identity  # type: ignore[attr-defined]
         fleets.append(fleet)
         return fleet
 
     yield make
     for fleet in fleets:
         fleet.stop()
+    try:
+        for identity in identities:
+            assert identity.denied_requests() == [], "the chart's RBAC refused an agent's request"
+    finally:
+        for identity in identities:
+            identity.delete()
 
 
 def agent_log(fleet: Fleet, node: str) -> str:
@@ -154,7 +177,8 @@ def test_rolling_reboot_respects_the_pdb_and_the_budget(
     deploy(kube, "web", 12, pdb={"maxUnavailable": 1})  # two pods per node: drains meet 429s
     wait_for_pdb(kube.api, kube.namespace, "web", disruptions_allowed=1, timeout=60)
     kube.core.patch_node(nodes[0], {"spec": {"unschedulable": True}})  # cordoned by someone else
-    fleet = kube_fleet(nodes, max_holders=2)
+    # waiter_ttl 6s: waiters renew their Lease every 2 s, so that right is exercised too.
+    fleet = kube_fleet(nodes, max_holders=2, agent_config={"waiter_ttl": "6s"})
     with ClusterWatch(kube, nodes, app="web", pre_cordoned={nodes[0]}) as watch, fleet:
         wait_for(fleet.done, timeout=600, interval=0.5, what="every node to reboot and release")
     assert not fleet.violations, fleet.violations
@@ -178,6 +202,10 @@ def test_rolling_reboot_respects_the_pdb_and_the_budget(
         assert reason in described, reason  # `kubectl describe node` tells the story
     lease = kube.cluster.kubectl("get", "lease", "-n", kube.namespace, "rebootcoord-default")
     assert "rebootcoord-default" in lease
+    # Every call was made as the chart's ServiceAccount, and every right the chart grants was used.
+    identity: ChartIdentity = fleet.identity  # type: ignore[attr-defined]
+    assert identity.denied_requests() == []
+    assert identity.unused_grants() == [], identity.unused_grants()
 
 
 def test_unsatisfiable_pdb_times_out_the_drain_and_aborts_cleanly(

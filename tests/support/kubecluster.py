@@ -7,7 +7,7 @@ Fixtures:
                               they are missing or stale (never skips)
     kube_cluster   (session)  a started :class:`~tests.support.cluster.KubeCluster`, with an
                               API audit log (``kube_cluster.audit_log``); set
-                              REBOOTCOORD_KUBE_CLUSTER=.cluster/state.json to use the one
+                              TESTS_KUBE_CLUSTER=.cluster/state.json to use the one
                               ``make cluster`` runs instead of starting another
     kube           (function) a :class:`KubeTestEnv`: a fresh namespace, an admin client, and node
                               helpers that delete at teardown the nodes the test made
@@ -52,7 +52,7 @@ __all__ = [
     "wait_for_pods",
 ]
 
-ATTACH_ENV = "REBOOTCOORD_KUBE_CLUSTER"
+ATTACH_ENV = "TESTS_KUBE_CLUSTER"
 
 
 @pytest.fixture(scope="session")
