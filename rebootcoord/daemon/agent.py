@@ -299,12 +299,7 @@ class Agent:
         with self._view_lock:
             if self._view is None or view.revision >= self._view.revision:
                 self._view = view
-        m = self.p.metrics
-        if view.slots is not None:
-            m.slots_max.labels(self.s.group).set(view.slots.max)
-            m.slots_held.labels(self.s.group).set(len(view.slots.holders))
-        m.waiters.labels(self.s.group).set(len(view.waiters))
-        m.paused.labels(self.s.group).set(1 if view.paused else 0)
+        self.p.metrics.observe_group(view)
 
     def _refresh(self) -> None:
         """After our own write, read back so the next decision does not see the world before it."""

@@ -12,6 +12,7 @@ from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, make_wsgi_app
 
+from rebootcoord.core.semaphore import GroupView
 from rebootcoord.core.types import Phase
 
 log = logging.getLogger(__name__)
@@ -113,6 +114,14 @@ class Metrics:
         for p in Phase:
             self.phase.labels(self.node, p.value).set(1 if p is phase else 0)
         self.slot_held.labels(self.node, self.group).set(1 if phase.holds_slot else 0)
+
+    def observe_group(self, view: GroupView) -> None:
+        """The group as the agent last saw it: slots, waiters, pause."""
+        if view.slots is not None:
+            self.slots_max.labels(self.group).set(view.slots.max)
+            self.slots_held.labels(self.group).set(len(view.slots.holders))
+        self.waiters.labels(self.group).set(len(view.waiters))
+        self.paused.labels(self.group).set(1 if view.paused else 0)
 
     def fail(self, reason: str) -> None:
         self.failures.labels(reason).inc()

@@ -134,6 +134,8 @@ class PrometheusServer:
         self.log_path = self.workdir / "prometheus.log"
         self.port: int | None = None
         self._process: Process | None = None
+        self._scrape_targets: list[str] = []
+        self._scrape_interval = "15s"
         #: Seconds from start() to ``/-/ready`` answering 200 (None before start()).
         self.startup_seconds: float | None = None
 
@@ -214,7 +216,7 @@ class PrometheusServer:
     # -- rules ----------------------------------------------------------------------------------
 
     def _write_config(self) -> None:
-        config = {
+        config: dict[str, Any] = {
             "global": {
                 "evaluation_interval": self.evaluation_interval,
                 "scrape_interval": "15s",
@@ -222,7 +224,23 @@ class PrometheusServer:
             "rule_files": [str(self.rules_dir / "*.yml")],
             "scrape_configs": [],
         }
+        if self._scrape_targets:
+            config["scrape_configs"] = [
+                {
+                    "job_name": "targets",
+                    "scrape_interval": self._scrape_interval,
+                    "static_configs": [{"targets": list(self._scrape_targets)}],
+                }
+            ]
         self.config_file.write_text(yaml.safe_dump(config, sort_keys=False))
+
+    def scrape(self, *targets: str, interval: str = "1s") -> None:
+        """Scrape ``targets`` (``host:port``, path ``/metrics``) every ``interval`` from now on, as
+        job ``targets``; the ``instance`` label of their series is the target. Reloads."""
+        self._scrape_targets = list(targets)
+        self._scrape_interval = interval
+        self._write_config()
+        self.reload()
 
     def set_rules(self, rules: Sequence[Mapping[str, Any]] | str, *, name: str = "test") -> Path:
         """Write the rule file ``rules/<name>.yml`` and reload. ``rules`` is a list of rules (one
