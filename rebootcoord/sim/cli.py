@@ -237,8 +237,13 @@ def _watch(fleet: Fleet, args: argparse.Namespace, started: float, timeout: floa
 def _progress(fleet: Fleet, elapsed: float) -> str:
     phases = fleet.phases()
     rebooted = sum(1 for n in fleet.nodes.values() if n.reboots >= fleet.cycles)
-    holding = [f"{name}:{phase}" for name, phase in sorted(phases.items()) if phase in PHASE_ORDER[3:]]
-    holding += [f"{n.name}:(booting)" for n in fleet.nodes.values() if n.rebooting]
+    # A node whose simulated host is down shows its last phase, marked: its agent is not running.
+    booting = {n.name for n in fleet.nodes.values() if n.rebooting}
+    holding = [
+        f"{name}:{phase}" + ("(host down)" if name in booting else "")
+        for name, phase in sorted(phases.items())
+        if phase in PHASE_ORDER[3:]
+    ]
     counts = Counter(phases.get(name, "starting") for name in fleet.nodes)
     others = " ".join(f"{p}={counts[p]}" for p in ("pending", "waiting", "idle") if counts[p])
     held = " ".join(holding) or "-"
