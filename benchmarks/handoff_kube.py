@@ -112,12 +112,23 @@ def measure_handoffs(cluster: KubeCluster, waiters: int, handoffs: int) -> tuple
                 time.sleep(0.5)
     stop_watch()
     events = audit_events(cluster, since)
-    conflicts = sum(1 for e in events if (e.get("responseStatus") or {}).get("code") == 409)
+    lost = [e for e in events if (e.get("responseStatus") or {}).get("code") == 409]
     done = len(latencies)
+    semaphore = watcher.name
     stats = {
         "handoffs": done,
-        "conflicts_409": conflicts,
-        "conflicts_per_handoff": round(conflicts / max(1, done), 3),
+        "requests_total": len(events),
+        "conflicts_409": len(lost),
+        "conflicts_per_handoff": round(len(lost) / max(1, done), 3),
+        # which writes lost: on the group's semaphore Lease or on a waiter's Lease, by verb
+        "conflicts_by_object_verb": dict(
+            Counter(
+                f"{'semaphore' if (e.get('objectRef') or {}).get('name') == semaphore else 'waiter'} "
+                f"{e.get('verb')}"
+                for e in lost
+            )
+        ),
+        "requests_by_verb": dict(Counter(e.get("verb") for e in events)),
     }
     return latencies[3:][:handoffs], stats
 

@@ -34,6 +34,7 @@ import etcd3.events
 import etcd3.exceptions as etcd_exc
 import grpc
 
+from rebootcoord.adapters.removal import HolderRemoval
 from rebootcoord.adapters.retry import retrying as retrying_for
 from rebootcoord.core.semaphore import GroupView, HolderRecord, PauseInfo, SemaphoreState, Waiter
 from rebootcoord.core.types import Group, HolderId, NodeName
@@ -186,7 +187,7 @@ class _Kv:
     mod_revision: int
 
 
-class EtcdSemaphore:
+class EtcdSemaphore(HolderRemoval):
     """The Semaphore port on etcd v3. Thread-safe; one instance per group."""
 
     def __init__(self, conn: EtcdConnection, *, prefix: str, group: Group, waiter_ttl: float = 10.0) -> None:
@@ -374,22 +375,8 @@ class EtcdSemaphore:
 
         self._cas_loop(attempt)
 
-    def release(self, holder: HolderId) -> int | None:
-        return self._remove(holder, must_hold=False)[1]
-
-    def unlock(self, holder: HolderId) -> HolderRecord | None:
-        return self._remove(holder, must_hold=True)[0]
-
-    def reclaim(self, holder: HolderId, expect: HolderRecord) -> bool:
-        """Remove ``holder`` if it still holds the slot with the same record (acquired_at)."""
-        try:
-            removed, _ = self._remove(holder, must_hold=True, expect=expect)
-        except NotHolder:
-            return False
-        return removed is not None
-
     def _remove(
-        self, holder: HolderId, *, must_hold: bool, expect: HolderRecord | None = None
+        self, holder: HolderId, *, must_hold: bool, expect: HolderRecord | None
     ) -> tuple[HolderRecord | None, int | None]:
         rkey = self.records_prefix + holder
         removed: list[HolderRecord | None] = [None]

@@ -70,12 +70,7 @@ class SemaphoreState:
 
     @classmethod
     def decode(cls, raw: bytes, *, key: str) -> SemaphoreState:
-        try:
-            doc = json.loads(raw)
-        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-            raise CorruptDocument(key, f"not valid JSON ({exc})") from None
-        if not isinstance(doc, dict):
-            raise CorruptDocument(key, f"expected a JSON object, got {type(doc).__name__}")
+        doc = _json_object(raw, key)
         total = doc.get("total_slots")
         holders = doc.get("holders")
         if holders is None:
@@ -119,12 +114,7 @@ class HolderRecord:
 
     @classmethod
     def decode(cls, raw: bytes, *, key: str) -> HolderRecord:
-        try:
-            doc = json.loads(raw)
-        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-            raise CorruptDocument(key, f"not valid JSON ({exc})") from None
-        if not isinstance(doc, dict):
-            raise CorruptDocument(key, f"expected a JSON object, got {type(doc).__name__}")
+        doc = _json_object(raw, key)
         try:
             phase = Phase(doc["phase"])
             record = cls(
@@ -221,3 +211,14 @@ class GroupView:
             return False
         position = self.queue_position(holder)
         return position is not None and position < self.slots.free
+
+
+def _json_object(raw: bytes, key: str) -> dict[str, Any]:
+    """The JSON object stored at ``key``; anything else is a corrupt document."""
+    try:
+        doc = json.loads(raw)
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise CorruptDocument(key, f"not valid JSON ({exc})") from None
+    if not isinstance(doc, dict):
+        raise CorruptDocument(key, f"expected a JSON object, got {type(doc).__name__}")
+    return doc

@@ -28,6 +28,7 @@ from collections.abc import Callable
 from typing import Any
 
 from rebootcoord.adapters.kube.api import Gone, Kube, NotFound, micro_time, parse_time, path_segment
+from rebootcoord.adapters.removal import HolderRemoval
 from rebootcoord.core.semaphore import GroupView, HolderRecord, PauseInfo, SemaphoreState, Waiter
 from rebootcoord.core.types import Group, HolderId, NodeName
 from rebootcoord.errors import BackendUnavailable, Conflict, CorruptDocument, NoFreeSlot, NotHolder, SlotLost
@@ -46,7 +47,7 @@ MAX_CAS_ATTEMPTS = 50
 WATCH_SECONDS = 900
 
 
-class LeaseSemaphore:
+class LeaseSemaphore(HolderRemoval):
     """The Semaphore port on a Kubernetes Lease. Thread-safe; one instance per group."""
 
     def __init__(
@@ -263,20 +264,6 @@ class LeaseSemaphore:
             self._cas(attempt)
         except NotHolder as exc:
             raise SlotLost(str(exc)) from None
-
-    def release(self, holder: HolderId) -> int | None:
-        return self._remove(holder, must_hold=False, expect=None)[1]
-
-    def unlock(self, holder: HolderId) -> HolderRecord | None:
-        return self._remove(holder, must_hold=True, expect=None)[0]
-
-    def reclaim(self, holder: HolderId, expect: HolderRecord) -> bool:
-        """Remove ``holder`` if it still holds the slot with the same record (acquired_at)."""
-        try:
-            removed, _ = self._remove(holder, must_hold=True, expect=expect)
-        except NotHolder:
-            return False
-        return removed is not None
 
     def _remove(
         self, holder: HolderId, *, must_hold: bool, expect: HolderRecord | None
