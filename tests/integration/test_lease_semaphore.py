@@ -177,6 +177,46 @@ def test_watch_sees_changes(make_lease: Make) -> None:
         stop()
 
 
+def test_watch_builds_no_view_for_renewals_and_sees_a_waiter_leave_and_return(
+    make_lease: Make, kube: KubeTestEnv
+) -> None:
+    """Renewals are most of a queue's watch events (every waiter, every waiter_ttl/3): they change
+    no view, so none is built for them. Leaving by expiry and coming back still show."""
+    sem = make_lease(waiter_ttl=3)
+    sem.ensure(1)
+    views: list[GroupView | None] = []
+    stop = sem.watch(views.append)
+    try:
+        a, b = make_lease(waiter_ttl=3), make_lease(waiter_ttl=3)
+        a.join_queue(Waiter(HolderId("a"), NodeName("a"), time.time(), 0))
+        b.join_queue(Waiter(HolderId("b"), NodeName("b"), time.time(), 0))
+
+        def in_line() -> list[str] | None:
+            return [w.id for w in views[-1].waiters] if views and views[-1] is not None else None
+
+        wait_for(lambda: in_line() == ["a", "b"], what="both waiters")
+        published = len(views)
+        name = sem.waiter_name(HolderId("b"))
+
+        def renew_time() -> str:
+            return kube.cluster.kubectl(
+                "get", "lease", "-n", kube.namespace, name, "-o", "jsonpath={.spec.renewTime}"
+            )
+
+        for _ in range(3):  # three renewals of b (and as many of a): events, no view
+            before = renew_time()
+            wait_for(lambda before=before: renew_time() != before, timeout=10, what="a renewal")
+        assert len(views) == published, [v.waiters if v else None for v in views[published:]]
+
+        b.close()  # stops renewing, like a killed agent: the local timer drops it, no event does
+        wait_for(lambda: in_line() == ["a"], timeout=15, what="b leaving the line")
+        back = make_lease(waiter_ttl=3)  # its restart: a renewal of an expired waiter, back in line
+        back.join_queue(Waiter(HolderId("b"), NodeName("b"), time.time(), 0))
+        wait_for(lambda: in_line() == ["a", "b"], timeout=15, what="b back in line")
+    finally:
+        stop()
+
+
 def test_pause_set_max_lock_update_and_reclaim(make_lease: Make) -> None:
     sem = make_lease()
     sem.ensure(1)

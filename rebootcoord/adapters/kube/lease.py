@@ -109,7 +109,7 @@ class LeaseSemaphore(HolderRemoval):
                 continue
             spec = item.get("spec") or {}
             renewed = parse_time(spec.get("renewTime")) or 0.0
-            if renewed + float(spec.get("leaseDurationSeconds") or self.waiter_ttl) < now:
+            if self._expired(item, now, renewed):
                 continue  # its agent stopped renewing: no longer in line
             queued = parse_time(spec.get("acquireTime")) or renewed
             holder = HolderId(str(spec.get("holderIdentity") or ""))
@@ -125,6 +125,13 @@ class LeaseSemaphore(HolderRemoval):
             corrupt=tuple(corrupt),
             revision=_revision(resource_version),
         )
+
+    def _expired(self, waiter: dict[str, Any], now: float, renewed: float | None = None) -> bool:
+        """Whether a waiter Lease's agent stopped renewing it: it is no longer in line."""
+        spec = waiter.get("spec") or {}
+        if renewed is None:
+            renewed = parse_time(spec.get("renewTime")) or 0.0
+        return renewed + float(spec.get("leaseDurationSeconds") or self.waiter_ttl) < now
 
     def _decode(
         self, lease: dict[str, Any]
@@ -430,8 +437,13 @@ class LeaseSemaphore(HolderRemoval):
 class _LeaseWatch:
     """List + watch of the group's Leases (label selector), re-listing on 410 Gone.
 
-    A local timer republishes the cached view every few seconds without any request, because a
-    waiter that stops renewing leaves the queue by the passing of time, not by an event.
+    Every waiter renews its Lease every waiter_ttl/3, and every agent watches every renewal: with
+    W waiters, each agent receives 3W/waiter_ttl events a second. A renewal changes no view (the
+    waiter stays in line), so it is stored without building one: building a view reads all W
+    waiters, and doing so per renewal costs the fleet W^2 work per renewal period.
+
+    A waiter that stops renewing leaves the line by the passing of time, not by an event: a local
+    timer (no request) republishes the view when the set of expired waiters has changed.
     """
 
     def __init__(self, sem: LeaseSemaphore, on_change: Callable[[GroupView | None], None]) -> None:
@@ -440,6 +452,7 @@ class _LeaseWatch:
         self._stop = threading.Event()
         self._items: dict[str, dict[str, Any]] = {}
         self._rv = "0"
+        self._expired: frozenset[str] = frozenset()  # expired waiters as of the last view
         self._lock = threading.Lock()
         self._thread = threading.Thread(target=self._run, name=f"lease-watch-{sem.group}", daemon=True)
         self._ticker = threading.Thread(target=self._tick, name=f"lease-tick-{sem.group}", daemon=True)
@@ -493,20 +506,48 @@ class _LeaseWatch:
             if kind == "DELETED":
                 self._items.pop(meta.get("name", ""), None)
             else:
+                before = self._items.get(meta["name"])
                 self._items[meta["name"]] = obj
+                if kind == "MODIFIED" and self._renewed(before, obj):
+                    return
         self._publish()
+
+    def _renewed(self, before: dict[str, Any] | None, after: dict[str, Any]) -> bool:
+        """A waiter that was in line renewed its Lease, and nothing else changed."""
+        if before is None or (after["metadata"].get("labels") or {}).get(LABEL_ROLE) != "waiter":
+            return False
+        if before["metadata"]["name"] in self._expired:
+            return False  # back in line: the view changes
+        return _unrenewed(before) == _unrenewed(after)
+
+    def _expired_now(self) -> frozenset[str]:
+        now = self.sem.clock()
+        return frozenset(
+            name
+            for name, item in self._items.items()
+            if (item["metadata"].get("labels") or {}).get(LABEL_ROLE) == "waiter"
+            and self.sem._expired(item, now)
+        )
 
     def _publish(self) -> None:
         with self._lock:
             items, rv = list(self._items.values()), self._rv
+            self._expired = self._expired_now()
         self.on_change(self.sem.view(items, rv))
 
     def _tick(self) -> None:
         while not self._stop.wait(max(1.0, self.sem.waiter_ttl / 3)):
             with self._lock:
-                ready = bool(self._items)
-            if ready:
+                changed = bool(self._items) and self._expired_now() != self._expired
+            if changed:
                 self._publish()
+
+
+def _unrenewed(lease: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """A Lease without what a renewal changes: spec.renewTime and the bookkeeping of every write."""
+    meta = {k: v for k, v in lease["metadata"].items() if k not in ("resourceVersion", "managedFields")}
+    spec = {k: v for k, v in (lease.get("spec") or {}).items() if k != "renewTime"}
+    return meta, spec
 
 
 def _revision(resource_version: str) -> int:
