@@ -25,6 +25,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 from rebootcoord.adapters.kube.api import Gone, Kube, NotFound, micro_time, parse_time, path_segment
@@ -45,6 +46,29 @@ MANAGED_BY = {"app.kubernetes.io/managed-by": "rebootcoord"}
 MAX_CAS_ATTEMPTS = 50
 # A watch lasts this long before it is re-established: the only requests of an idle agent.
 WATCH_SECONDS = 900
+
+
+_Decoded = tuple[SemaphoreState, dict[HolderId, HolderRecord], PauseInfo | None]
+MAX_CACHED_WAITERS = 10_000
+
+
+@dataclass(frozen=True)
+class _QueuePlace:
+    """A decoded waiter Lease: its place in line, and when it leaves the line unless renewed."""
+
+    name: str
+    queued: float
+    renewed: float
+    ttl: float
+    waiter: Waiter
+
+    def expired(self, now: float, *, ttls: int = 1) -> bool:
+        """Not renewed for ``ttls`` times its lease duration."""
+        return self.renewed + self.ttl * ttls < now
+
+
+def _is_waiter(item: dict[str, Any]) -> bool:
+    return (item["metadata"].get("labels") or {}).get(LABEL_ROLE) == "waiter"
 
 
 class LeaseSemaphore(HolderRemoval):
@@ -74,6 +98,11 @@ class LeaseSemaphore(HolderRemoval):
         self._renew_stop = threading.Event()
         self._renewer: threading.Thread | None = None
         self._lock = threading.Lock()
+        # Decoded Leases by name, with the resourceVersion they were decoded at: a view of W
+        # waiters decodes only those that changed since the last one (views are built on every
+        # watch event, by every agent).
+        self._waiters: dict[str, tuple[str, _QueuePlace]] = {}
+        self._slots: tuple[str, _Decoded | CorruptDocument] | None = None
 
     def waiter_name(self, holder: HolderId) -> str:
         return f"{self.name}.w.{holder}"
@@ -97,41 +126,64 @@ class LeaseSemaphore(HolderRemoval):
         records: dict[HolderId, HolderRecord] = {}
         paused = None
         if lease is not None:
-            try:
-                slots, records, paused = self._decode(lease)
-            except CorruptDocument as exc:
-                corrupt.append(exc)
+            decoded = self._decode_cached(lease)
+            if isinstance(decoded, CorruptDocument):
+                corrupt.append(decoded)
+            else:
+                slots, records, paused = decoded
         now = self.clock()
-        waiters = []
-        for item in items:
-            meta = item["metadata"]
-            if (meta.get("labels") or {}).get(LABEL_ROLE) != "waiter":
-                continue
-            spec = item.get("spec") or {}
-            renewed = parse_time(spec.get("renewTime")) or 0.0
-            if self._expired(item, now, renewed):
-                continue  # its agent stopped renewing: no longer in line
-            queued = parse_time(spec.get("acquireTime")) or renewed
-            holder = HolderId(str(spec.get("holderIdentity") or ""))
-            node = NodeName((meta.get("annotations") or {}).get(ANN_NODE, holder))
-            waiters.append((queued, meta["name"], Waiter(holder, node, queued, round(queued * 1e6))))
-        waiters.sort(key=lambda w: (w[0], w[1]))
+        places = [self._place(item) for item in items if _is_waiter(item)]
+        waiters = sorted((p for p in places if not p.expired(now)), key=lambda p: (p.queued, p.name))
         return GroupView(
             group=self.group,
             slots=slots,
             records=records,
-            waiters=tuple(w for _, _, w in waiters),
+            waiters=tuple(p.waiter for p in waiters),
             paused=paused,
             corrupt=tuple(corrupt),
             revision=_revision(resource_version),
         )
 
-    def _expired(self, waiter: dict[str, Any], now: float, renewed: float | None = None) -> bool:
+    def _place(self, item: dict[str, Any]) -> _QueuePlace:
+        """A waiter Lease's place in line, decoded once per resourceVersion."""
+        meta = item["metadata"]
+        name, rv = meta["name"], str(meta.get("resourceVersion", ""))
+        cached = self._waiters.get(name)
+        if cached is not None and cached[0] == rv and rv:
+            return cached[1]
+        spec = item.get("spec") or {}
+        renewed = parse_time(spec.get("renewTime")) or 0.0
+        queued = parse_time(spec.get("acquireTime")) or renewed
+        holder = HolderId(str(spec.get("holderIdentity") or ""))
+        node = NodeName((meta.get("annotations") or {}).get(ANN_NODE, holder))
+        place = _QueuePlace(
+            name=name,
+            queued=queued,
+            renewed=renewed,
+            ttl=float(spec.get("leaseDurationSeconds") or self.waiter_ttl),
+            waiter=Waiter(holder, node, queued, round(queued * 1e6)),
+        )
+        if len(self._waiters) > 4 * MAX_CACHED_WAITERS:
+            self._waiters.clear()  # names of waiters long gone
+        self._waiters[name] = (rv, place)
+        return place
+
+    def _expired(self, waiter: dict[str, Any], now: float) -> bool:
         """Whether a waiter Lease's agent stopped renewing it: it is no longer in line."""
-        spec = waiter.get("spec") or {}
-        if renewed is None:
-            renewed = parse_time(spec.get("renewTime")) or 0.0
-        return renewed + float(spec.get("leaseDurationSeconds") or self.waiter_ttl) < now
+        return self._place(waiter).expired(now)
+
+    def _decode_cached(self, lease: dict[str, Any]) -> _Decoded | CorruptDocument:
+        rv = str(lease["metadata"].get("resourceVersion", ""))
+        cached = self._slots
+        if cached is not None and cached[0] == rv and rv:
+            return cached[1]
+        decoded: _Decoded | CorruptDocument
+        try:
+            decoded = self._decode(lease)
+        except CorruptDocument as exc:
+            decoded = exc
+        self._slots = (rv, decoded)
+        return decoded
 
     def _decode(
         self, lease: dict[str, Any]
@@ -223,6 +275,10 @@ class LeaseSemaphore(HolderRemoval):
         raise Conflict(f"gave up after {MAX_CAS_ATTEMPTS} conflicting writes on Lease {self.name}")
 
     def ensure(self, max_holders: int) -> None:
+        # Read first: every agent start ensures, and a create of an existing Lease is a 409 that
+        # would count as a conflict (and an error in the API server's metrics) for nothing.
+        if self._get() is not None:
+            return
         body = {
             "apiVersion": "coordination.k8s.io/v1",
             "kind": "Lease",
@@ -413,11 +469,8 @@ class LeaseSemaphore(HolderRemoval):
         """Delete waiter Leases whose agents stopped renewing them (precondition: unchanged)."""
         now = self.clock()
         for item in view_items:
-            meta, spec = item["metadata"], item.get("spec") or {}
-            if (meta.get("labels") or {}).get(LABEL_ROLE) != "waiter":
-                continue
-            renewed = parse_time(spec.get("renewTime")) or 0.0
-            if renewed + float(spec.get("leaseDurationSeconds") or self.waiter_ttl) * 3 < now:
+            if _is_waiter(item) and self._place(item).expired(now, ttls=3):
+                meta = item["metadata"]
                 body = {"preconditions": {"resourceVersion": meta["resourceVersion"]}}
                 with contextlib.suppress(NotFound, Conflict):
                     self.kube.delete(f"{self.base}/{path_segment(meta['name'])}", body)
@@ -514,7 +567,7 @@ class _LeaseWatch:
 
     def _renewed(self, before: dict[str, Any] | None, after: dict[str, Any]) -> bool:
         """A waiter that was in line renewed its Lease, and nothing else changed."""
-        if before is None or (after["metadata"].get("labels") or {}).get(LABEL_ROLE) != "waiter":
+        if before is None or not _is_waiter(after):
             return False
         if before["metadata"]["name"] in self._expired:
             return False  # back in line: the view changes
@@ -523,10 +576,7 @@ class _LeaseWatch:
     def _expired_now(self) -> frozenset[str]:
         now = self.sem.clock()
         return frozenset(
-            name
-            for name, item in self._items.items()
-            if (item["metadata"].get("labels") or {}).get(LABEL_ROLE) == "waiter"
-            and self.sem._expired(item, now)
+            name for name, item in self._items.items() if _is_waiter(item) and self.sem._expired(item, now)
         )
 
     def _publish(self) -> None:
