@@ -31,9 +31,10 @@ def measure(waiters: int, handoffs: int, endpoint: str, release_delay: str) -> l
     client = etcd3.client(host=host, port=int(port))
     prefix = f"bench-{waiters}-{time.time_ns()}"
     key = f"{prefix}/groups/default/v1/semaphore"
-    cycles = max(2, -(-handoffs // (waiters + 1)) + 1)
+    cycles = max(2, -(-handoffs // (waiters + 1)) + 2)  # + start-up handoffs, not measured
     latencies: list[float] = []
     released_at: list[float | None] = [None]
+    queued = threading.Event()  # measure once (nearly) every agent has started and is in line
     lock = threading.Lock()
 
     def on(response: object) -> None:
@@ -44,7 +45,8 @@ def measure(waiters: int, handoffs: int, endpoint: str, release_delay: str) -> l
                 if not holders:
                     released_at[0] = now
                 elif released_at[0] is not None:
-                    latencies.append(now - released_at[0])
+                    if queued.is_set():
+                        latencies.append(now - released_at[0])
                     released_at[0] = None
 
     watch_id = client.add_watch_callback(key, on)
@@ -62,10 +64,13 @@ def measure(waiters: int, handoffs: int, endpoint: str, release_delay: str) -> l
             deadline = time.monotonic() + 3600
             while len(latencies) < handoffs and time.monotonic() < deadline:
                 time.sleep(0.5)
+                if not queued.is_set():
+                    in_line = sum(1 for phase in fleet.phases().values() if phase == "waiting")
+                    if in_line >= waiters - 1:
+                        queued.set()
     client.cancel_watch(watch_id)
     client.close()
-    # The first handoffs happen while the fleet is still starting: skip the warm-up.
-    return latencies[min(5, len(latencies) // 10) :][:handoffs]
+    return latencies[:handoffs]
 
 
 def main() -> None:

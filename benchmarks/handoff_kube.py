@@ -171,7 +171,7 @@ def measure_idle(cluster: KubeCluster, agents: int, seconds: float) -> dict[str,
 
 def main() -> None:
     p = argparse.ArgumentParser()
-    p.add_argument("--waiters", type=int, nargs="+", default=[10, 100])
+    p.add_argument("--waiters", type=int, nargs="*", default=[10, 100], help="none: skip handoffs")
     p.add_argument("--handoffs", type=int, default=60)
     p.add_argument("--idle-agents", type=int, default=10)
     p.add_argument("--idle-seconds", type=float, default=960, help="0: skip (a watch lasts 900 s)")
@@ -198,7 +198,10 @@ def main() -> None:
         finally:
             cluster.stop()
     write_json("handoff_kube", results)
-    plot_cdf("handoff_kube", series, "handoff latency (ms)", "Slot released -> next waiter holds it (Lease)")
+    if series:
+        plot_cdf(
+            "handoff_kube", series, "handoff latency (ms)", "Slot released -> next waiter holds it (Lease)"
+        )
 
 
 if __name__ == "__main__":
