@@ -49,7 +49,7 @@ WATCH_SECONDS = 900
 
 
 _Decoded = tuple[SemaphoreState, dict[HolderId, HolderRecord], PauseInfo | None]
-MAX_CACHED_WAITERS = 10_000
+MAX_CACHED_WAITERS = 40_000
 
 
 @dataclass(frozen=True)
@@ -163,14 +163,10 @@ class LeaseSemaphore(HolderRemoval):
             ttl=float(spec.get("leaseDurationSeconds") or self.waiter_ttl),
             waiter=Waiter(holder, node, queued, round(queued * 1e6)),
         )
-        if len(self._waiters) > 4 * MAX_CACHED_WAITERS:
-            self._waiters.clear()  # names of waiters long gone
+        if len(self._waiters) >= MAX_CACHED_WAITERS:
+            self._waiters.clear()  # mostly names of waiters long gone; the live ones decode again
         self._waiters[name] = (rv, place)
         return place
-
-    def _expired(self, waiter: dict[str, Any], now: float) -> bool:
-        """Whether a waiter Lease's agent stopped renewing it: it is no longer in line."""
-        return self._place(waiter).expired(now)
 
     def _decode_cached(self, lease: dict[str, Any]) -> _Decoded | CorruptDocument:
         rv = str(lease["metadata"].get("resourceVersion", ""))
@@ -185,9 +181,7 @@ class LeaseSemaphore(HolderRemoval):
         self._slots = (rv, decoded)
         return decoded
 
-    def _decode(
-        self, lease: dict[str, Any]
-    ) -> tuple[SemaphoreState, dict[HolderId, HolderRecord], PauseInfo | None]:
+    def _decode(self, lease: dict[str, Any]) -> _Decoded:
         where = f"Lease {self.namespace}/{self.name}"
         annotations = lease["metadata"].get("annotations") or {}
         raw_slots = annotations.get(ANN_SLOTS)
@@ -263,10 +257,15 @@ class LeaseSemaphore(HolderRemoval):
             raise
         return _revision(written["metadata"]["resourceVersion"])
 
-    def _cas(self, attempt: Callable[[dict[str, Any]], int | None]) -> int | None:
+    def _cas(
+        self, attempt: Callable[[dict[str, Any]], int | None], *, missing_ok: bool = False
+    ) -> int | None:
+        """Read, ``attempt`` the write, again on 409. No Lease: None if ``missing_ok``, else NotHolder."""
         for _ in range(MAX_CAS_ATTEMPTS):
             lease = self._get()
             if lease is None:
+                if missing_ok:
+                    return None
                 raise NotHolder(f"group {self.group} has no semaphore Lease {self.namespace}/{self.name} yet")
             try:
                 return attempt(lease)
@@ -294,21 +293,20 @@ class LeaseSemaphore(HolderRemoval):
             self.kube.create(self.base, body)
 
     def acquire(self, record: HolderRecord) -> int | None:
-        lease = self._get()
+        items, rv = self._list()  # the semaphore Lease and the queue, at one resourceVersion
+        lease = next((i for i in items if i["metadata"]["name"] == self.name), None)
         if lease is None:
             return None
-        items, rv = self._list()
         view = self.view(items, rv)
         if view.corrupt:
             raise view.corrupt[0]
         if view.holds(record.id):
             return view.revision if view.record(record.id) == record else None
-        if not view.may_take(record.id):
+        if view.slots is None or not view.may_take(record.id):
             return None
-        slots, records, _ = self._decode(lease)
         try:
             written = self._replace(
-                lease, slots.acquire(record.id), {**records, record.id: record}, acquired=True
+                lease, view.slots.acquire(record.id), {**view.records, record.id: record}, acquired=True
             )
         except (Conflict, NoFreeSlot):
             return None
@@ -348,7 +346,7 @@ class LeaseSemaphore(HolderRemoval):
             new_slots = slots.release(holder) if holds else slots
             return self._replace(lease, new_slots, {h: r for h, r in records.items() if h != holder})
 
-        revision = self._cas(attempt) if self._get() is not None else None
+        revision = self._cas(attempt, missing_ok=True)
         return removed[0], revision
 
     def drop_record(self, holder: HolderId) -> None:
@@ -575,9 +573,8 @@ class _LeaseWatch:
 
     def _expired_now(self) -> frozenset[str]:
         now = self.sem.clock()
-        return frozenset(
-            name for name, item in self._items.items() if _is_waiter(item) and self.sem._expired(item, now)
-        )
+        items = self._items.items()
+        return frozenset(name for name, i in items if _is_waiter(i) and self.sem._place(i).expired(now))
 
     def _publish(self) -> None:
         with self._lock:
