@@ -75,6 +75,8 @@ class Semaphore(Protocol):
     """One group's counting semaphore in a backend. Every write is compare-and-swap."""
 
     group: Group
+    #: Called on every compare-and-swap write that lost a race (a metric counts them).
+    on_conflict: Callable[[], None] | None
 
     def ensure(self, max_holders: int) -> None:
         """Create the group's semaphore with ``max_holders`` slots if it does not exist."""

@@ -131,8 +131,7 @@ def build_agent(settings: Settings, stop: threading.Event, registry: CollectorRe
             )
         )
     semaphore = build_semaphore(settings, kube=kube)
-    if hasattr(semaphore, "on_conflict"):
-        semaphore.on_conflict = metrics.conflicts.inc
+    semaphore.on_conflict = metrics.conflicts.inc
     if kube is not None:
         kube.on_request = lambda verb: metrics.api_requests.labels(verb).inc()
     parts = AgentParts(

@@ -236,7 +236,7 @@ def _not_holding(s: Snapshot, view: GroupView) -> Step:
         return LeaveQueue(reason) if in_queue else Rest(Phase.PENDING, reason, wake_at)
     if not in_queue:
         return JoinQueue()
-    if view.queue_position(s.holder) == 0 and view.slots.free == 0:
+    if view.first_of_full_queue(s.holder):
         # First in line and nothing free: a slot held by a node that no longer exists, or held
         # past the optional TTL, is taken back (only the first waiter does it: no herd).
         stale = _stale_holder(s, view)

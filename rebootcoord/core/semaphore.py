@@ -199,6 +199,10 @@ class GroupView:
     def record(self, holder: HolderId) -> HolderRecord | None:
         return self.records.get(holder)
 
+    def first_of_full_queue(self, holder: HolderId) -> bool:
+        """First in line while no slot is free: the one waiter that may take back a stale slot."""
+        return self.slots is not None and self.slots.free == 0 and self.queue_position(holder) == 0
+
     def queue_position(self, holder: HolderId) -> int | None:
         for i, waiter in enumerate(self.waiters):
             if waiter.id == holder:

@@ -240,7 +240,7 @@ class Agent:
 
     def _gone_holders(self, view: GroupView, now: float) -> tuple[HolderId, ...]:
         """Holders whose Node is gone, looked up only by the first waiter of a full group."""
-        if view.slots is None or view.slots.free > 0 or view.queue_position(self.s.holder) != 0:
+        if not view.first_of_full_queue(self.s.holder):
             return ()
         if now - self._gone_checked_at >= 30:
             self._gone_checked_at = now
