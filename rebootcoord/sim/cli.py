@@ -100,7 +100,6 @@ def run_simulate(args: argparse.Namespace) -> int:
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
     from rebootcoord.sim.etcd_server import EtcdNotFound, EtcdServer
-    from rebootcoord.sim.fleet import Fleet
 
     try:
         if args.backend == "kubernetes":
@@ -113,25 +112,14 @@ def run_simulate(args: argparse.Namespace) -> int:
                 print(f"rebootcoord simulate: {exc}", file=sys.stderr)
                 return 1
             endpoint = etcd.endpoint
-        per_node = args.reboot_seconds + 6.0
-        timeout = args.timeout or 60 + math.ceil(args.nodes * args.cycles / args.max) * per_node * 3
         _say(
             args,
             f"simulating {args.nodes} nodes, {args.max} slot(s), group {args.group}, etcd {endpoint}",
         )
         _say(args, f"node directories and logs: {run_dir}; events: {events}")
-        started = time.time()
-        fleet = Fleet(
-            run_dir,
-            nodes=args.nodes,
-            endpoint=endpoint,
-            group=args.group,
-            max_holders=args.max,
-            reboot_seconds=args.reboot_seconds,
-            events_file=events,
-            cycles=args.cycles,
+        return _run_fleet(
+            args, run_dir, events, lambda: stopped, start_up=60, per_node=6.0, endpoint=endpoint
         )
-        return _run_fleet(fleet, args, events, started=started, timeout=timeout, stopped=lambda: stopped)
     finally:
         if etcd is not None:
             etcd.stop()
@@ -144,7 +132,6 @@ def _simulate_kubernetes(args: argparse.Namespace, run_dir: str, events: str, st
     from rebootcoord.adapters.kube.lease import LeaseSemaphore
     from rebootcoord.core.types import Group
     from rebootcoord.errors import BackendUnavailable
-    from rebootcoord.sim.fleet import Fleet
     from rebootcoord.sim.kwok import KwokRebootHooks, kwok_nodes
 
     kubeconfig = os.path.abspath(args.kubeconfig) if args.kubeconfig else None
@@ -164,35 +151,54 @@ def _simulate_kubernetes(args: argparse.Namespace, run_dir: str, events: str, st
         agent_config["kubeconfig"] = kubeconfig
     if args.context:
         agent_config["kube_context"] = args.context
-    timeout = (
-        args.timeout or 120 + math.ceil(args.nodes * args.cycles / args.max) * (args.reboot_seconds + 15) * 3
-    )
     _say(
         args,
         f"simulating {args.nodes} kwok nodes ({', '.join(names)}), {args.max} slot(s), group {args.group}",
     )
     _say(args, f"Lease {args.namespace}/rebootcoord-{args.group}; logs: {run_dir}; events: {events}")
+    return _run_fleet(
+        args,
+        run_dir,
+        events,
+        stopped,
+        start_up=120,
+        per_node=15.0,
+        node_names=names,
+        semaphore=LeaseSemaphore(kube, namespace=args.namespace, group=Group(args.group)),
+        hooks=KwokRebootHooks(kube, args.not_ready_annotation),
+        agent_config=agent_config,
+    )
+
+
+def _run_fleet(
+    args: argparse.Namespace,
+    run_dir: str,
+    events: str,
+    stopped: Any,
+    *,
+    start_up: float,
+    per_node: float,
+    **backend: Any,
+) -> int:
+    """Run the fleet the arguments describe on ``backend`` (Fleet's backend arguments) until done
+    or timeout, then check the event log and report; the exit code. The default timeout allows
+    ``start_up`` seconds plus three times each round of reboots (``per_node`` seconds beyond the
+    reboot itself)."""
+    from rebootcoord.sim.fleet import Fleet
+
+    rounds = math.ceil(args.nodes * args.cycles / args.max)
+    timeout = args.timeout or start_up + rounds * (args.reboot_seconds + per_node) * 3
     started = time.time()
     fleet = Fleet(
         run_dir,
         nodes=args.nodes,
-        node_names=names,
         group=args.group,
         max_holders=args.max,
         reboot_seconds=args.reboot_seconds,
         events_file=events,
         cycles=args.cycles,
-        semaphore=LeaseSemaphore(kube, namespace=args.namespace, group=Group(args.group)),
-        hooks=KwokRebootHooks(kube, args.not_ready_annotation),
-        agent_config=agent_config,
+        **backend,
     )
-    return _run_fleet(fleet, args, events, started=started, timeout=timeout, stopped=stopped)
-
-
-def _run_fleet(
-    fleet: Fleet, args: argparse.Namespace, events: str, *, started: float, timeout: float, stopped: Any
-) -> int:
-    """Run until done or timeout, then check the event log and report; the exit code."""
     with fleet:
         ok = _watch(fleet, args, started, timeout, stopped)
         elapsed = time.time() - started
