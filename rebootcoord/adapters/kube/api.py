@@ -55,6 +55,24 @@ def micro_time(when: float) -> str:
     return datetime.fromtimestamp(when, UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
+def node_pods(kube: Kube, node: str, label_selector: str = "") -> list[dict[str, Any]]:
+    """The pods bound to ``node`` (optionally only those matching ``label_selector``)."""
+    doc = kube.list_objects(
+        "/api/v1/pods", fieldSelector=f"spec.nodeName={node}", labelSelector=label_selector or None
+    )
+    return list(doc.get("items") or [])
+
+
+def pod_name(pod: dict[str, Any]) -> str:
+    """``namespace/name``, as kubectl prints it."""
+    return f"{pod['metadata']['namespace']}/{pod['metadata']['name']}"
+
+
+def pod_finished(pod: dict[str, Any]) -> bool:
+    """Its containers have terminated for good (phase Succeeded or Failed)."""
+    return (pod.get("status") or {}).get("phase") in ("Succeeded", "Failed")
+
+
 def parse_time(text: str | None) -> float | None:
     if not text:
         return None

@@ -8,7 +8,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from rebootcoord.adapters.kube.api import Kube, NotFound, path_segment
+from rebootcoord.adapters.kube.api import Kube, NotFound, node_pods, path_segment, pod_finished, pod_name
 from rebootcoord.core.types import NodeName
 from rebootcoord.errors import BackendUnavailable
 from rebootcoord.ports import CheckResult
@@ -29,16 +29,10 @@ class PodBlocker:
 
     def check(self) -> CheckResult:
         try:
-            doc = self.kube.list_objects(
-                "/api/v1/pods", fieldSelector=f"spec.nodeName={self.node}", labelSelector=self.selector
-            )
+            found = node_pods(self.kube, self.node, self.selector)
         except BackendUnavailable as exc:
             return CheckResult(False, self.name, f"cannot list pods: {exc}")
-        pods = [
-            f"{p['metadata']['namespace']}/{p['metadata']['name']}"
-            for p in doc.get("items") or []
-            if (p.get("status") or {}).get("phase") not in ("Succeeded", "Failed")
-        ]
+        pods = [pod_name(p) for p in found if not pod_finished(p)]
         if pods:
             return CheckResult(
                 False, self.name, f"pods matching {self.selector!r} run here: {', '.join(pods[:5])}"
@@ -112,14 +106,13 @@ class PodsReady:
 
     def check(self) -> CheckResult:
         try:
-            doc = self.kube.list_objects("/api/v1/pods", fieldSelector=f"spec.nodeName={self.node}")
+            found = node_pods(self.kube, self.node)
         except BackendUnavailable as exc:
             return CheckResult(False, self.name, str(exc))
         unready = [
-            f"{p['metadata']['namespace']}/{p['metadata']['name']}"
-            for p in doc.get("items") or []
-            if (p.get("status") or {}).get("phase") not in ("Succeeded", "Failed")
-            and not _ready((p.get("status") or {}).get("conditions"))
+            pod_name(p)
+            for p in found
+            if not pod_finished(p) and not _ready((p.get("status") or {}).get("conditions"))
         ]
         if unready:
             return CheckResult(False, self.name, f"pods not Ready: {', '.join(unready[:5])}")

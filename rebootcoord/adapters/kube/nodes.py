@@ -18,7 +18,16 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from rebootcoord.adapters.kube.api import Kube, NotFound, TooManyRequests, micro_time, path_segment
+from rebootcoord.adapters.kube.api import (
+    Kube,
+    NotFound,
+    TooManyRequests,
+    micro_time,
+    node_pods,
+    path_segment,
+    pod_finished,
+    pod_name,
+)
 from rebootcoord.core.types import NodeName, Phase
 from rebootcoord.errors import ApiError, DrainInterrupted, DrainTimeout, NodeOperationError
 
@@ -170,10 +179,7 @@ class KubeNodeOps:
     # drain
 
     def pods(self, label_selector: str = "") -> list[dict[str, Any]]:
-        doc = self.kube.list_objects(
-            "/api/v1/pods", fieldSelector=f"spec.nodeName={self.node}", labelSelector=label_selector or None
-        )
-        return list(doc.get("items") or [])
+        return node_pods(self.kube, self.node, label_selector)
 
     def drain(self, stop: threading.Event) -> None:
         o = self.options
@@ -225,9 +231,7 @@ class KubeNodeOps:
             if stop.is_set():
                 raise DrainInterrupted("the agent is stopping")
             if time.monotonic() >= deadline:
-                names = ", ".join(
-                    f"{p['metadata']['namespace']}/{p['metadata']['name']}" for p in remaining[:10]
-                )
+                names = ", ".join(pod_name(p) for p in remaining[:10])
                 raise DrainTimeout(f"pods still on the node at the drain timeout: {names}")
             stop.wait(1.0)
 
@@ -240,7 +244,7 @@ def plan_drain(
     refused: list[str] = []
     for pod in pods:
         meta = pod["metadata"]
-        ident = f"{meta['namespace']}/{meta['name']}"
+        ident = pod_name(pod)
         if "kubernetes.io/config.mirror" in (meta.get("annotations") or {}):
             continue  # a static pod's mirror: the kubelet owns it
         if meta.get("deletionTimestamp"):
@@ -249,8 +253,7 @@ def plan_drain(
         owners = [o for o in meta.get("ownerReferences") or [] if o.get("controller")]
         if any(o.get("kind") == "DaemonSet" for o in owners):
             continue
-        phase = (pod.get("status") or {}).get("phase")
-        if phase in ("Succeeded", "Failed"):
+        if pod_finished(pod):
             evict.append(pod)
             continue
         if not owners and not options.force:
