@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import logging
 import os
 import re
 import signal
@@ -26,6 +27,8 @@ from rebootcoord.core.durations import format_duration, parse_duration
 from rebootcoord.core.types import GROUP_RE, HOLDER_ID_RE, Group, HolderId, NodeName
 from rebootcoord.core.windows import Schedule, Window, WindowSpecError, parse_window
 from rebootcoord.errors import ConfigError, Problem
+
+_log = logging.getLogger(__name__)
 
 ENV_PREFIX = "REBOOTCOORD_"
 ENV_CONFIG_FILE = "REBOOTCOORD_CONFIG"
@@ -796,6 +799,11 @@ def load_settings(
         if not name.startswith(ENV_PREFIX) or name == ENV_CONFIG_FILE:
             continue
         k = name[len(ENV_PREFIX) :].lower()
+        if k not in KEYS and is_service_link(name, value):
+            # A Service named rebootcoord(-...) in the pod's namespace: the kubelet's docker-link
+            # variables share our prefix. They are never configuration.
+            _log.debug("ignoring the Kubernetes service-link variable %s", name)
+            continue
         if k not in KEYS:
             problems.append(_unknown(k, value, f"env {name}"))
         else:
@@ -823,6 +831,30 @@ def load_settings(
     if more:
         raise ConfigError(more)
     return settings
+
+
+# The variables the kubelet injects for each Service of the pod's namespace (enableServiceLinks),
+# NAME being the Service name upper-cased with '-' as '_'. A name alone could be a misspelled key
+# (REBOOTCOORD_METRICS_PORT): the value must have the shape the kubelet gives it, too.
+_IP = r"(?:[0-9]{1,3}(?:\.[0-9]{1,3}){3}|[0-9A-Fa-f:]*:[0-9A-Fa-f:.]*)"
+_PROTO = r"(?:TCP|UDP|SCTP)"
+_SERVICE_LINKS = (
+    (re.compile(r"^[A-Z0-9_]+_SERVICE_HOST$"), re.compile(rf"^{_IP}$")),
+    (re.compile(r"^[A-Z0-9_]+_SERVICE_PORT(?:_[A-Z0-9_]+)?$"), re.compile(r"^[0-9]{1,5}$")),
+    (re.compile(r"^[A-Z0-9_]+_PORT$"), re.compile(rf"^(?:tcp|udp|sctp)://\[?{_IP}\]?:[0-9]{{1,5}}$")),
+    (
+        re.compile(rf"^[A-Z0-9_]+_PORT_[0-9]{{1,5}}_{_PROTO}$"),
+        re.compile(rf"^(?:tcp|udp|sctp)://\[?{_IP}\]?:[0-9]{{1,5}}$"),
+    ),
+    (re.compile(rf"^[A-Z0-9_]+_PORT_[0-9]{{1,5}}_{_PROTO}_PROTO$"), re.compile(r"^(?:tcp|udp|sctp)$")),
+    (re.compile(rf"^[A-Z0-9_]+_PORT_[0-9]{{1,5}}_{_PROTO}_PORT$"), re.compile(r"^[0-9]{1,5}$")),
+    (re.compile(rf"^[A-Z0-9_]+_PORT_[0-9]{{1,5}}_{_PROTO}_ADDR$"), re.compile(rf"^{_IP}$")),
+)
+
+
+def is_service_link(name: str, value: str) -> bool:
+    """Whether an environment variable is one the kubelet injects for a Service (name and value)."""
+    return any(n.match(name) and v.match(value) for n, v in _SERVICE_LINKS)
 
 
 def _unknown(key: str, value: object, source: str) -> Problem:

@@ -183,6 +183,42 @@ def test_source_is_named() -> None:
     assert found == [("max_holders", "zero", "a whole number", "env REBOOTCOORD_MAX_HOLDERS")]
 
 
+# What the kubelet injects for a Service named "rebootcoord" (the chart's own metrics Service)
+# and one named "rebootcoord-fleetlock" with a named port, when a pod spec keeps enableServiceLinks.
+SERVICE_LINKS = {
+    "REBOOTCOORD_SERVICE_HOST": "10.0.0.12",
+    "REBOOTCOORD_SERVICE_PORT": "9727",
+    "REBOOTCOORD_SERVICE_PORT_METRICS": "9727",
+    "REBOOTCOORD_PORT": "tcp://10.0.0.12:9727",
+    "REBOOTCOORD_PORT_9727_TCP": "tcp://10.0.0.12:9727",
+    "REBOOTCOORD_PORT_9727_TCP_PROTO": "tcp",
+    "REBOOTCOORD_PORT_9727_TCP_PORT": "9727",
+    "REBOOTCOORD_PORT_9727_TCP_ADDR": "10.0.0.12",
+    "REBOOTCOORD_FLEETLOCK_SERVICE_HOST": "fd00::12",
+    "REBOOTCOORD_FLEETLOCK_PORT": "tcp://[fd00::12]:8080",
+    "REBOOTCOORD_FLEETLOCK_PORT_8080_TCP_ADDR": "fd00::12",
+}
+
+
+def test_service_link_variables_are_not_configuration() -> None:
+    s = load(env={**SERVICE_LINKS, "REBOOTCOORD_MAX_HOLDERS": "3"})
+    assert s.max_holders == 3
+
+
+@pytest.mark.parametrize(
+    ("name", "value"),
+    [
+        pytest.param("REBOOTCOORD_MAX_HOLDRES", "3", id="misspelled-key"),
+        pytest.param("REBOOTCOORD_METRICS_PORT", "9727", id="port-name-without-a-url"),
+        pytest.param("REBOOTCOORD_SERVICE_HOST", "etcd-1", id="service-host-not-an-ip"),
+        pytest.param("REBOOTCOORD_PORT_9727_TCP_PORT", "x", id="link-port-not-a-number"),
+    ],
+)
+def test_a_misspelled_key_is_still_an_error_beside_service_links(name: str, value: str) -> None:
+    found = problems(env={**SERVICE_LINKS, name: value})
+    assert [(p[0], p[3]) for p in found] == [(name[len("REBOOTCOORD_") :].lower(), f"env {name}")]
+
+
 def test_print_config_masks_secrets() -> None:
     s = load({"etcd_username": "root", "etcd_password": "hunter2"})
     plain = to_plain(s)
