@@ -6,11 +6,15 @@
 #   podman, debootstrap   the container image: hack/image/build-base.sh debootstraps the base,
 #                         `make image` builds with podman (chroot isolation, no daemon)
 #   openssl               the test cluster's certificates (tests/support/cluster.py)
+#   containerd, runc,     the real kubelet test node (tests/support/realnode.py): its container
+#   containernetworking-plugins   runtime, the OCI runtime (crun refuses these machines' hybrid
+#                         cgroups) and the loopback CNI plugin (/usr/lib/cni/loopback)
+#   gcc, libc6-dev        the static pause image built for that node (hack/realnode/pause)
 #
 # Installed as the machine's packages were tested (with their recommended packages).
 set -euo pipefail
 
-PACKAGES=(podman debootstrap openssl)
+PACKAGES=(podman debootstrap openssl containerd runc containernetworking-plugins gcc libc6-dev)
 
 missing=()
 for package in "${PACKAGES[@]}"; do

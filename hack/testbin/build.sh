@@ -1,6 +1,9 @@
 #!/usr/bin/env bash
 # Builds the Kubernetes test control plane into OUT_DIR (default: testbin/ at the repo root):
 #   kube-apiserver kube-controller-manager kube-scheduler kubectl   (module hack/testbin/kube)
+#   kubelet (the real test node, with containerd and runc from Debian)  (module hack/testbin/kube)
+#   pause   the real node's sandbox binary: build/pause/linux/pause.c of the same k8s.io/kubernetes
+#           module, compiled static with gcc (there is no registry to pull registry.k8s.io/pause)
 #   etcd                                                             (module hack/testbin/etcd)
 #   helm                                                             (module hack/testbin/helm)
 #   kwok                                                             (module hack/testbin/kwok)
@@ -51,7 +54,7 @@ if [[ ! "$go_minor" =~ ^[0-9]+$ ]] || ((go_minor < min_go_minor)); then
     exit 2
 fi
 
-binaries=(kube-apiserver kube-controller-manager kube-scheduler kubectl etcd helm kwok prometheus)
+binaries=(kube-apiserver kube-controller-manager kube-scheduler kubectl kubelet etcd helm kwok prometheus pause)
 
 # The stamp: what we built from (pins, this script, the Go version). Any change rebuilds.
 stamp_file="$out/.stamp"
@@ -118,6 +121,7 @@ targets=(
     "kube-controller-manager|kube|k8s.io/kubernetes/cmd/kube-controller-manager|$kube_ldflags"
     "kube-scheduler|kube|k8s.io/kubernetes/cmd/kube-scheduler|$kube_ldflags"
     "kubectl|kube|k8s.io/kubernetes/cmd/kubectl|$kube_ldflags"
+    "kubelet|kube|k8s.io/kubernetes/cmd/kubelet|$kube_ldflags"
     "etcd|etcd|go.etcd.io/etcd/server/v3|$etcd_ldflags"
     "helm|helm|helm.sh/helm/v3/cmd/helm|$helm_ldflags"
     "kwok|kwok|sigs.k8s.io/kwok/cmd/kwok|$kwok_ldflags"
@@ -174,6 +178,17 @@ for t in "${targets[@]}"; do
     echo "testbin:       $name done in $((SECONDS - t0))s ($(wc -l <"$log") packages compiled)"
 done
 
+# The pause binary, from the source in the pinned module (its Makefile's flags and version).
+pause_src="$(cd "$here/kube" && go list -m -f '{{.Dir}}' k8s.io/kubernetes)/build/pause"
+pause_tag="$(sed -nE 's/^TAG \?= (.*)$/\1/p' "$pause_src/Makefile")"
+if ! command -v gcc >/dev/null 2>&1; then
+    echo "error: gcc is needed for the real node's pause binary: run hack/ci-deps.sh" >&2
+    exit 2
+fi
+echo "testbin: [pause] gcc -static $pause_src/linux/pause.c (pause $pause_tag)"
+gcc -Os -Wall -Werror -static -DVERSION="v$pause_tag-$kube_version" -o "$out/pause.tmp" "$pause_src/linux/pause.c"
+mv -f "$out/pause.tmp" "$out/pause"
+
 # Smoke check: every binary runs and reports the pinned version. (No `| head`: with pipefail the
 # writer's SIGPIPE would fail the build.)
 first_line() { local text; text="$("$@" 2>&1)" && printf 'testbin:       %s\n' "${text%%$'\n'*}"; }
@@ -181,10 +196,12 @@ first_line "$out/kube-apiserver" --version
 first_line "$out/kube-controller-manager" --version
 first_line "$out/kube-scheduler" --version
 first_line "$out/kubectl" version --client
+first_line "$out/kubelet" --version
 first_line "$out/etcd" --version
 first_line "$out/helm" version --short
 first_line "$out/kwok" --version
 first_line "$out/prometheus" --version
+first_line "$out/pause" -v
 
 echo "$stamp" >"$stamp_file"
 echo "testbin: all ${#targets[@]} binaries built in $((SECONDS - started))s"
