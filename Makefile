@@ -11,7 +11,7 @@ help:
 	@echo "make demo     run a simulated fleet (6 nodes, 2 slots) on an embedded etcd"
 	@echo "make test     lint, type-check and run the whole test suite (builds testbin/ first)"
 	@echo "make testbin  build the Kubernetes test control plane from Go modules"
-	@echo "make cluster NODES=6 / make cluster-down   a background test cluster"
+	@echo "make cluster NODES=6 [REAL_NODES=1] / make cluster-down   a background test cluster"
 	@echo "make bench    run the benchmarks in benchmarks/ (JSON + plots in benchmarks/out/)"
 
 $(VENV)/.installed: pyproject.toml
@@ -36,7 +36,7 @@ test: install testbin lint
 	$(BIN)/pytest -q
 
 unit: install
-	$(BIN)/pytest -q -m 'not etcd and not kube and not e2e and not image and not checkov'
+	$(BIN)/pytest -q -m 'not etcd and not kube and not e2e and not image and not checkov and not real_node'
 
 bench: install
 	$(PY) benchmarks/run_all.py

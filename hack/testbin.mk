@@ -2,6 +2,8 @@
 # hack/testbin/, and a background cluster for exploration. Included by the root Makefile, which
 # defines PY, BIN and the install target. See docs/test-control-plane.md.
 NODES ?= 6
+# 1: a real kubelet node (containerd + runc) beside the kwok nodes (tests/support/realnode.py)
+REAL_NODES ?= 0
 CLUSTER_DIR ?= .cluster
 
 .PHONY: testbin cluster cluster-down cluster-status
@@ -13,7 +15,7 @@ testbin:
 	@hack/testbin/build.sh testbin
 
 cluster: install testbin
-	$(PY) -m tests.support.cluster up --nodes $(NODES) --dir $(CLUSTER_DIR)
+	$(PY) -m tests.support.cluster up --nodes $(NODES) --real-nodes $(REAL_NODES) --dir $(CLUSTER_DIR)
 
 cluster-down:
 	@if [ -x $(PY) ]; then $(PY) -m tests.support.cluster down --dir $(CLUSTER_DIR); \

@@ -90,7 +90,10 @@ CONTROLLERS: Final = (
     "node-lifecycle-controller",
     "taint-eviction-controller",
 )
-SERVICE_CLUSTER_IP_RANGE: Final = "10.0.0.0/24"  # only allocated in the API, never routed
+#: Service ClusterIPs come from a loopback block: there is no kube-proxy, so a pod (the real node's
+#: are hostNetwork) that dials one must reach nothing but this machine's loopback (refused), never a
+#: route off the machine. Pods reach the API server through KUBERNETES_SERVICE_HOST=127.0.0.1.
+SERVICE_CLUSTER_IP_RANGE: Final = "127.64.0.0/24"
 POD_CIDR: Final = "127.16.0.0/12"
 SA_ISSUER: Final = "https://kubernetes.default.svc.cluster.local"
 
@@ -303,7 +306,7 @@ class Credentials:
             "basicConstraints=critical,CA:FALSE\n"
             "keyUsage=critical,digitalSignature,keyEncipherment\n"
             "extendedKeyUsage=serverAuth\n"
-            "subjectAltName=IP:127.0.0.1,IP:10.0.0.1,DNS:localhost,DNS:kubernetes,"
+            "subjectAltName=IP:127.0.0.1,IP:127.64.0.1,DNS:localhost,DNS:kubernetes,"
             "DNS:kubernetes.default,DNS:kubernetes.default.svc,"
             "DNS:kubernetes.default.svc.cluster.local\n"
         )
@@ -1178,6 +1181,7 @@ def pid_alive(pid: int) -> bool:
 _STATE = "state.json"
 _SUPERVISOR_PID = "supervisor.pid"
 _MARKER = ".rebootcoord-cluster"
+_REAL_NODE_STATE = "realnode.json"
 
 
 def _supervisor_pid(workdir: Path) -> int | None:
@@ -1204,6 +1208,7 @@ def _cmd_up(args: argparse.Namespace) -> int:
     argv = [
         sys.executable, "-m", "tests.support.cluster", "serve",
         "--dir", str(workdir), "--nodes", str(args.nodes), "--timeout", str(args.timeout),
+        "--real-nodes", str(args.real_nodes),
     ]  # fmt: skip
     with (workdir / "supervisor.log").open("ab") as out:
         supervisor = subprocess.Popen(
@@ -1246,26 +1251,40 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     signal.signal(signal.SIGINT, lambda *_: stop.set())
     (workdir / _SUPERVISOR_PID).write_text(f"{os.getpid()}\n")
     cluster = KubeCluster(workdir, audit=True)
+    real_node = None
     try:
         cluster.start(timeout=args.timeout)
         t0 = time.monotonic()
         if args.nodes:
             cluster.create_nodes(args.nodes, prefix="node", timeout=args.timeout)
+        lines = ""
+        if args.real_nodes:
+            from tests.support.realnode import RealNode
+
+            if args.real_nodes > 1:
+                raise ClusterError("one real node per machine (the kubelet hard-codes its paths)")
+            real_node = RealNode(cluster, workdir / "realnode").start(timeout=args.timeout)
+            real_node.write_state(workdir / _REAL_NODE_STATE)
+            lines = f"  real node {real_node.name}: Ready in {real_node.startup_seconds:.1f}s\n"
         cluster.write_state(workdir / _STATE)
         (workdir / "ready").write_text(
             f"cluster ready in {cluster.startup_seconds:.1f}s (+{time.monotonic() - t0:.1f}s for "
             f"{args.nodes} nodes): {cluster.server}\n"
             + "".join(f"  {name:24} pid {pid}\n" for name, pid in cluster.processes().items())
+            + lines
         )
         while not stop.wait(2.0):
             cluster.check_alive()
-    except ComponentFailed as exc:
+    except ClusterError as exc:
         log.error("%s", exc)
         return 1
     finally:
+        if real_node is not None:
+            log.info("stopping the real node")
+            real_node.stop()
         log.info("stopping the control plane")
         cluster.stop()
-        for name in ("ready", _STATE, _SUPERVISOR_PID):
+        for name in ("ready", _STATE, _SUPERVISOR_PID, _REAL_NODE_STATE):
             (workdir / name).unlink(missing_ok=True)
     return 0
 
@@ -1290,7 +1309,13 @@ def _cmd_down(args: argparse.Namespace) -> int:
     for pid in survivors.values():
         with contextlib.suppress(ProcessLookupError):
             os.killpg(pid, signal.SIGKILL)
-    for name in ("ready", _STATE, _SUPERVISOR_PID):
+    if (workdir / _REAL_NODE_STATE).exists():
+        # The supervisor stops the real node; after a SIGKILL its containers and shims remain.
+        from tests.support.realnode import kill_leftovers, remove_cgroups
+
+        survivors.update({f"real-node pid {p}": p for p in kill_leftovers()})
+        remove_cgroups()
+    for name in ("ready", _STATE, _SUPERVISOR_PID, _REAL_NODE_STATE):
         (workdir / name).unlink(missing_ok=True)
     if survivors:
         print(f"warning: killed components that outlived the supervisor: {survivors}", file=sys.stderr)
@@ -1322,6 +1347,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if name in ("up", "serve"):
             p.add_argument("--nodes", type=int, default=6)
             p.add_argument("--timeout", type=float, default=180.0)
+            p.add_argument("--real-nodes", type=int, default=0, help="real kubelet nodes (0 or 1)")
     args = parser.parse_args(argv)
     try:
         handler = {"up": _cmd_up, "serve": _cmd_serve, "down": _cmd_down, "status": _cmd_status}

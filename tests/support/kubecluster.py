@@ -13,6 +13,9 @@ Fixtures:
                               helpers that delete at teardown the nodes the test made
     kube_namespace (function) ``kube.namespace``
     kube_nodes     (function) ``kube.create_nodes``
+    real_node      (session)  a :class:`~tests.support.realnode.RealNode` (kubelet + containerd +
+                              runc) joined to ``kube_cluster`` beside its kwok nodes; with
+                              TESTS_KUBE_CLUSTER, the one ``make cluster REAL_NODES=1`` runs
 
 Also wait helpers for tests (poll with a deadline; never sleep): :func:`wait_for_pods`,
 :func:`wait_for_deployment`, :func:`wait_for_pdb`, and :func:`api_status`.
@@ -43,6 +46,7 @@ from tests.support.cluster import (
     TestbinMissing,
     wait_for,
 )
+from tests.support.realnode import RealNode
 
 __all__ = [
     "KubeTestEnv",
@@ -53,6 +57,7 @@ __all__ = [
 ]
 
 ATTACH_ENV = "TESTS_KUBE_CLUSTER"
+REAL_NODE_STATE = "realnode.json"  # beside the attached cluster's state.json
 
 
 @pytest.fixture(scope="session")
@@ -81,6 +86,26 @@ def kube_cluster(kube_testbin: Testbin, tmp_path_factory: pytest.TempPathFactory
         yield cluster
     finally:
         cluster.stop()
+
+
+@pytest.fixture(scope="session")
+def real_node(kube_cluster: KubeCluster, tmp_path_factory: pytest.TempPathFactory) -> Iterator[RealNode]:
+    attach = os.environ.get(ATTACH_ENV)
+    if attach:
+        state = Path(attach).parent / REAL_NODE_STATE
+        if not state.exists():
+            pytest.fail(f"{ATTACH_ENV} names a cluster without a real node: `make cluster REAL_NODES=1`")
+        yield RealNode.attach(kube_cluster, state)
+        return
+    node = RealNode(kube_cluster, tmp_path_factory.mktemp("realnode", numbered=True))
+    try:
+        node.start()
+    except ClusterError as exc:  # start() already stopped whatever had started
+        pytest.fail(f"the real node did not start: {exc}", pytrace=False)
+    try:
+        yield node
+    finally:
+        node.stop()
 
 
 @dataclass
