@@ -49,6 +49,19 @@ def _objects(description: str, required: tuple[str, ...] = ()) -> dict[str, Any]
     return {"type": "array", "items": item, "description": description}
 
 
+def _resources(description: str) -> dict[str, Any]:
+    return {
+        "type": "object",
+        "additionalProperties": False,
+        "description": description,
+        "properties": {
+            "requests": {"type": "object"},
+            "limits": {"type": "object"},
+            "claims": {"type": "array"},
+        },
+    }
+
+
 def _probe(what: str) -> dict[str, Any]:
     seconds = {"type": "integer", "minimum": 0}
     return {
@@ -169,14 +182,16 @@ def chart_schema() -> dict[str, Any]:
                 "properties": {"type": {"enum": ["RollingUpdate", "OnDelete"]}},
             },
             "terminationGracePeriodSeconds": {"type": "integer", "minimum": 0},
-            "resources": {
+            "hostNetwork": {
+                "type": "boolean",
+                "description": "run the pods in the node's network namespace (nodes without a pod network)",
+            },
+            "resources": _resources("resources of the agent container"),
+            "signalRelay": {
                 "type": "object",
                 "additionalProperties": False,
-                "properties": {
-                    "requests": {"type": "object"},
-                    "limits": {"type": "object"},
-                    "claims": {"type": "array"},
-                },
+                "description": "the container that sends the reboot signal (reboot_method signal)",
+                "properties": {"resources": _resources("resources of the signal relay container")},
             },
             "livenessProbe": _probe("liveness probe"),
             "readinessProbe": _probe("readiness probe"),

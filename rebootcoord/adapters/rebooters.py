@@ -1,7 +1,8 @@
 """Reboot methods: a host command (``systemctl reboot`` by default) or a signal to PID 1.
 
 SIGRTMIN+5 asks systemd for an orderly reboot; it needs only CAP_KILL and hostPID, which is why
-the Helm chart offers it as the least-privileged method.
+the Helm chart offers it as the least-privileged method. There, the agent itself runs without any
+capability and a relay sends the signal (``rebootcoord.adapters.relay``).
 """
 
 from __future__ import annotations
@@ -43,7 +44,13 @@ class SignalRebooter:
             raise RebootError(f"cannot send signal {self.signal} to PID {self.pid}: {exc}") from exc
 
 
-def build_rebooter(method: str, host: Host, argv: tuple[str, ...], signal: int) -> Rebooter:
+def build_rebooter(
+    method: str, host: Host, argv: tuple[str, ...], signal: int, relay: str | None = None
+) -> Rebooter:
     if method == "signal":
+        if relay:
+            from rebootcoord.adapters.relay import RelayRebooter
+
+            return RelayRebooter(relay)
         return SignalRebooter(signal)
     return CommandRebooter(host, argv)

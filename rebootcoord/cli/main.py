@@ -42,10 +42,49 @@ def parser() -> argparse.ArgumentParser:
         "--print-config", action="store_true", help="print the effective configuration and exit"
     )
     add_config_flags(agent)
+    relay = sub.add_parser(
+        "signal-relay",
+        help="send the reboot signal to PID 1 when the agent asks (the chart's signal method)",
+        description="Listen on a Unix socket; on each request of a peer with the allowed uid, send "
+        "the reboot signal to PID 1. Needs CAP_KILL and the host's PID namespace, nothing else.",
+    )
+    relay.add_argument("--socket", required=True, metavar="PATH", help="the Unix socket to listen on")
+    relay.add_argument("--signal", default="SIGRTMIN+5", help="the signal to send (default SIGRTMIN+5)")
+    relay.add_argument("--allow-uid", type=int, default=None, metavar="UID", help="the agent's uid")
+    relay.add_argument("--log-format", choices=("text", "json"), default="text")
     from rebootcoord.sim.cli import add_simulate_parser
 
     add_simulate_parser(sub)
     return p
+
+
+def run_signal_relay(args: argparse.Namespace) -> int:
+    from rebootcoord.adapters.relay import SignalRelay
+    from rebootcoord.core.config import Invalid, p_signal
+
+    try:
+        signum = p_signal(args.signal)
+    except Invalid as exc:
+        print(
+            f"rebootcoord signal-relay: --signal: got {args.signal!r}, expected {exc.expected}",
+            file=sys.stderr,
+        )
+        return EXIT_USAGE
+    setup_logging("info", args.log_format)
+    relay = SignalRelay(args.socket, signal=signum, allow_uid=args.allow_uid)
+    try:
+        relay.bind()
+    except OSError as exc:
+        print(f"rebootcoord signal-relay: --socket {args.socket!r}: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    signal.signal(signal.SIGINT, lambda *_: stop.set())
+    try:
+        relay.serve(stop)
+    finally:
+        relay.close()
+    return 0
 
 
 def run_agent(args: argparse.Namespace) -> int:
@@ -99,6 +138,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser().parse_args(argv)
     if args.command == "agent":
         return run_agent(args)
+    if args.command == "signal-relay":
+        return run_signal_relay(args)
     if args.command == "simulate":
         from rebootcoord.sim.cli import run_simulate
 

@@ -139,7 +139,11 @@ def build_agent(settings: Settings, stop: threading.Event, registry: CollectorRe
         semaphore=semaphore,
         detectors=build_detectors(settings.detectors, host),
         rebooter=build_rebooter(
-            settings.reboot_method, host, settings.reboot_command, settings.reboot_signal
+            settings.reboot_method,
+            host,
+            settings.reboot_command,
+            settings.reboot_signal,
+            settings.reboot_signal_relay,
         ),
         host=host,
         metrics=metrics,

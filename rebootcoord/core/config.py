@@ -667,6 +667,11 @@ class Settings:
     reboot_method: str = _key("command", p_enum("command", "signal"), "how to reboot")
     reboot_command: tuple[str, ...] = _key(("systemctl", "reboot"), p_argv, "argv of the reboot command")
     reboot_signal: int = _key(int(signal.SIGRTMIN) + 5, p_signal, "signal sent to PID 1 by the signal method")
+    reboot_signal_relay: str | None = _key(
+        None,
+        p_opt_str,
+        "signal method: ask the relay on this Unix socket to send the signal (rebootcoord signal-relay)",
+    )
     reboot_timeout: timedelta = _key(
         timedelta(minutes=10),
         p_positive_duration,
@@ -929,6 +934,19 @@ def _cross_checks(s: Settings, sources: Mapping[str, str]) -> tuple[Settings, li
     need(os.path.isabs(s.boot_id_file), "boot_id_file", s.boot_id_file, "an absolute path")
     if s.host_exec == "nsenter":
         need(bool(s.nsenter_argv), "nsenter_argv", list(s.nsenter_argv), "a non-empty argv list")
+    if s.reboot_signal_relay is not None:
+        need(
+            os.path.isabs(s.reboot_signal_relay),
+            "reboot_signal_relay",
+            s.reboot_signal_relay,
+            "an absolute path of a Unix socket",
+        )
+        need(
+            s.reboot_method == "signal",
+            "reboot_signal_relay",
+            s.reboot_signal_relay,
+            "unset unless reboot_method is signal",
+        )
 
     windows: list[Window] = []
     try:

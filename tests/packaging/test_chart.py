@@ -235,15 +235,32 @@ def test_privileges_follow_the_reboot_method(
     assert pod["hostPID"] is True
     assert _config(objects)["host_exec"] == host_exec
     assert ctx["privileged"] is privileged
-    assert ctx["runAsUser"] == 0 and ctx["runAsNonRoot"] is False
     assert ctx["readOnlyRootFilesystem"] is True
+    assert pod["enableServiceLinks"] is False
+    containers = {c["name"]: c for c in pod["containers"]}
     if privileged:
+        assert ctx["runAsUser"] == 0 and ctx["runAsNonRoot"] is False
         assert "capabilities" not in ctx  # meaningless for a privileged container
-    else:
-        assert ctx["capabilities"] == {"drop": ["ALL"], "add": ["KILL"]}
-        assert ctx["allowPrivilegeEscalation"] is False
-        assert ctx["seccompProfile"] == {"type": "RuntimeDefault"}
-        assert pod["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}
+        assert set(containers) == {"agent"}
+        assert "reboot_signal_relay" not in _config(objects)
+        return
+    # The agent, which reads host directories, is neither root nor holds any capability...
+    assert ctx["runAsUser"] == 65532 and ctx["runAsNonRoot"] is True
+    assert ctx["capabilities"] == {"drop": ["ALL"]}
+    assert ctx["allowPrivilegeEscalation"] is False
+    assert ctx["seccompProfile"] == {"type": "RuntimeDefault"}
+    assert pod["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}
+    # ... and the relay, root with CAP_KILL alone, mounts nothing but the socket they share.
+    relay = containers["signal-relay"]
+    rctx = relay["securityContext"]
+    assert rctx["runAsUser"] == 0 and rctx["runAsGroup"] == 65532
+    assert rctx["capabilities"] == {"drop": ["ALL"], "add": ["KILL"]}
+    assert rctx["allowPrivilegeEscalation"] is False and rctx["readOnlyRootFilesystem"] is True
+    assert [m["name"] for m in relay["volumeMounts"]] == ["relay"]
+    assert "--allow-uid=65532" in relay["args"] and "--signal=SIGRTMIN+5" in relay["args"]
+    assert _config(objects)["reboot_signal_relay"] == "/run/rebootcoord/relay.sock"
+    for container in containers.values():
+        assert container["terminationMessagePolicy"] == "FallbackToLogsOnError"
 
 
 def test_an_explicit_nsenter_is_kept(render: Render) -> None:

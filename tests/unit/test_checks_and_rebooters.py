@@ -4,7 +4,9 @@ real HTTP server on loopback. The signal method is aimed at a child process stan
 from __future__ import annotations
 
 import http.server
+import os
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -17,6 +19,7 @@ import pytest
 from rebootcoord.adapters.checks import CommandCheck, HttpCheck
 from rebootcoord.adapters.host import Host
 from rebootcoord.adapters.rebooters import CommandRebooter, SignalRebooter
+from rebootcoord.adapters.relay import RelayRebooter, SignalRelay
 from rebootcoord.core.config import CheckSpec
 from rebootcoord.errors import RebootError
 from tests.conftest import wait_for
@@ -83,9 +86,8 @@ def test_command_rebooter_runs_argv_and_reports_failure(tmp_path: Path) -> None:
         CommandRebooter(Host(), ("/nonexistent/systemctl", "reboot")).reboot()
 
 
-def test_signal_rebooter_sends_sigrtmin_plus_5(tmp_path: Path) -> None:
-    """systemd reboots on SIGRTMIN+5 to PID 1; a child stands in for PID 1 and records the signal."""
-    got = tmp_path / "got"
+def _pid1_stand_in(got: Path) -> subprocess.Popen[str]:
+    """A child that stands in for PID 1: records SIGRTMIN+5 in ``got`` and exits."""
     child = subprocess.Popen(
         [
             sys.executable, "-c",
@@ -97,8 +99,15 @@ def test_signal_rebooter_sends_sigrtmin_plus_5(tmp_path: Path) -> None:
         ],
         stdout=subprocess.PIPE, text=True,
     )  # fmt: skip
+    assert child.stdout is not None and child.stdout.readline().strip() == "ready"
+    return child
+
+
+def test_signal_rebooter_sends_sigrtmin_plus_5(tmp_path: Path) -> None:
+    """systemd reboots on SIGRTMIN+5 to PID 1; a child stands in for PID 1 and records the signal."""
+    got = tmp_path / "got"
+    child = _pid1_stand_in(got)
     try:
-        assert child.stdout is not None and child.stdout.readline().strip() == "ready"
         SignalRebooter(int(signal.SIGRTMIN) + 5, pid=child.pid).reboot()
         wait_for(got.exists, timeout=10, what="the signal to arrive")
         assert got.read_text() == "reboot"
@@ -107,3 +116,52 @@ def test_signal_rebooter_sends_sigrtmin_plus_5(tmp_path: Path) -> None:
         child.wait()
     with pytest.raises(RebootError, match="cannot send signal"):
         SignalRebooter(int(signal.SIGRTMIN) + 5, pid=child.pid).reboot()
+
+
+@pytest.fixture
+def relay(tmp_path: Path) -> Iterator[tuple[SignalRelay, Path, subprocess.Popen[str]]]:
+    got = tmp_path / "got"
+    child = _pid1_stand_in(got)
+    server = SignalRelay(str(tmp_path / "relay.sock"), signal=int(signal.SIGRTMIN) + 5, allow_uid=os.getuid(),
+                         pid=child.pid)  # fmt: skip
+    server.bind()
+    stop = threading.Event()
+    thread = threading.Thread(target=server.serve, args=(stop,), daemon=True)
+    thread.start()
+    try:
+        yield server, got, child
+    finally:
+        stop.set()
+        thread.join(5)
+        server.close()
+        child.kill()
+        child.wait()
+
+
+def test_the_relay_sends_the_signal_for_the_agent(
+    relay: tuple[SignalRelay, Path, subprocess.Popen[str]],
+) -> None:
+    server, got, _child = relay
+    assert oct(os.stat(server.socket_path).st_mode & 0o777) == "0o660"
+    RelayRebooter(server.socket_path).reboot()
+    wait_for(got.exists, timeout=10, what="the relayed signal to arrive")
+    assert got.read_text() == "reboot" and server.sent == 1
+
+
+def test_the_relay_refuses_other_uids_and_other_requests(
+    relay: tuple[SignalRelay, Path, subprocess.Popen[str]],
+) -> None:
+    server, got, _child = relay
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+        sock.connect(server.socket_path)
+        sock.sendall(b"poweroff\n")
+        assert sock.recv(100).startswith(b"error: unknown request")
+    server.allow_uid = os.getuid() + 1
+    with pytest.raises(RebootError, match=f"uid {os.getuid()} may not ask"):
+        RelayRebooter(server.socket_path).reboot()
+    assert server.sent == 0 and not got.exists()
+
+
+def test_a_relay_that_is_not_there_is_a_reboot_error(tmp_path: Path) -> None:
+    with pytest.raises(RebootError, match="cannot reach the signal relay"):
+        RelayRebooter(str(tmp_path / "absent.sock")).reboot()

@@ -148,10 +148,17 @@ JSON: {"leases": bool, "events": bool, "nodes": [verbs], "pods": [verbs], "evict
 {{- if $addr }}{{ regexFind "[0-9]+$" $addr }}{{ end }}
 {{- end }}
 
-{{/* The configuration file: the values' config, plus host_exec and the etcd TLS files it implies. */}}
+{{/* The directory of the signal relay's socket, shared by the agent and the relay container. */}}
+{{- define "rebootcoord.relayDir" -}}/run/rebootcoord{{- end }}
+
+{{/* The configuration file: the values' config, plus host_exec, the signal relay and the etcd TLS
+files it implies. */}}
 {{- define "rebootcoord.configFile" -}}
 {{- $cfg := deepCopy .Values.config }}
 {{- $_ := set $cfg "host_exec" (include "rebootcoord.hostExec" .) }}
+{{- if ne (include "rebootcoord.hostExec" .) "nsenter" }}
+{{- $_ := set $cfg "reboot_signal_relay" (printf "%s/relay.sock" (include "rebootcoord.relayDir" .)) }}
+{{- end }}
 {{- /* Empty identities mean "the node's name": leave them to NODE_NAME (validate refuses others). */}}
 {{- range list "node_name" "holder_id" }}
 {{- if not (get $cfg .) }}{{ $_ := unset $cfg . }}{{ end }}
