@@ -16,7 +16,11 @@ from rebootcoord.sim.etcd_server import EtcdServer
 
 # The real Kubernetes control plane (kube-apiserver, controller-manager, scheduler, kwok, etcd
 # built into testbin/ by `make testbin`): fixtures kube_cluster, kube, kube_nodes, ...
-pytest_plugins = ["tests.support.kubecluster", "tests.support.prometheus_plugin"]
+pytest_plugins = [
+    "tests.support.kubecluster",
+    "tests.support.prometheus_plugin",
+    "tests.support.image",
+]
 
 _counter = itertools.count()
 

@@ -1,18 +1,16 @@
 """The container image builds here, as CI builds it: `make image` (podman, chroot isolation, a base
 image debootstrapped from Debian packages, since no registry is reachable), with its smoke stage.
 
-The first build takes a few minutes (debootstrap, then the dependencies' wheels from PyPI); later
-ones reuse the base image and podman's layer cache. `podman run` does not work in this sandbox, so
+The build itself is the session fixture ``agent_image`` (tests/support/image.py), shared with the
+real-node tests that install it. `podman run` does not work in this sandbox, so
 the built image is checked from its mounted file system, and its entry point is run by chroot.
 """
 
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import subprocess
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -20,35 +18,15 @@ from typing import Any
 import pytest
 
 from rebootcoord import __version__
-from tests.support.cluster import REPO_ROOT
 
 pytestmark = [pytest.mark.image, pytest.mark.timeout(1800)]
 
-IMAGE = "localhost/rebootcoord:test"
 MAX_SIZE = 300 * 1024 * 1024  # measured 238 MB (python3 base 133 MB + the venv 105 MB)
 
 
 @pytest.fixture(scope="module")
-def image() -> str:
-    if shutil.which("podman") is None or shutil.which("debootstrap") is None:
-        message = (
-            "the image build needs podman and debootstrap: "
-            "run hack/ci-deps.sh (apt-get install podman debootstrap)"
-        )
-        if os.environ.get("CI"):
-            pytest.fail(message, pytrace=False)  # CI builds the image: never skip there
-        pytest.skip(message)
-    t0 = time.monotonic()
-    proc = subprocess.run(
-        ["make", "--no-print-directory", "image", f"IMAGE={IMAGE}"],
-        cwd=REPO_ROOT,
-        capture_output=True,
-        text=True,
-        check=False,
-    )
-    assert proc.returncode == 0, (proc.stdout + proc.stderr)[-6000:]
-    print(f"make image: {time.monotonic() - t0:.1f}s")
-    return IMAGE
+def image(agent_image: str) -> str:
+    return agent_image
 
 
 def _inspect(image: str) -> dict[str, Any]:
