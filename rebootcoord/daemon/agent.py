@@ -127,6 +127,7 @@ class Agent:
         self._blockers: tuple[str, ...] = ()
         self._blockers_at: float | None = None
         self._boot_id = parts.boot_id or parts.host.boot_id
+        self._last_error = ""
         self._timing = Timing(
             reboot_timeout=self.s.reboot_timeout,
             verify_interval=self.s.verify_interval,
@@ -162,6 +163,15 @@ class Agent:
                 except Conflict as exc:
                     self.p.metrics.fail("conflict")
                     log.warning("%s", exc)
+                except DetectorError as exc:
+                    # The boot ID cannot be read: no decision is safe without it.
+                    self.p.metrics.fail("detector_error")
+                    if str(exc) != self._last_error:
+                        log.error("%s; nothing is decided until it can be read", exc)
+                    self._last_error = str(exc)
+                    self._sleep(self._timing.retry_after.total_seconds())
+                else:
+                    self._last_error = ""
         finally:
             stop_watch()
         log.info("agent stopped", extra={"node": self.s.node_name, "phase": str(self._phase)})
