@@ -76,6 +76,8 @@ KUBELET_SYSCTLS: Final = {
 #: Paths the kubelet or containerd hard-code: private to the namespace (bind mounts of work dirs).
 _KUBELET_ROOT: Final = Path("/var/lib/kubelet")
 _BOOT_ID: Final = Path("/proc/sys/kernel/random/boot_id")
+#: Where a node's host has it: in /run, where a pod's hostPath mount of /run finds it too.
+CONTAINERD_SOCKET: Final = Path("/run/containerd/containerd.sock")
 #: A node's files that a test reaches as the host's (hostPath volumes): under the private /run.
 HOST_TEST_DIR: Final = Path("/run/rebootcoord-test")
 #: containerd and its shims carry this variable (value: the work dir): a leftover of a run that was
@@ -157,6 +159,7 @@ class RealNode:
         self._made_dirs: list[Path] = []
         self._owned = True
         self._holder_pid: int | None = None
+        self.found: HostState | None = None
         #: Seconds from start() to the Node Ready (None before start()).
         self.startup_seconds: float | None = None
 
@@ -164,7 +167,8 @@ class RealNode:
 
     @property
     def socket(self) -> Path:
-        return self.workdir / "containerd" / "containerd.sock"
+        """containerd's socket as the test reaches it (it lives in the node's /run)."""
+        return self.host_path(CONTAINERD_SOCKET)
 
     @property
     def holder_pid(self) -> int:
@@ -212,6 +216,8 @@ class RealNode:
         check_prerequisites(self.testbin)
         t0 = time.monotonic()
         self._take_lock()
+        #: The machine as this node found it: what stop() must leave (tests compare).
+        self.found = HostState.capture()
         try:
             kill_leftovers()
             self._start(deadline=t0 + timeout)
@@ -474,9 +480,9 @@ class RealNode:
             disabled_plugins = ["io.containerd.snapshotter.v1.btrfs", "io.containerd.snapshotter.v1.zfs",
                                 "io.containerd.snapshotter.v1.devmapper", "io.containerd.snapshotter.v1.aufs"]
             [grpc]
-              address = "{self.socket}"
+              address = "{CONTAINERD_SOCKET}"
             [ttrpc]
-              address = "{self.socket}.ttrpc"
+              address = "{CONTAINERD_SOCKET}.ttrpc"
             [metrics]
               address = ""
             [plugins."io.containerd.internal.v1.opt"]
@@ -511,8 +517,8 @@ class RealNode:
             "kind": "KubeletConfiguration",
             "failCgroupV1": False,  # these machines mount hybrid cgroups
             "cgroupDriver": "cgroupfs",
-            "containerRuntimeEndpoint": f"unix://{self.socket}",
-            "imageServiceEndpoint": f"unix://{self.socket}",
+            "containerRuntimeEndpoint": f"unix://{CONTAINERD_SOCKET}",
+            "imageServiceEndpoint": f"unix://{CONTAINERD_SOCKET}",
             "address": "127.0.0.1",
             "port": free_port(),
             "readOnlyPort": 0,
