@@ -3,7 +3,7 @@
 # "rebootcoord"), for `kubectl apply -f` without Helm:
 #
 #   rebootcoord.yaml          defaults: Lease backend, reboot_method command (privileged, nsenter)
-#   rebootcoord-signal.yaml   reboot_method signal: no privileged container, CAP_KILL only
+#   rebootcoord-signal.yaml   reboot_method signal: no privileged container; the agent unprivileged, a relay with CAP_KILL
 #
 # Usage: deploy/render.sh [OUTDIR]   (default: deploy/). `make deploy-manifests` runs it;
 # tests/packaging/test_deploy_manifests.py renders to a temporary directory and fails when the
@@ -41,5 +41,5 @@ mkdir -p "$OUT"
 render rebootcoord.yaml \
     "rebootcoord: Lease backend, reboot by 'systemctl reboot' on the host through nsenter (privileged)."
 render rebootcoord-signal.yaml \
-    "rebootcoord: Lease backend, reboot by SIGRTMIN+5 to the host's PID 1 (CAP_KILL only, not privileged)." \
+    "rebootcoord: Lease backend, reboot by SIGRTMIN+5 to the host's PID 1 from a relay container (CAP_KILL only); the agent unprivileged." \
     --set config.reboot_method=signal

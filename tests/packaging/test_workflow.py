@@ -33,25 +33,74 @@ def test_kind_cluster_has_the_workers_the_workflow_counts() -> None:
     assert job["strategy"]["matrix"]["method"] == ["command", "signal"]
 
 
-@pytest.mark.kube  # helm from testbin/
-@pytest.mark.parametrize("method", ["command", "signal"])
-def test_the_workflows_helm_install_renders(helm: Path, method: str) -> None:
+#: The steps of the real-node e2e (tests/realnode/test_user_install.py), which the kind workflow
+#: repeats in this order.
+E2E_STEPS = (
+    "Build the image",
+    "Load the image into the nodes",
+    "Install the chart",
+    "The agents are Ready, with no restart",
+    "A workload behind a PodDisruptionBudget",
+    "Ask the node for a reboot",
+    "The cycle",
+    "What users see",
+)
+
+
+def test_the_workflow_mirrors_the_real_node_e2e() -> None:
+    names = [s.get("name", "") for s in _workflow()["jobs"]["rolling-reboot"]["steps"]]
+    positions = [names.index(step) for step in E2E_STEPS]
+    assert positions == sorted(positions), names
+    steps = _workflow()["jobs"]["rolling-reboot"]["steps"]
+    script = "\n".join(s.get("run", "") for s in steps)
+    # The same values, workload and image as the real-node test; the README's install command.
+    assert (
+        "--values hack/e2e/values.yaml" in script
+        and "kubectl apply -n default -f hack/e2e/workload.yaml" in script
+    )
+    from tests.realnode.conftest import E2E_VALUES, E2E_WORKLOAD
+    from tests.support.image import IMAGE
+
+    assert E2E_VALUES.name == "values.yaml" and E2E_WORKLOAD.name == "workload.yaml"
+    assert _workflow()["jobs"]["rolling-reboot"]["env"]["IMAGE"] == IMAGE
+    readme = (REPO_ROOT / "README.md").read_text()
+    install = _helm_install_argv("command")
+    assert " ".join(install[:7]) in readme, install[:7]
+
+
+def _helm_install_argv(method: str) -> list[str]:
     script = _step("rolling-reboot", "Install the chart")["run"].replace("${{ matrix.method }}", method)
     install = re.search(r"helm install .*?(?<!\\)\n", script, re.S)
     assert install, script
-    argv = shlex.split(install.group(0).replace("\\\n", " ").replace("$MAX_HOLDERS", "1"))
-    sets = [argv[i + 1] for i, a in enumerate(argv) if a == "--set"]
-    args = [a for s in sets for a in ("--set", s)]
+    return shlex.split(install.group(0).replace("\\\n", " ").replace("$MAX_HOLDERS", "1"))
+
+
+@pytest.mark.kube  # helm from testbin/
+@pytest.mark.parametrize("method", ["command", "signal"])
+def test_the_workflows_helm_install_renders(helm: Path, method: str) -> None:
+    argv = _helm_install_argv(method)
+    assert argv[:7] == [
+        "helm",
+        "install",
+        "rebootcoord",
+        "charts/rebootcoord",
+        "-n",
+        "rebootcoord",
+        "--create-namespace",
+    ]
+    args = argv[7:]
     proc = subprocess.run(
         [str(helm), "template", "rebootcoord", str(CHART), "--kube-version", KUBE_VERSION, *args],
         capture_output=True,
         text=True,
         check=False,
+        cwd=REPO_ROOT,
     )
     assert proc.returncode == 0, proc.stderr
     docs = [d for d in yaml.safe_load_all(proc.stdout) if d]
     config = yaml.safe_load(next(d for d in docs if d["kind"] == "ConfigMap")["data"]["config.yaml"])
     assert config["reboot_method"] == method
+    assert config["group"] == "e2e"
     assert config["boot_id_file"] == "/host/run/rebootcoord-boot-id"  # under the mounted /run
     ds = next(d for d in docs if d["kind"] == "DaemonSet")
     assert ds["spec"]["template"]["spec"]["containers"][0]["imagePullPolicy"] == "Never"

@@ -32,6 +32,9 @@ from tests.support.realnode import HOST_TEST_DIR, REAL_NODE_LABEL, TOLERATION, R
 NAMESPACE = "rebootcoord"  # the README's
 RELEASE = "rebootcoord"
 CHART = REPO_ROOT / "charts" / "rebootcoord"
+#: The end-to-end values and workload, shared with the kind workflow.
+E2E_VALUES = REPO_ROOT / "hack" / "e2e" / "values.yaml"
+E2E_WORKLOAD = REPO_ROOT / "hack" / "e2e" / "workload.yaml"
 SENTINEL = Path("/run/reboot-required")
 #: Where the harmless reboot command records each request, on the node's host (its /run).
 REQUESTS_FILE = HOST_TEST_DIR / "reboot-requests"
@@ -46,22 +49,22 @@ def node_image(real_node: RealNode, agent_image: str) -> str:
 
 
 def cluster_values(node: RealNode, image: str, requests_file: Path) -> dict[str, Any]:
-    """What this test cluster needs on top of the chart's defaults."""
+    """hack/e2e/values.yaml (shared with the kind workflow), plus what the real node needs."""
     repository, _, tag = image.rpartition(":")
     api = urlsplit(node.cluster.server)
-    return {
+    real_node = {
+        "image": {"repository": repository, "tag": tag},
+        # No pod network on this node (loopback-only CNI), and a taint of its own.
+        "hostNetwork": True,
+        "nodeSelector": {REAL_NODE_LABEL: "true"},
+        "tolerations": [TOLERATION],
         # No kube-proxy: the in-cluster client reaches the API server on loopback, where it listens.
         "extraEnv": [
             {"name": "KUBERNETES_SERVICE_HOST", "value": api.hostname},
             {"name": "KUBERNETES_SERVICE_PORT", "value": str(api.port)},
         ],
-        "image": {"repository": repository, "tag": tag, "pullPolicy": "Never"},
-        "hostNetwork": True,
-        "nodeSelector": {REAL_NODE_LABEL: "true"},
-        "tolerations": [TOLERATION],
-        "readinessProbe": {"initialDelaySeconds": 1, "periodSeconds": 2},
         "config": {
-            "group": "realnode",
+            # hostNetwork: a port of its own on the machine.
             "metrics_address": f"0.0.0.0:{free_port()}",
             # The node's boot ID, in a host directory the chart mounts (/run, for the sentinel).
             "boot_id_file": f"/host{node.boot_id_file}",
@@ -74,12 +77,9 @@ def cluster_values(node: RealNode, image: str, requests_file: Path) -> dict[str,
                 "-c",
                 f'echo "$(date +%s.%N) $(readlink /proc/self/ns/mnt)" >> {requests_file}',
             ],
-            "check_interval": "2s",
-            "verify_interval": "2s",
-            "drain_timeout": "3m",
-            "log_format": "text",
         },
     }
+    return merge(yaml.safe_load(E2E_VALUES.read_text()), real_node)
 
 
 def merge(base: Mapping[str, Any], extra: Mapping[str, Any]) -> dict[str, Any]:
@@ -101,7 +101,7 @@ class Install:
     requests_file: Path
     namespace: str = NAMESPACE
     selector: str = "app.kubernetes.io/name=rebootcoord"
-    group: str = "realnode"
+    group: str = "e2e"
     timings: dict[str, float] = field(default_factory=dict)
 
     def kubectl(self, *args: str, check: bool = True, input: str | None = None) -> str:

@@ -17,10 +17,10 @@ from typing import Any
 import pytest
 import yaml
 
-from tests.realnode.conftest import NAMESPACE, REQUESTS_FILE, Install, merge, uninstall
+from tests.realnode.conftest import E2E_WORKLOAD, NAMESPACE, REQUESTS_FILE, Install, merge, uninstall
 from tests.support.cluster import REPO_ROOT, KubeCluster, wait_for
 from tests.support.kubecluster import KubeTestEnv, wait_for_pdb
-from tests.support.realnode import PAUSE_IMAGE, TOLERATION, RealNode
+from tests.support.realnode import TOLERATION, RealNode
 
 pytestmark = [pytest.mark.kube, pytest.mark.real_node, pytest.mark.timeout(900)]
 
@@ -28,37 +28,13 @@ WORKLOAD_LABEL = "rebootcoord.test/workload"
 
 
 @pytest.fixture
-def workload(kube: KubeTestEnv, real_node: RealNode) -> Iterator[str]:
-    """A Deployment of two hostNetwork pods on the real node, with a PodDisruptionBudget that lets
-    one go at a time, and a kwok node (labelled later) where their replacements run."""
+def workload(kube: KubeTestEnv, real_node: RealNode, node_image: str) -> Iterator[str]:
+    """hack/e2e/workload.yaml (shared with the kind workflow): two pods on the real node behind a
+    PodDisruptionBudget that lets one go at a time, and a kwok node (labelled once both run)
+    where their replacements go."""
     cluster = kube.cluster
     cluster.kubectl("label", "node", real_node.name, f"{WORKLOAD_LABEL}=yes", "--overwrite")
-    deployment = {
-        "apiVersion": "apps/v1",
-        "kind": "Deployment",
-        "metadata": {"name": "web", "namespace": kube.namespace},
-        "spec": {
-            "replicas": 2,
-            "selector": {"matchLabels": {"app": "web"}},
-            "template": {
-                "metadata": {"labels": {"app": "web"}},
-                "spec": {
-                    "hostNetwork": True,
-                    "tolerations": [TOLERATION],
-                    "nodeSelector": {WORKLOAD_LABEL: "yes"},
-                    "terminationGracePeriodSeconds": 5,
-                    "containers": [{"name": "web", "image": PAUSE_IMAGE, "imagePullPolicy": "Never"}],
-                },
-            },
-        },
-    }
-    pdb = {
-        "apiVersion": "policy/v1",
-        "kind": "PodDisruptionBudget",
-        "metadata": {"name": "web", "namespace": kube.namespace},
-        "spec": {"minAvailable": 1, "selector": {"matchLabels": {"app": "web"}}},
-    }
-    cluster.kubectl("apply", "-f", "-", input=yaml.safe_dump_all([deployment, pdb]))
+    cluster.kubectl("apply", "-n", kube.namespace, "-f", str(E2E_WORKLOAD))
     wait_for(
         lambda: len(running_on(cluster, kube.namespace, real_node.name)) == 2,
         timeout=60,
