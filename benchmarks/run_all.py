@@ -1,4 +1,4 @@
-"""Run every benchmark; each prints JSON and writes benchmarks/out/ (the last two need `make testbin`)."""
+"""Run every benchmark; each prints JSON and writes benchmarks/out/ (the last three need `make testbin`; realnode.py also root and `make image`)."""
 
 from __future__ import annotations
 
@@ -8,6 +8,13 @@ import sys
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 
-for script in ("footprint.py", "handoff.py", "rollout.py", "controlplane.py", "handoff_kube.py"):
+for script in (
+    "footprint.py",
+    "handoff.py",
+    "rollout.py",
+    "controlplane.py",
+    "handoff_kube.py",
+    "realnode.py",
+):
     print(f"== {script}", flush=True)
     subprocess.run([sys.executable, os.path.join(HERE, script)], check=True)

@@ -243,7 +243,8 @@ def install(
         inst = Install(kube_cluster, real_node, requests_file, group=merged["config"]["group"])
         installed.append(inst)
         t0 = time.monotonic()
-        subprocess.run(_install_cmd(kube_cluster, values_file), check=True, capture_output=True, text=True)
+        proc = subprocess.run(_install_cmd(kube_cluster, values_file), capture_output=True, text=True)
+        assert proc.returncode == 0, f"helm install failed: {proc.stderr}"
         inst.timings["helm_install"] = time.monotonic() - t0
         return inst
 
@@ -262,8 +263,10 @@ def uninstall(cluster: KubeCluster, node: RealNode) -> None:
     subprocess.run([helm, "uninstall", RELEASE, "-n", NAMESPACE, f"--kubeconfig={cluster.kubeconfig}"],
                    capture_output=True, check=False)  # fmt: skip
     cluster.kubectl("delete", "namespace", NAMESPACE, "--ignore-not-found", "--wait=false", check=False)
-    cluster.kubectl("delete", "clusterrole,clusterrolebinding", "-l", "app.kubernetes.io/name=rebootcoord",
-                    "--ignore-not-found", check=False)  # fmt: skip
+    # What kubectl apply made outside the namespace: cluster roles, and the events Role in default.
+    for kinds, where in (("clusterrole,clusterrolebinding", []), ("role,rolebinding", ["-n", "default"])):
+        cluster.kubectl("delete", kinds, *where, "-l", "app.kubernetes.io/name=rebootcoord",
+                        "--ignore-not-found", check=False)  # fmt: skip
     node.host_path(SENTINEL).unlink(missing_ok=True)
     node.host_path(REQUESTS_FILE).unlink(missing_ok=True)
     cluster.kubectl("uncordon", node.name, check=False)
