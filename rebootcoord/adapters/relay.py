@@ -120,14 +120,14 @@ class SignalRelay:
     def _handle(self, conn: socket.socket) -> str:
         creds = conn.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize(_SO_PEERCRED_FORMAT))
         peer_pid, peer_uid, _gid = struct.unpack(_SO_PEERCRED_FORMAT, creds)
+        try:
+            line = _read_line(conn)  # read first: an answer before it would reset the client's write
+        except OSError as exc:
+            return f"error: {exc}"
         if self.allow_uid is not None and peer_uid != self.allow_uid:
             log.warning("refused a request from uid %d (pid %d): only uid %d may ask", peer_uid, peer_pid,
                         self.allow_uid)  # fmt: skip
             return f"error: uid {peer_uid} may not ask for a reboot"
-        try:
-            line = _read_line(conn)
-        except OSError as exc:
-            return f"error: {exc}"
         if (line + "\n").encode() != REQUEST:
             return "error: unknown request (expected 'reboot')"
         try:
