@@ -1,4 +1,7 @@
-"""Run every benchmark; each prints JSON and writes benchmarks/out/ (the last three need `make testbin`; realnode.py also root and `make image`)."""
+"""Run every benchmark; each prints JSON and writes benchmarks/out/.
+
+The last three need `make testbin`; realnode.py also root and `make image`.
+"""
 
 from __future__ import annotations
 
