@@ -59,6 +59,10 @@ class NodeOps(Protocol):
 
     def uncordon(self) -> None: ...
 
+    def cordoned_by_us(self) -> bool:
+        """The node is unschedulable by our cordon (the mark ``cordon()`` leaves, which outlives
+        a holder record an operator removed)."""
+
     def node_exists(self, node: NodeName) -> bool | None:
         """Whether a Node object exists; None when there is no cluster to ask."""
 

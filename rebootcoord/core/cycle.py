@@ -47,6 +47,9 @@ class Snapshot:
     gone_holders: tuple[HolderId, ...] = ()
     # After an aborted drain, this node does not queue again before this time (process-local).
     retry_not_before: float | None = None
+    # Our cordon is on the node, but we hold no slot and have no record: someone took the slot
+    # away mid-cycle (looked up after a holding phase and at start-up).
+    stale_cordon: bool = False
     timing: Timing = Timing(timedelta(minutes=10), timedelta(seconds=30), timedelta(0))
 
 
@@ -123,6 +126,13 @@ class Reclaim:
 
 
 @dataclass(frozen=True)
+class Uncordon:
+    """Our slot and record are gone, our cordon is not: leave the node as we found it."""
+
+    reason: str = "our slot was taken away; undoing our cordon"
+
+
+@dataclass(frozen=True)
 class Abandon:
     """Our record outlived our slot (someone released it): undo our cordon, drop the record."""
 
@@ -131,7 +141,18 @@ class Abandon:
 
 
 Step = (
-    Rest | JoinQueue | LeaveQueue | Acquire | Persist | Drain | Reboot | Verify | Release | Abandon | Reclaim
+    Rest
+    | JoinQueue
+    | LeaveQueue
+    | Acquire
+    | Persist
+    | Drain
+    | Reboot
+    | Verify
+    | Release
+    | Abandon
+    | Uncordon
+    | Reclaim
 )
 
 
@@ -150,7 +171,7 @@ def step_phase(step: Step) -> Phase | None:
             return Phase.REBOOTING
         case Verify():
             return Phase.VERIFYING
-        case Release() | Abandon():
+        case Release() | Abandon() | Uncordon():
             return Phase.RELEASING
     return None
 
@@ -173,6 +194,8 @@ def decide(s: Snapshot) -> Step:
         return Abandon(record, "our slot was released by someone else")
     if record is not None:
         return _holding(s, record)
+    if s.stale_cordon and not holds:
+        return Uncordon()
     return _not_holding(s, view)
 
 

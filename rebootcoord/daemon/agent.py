@@ -32,6 +32,7 @@ from rebootcoord.core.cycle import (
     Snapshot,
     Step,
     Timing,
+    Uncordon,
     Verify,
     decide,
     step_phase,
@@ -70,6 +71,9 @@ class NoNodeOps:
 
     def uncordon(self) -> None:
         return None
+
+    def cordoned_by_us(self) -> bool:
+        return False
 
     def node_exists(self, node: NodeName) -> bool | None:
         return None
@@ -128,6 +132,7 @@ class Agent:
         self._blockers_at: float | None = None
         self._boot_id = parts.boot_id or parts.host.boot_id
         self._last_error = ""
+        self._decided_at = 0.0
         self._timing = Timing(
             reboot_timeout=self.s.reboot_timeout,
             verify_interval=self.s.verify_interval,
@@ -148,13 +153,12 @@ class Agent:
             "agent starting",
             extra={"node": self.s.node_name, "group": self.s.group, "holder": self.s.holder},
         )
-        self._wait_for_backend()
-        stop_watch = self.p.semaphore.watch(self._on_view)
+        stop_watch = self.connect()
         try:
             while not self.stop.is_set():
                 self.heartbeat.beat()
                 try:
-                    self._turn()
+                    step = self.turn()
                 except BackendUnavailable as exc:
                     self.p.metrics.backend_up.set(0)
                     self.p.metrics.fail("backend_unavailable")
@@ -172,10 +176,18 @@ class Agent:
                     self._sleep(self._timing.retry_after.total_seconds())
                 else:
                     self._last_error = ""
+                    if isinstance(step, Rest):
+                        self._rest(step, self._decided_at)
         finally:
             stop_watch()
         log.info("agent stopped", extra={"node": self.s.node_name, "phase": str(self._phase)})
         return 0
+
+    def connect(self) -> Callable[[], None]:
+        """Wait for the backend, create the group's semaphore if needed, read it and watch it.
+        Returns the function that stops the watch."""
+        self._wait_for_backend()
+        return self.p.semaphore.watch(self._on_view)
 
     def _wait_for_backend(self) -> None:
         delay = 0.2
@@ -191,8 +203,9 @@ class Agent:
                 self._sleep(delay)
                 delay = min(delay * 2, 10.0)
 
-    def _turn(self) -> None:
-        now = self.p.clock()
+    def turn(self) -> Step:
+        """One decision, carried out; a Rest is returned, not waited for (the loop waits)."""
+        now = self._decided_at = self.p.clock()
         snapshot = self._snapshot(now)
         step = decide(snapshot)
         phase = step_phase(step)
@@ -201,10 +214,9 @@ class Agent:
             self._enter(phase, getattr(step, "reason", ""), rev=snapshot.view.revision)
         elif phase is not None:
             self._enter(phase, getattr(step, "reason", "") or _describe(step))
-        if isinstance(step, Rest):
-            self._rest(step, now)
-        else:
+        if not isinstance(step, Rest):
             self._carry_out(step, now)
+        return step
 
     def _snapshot(self, now: float) -> Snapshot:
         if self._detected_at is None or now >= self._detected_at + self.s.check_interval.total_seconds():
@@ -230,8 +242,22 @@ class Agent:
             healthy_at=self._healthy_at,
             gone_holders=self._gone_holders(view, now) if waiting and view is not None else (),
             retry_not_before=self._retry_not_before,
+            stale_cordon=self._stale_cordon(view),
             timing=self._timing,
         )
+
+    def _stale_cordon(self, view: GroupView | None) -> bool:
+        """Our cordon without our slot or record. Asked (one read of the Node) only when it can
+        be so: at start-up and after a holding phase, never on every turn of a waiting agent."""
+        if view is None or view.holds(self.s.holder) or view.record(self.s.holder) is not None:
+            return False
+        if self._phase is not None and not self._phase.holds_slot:
+            return False
+        try:
+            return self.p.node_ops.cordoned_by_us()
+        except (BackendUnavailable, NodeOperationError, ApiError) as exc:
+            log.warning("cannot tell whether our cordon is on the node: %s", exc)
+            return False
 
     def _check_blockers(self, now: float, *, fresh: bool = False) -> tuple[str, ...]:
         """Pre-acquire gates, at most once per check interval (fresh: right before acquiring)."""
@@ -413,6 +439,12 @@ class Agent:
                     self._verify(record, now)
                 case Release(record=record, reason=reason):
                     self._release(record, reason)
+                case Uncordon(reason=reason):
+                    log.warning("%s", reason)
+                    self.p.metrics.fail("slot_lost")
+                    self.p.node_ops.uncordon()
+                    self._reboot_issued_at = None
+                    self._enter(Phase.IDLE, "slot lost; the node is as we found it")
                 case Abandon(record=record, reason=reason):
                     log.warning("%s; undoing our cordon and dropping the record", reason)
                     self.p.metrics.fail("slot_lost")

@@ -101,6 +101,11 @@ class KubeNodeOps:
             self.path, {"spec": {"unschedulable": True}, "metadata": {"annotations": {ANN_CORDONED: "true"}}}
         )
 
+    def cordoned_by_us(self) -> bool:
+        node = self.read()
+        annotations = (node.get("metadata") or {}).get("annotations") or {}
+        return bool((node.get("spec") or {}).get("unschedulable")) and annotations.get(ANN_CORDONED) == "true"
+
     def uncordon(self) -> None:
         self.kube.merge_patch(
             self.path, {"spec": {"unschedulable": None}, "metadata": {"annotations": {ANN_CORDONED: None}}}
