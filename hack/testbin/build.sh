@@ -8,6 +8,7 @@
 #   helm                                                             (module hack/testbin/helm)
 #   kwok                                                             (module hack/testbin/kwok)
 #   prometheus                                                       (module hack/testbin/prometheus)
+#   toxiproxy-server  the fault runner's TCP proxy (delay, cut, reset) (module hack/testbin/toxiproxy)
 #
 # Every version comes from the pinned go.mod/go.sum of those wrapper modules; nothing else is
 # downloaded. Each tool has its own module so that their dependency graphs (k8s.io/* minors, grpc,
@@ -54,7 +55,7 @@ if [[ ! "$go_minor" =~ ^[0-9]+$ ]] || ((go_minor < min_go_minor)); then
     exit 2
 fi
 
-binaries=(kube-apiserver kube-controller-manager kube-scheduler kubectl kubelet etcd helm kwok prometheus pause)
+binaries=(kube-apiserver kube-controller-manager kube-scheduler kubectl kubelet etcd helm kwok prometheus toxiproxy-server pause)
 
 # The stamp: what we built from (pins, this script, the Go version). Any change rebuilds.
 stamp_file="$out/.stamp"
@@ -97,6 +98,7 @@ prom_module_version="$(modver prometheus github.com/prometheus/prometheus)"
 # Prometheus 3.x publishes its Go module as v0.<major><minor 2 digits>.<patch>: v0.316.0 is 3.16.0.
 prom_mm="$(cut -d. -f2 <<<"$prom_module_version")"
 prom_version="$((prom_mm / 100)).$((prom_mm % 100)).$(cut -d. -f3 <<<"$prom_module_version" | cut -d- -f1)"
+toxiproxy_version="$(modver toxiproxy github.com/Shopify/toxiproxy/v2)"
 build_date="$(date -u +%Y-%m-%dT%H:%M:%SZ)"
 
 cv=k8s.io/component-base/version
@@ -126,11 +128,12 @@ targets=(
     "helm|helm|helm.sh/helm/v3/cmd/helm|$helm_ldflags"
     "kwok|kwok|sigs.k8s.io/kwok/cmd/kwok|$kwok_ldflags"
     "prometheus|prometheus|github.com/prometheus/prometheus/cmd/prometheus|$prom_ldflags|remove_all_sd"
+    "toxiproxy-server|toxiproxy|github.com/Shopify/toxiproxy/v2/cmd/server|-s -w -X github.com/Shopify/toxiproxy/v2.Version=${toxiproxy_version#v}"
 )
 
 echo "testbin: building into $out with $go_version, go build -p $parallel"
 echo "testbin: kubernetes $kube_version, etcd $etcd_version, helm $helm_version, kwok $kwok_version"
-echo "testbin: prometheus $prom_version ($prom_module_version)"
+echo "testbin: prometheus $prom_version ($prom_module_version), toxiproxy $toxiproxy_version"
 echo "testbin: caches GOMODCACHE=$(go env GOMODCACHE) GOCACHE=$(go env GOCACHE)"
 
 log_dir="$(mktemp -d)"
@@ -138,7 +141,7 @@ trap 'rm -rf "$log_dir"' EXIT
 
 # Downloads first, per module, so a proxy failure is reported as such and not as a compile error.
 t0=$SECONDS
-for mod in kube etcd helm kwok prometheus; do
+for mod in kube etcd helm kwok prometheus toxiproxy; do
     echo "testbin: [download] module hack/testbin/$mod"
     (cd "$here/$mod" && go mod download) || {
         echo "error: 'go mod download' failed in hack/testbin/$mod (Go module proxy reachable?)" >&2
@@ -201,6 +204,7 @@ first_line "$out/etcd" --version
 first_line "$out/helm" version --short
 first_line "$out/kwok" --version
 first_line "$out/prometheus" --version
+first_line "$out/toxiproxy-server" --version
 first_line "$out/pause" -v
 
 echo "$stamp" >"$stamp_file"

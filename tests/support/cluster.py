@@ -180,8 +180,11 @@ TESTBIN_NAMES: Final = (
     "kube-controller-manager",
     "kube-scheduler",
     "kubectl",
+    "kubelet",
     "kwok",
     "helm",
+    "pause",
+    "toxiproxy-server",
 )
 
 
