@@ -17,6 +17,7 @@ This module is the only one that imports ``etcd3`` and ``grpc``; their errors ar
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import logging
@@ -701,3 +702,52 @@ def _maybe_record(kv: _Kv | None, key: str) -> HolderRecord | None:
         return HolderRecord.decode(kv.value, key=key)
     except CorruptDocument:
         return None
+
+
+def replay(conn: EtcdConnection, prefix: str, *, since: int = 1) -> list[tuple[int, str, bytes | None]]:
+    """Every change under ``prefix`` from revision ``since`` on, in revision order: (revision,
+    key, value, or None for a delete). A watch replayed from ``since``: the history must not have
+    been compacted. For checkers of a run, not for the agent.
+
+    The watch delivers the stored history at once, in batches; it is complete once it has passed
+    the newest revision of a key that still exists and a moment passed without more (a delete after
+    that, of a key that is gone now, arrives in that moment)."""
+    changes: list[tuple[int, str, bytes | None]] = []
+    idle = threading.Event()
+    lock = threading.Lock()
+    last_event = [time.monotonic()]
+
+    def on(response: Any) -> None:
+        if isinstance(response, BaseException):
+            idle.set()
+            return
+        with lock:
+            for event in response.events:
+                value = None if isinstance(event, etcd3.events.DeleteEvent) else bytes(event.value)
+                changes.append((int(event.mod_revision), event.key.decode(), value))
+            last_event[0] = time.monotonic()
+
+    def newest(client: Any) -> int:
+        resp = client.get_prefix_response(prefix, keys_only=True)
+        return max((int(kv.mod_revision) for kv in resp.kvs), default=0)
+
+    target = conn.call(newest)  # retried while etcd comes back
+    with conn.translating():
+        client = conn.client()
+        watch_id = client.add_watch_callback(
+            prefix, on, range_end=_prefix_end(prefix), start_revision=max(1, since)
+        )
+    try:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and not idle.is_set():
+            with lock:
+                seen = max((c[0] for c in changes), default=0)
+                quiet = time.monotonic() - last_event[0]
+            if seen >= target and quiet > 0.5:
+                break
+            time.sleep(0.05)
+    finally:
+        with contextlib.suppress(Exception):
+            client.cancel_watch(watch_id)
+    with lock:
+        return sorted(changes, key=lambda c: c[0])
