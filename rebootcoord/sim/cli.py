@@ -16,7 +16,7 @@ from types import FrameType
 from typing import TYPE_CHECKING, Any
 
 from rebootcoord.core.types import GROUP_RE
-from rebootcoord.sim.checker import check, read_events
+from rebootcoord.sim.checker import Version, check_run
 
 if TYPE_CHECKING:  # the fleet imports the backends: only `simulate` pays for them
     from rebootcoord.sim.fleet import Fleet
@@ -202,15 +202,31 @@ def _run_fleet(
     with fleet:
         ok = _watch(fleet, args, started, timeout, stopped)
         elapsed = time.time() - started
-    report = check(read_events(events), max_holders=args.max) if os.path.exists(events) else None
+    report = check_run(fleet.run_log(history=_history(fleet, backend.get("endpoint")), finished=ok))
     summary = _summary(fleet, report, elapsed, args)
     if args.summary_json:
         with open(args.summary_json, "w", encoding="utf-8") as fh:
             json.dump(summary, fh, indent=2)
     _print_summary(summary, args)
-    if fleet.violations or (report is not None and not report.ok):
+    if fleet.violations or not report.ok:
         return 1
     return 0 if ok else 1
+
+
+def _history(fleet: Fleet, endpoint: str | None) -> list[Version] | None:
+    """The group's history in etcd, replayed for the checker (None without an etcd to ask: on
+    Kubernetes the checker then judges from the event and host logs alone)."""
+    if endpoint is None:
+        return None
+    from rebootcoord.errors import BackendUnavailable
+    from rebootcoord.sim.history import etcd_group_history
+
+    prefix = str(fleet.agent_config.get("etcd_key_prefix", "com.coreos.airlock"))
+    try:
+        return etcd_group_history(endpoint, prefix=prefix, group=fleet.group, since=fleet.start_revision)
+    except BackendUnavailable as exc:
+        print(f"rebootcoord simulate: cannot replay the group's history: {exc}", file=sys.stderr)
+        return None
 
 
 def _watch(fleet: Fleet, args: argparse.Namespace, started: float, timeout: float, stopped: Any) -> bool:
@@ -286,6 +302,7 @@ def _summary(fleet: Fleet, report: Any, elapsed: float, args: argparse.Namespace
         "rollout_overhead_ratio": round(rollout / (rounds * median), 3) if rollout and median else None,
         "max_holders_seen": report.max_holders if report else None,
         "ordered_by_revision": report.by_revision if report else None,
+        "violations_by_invariant": report.by_invariant() if report else {},
         "reboots": {n.name: n.reboots for n in fleet.nodes.values()},
         "violations": fleet.violations + (report.problems if report else []),
     }

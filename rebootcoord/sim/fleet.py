@@ -9,6 +9,12 @@ applies the update (removes the sentinel), writes a new boot ID and starts the a
 The agents are configured exactly like real ones; nothing in the agent knows it is simulated.
 At each reboot request the simulator checks in the backend that the node holds a slot, and
 records a violation otherwise: the "never reboot without a slot" invariant, checked at the edge.
+
+The hosts' log (``host_events_file``, one JSON line each) is the simulator's own record for the
+checker (``rebootcoord.sim.checker``): updates armed, reboot requests and boots -- each with the
+backend revision the host read at that moment -- whether a reboot applied the update, repairs,
+agents started and killed, and the faults a runner notes. A host whose update a reboot does not
+apply (``break_update``) keeps it pending until ``apply_update``, as a broken upgrade would.
 """
 
 from __future__ import annotations
@@ -37,6 +43,7 @@ import yaml
 from rebootcoord.adapters.etcd import EtcdConnection, EtcdOptions, EtcdSemaphore
 from rebootcoord.core.types import Group, HolderId
 from rebootcoord.ports import Semaphore
+from rebootcoord.sim.checker import NodeVersion, RunLog, Version, read_jsonl
 from rebootcoord.sim.procs import orphan_proof
 
 log = logging.getLogger(__name__)
@@ -52,6 +59,8 @@ class SimNode:
     rebooting: bool = False
     agent_starts: int = 0
     boots: list[str] = field(default_factory=list)
+    update: str | None = None  # the update pending on the host
+    broken_update: bool = False  # the next reboot does not apply it
 
     @property
     def root(self) -> str:
@@ -101,6 +110,7 @@ class Fleet:
         semaphore: Semaphore | None = None,
         hooks: RebootHooks | None = None,
         agent_env: dict[str, str] | None = None,
+        node_config: dict[str, dict[str, Any]] | None = None,
     ) -> None:
         """An etcd fleet by default (``endpoint``). For Kubernetes pass ``node_names`` (existing
         Nodes), ``semaphore`` (to check slots at reboot time), ``hooks`` (take the Node down and
@@ -115,7 +125,10 @@ class Fleet:
         self.hooks = hooks
         self.agent_env = dict(agent_env or {})
         self.events_file = os.path.abspath(events_file or os.path.join(self.run_dir, "events.jsonl"))
+        self.host_events_file = os.path.join(self.run_dir, "host-events.jsonl")
+        self.start_revision = 0
         self.agent_config = dict(agent_config or {})
+        self.node_config = {k: dict(v) for k, v in (node_config or {}).items()}  # per node, on top
         self.socket_path = os.path.join(self.run_dir, "sim.sock")
         width = max(2, len(str(nodes)))
         names = (
@@ -152,6 +165,7 @@ class Fleet:
 
     def start(self) -> Fleet:
         os.makedirs(self.run_dir, exist_ok=True)
+        self.start_revision = self.revision() or 0
         for node in self.nodes.values():
             self._prepare(node)
         self._serve()
@@ -212,7 +226,7 @@ class Fleet:
             config.update({"backend": "etcd", "etcd_endpoints": [self.endpoint]})
         if self.hooks is None:
             config["node_name"] = node.name  # else from $NODE_NAME, as a DaemonSet's downward API sets it
-        for key, value in self.agent_config.items():
+        for key, value in {**self.agent_config, **self.node_config.get(node.name, {})}.items():
             config[key] = _fill(value, node)
         with open(node.config_file, "w", encoding="utf-8") as fh:
             yaml.safe_dump(config, fh, sort_keys=False)
@@ -224,6 +238,51 @@ class Fleet:
             fh.write(f"{update}\n")
         with open(node.sentinel, "w", encoding="utf-8") as fh:
             fh.write("*** System restart required ***\n")
+        node.update = update
+        self.host_event("armed", name, update=update)
+
+    def break_update(self, name: str) -> None:
+        """The node's next reboot does not apply its update (it stays pending after the boot)."""
+        self.nodes[name].broken_update = True
+
+    def apply_update(self, name: str) -> None:
+        """Repair a node whose reboot did not apply its update: it is no longer pending."""
+        node = self.nodes[name]
+        self._clear_sentinel(node)
+        self.host_event("update_applied", name, update=node.update, rev=self.revision(wait=30))
+
+    def _clear_sentinel(self, node: SimNode) -> None:
+        for path in (node.sentinel, node.sentinel + ".pkgs"):
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(path)  # the update is applied; /run is a tmpfs
+
+    # ------------------------------------------------------------------------------------------
+    # the hosts' log
+
+    def revision(self, *, wait: float = 0.0) -> int | None:
+        """The backend's current revision, retried up to ``wait`` seconds (None: unreachable)."""
+        deadline = time.monotonic() + wait
+        while True:
+            try:
+                return self.semaphore.read().revision
+            except Exception:  # noqa: BLE001 - the backend may be down (a fault)
+                if time.monotonic() >= deadline:
+                    return None
+                time.sleep(0.1)
+
+    def host_event(self, event: str, node: str, **fields: Any) -> None:
+        line = {"ts": time.time(), "node": node, "event": event, **fields}
+        data = (json.dumps(line, separators=(",", ":")) + "\n").encode()
+        os.makedirs(self.run_dir, exist_ok=True)
+        fd = os.open(self.host_events_file, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        try:
+            os.write(fd, data)
+        finally:
+            os.close(fd)
+
+    def note_fault(self, kind: str, node: str = "*", **fields: Any) -> None:
+        """A runner's injected fault, in the hosts' log."""
+        self.host_event("fault", node, kind=kind, **fields)
 
     def _write_boot_id(self, node: SimNode) -> None:
         tmp = node.boot_id_file + ".tmp"
@@ -282,6 +341,17 @@ class Fleet:
         """Kill the agent (SIGKILL by default) and wait for it to be gone."""
         self.call(lambda: self._kill(self.nodes[name], sig))
 
+    def restart_agent(self, name: str) -> None:
+        """Start the agent again unless its host is down (the boot starts it): what a supervisor
+        (systemd, the kubelet) does after a crash."""
+
+        def restart() -> None:
+            node = self.nodes[name]
+            if not node.rebooting:
+                self._spawn(node)
+
+        self.call(restart)
+
     def agent_pid(self, name: str) -> int | None:
         proc = self.nodes[name].proc
         return proc.pid if proc is not None and proc.poll() is None else None
@@ -289,6 +359,7 @@ class Fleet:
     def _spawn(self, node: SimNode) -> None:
         if node.proc is not None and node.proc.poll() is None:
             return
+        self.host_event("agent_started", node.name)
         env = {**os.environ, **{k: _fill(v, node) for k, v in self.agent_env.items()}, "NODE_NAME": node.name}
         with open(node.log_file, "ab") as logf:
             node.proc = subprocess.Popen(
@@ -305,6 +376,7 @@ class Fleet:
         proc = node.proc
         if proc is None or proc.poll() is not None:
             return
+        self.host_event("agent_killed", node.name, signal=int(sig), pid=proc.pid)
         proc.send_signal(sig)
         try:
             proc.wait(10)
@@ -361,14 +433,27 @@ class Fleet:
         node = self.nodes.get(name)
         if node is None:
             return f"unknown node {name}"
-        try:
-            view = self.semaphore.read()
-            if not view.holds(HolderId(name)):
-                self.violations.append(
-                    f"{name} asked for a reboot without holding a slot (holders: {view.slots})"
-                )
-        except Exception as exc:  # noqa: BLE001 - the check must not break the simulated host
-            self.violations.append(f"{name}: could not verify the slot at reboot time: {exc}")
+        view = None
+        deadline = time.monotonic() + 30  # the backend may be down a moment (a fault): ask again
+        while view is None:
+            try:
+                view = self.semaphore.read()
+            except Exception as exc:  # noqa: BLE001 - the check must not break the simulated host
+                if time.monotonic() > deadline:
+                    self.violations.append(f"{name}: could not verify the slot at reboot time: {exc}")
+                    break
+                time.sleep(0.1)
+        if view is not None and not view.holds(HolderId(name)):
+            self.violations.append(
+                f"{name} asked for a reboot without holding a slot (holders: {view.slots})"
+            )
+        self.host_event(
+            "reboot_requested",
+            name,
+            rev=view.revision if view is not None else None,
+            held=view.holds(HolderId(name)) if view is not None else None,
+            update=node.update,
+        )
         with self._lock:
             self.reboot_requests.append((time.time(), name))
             if node.rebooting:
@@ -394,13 +479,25 @@ class Fleet:
             except subprocess.TimeoutExpired:
                 node.proc.kill()
                 node.proc.wait()
-        for path in (node.sentinel, node.sentinel + ".pkgs"):
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(path)  # the update is applied by the reboot; /run is a tmpfs
+        update, applied = node.update, not node.broken_update
+        if applied:
+            self._clear_sentinel(node)  # the update is applied by the reboot
+        node.broken_update = False
         node.reboots += 1
-        node.boot_id = str(uuid.uuid4())
+        previous, node.boot_id = node.boot_id, str(uuid.uuid4())
+        # The boot "happens" at the revision read now: the agent is down, and starts after it.
+        rev = self.revision(wait=30)
         self._write_boot_id(node)
-        if node.reboots < self.cycles:
+        self.host_event(
+            "booted",
+            node.name,
+            boot_id=node.boot_id,
+            previous=previous,
+            update=update,
+            applied=applied,
+            rev=rev,
+        )
+        if node.reboots < self.cycles and applied:
             self.arm_sentinel(node.name, f"update-{node.reboots + 1}")
         if self.hooks is not None:
             try:
@@ -412,10 +509,46 @@ class Fleet:
         self._spawn(node)
 
     # ------------------------------------------------------------------------------------------
+    # what the run left
+
+    def run_log(
+        self,
+        *,
+        history: Sequence[Version] | None = None,
+        node_history: Sequence[NodeVersion] | None = None,
+        precordoned: frozenset[str] = frozenset(),
+        finished: bool = True,
+    ) -> RunLog:
+        """The records of this run for the checker; ``history`` from the backend (sim.history)."""
+        names = frozenset(self.nodes)
+        logs = {}
+        for node in self.nodes.values():
+            try:
+                with open(node.log_file, encoding="utf-8", errors="replace") as fh:
+                    logs[node.name] = fh.read()
+            except FileNotFoundError:
+                logs[node.name] = ""
+        return RunLog(
+            nodes=names,
+            agent_events=[e for e in read_jsonl(self.events_file) if e.get("node") in names],
+            host_events=read_jsonl(self.host_events_file),
+            history=history,
+            node_history=node_history,
+            agent_logs=logs,
+            precordoned=precordoned,
+            max_holders=self.max_holders,
+            finished=finished,
+        )
+
+    # ------------------------------------------------------------------------------------------
     # progress
 
     def done(self) -> bool:
+        """Every node rebooted its cycles, no slot or record of ours is left, and every agent has
+        said it is idle (its release written, its last event too)."""
         if any(n.reboots < self.cycles or n.rebooting for n in self.nodes.values()):
+            return False
+        if any(phase != "idle" for phase in self.phases().values()):
             return False
         view = self.semaphore.read()
         ours = set(self.nodes)
