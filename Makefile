@@ -4,7 +4,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 PY     := $(BIN)/python
 
-.PHONY: install demo test lint unit bench clean
+.PHONY: install demo test lint unit bench faults clean
 .DEFAULT_GOAL := help
 
 help:
@@ -13,6 +13,7 @@ help:
 	@echo "make testbin  build the Kubernetes test control plane from Go modules"
 	@echo "make cluster NODES=6 [REAL_NODES=1] / make cluster-down   a background test cluster"
 	@echo "make bench    run the benchmarks in benchmarks/ (JSON + plots in benchmarks/out/)"
+	@echo "make faults [BACKEND=etcd|kubernetes RUNS=10 SEED=1]   seeded fault runs, every invariant checked"
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -c 'import sys; sys.exit("rebootcoord needs Python >= 3.11, found " + sys.version.split()[0]) if sys.version_info < (3, 11) else None'
@@ -40,6 +41,13 @@ unit: install
 
 bench: install
 	$(PY) benchmarks/run_all.py
+
+# Seeded fault-injection runs checked against every invariant (benchmarks/faults.py; needs testbin/).
+BACKEND ?= etcd
+RUNS ?= 10
+SEED ?= 1
+faults: install testbin
+	$(PY) benchmarks/faults.py --backend $(BACKEND) --runs $(RUNS) --seed $(SEED)
 
 clean:
 	rm -rf $(VENV) .venv-checkov testbin .cluster sim-run benchmarks/out

@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import ctypes
+import dataclasses
 import hashlib
 import json
 import logging
@@ -483,6 +484,7 @@ class Endpoints:
     admin_token: str
     pids: Mapping[str, int]
     audit_log: Path | None = None  # the API server's audit log (JSON lines), when enabled
+    etcd: str = ""  # the cluster's etcd (client URL): its history is the checker's
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -492,6 +494,7 @@ class Endpoints:
             "admin_token": self.admin_token,
             "pids": dict(self.pids),
             "audit_log": str(self.audit_log) if self.audit_log else None,
+            "etcd": self.etcd,
         }
 
     @classmethod
@@ -503,6 +506,7 @@ class Endpoints:
             admin_token=data["admin_token"],
             pids={str(k): int(v) for k, v in data["pids"].items()},
             audit_log=Path(data["audit_log"]) if data.get("audit_log") else None,
+            etcd=str(data.get("etcd") or ""),
         )
 
 
@@ -531,6 +535,7 @@ class KubeCluster:
         self.verbosity = verbosity
         self.audit = audit
         self._processes: list[Process] = []
+        self._probes: dict[str, Callable[[], object]] = {}
         self._endpoints: Endpoints | None = None
         self._owned = True
         #: Seconds from start() to a healthy control plane (None before start()).
@@ -636,6 +641,10 @@ class KubeCluster:
                 f"--service-cluster-ip-range={SERVICE_CLUSTER_IP_RANGE}",
                 "--allow-privileged=true",
                 "--profiling=false",
+                # Objects stored as JSON and etcd's history kept: the fault checker replays the
+                # Leases' and Nodes' every revision from etcd (rebootcoord.sim.history).
+                "--storage-media-type=application/json",
+                "--etcd-compaction-interval=0",
                 f"--v={v}",
                 *admission,
                 *auditing,
@@ -739,6 +748,7 @@ class KubeCluster:
             admin_token=admin,
             pids={p.name: p.pid for p in self._processes},
             audit_log=audit_log,
+            etcd=etcd_url,
         )
 
     def _spawn(self, name: str, argv: list[str], logs: Path) -> Process:
@@ -748,6 +758,8 @@ class KubeCluster:
         return process
 
     def _wait_healthy(self, process: Process, probe: Callable[[], object], deadline: float) -> None:
+        self._probes[process.name] = probe
+
         def ready() -> bool:
             process.check_alive()  # a crash fails fast, with the log tail
             return bool(probe())
@@ -771,6 +783,28 @@ class KubeCluster:
                 p.wait_or_kill(timeout)
         self._processes.clear()
         self._endpoints = None
+
+    def restart(self, name: str, *, down: float = 0.0, timeout: float = 60.0) -> float:
+        """SIGKILL component ``name`` and start it again with the same arguments after ``down``
+        seconds (a crashed or restarted API server, etcd...); returns once it is healthy, with the
+        seconds it was unavailable."""
+        if not self._owned:
+            raise ClusterError("only the process that started the cluster can restart its components")
+        old = next(p for p in self._processes if p.name == name)
+        t0 = time.monotonic()
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(old.pid, signal.SIGKILL)
+        old.wait_or_kill(10)
+        if down:
+            time.sleep(down)
+        new = Process(name, old.argv, log_path=old.log_path, cwd=old.cwd)
+        self._processes[self._processes.index(old)] = new
+        new.start()
+        self._wait_healthy(new, self._probes[name], time.monotonic() + timeout)
+        if self._endpoints is not None:
+            pids = {**self._endpoints.pids, name: new.pid}
+            self._endpoints = dataclasses.replace(self._endpoints, pids=pids)
+        return time.monotonic() - t0
 
     def check_alive(self) -> None:
         """Raise :class:`ComponentFailed` if a component this object started has exited."""
