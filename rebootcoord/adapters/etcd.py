@@ -483,7 +483,17 @@ class EtcdSemaphore(HolderRemoval):
 
         def put(client: Any) -> None:
             # put() on an existing key keeps its create revision: a restarted agent keeps its place.
-            client.put(key, doc, lease=self._lease_for(client, waiter.id))
+            try:
+                client.put(key, doc, lease=self._lease_for(client, waiter.id))
+            except grpc.RpcError as exc:
+                if not _lease_gone(exc):
+                    raise
+                # Our lease expired while this process could not renew it (stopped, or cut off
+                # longer than the TTL): the place is lost; queue again on a new lease.
+                log.info("the waiter lease of %s expired; queueing again", waiter.id)
+                with self._lease_lock:
+                    self._leases.pop(waiter.id, None)
+                client.put(key, doc, lease=self._lease_for(client, waiter.id))
 
         self.conn.call(put)
         self._start_keepalive()
@@ -522,11 +532,14 @@ class EtcdSemaphore(HolderRemoval):
                 leases = list(self._leases.items())
             for holder, lease in leases:
                 try:
-                    responses = self.conn.call(_refresher(lease.id))
+                    responses = self.conn.call(_refresher(lease.id), retry_for=0)
                 except BackendUnavailable as exc:
-                    log.warning("cannot refresh the waiter lease: %s", exc)
-                    continue
-                if responses and responses[0].TTL <= 0:
+                    if isinstance(exc.__cause__, grpc.RpcError) and _lease_gone(exc.__cause__):
+                        responses = []  # expired: dropped below, the agent queues again
+                    else:
+                        log.warning("cannot refresh the waiter lease: %s", exc)
+                        continue
+                if not responses or responses[0].TTL <= 0:
                     log.info("waiter lease of %s expired; the queue place will be taken again", holder)
                     with self._lease_lock:
                         if self._leases.get(holder) is lease:
@@ -661,6 +674,11 @@ class _GroupWatch:
         with self._lock:
             view = self.sem._view(dict(self._kvs), self._revision)
         self.on_change(view)
+
+
+def _lease_gone(exc: grpc.RpcError) -> bool:
+    """etcd's answer about a lease that expired or was revoked: NOT_FOUND, "requested lease not found"."""
+    return hasattr(exc, "code") and exc.code() == grpc.StatusCode.NOT_FOUND
 
 
 def _prefix_end(prefix: str) -> str:

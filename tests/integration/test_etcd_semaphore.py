@@ -106,6 +106,7 @@ def test_concurrent_acquirers_never_exceed_max(make_semaphore: Make, etcd: EtcdS
     stop = threading.Event()
     errors: list[BaseException] = []
     taken = [0]
+    believers = Believers()
 
     def worker(i: int) -> None:
         sem = make_semaphore()
@@ -115,7 +116,8 @@ def test_concurrent_acquirers_never_exceed_max(make_semaphore: Make, etcd: EtcdS
                 sem.join_queue(Waiter(HolderId(me), NodeName(me), time.time(), 0))
                 if sem.acquire(record(me)) is not None:
                     taken[0] += 1
-                    time.sleep(0.001)
+                    with believers:  # from the write that took the slot to the one giving it back
+                        time.sleep(0.001)
                     sem.release(HolderId(me))
         except BaseException as exc:  # noqa: BLE001 - reported below
             errors.append(exc)
@@ -132,6 +134,26 @@ def test_concurrent_acquirers_never_exceed_max(make_semaphore: Make, etcd: EtcdS
     assert len(history) > 150
     assert max(len(doc["holders"]) for doc in history) <= 3
     assert max(len(doc["holders"]) for doc in history) == 3  # the race was real
+    # No more workers ever believed at once that they held a slot than there are slots.
+    assert believers.peak <= 3, believers.peak
+    assert believers.peak >= 2
+
+
+class Believers:
+    """How many workers believe at once that they hold a slot (a context per belief)."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self.now = self.peak = 0
+
+    def __enter__(self) -> None:
+        with self._lock:
+            self.now += 1
+            self.peak = max(self.peak, self.now)
+
+    def __exit__(self, *exc: object) -> None:
+        with self._lock:
+            self.now -= 1
 
 
 def slot_history(etcd: EtcdServer, key: str) -> list[dict]:
@@ -187,6 +209,27 @@ def test_waiter_place_kept_across_restart_and_lost_when_dead(make_semaphore: Mak
     wait_for(
         lambda: [w.id for w in sem.read().waiters] == ["b"], timeout=15, what="the dead waiter to expire"
     )
+
+
+def test_a_waiter_whose_lease_expired_meanwhile_queues_again(make_semaphore: Make, etcd: EtcdServer) -> None:
+    """Found by the fault runner: an agent stopped (SIGSTOP) longer than the waiter TTL came back
+    with its lease gone; every put on it was NOT_FOUND, retried as an outage, for ever."""
+    sem = make_semaphore()
+    sem.ensure(1)
+    sem.join_queue(Waiter(HolderId("w"), NodeName("w"), time.time(), 0))
+    assert [w.id for w in sem.read().waiters] == ["w"]
+    lease = sem._leases[HolderId("w")]
+    # The process does not run (SIGSTOP): neither does its keep-alive thread.
+    sem._keepalive_stop.set()
+    assert sem._keepalive is not None
+    sem._keepalive.join(10)
+    client = raw_client(etcd)
+    client.revoke_lease(lease.id)  # what the passing of its TTL does to a process that cannot renew
+    client.close()
+    wait_for(lambda: sem.read().waiters == (), what="the waiter key gone with its lease")
+    sem.join_queue(Waiter(HolderId("w"), NodeName("w"), time.time(), 0))
+    assert [w.id for w in sem.read().waiters] == ["w"]
+    assert sem._leases[HolderId("w")].id != lease.id
 
 
 def test_pause_blocks_acquisition_and_resume_restores(make_semaphore: Make) -> None:
