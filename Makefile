@@ -37,7 +37,7 @@ test: install testbin lint
 	$(BIN)/pytest -q
 
 unit: install
-	$(BIN)/pytest -q -m 'not etcd and not kube and not e2e and not image and not checkov and not real_node'
+	$(BIN)/pytest -q -m 'not etcd and not kube and not e2e and not image and not checkov and not real_node and not prometheus'
 
 bench: install
 	$(PY) benchmarks/run_all.py

@@ -142,6 +142,8 @@ class Fleet:
         }
         self.violations: list[str] = []
         self.reboot_requests: list[tuple[float, str]] = []
+        self._reboots_go = threading.Event()
+        self._reboots_go.set()
         self._actions: queue.Queue[tuple[Callable[[], Any], Future[Any]] | None] = queue.Queue()
         self._timers: list[tuple[float, int, Callable[[], None]]] = []
         self._seq = itertools.count()
@@ -240,6 +242,13 @@ class Fleet:
             fh.write("*** System restart required ***\n")
         node.update = update
         self.host_event("armed", name, update=update)
+
+    def hold_reboots(self, hold: bool = True) -> None:
+        """Hold every host between a reboot request and going down (True), or let them go."""
+        if hold:
+            self._reboots_go.clear()
+        else:
+            self._reboots_go.set()
 
     def break_update(self, name: str) -> None:
         """The node's next reboot does not apply its update (it stays pending after the boot)."""
@@ -456,6 +465,8 @@ class Fleet:
         )
         with self._lock:
             self.reboot_requests.append((time.time(), name))
+        self._reboots_go.wait()  # held by a test: the request is in, the host not yet going down
+        with self._lock:
             if node.rebooting:
                 return "ok"  # a host already going down ignores a second request
             node.rebooting = True

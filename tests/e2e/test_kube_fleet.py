@@ -9,23 +9,22 @@ from __future__ import annotations
 import os
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from rebootcoord.adapters.kube.api import Kube
-from rebootcoord.adapters.kube.lease import LeaseSemaphore
 from rebootcoord.core.semaphore import HolderRecord, Waiter
 from rebootcoord.core.types import Group, HolderId, NodeName, Phase
-from rebootcoord.sim.checker import check, read_events
+from rebootcoord.sim.checker import check
 from rebootcoord.sim.fleet import Fleet
-from rebootcoord.sim.kwok import KwokRebootHooks
 from tests.conftest import wait_for
+from tests.e2e.conftest import agent_log
+from tests.support.checks import kube_report
 from tests.support.eventgate import EventGate
 from tests.support.kubecluster import KubeTestEnv, wait_for_deployment, wait_for_pdb
-from tests.support.rbac import ChartIdentity, chart_identity
+from tests.support.rbac import ChartIdentity
 
 pytestmark = [pytest.mark.kube, pytest.mark.e2e]
 
@@ -111,65 +110,6 @@ def deploy(kube: KubeTestEnv, name: str, replicas: int, *, pdb: dict[str, Any] |
         )
 
 
-# Agent settings that decide which API calls the agent makes, hence which rights the chart grants.
-RBAC_KEYS = (
-    "backend", "node_ops", "verify_node_ready", "verify_pods_ready", "max_unavailable_nodes",
-    "boot_id_source", "blocking_pod_selector",
-)  # fmt: skip
-
-
-@pytest.fixture
-def kube_fleet(kube: KubeTestEnv, tmp_path: Path) -> Iterator[Callable[..., Fleet]]:
-    """Fleets whose agents act as the Helm chart's ServiceAccount (a real token, the chart's own
-    Role and ClusterRole for the same configuration). At the end of each test, the API server's
-    audit log must show no request of theirs refused."""
-    fleets: list[Fleet] = []
-    identities: list[ChartIdentity] = []
-
-    def make(node_names: list[str], *, max_holders: int = 1, agent_config: dict[str, Any] | None = None,
-             reboot_seconds: float = 1.0) -> Fleet:  # fmt: skip
-        api = Kube(kube.cluster.api_client())
-        config = {
-            "backend": "kubernetes",
-            "namespace": kube.namespace,
-            "drain_timeout": "90s",
-            "drain_delete_emptydir_data": True,
-            **(agent_config or {}),
-        }
-        identity = chart_identity(
-            kube.cluster, kube.namespace, values={"config": {k: config[k] for k in RBAC_KEYS if k in config}}
-        )
-        identities.append(identity)
-        fleet = Fleet(
-            str(tmp_path / f"run{len(fleets)}"),
-            nodes=len(node_names),
-            node_names=node_names,
-            max_holders=max_holders,
-            reboot_seconds=reboot_seconds,
-            semaphore=LeaseSemaphore(api, namespace=kube.namespace, group=Group("default")),
-            hooks=KwokRebootHooks(api),  # the harness, as admin: it plays the kubelet
-            agent_config={**config, "kubeconfig": str(identity.kubeconfig_path)},
-        )
-        fleet.identity = identity  # type: ignore[attr-defined]
-        fleets.append(fleet)
-        return fleet
-
-    yield make
-    for fleet in fleets:
-        fleet.stop()
-    try:
-        for identity in identities:
-            assert identity.denied_requests() == [], "the chart's RBAC refused an agent's request"
-    finally:
-        for identity in identities:
-            identity.delete()
-
-
-def agent_log(fleet: Fleet, node: str) -> str:
-    with open(fleet.nodes[node].log_file, encoding="utf-8") as fh:
-        return fh.read()
-
-
 def test_rolling_reboot_respects_the_pdb_and_the_budget(
     kube: KubeTestEnv, kube_fleet: Callable[..., Fleet]
 ) -> None:
@@ -183,8 +123,9 @@ def test_rolling_reboot_respects_the_pdb_and_the_budget(
         wait_for(fleet.done, timeout=600, interval=0.5, what="every node to reboot and release")
     assert not fleet.violations, fleet.violations
     assert {n.reboots for n in fleet.nodes.values()} == {1}  # every node rebooted exactly once
-    report = check(read_events(fleet.events_file), max_holders=2)
+    report = kube_report(fleet, kube.cluster, kube.namespace, precordoned=frozenset({nodes[0]}))
     assert report.ok and report.by_revision, report.problems
+    assert report.max_holders == 2
     assert watch.max_cordoned <= 2  # never more than max nodes cordoned or rebooting
     assert watch.min_ready is not None and watch.min_ready >= 11, watch.min_ready  # the PDB held
     refused = sum(agent_log(fleet, n).count("refused for now") for n in nodes)
@@ -317,7 +258,7 @@ def test_agent_killed_mid_drain_resumes(kube: KubeTestEnv, kube_fleet: Callable[
     assert not kube.core.read_node(target).spec.unschedulable
     assert not fleet.violations
     assert gate.phases().count("locked") == 1  # one acquisition: the restart continued the cycle
-    report = check(gate.events, max_holders=1)
+    report = kube_report(fleet, kube.cluster, kube.namespace)
     assert report.ok, report.problems
 
 
@@ -344,7 +285,9 @@ def test_simulate_command_on_kwok_nodes(kube: KubeTestEnv, tmp_path: Path) -> No
     lines = [json.loads(line) for line in events.read_text().splitlines()]
     assert {"ts", "node", "pid", "phase", "boot_id", "group"} <= set(lines[0])
     report = check(lines, max_holders=1)
-    assert report.ok and set(report.reboots.values()) == {1} and len(report.reboots) == 3
+    assert report.ok, report.problems
+    boots = {n: {e["boot_id"] for e in lines if e["node"] == n} for n in {e["node"] for e in lines}}
+    assert len(boots) == 3 and all(len(ids) == 2 for ids in boots.values()), boots  # one reboot each
 
 
 def test_labels_taint_node_boot_id_pods_ready_and_the_node_budget(

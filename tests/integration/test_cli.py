@@ -53,19 +53,41 @@ def ctl(etcd: EtcdServer, prefix: str, *args: str) -> subprocess.CompletedProces
     ids=["max-below-1", "bad-duration", "unknown-zone", "unknown-env-key", "bad-window", "missing-node"],
 )
 def test_agent_config_errors_exit_2_and_do_nothing(
-    tmp_path: Path, args: list[str], env: dict[str, str], fragments: list[str]
+    tmp_path: Path, etcd: EtcdServer, prefix: str, args: list[str], env: dict[str, str], fragments: list[str]
 ) -> None:
     events = tmp_path / "events.jsonl"
-    # An unreachable etcd: a bad config must fail before any attempt to use it.
+    before = etcd_revision(etcd)
+    # A real etcd the agent would use: a bad config must fail before it writes anything there.
     done = agent(
-        "--etcd-endpoints", "http://127.0.0.1:1", "--events-file", str(events), "--metrics-address", "",
-        *args, env=env, timeout=20,
+        "--etcd-endpoints", etcd.endpoint, "--etcd-key-prefix", prefix, "--events-file", str(events),
+        "--metrics-address", "", *args, env=env, timeout=20,
     )  # fmt: skip
     assert done.returncode == 2, done.stderr
     for fragment in fragments:
         assert fragment in done.stderr
     assert done.stdout == ""
     assert not events.exists()
+    assert etcd_keys(etcd, prefix) == [] and etcd_revision(etcd) == before, "nothing was written to etcd"
+
+
+def etcd_keys(etcd: EtcdServer, prefix: str) -> list[str]:
+    from tests.integration.test_etcd_semaphore import raw_client
+
+    client = raw_client(etcd)
+    try:
+        return [meta.key.decode() for _, meta in client.get_prefix(prefix)]
+    finally:
+        client.close()
+
+
+def etcd_revision(etcd: EtcdServer) -> int:
+    from tests.integration.test_etcd_semaphore import raw_client
+
+    client = raw_client(etcd)
+    try:
+        return int(client.get_response("x").header.revision)
+    finally:
+        client.close()
 
 
 def test_agent_config_file_errors(tmp_path: Path) -> None:

@@ -11,12 +11,14 @@ from dataclasses import replace
 
 import pytest
 
-from rebootcoord.adapters.kube.api import Kube
+from rebootcoord.adapters.kube.api import Kube, parse_time
 from rebootcoord.adapters.kube.lease import ANN_RECORDS, ANN_SLOTS, LeaseSemaphore
 from rebootcoord.core.semaphore import GroupView, HolderRecord, PauseInfo, Waiter
 from rebootcoord.core.types import Group, HolderId, NodeName, Phase
 from rebootcoord.errors import CorruptDocument, InvalidMax, NoFreeSlot, NotHolder, SlotLost
+from rebootcoord.sim.history import kube_group_history
 from tests.conftest import wait_for
+from tests.integration.test_etcd_semaphore import Believers
 from tests.support.kubecluster import KubeTestEnv
 
 pytestmark = pytest.mark.kube
@@ -99,18 +101,23 @@ def test_racing_writers_never_exceed_max_and_meet_409s(make_lease: Make, kube: K
     version the API server stored: never more than 2 holders. Stale writers got 409s."""
     first = make_lease()
     first.ensure(2)
+    since = first.read().revision
     versions: list[int] = []
-    seen = threading.Event()
+    corrupt: list[str] = []
 
     def on_view(view: GroupView | None) -> None:
-        if view is not None and view.slots is not None:
+        if view is None:
+            return
+        if view.corrupt:  # a breach may look like a corrupt document: recorded, never dropped
+            corrupt.extend(str(c) for c in view.corrupt)
+        if view.slots is not None:
             versions.append(len(view.slots.holders))
-        seen.set()
 
     stop_watch = first.watch(on_view)
     stop = threading.Event()
     errors: list[BaseException] = []
     taken = [0]
+    believers = Believers()
     sems = [make_lease() for _ in range(10)]
 
     def worker(i: int) -> None:
@@ -120,6 +127,8 @@ def test_racing_writers_never_exceed_max_and_meet_409s(make_lease: Make, kube: K
                 sems[i].join_queue(Waiter(HolderId(me), NodeName(me), time.time(), 0))
                 if sems[i].acquire(record(me)) is not None:
                     taken[0] += 1
+                    with believers:
+                        time.sleep(0.001)
                     sems[i].release(HolderId(me))
         except BaseException as exc:  # noqa: BLE001 - reported below
             errors.append(exc)
@@ -133,8 +142,15 @@ def test_racing_writers_never_exceed_max_and_meet_409s(make_lease: Make, kube: K
         t.join()
     stop_watch()
     assert not errors, errors
+    assert corrupt == []
     assert max(versions) <= 2
-    assert 2 in versions
+    # Every version the API server stored, from etcd (the watch may coalesce): never above 2.
+    history, _ = kube_group_history(kube.cluster.endpoints.etcd, namespace=kube.namespace, group="default",
+                                    since=since)  # fmt: skip
+    assert len(history) > 80 and all(not v.corrupt for v in history)
+    assert max(len(v.holders) for v in history) == 2  # the budget was used, never exceeded
+    assert all(len(v.holders) <= (v.total or 0) for v in history)
+    assert believers.peak <= 2, believers.peak
     assert sum(s.conflicts for s in sems) > 0  # the race was real, and lost races were refused
 
 
@@ -156,7 +172,11 @@ def test_waiter_that_stops_renewing_leaves_the_queue(make_lease: Make, kube: Kub
     # Long gone (3 TTLs), its Lease is deleted by the next acquisition.
     wait_for(lambda: [w.id for w in sem.read().waiters] == ["alive"], timeout=30, what="the second expiry")
     name = sem.waiter_name(HolderId("dead"))
-    time.sleep(15)  # the 3-TTL grace before a waiter Lease is deleted; nothing to poll for
+    # The 3-TTL grace before a waiter Lease is deleted: until its own renewTime says so.
+    lease = json.loads(kube.cluster.kubectl("get", "lease", "-n", kube.namespace, name, "-o", "json"))
+    renewed = parse_time(lease["spec"]["renewTime"])
+    assert renewed is not None
+    wait_for(lambda: time.time() > renewed + 3 * 5 + 0.5, timeout=30, what="three TTLs after its renewal")
     assert sem.acquire(record("alive")) is not None
     assert name not in kube.cluster.kubectl("get", "lease", "-n", kube.namespace, "-o", "name")
 

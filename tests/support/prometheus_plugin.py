@@ -14,6 +14,9 @@ One server per test: it starts in about 0.5 s and stops in 0.02 s, less than cle
 shared one would take (the alerts of dropped rules end one or two evaluation intervals later), and a
 test may freeze (SIGSTOP) or stop its server.
 
+Every test that uses either fixture carries the marker ``prometheus`` (added at collection), so
+that ``make unit`` (``-m 'not prometheus and ...'``) runs without testbin/.
+
 Owns no process itself: :mod:`tests.support.prometheus` starts and stops it.
 """
 
@@ -26,6 +29,12 @@ import pytest
 
 from tests.support.cluster import TestbinMissing
 from tests.support.prometheus import PrometheusError, PrometheusServer, locate_prometheus
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        if {"prometheus", "prometheus_binary"} & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.prometheus)
 
 
 @pytest.fixture(scope="session")
