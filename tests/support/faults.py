@@ -256,6 +256,7 @@ class EtcdEnvironment:
         self.etcd = EtcdServer(data_dir=str(workdir / "etcd")).start()
         self.toxiproxy = Toxiproxy(workdir / "toxiproxy").start()
         self.spawner = Spawner()
+        self._crash = threading.Lock()
 
     def names(self, seed: int, nodes: int) -> list[str]:
         return [f"node-{i:02d}" for i in range(1, nodes + 1)]
@@ -289,9 +290,10 @@ class EtcdEnvironment:
         return fleet, frozenset()
 
     def crash_backend(self, down: float) -> None:
-        self.etcd.kill()
-        time.sleep(down)
-        self.spawner.call(self.etcd.start)
+        with self._crash:  # one outage at a time: a second one starts after the first ended
+            self.etcd.kill()
+            time.sleep(down)
+            self.spawner.call(self.etcd.start)
 
     def history(self, fleet: Fleet) -> tuple[list[Version], list[NodeVersion] | None]:
         prefix = str(fleet.agent_config["etcd_key_prefix"])
@@ -319,6 +321,7 @@ class KubeEnvironment:
         self.cluster = cluster or KubeCluster(workdir / "kube").start()
         self.toxiproxy = Toxiproxy(workdir / "toxiproxy").start()
         self.spawner = Spawner()
+        self._crash = threading.Lock()
         self._namespaces: dict[str, tuple[str, list[str]]] = {}
 
     def _admin(self) -> Any:
@@ -427,7 +430,8 @@ class KubeEnvironment:
         self.cluster.kubectl("apply", "-f", "-", input=yaml.safe_dump_all([deployment, pdb]))
 
     def crash_backend(self, down: float) -> None:
-        self.spawner.call(lambda: self.cluster.restart("kube-apiserver", down=down))
+        with self._crash:
+            self.spawner.call(lambda: self.cluster.restart("kube-apiserver", down=down))
 
     def history(self, fleet: Fleet) -> tuple[list[Version], list[NodeVersion] | None]:
         namespace, names = self._namespaces[fleet.run_dir]
