@@ -10,9 +10,12 @@ only the composition roots in ``rebootcoord.cli`` turn exceptions into exit code
     ├── UsageError                  a command line that cannot be carried out (exit code 2)
     ├── CorruptDocument             a semaphore document that is not what it must be; never repaired
     ├── SemaphoreError              a refused semaphore operation (permanent, not retried)
-    │   ├── NoFreeSlot              every slot is held
+    │   ├── NoSemaphore             the group's semaphore does not exist yet
+    │   ├── NoFreeSlot              every slot is held, or earlier waiters come first
+    │   ├── GroupPaused             an operator paused the group
     │   ├── NotHolder               the id holds no slot (unlock of an unknown holder)
     │   ├── InvalidMax              a max that is < 1 or below the current number of holders
+    │   ├── HoldsAgain              a record to drop belongs to a holder that holds a slot again
     │   └── SlotLost                our holder record vanished (an operator unlocked us)
     ├── Conflict                    a compare-and-swap lost a race (retryable: read again)
     ├── BackendUnavailable          the backend cannot be reached (retryable, with backoff)
@@ -76,8 +79,20 @@ class SemaphoreError(RebootcoordError):
     """A semaphore operation that was refused for a reason a retry will not change."""
 
 
+class NoSemaphore(SemaphoreError):
+    """The group's semaphore does not exist yet."""
+
+
 class NoFreeSlot(SemaphoreError):
-    """Every slot of the group is held."""
+    """Every slot of the group is held, or earlier waiters come first."""
+
+
+class GroupPaused(SemaphoreError):
+    """An operator paused the group: no new slot is given."""
+
+
+class HoldsAgain(SemaphoreError):
+    """A record to drop belongs to a holder that holds a slot again."""
 
 
 class NotHolder(SemaphoreError):

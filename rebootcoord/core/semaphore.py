@@ -180,6 +180,18 @@ class PauseInfo:
     at: float
     reason: str = ""
 
+    def encode(self) -> bytes:
+        return json.dumps({"by": self.by, "at": self.at, "reason": self.reason}).encode()
+
+    @classmethod
+    def decode(cls, raw: bytes) -> PauseInfo:
+        """Any marker pauses the group: an unreadable one still does (never silently resumed)."""
+        try:
+            doc = json.loads(raw)
+            return cls(str(doc.get("by", "?")), float(doc.get("at", 0)), str(doc.get("reason", "")))
+        except (ValueError, TypeError, AttributeError):
+            return cls("?", 0.0, "unreadable pause marker (still paused)")
+
 
 @dataclass(frozen=True)
 class GroupView:
