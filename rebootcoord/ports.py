@@ -9,9 +9,10 @@ from __future__ import annotations
 import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Protocol
 
-from rebootcoord.core.semaphore import GroupView, HolderRecord, PauseInfo, Waiter
+from rebootcoord.core.group import GroupState
+from rebootcoord.core.semaphore import GroupView, HolderRecord, Waiter
 from rebootcoord.core.types import Group, HolderId, NodeName, PendingReboot, Phase
 
 
@@ -75,34 +76,91 @@ class NodeOps(Protocol):
     def set_waiting_taint(self, present: bool) -> None: ...
 
 
-class Semaphore(Protocol):
-    """One group's counting semaphore in a backend. Every write is compare-and-swap."""
+class GroupStore(Protocol):
+    """Where a group's state lives: read it with a version, write it if the version still holds.
+
+    The group's rules are not here (rebootcoord.core.group): a store only decodes, encodes and
+    compares. etcd: airlock's key, our records and the pause marker, written as a diff in one
+    transaction guarded by mod revisions; Kubernetes: one Lease replaced with its resourceVersion.
+    """
 
     group: Group
-    #: Called on every compare-and-swap write that lost a race (a metric counts them).
-    on_conflict: Callable[[], None] | None
+
+    def read(self) -> tuple[GroupState, Any]:
+        """The state and an opaque version to write against (its ``revision``: the backend's)."""
+
+    def write(self, new: GroupState, *, expect: Any) -> int:
+        """Write ``new`` if the stored state is still the one of ``expect``; the revision written.
+        Raises Conflict otherwise."""
+
+    def watch(self, on_change: Callable[[GroupState | None], None], *, since: int = 0) -> Callable[[], None]:
+        """Call ``on_change`` once, at the first change after revision ``since`` of the slots or
+        the pause marker (etcd keeps holders' phase writes apart; a Lease holds all of it) or when
+        the watch breaks. Returns a function that stops it."""
+
+    def close(self) -> None: ...
+
+
+class WaitQueue(Protocol):
+    """The line for a group's slots: request order; a dead waiter's place expires, a restarted
+    agent keeps its own; a waiter is woken only when the one ahead of it leaves."""
+
+    def join(self, waiter: Waiter) -> None:
+        """Take a place at the end of the line, or keep (and from now on renew) the place this
+        id already has -- from this process, or one before it that crashed."""
+
+    def joined(self, holder: HolderId) -> bool:
+        """This process keeps ``holder``'s place (join was called and the place is alive)."""
+
+    def leave(self, holder: HolderId) -> None: ...
+
+    def renew(self, holder: HolderId) -> None:
+        """Keep the place alive now (pollers; an agent's place is renewed in the background)."""
+
+    def waiters(self) -> tuple[Waiter, ...]:
+        """The living waiters, in request order."""
+
+    def watch_ahead(
+        self,
+        holder: HolderId,
+        on_change: Callable[[], None],
+        *,
+        line: tuple[Waiter, ...] | None = None,
+        since: int = 0,
+    ) -> Callable[[], None]:
+        """Call ``on_change`` once, when the waiter just ahead of ``holder`` in ``line`` (read when
+        not given) leaves or dies -- at once when there is none. Events after revision ``since``.
+        Returns a function that stops it."""
+
+    def close(self) -> None: ...
+
+
+class Semaphore(Protocol):
+    """One group's semaphore as the agent uses it (GroupClient over a store and a queue)."""
+
+    group: Group
 
     def ensure(self, max_holders: int) -> None:
         """Create the group's semaphore with ``max_holders`` slots if it does not exist."""
 
-    def read(self) -> GroupView:
-        """A fresh, consistent view of the group."""
-
-    def watch(self, on_change: Callable[[GroupView | None], None]) -> Callable[[], None]:
-        """Call ``on_change`` with every new view (None while the backend is unreachable).
-
-        Returns a function that stops the watch. No polling: changes arrive by the backend's watch.
-        """
+    def read(self, *, queue: bool = True) -> GroupView:
+        """A fresh view of the group (and its queue, unless ``queue`` is False)."""
 
     def join_queue(self, waiter: Waiter) -> None: ...
 
+    def queue_joined(self, holder: HolderId) -> bool: ...
+
     def leave_queue(self, holder: HolderId) -> None: ...
 
-    def acquire(self, record: HolderRecord) -> int | None:
-        """Take a slot for ``record.id`` with its record, if it is our turn.
+    def wake_on(
+        self, view: GroupView, holder: HolderId, role: str, on_wake: Callable[[], None]
+    ) -> Callable[[], None]:
+        """Call ``on_wake`` once, after ``view``: with ``role`` "slots" when the slots change (the
+        head of the line), "ahead" when the waiter ahead leaves. Returns a function that stops it."""
 
-        Returns the backend revision of the write, or None when it is not our turn, no slot is
-        free, or another writer won the race (read again and decide again)."""
+    def acquire(self, record: HolderRecord) -> int | None:
+        """Take a slot for ``record.id`` with its record, if it is our turn: the revision
+        written, or None when it is not our turn, no slot is free or the group is paused."""
 
     def update(self, record: HolderRecord) -> None:
         """Write our record if we still hold the slot; raise SlotLost otherwise."""
@@ -115,16 +173,5 @@ class Semaphore(Protocol):
 
     def reclaim(self, holder: HolderId, expect: HolderRecord) -> bool:
         """Take back ``holder``'s slot if it still holds it with the record ``expect``."""
-
-    # operators (rebootctl)
-    def lock(self, holder: HolderId, record: HolderRecord) -> None: ...
-
-    def unlock(self, holder: HolderId) -> HolderRecord | None: ...
-
-    def set_max(self, new_max: int) -> None: ...
-
-    def pause(self, info: PauseInfo) -> None: ...
-
-    def resume(self) -> None: ...
 
     def close(self) -> None: ...

@@ -10,8 +10,8 @@ from collections.abc import Callable, Iterator
 
 import pytest
 
-from rebootcoord.adapters.etcd import EtcdConnection, EtcdOptions, EtcdSemaphore
 from rebootcoord.core.types import Group
+from rebootcoord.daemon.group import GroupClient, etcd_group
 from rebootcoord.sim.etcd_server import EtcdServer
 
 # The real Kubernetes control plane (kube-apiserver, controller-manager, scheduler, kwok, etcd
@@ -41,12 +41,12 @@ def prefix(request: pytest.FixtureRequest) -> str:
 
 
 @pytest.fixture
-def make_semaphore(etcd: EtcdServer, prefix: str) -> Iterator[Callable[..., EtcdSemaphore]]:
-    made: list[EtcdSemaphore] = []
+def make_semaphore(etcd: EtcdServer, prefix: str) -> Iterator[Callable[..., GroupClient]]:
+    made: list[GroupClient] = []
 
-    def make(group: str = "default", *, endpoint: str | None = None, **options: object) -> EtcdSemaphore:
-        conn = EtcdConnection(EtcdOptions(endpoints=(endpoint or etcd.endpoint,), timeout=5.0, **options))  # type: ignore[arg-type]
-        sem = EtcdSemaphore(conn, prefix=prefix, group=Group(group), waiter_ttl=3)
+    def make(group: str = "default", *, endpoint: str | None = None, **options: object) -> GroupClient:
+        sem = etcd_group((endpoint or etcd.endpoint,), prefix=prefix, group=Group(group), waiter_ttl=3,
+                         timeout=5.0, **options)  # fmt: skip
         made.append(sem)
         return sem
 

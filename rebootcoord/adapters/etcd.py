@@ -1,16 +1,10 @@
-"""etcd v3 semaphore backend, compatible with airlock's key and value.
+"""etcd v3: the group's store and wait queue, compatible with airlock's key and value.
 
-Keys of one group (``<p>`` is ``etcd_key_prefix``, ``com.coreos.airlock`` by default)::
-
-    <p>/groups/<group>/v1/semaphore                      {"total_slots": N, "holders": [ids]}  (airlock's)
-    <p>/groups/<group>/v1/rebootcoord/holders/<id>       our holder record (phase, boot ID, ...)
-    <p>/groups/<group>/v1/rebootcoord/waiters/<id>       a place in the queue, on a lease
-    <p>/groups/<group>/v1/rebootcoord/paused             present while the group is paused
-
-Every write is one transaction guarded by the mod revision of what was read, so two writers can
-never both take the last slot; the slots and our record change together. A watch on the group's
-prefix keeps a cached view fresh: waiters learn of a freed slot within one watch round trip and
-only the first in line tries to take it.
+``EtcdGroupStore`` reads and writes the group's state (airlock's semaphore key, our holder records
+beside it, the pause marker) with compare-and-swap transactions; the rules are the core's
+(``rebootcoord.core.group``, applied by ``rebootcoord.daemon.group.GroupClient``).
+``EtcdWaitQueue`` keeps the line: one key per waiter on a lease, each waiter watching only the
+key just ahead of it. ``replay`` gives a run's history to the checker.
 
 This module is the only one that imports ``etcd3`` and ``grpc``; their errors are translated here.
 """
@@ -18,15 +12,13 @@ This module is the only one that imports ``etcd3`` and ``grpc``; their errors ar
 from __future__ import annotations
 
 import contextlib
-import functools
 import json
 import logging
-import random
 import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, TypeVar
 from urllib.parse import urlsplit
 
@@ -34,19 +26,13 @@ import etcd3
 import etcd3.events
 import etcd3.exceptions as etcd_exc
 import grpc
+from etcd3 import etcdrpc
 
-from rebootcoord.adapters.removal import HolderRemoval
 from rebootcoord.adapters.retry import retrying as retrying_for
-from rebootcoord.core.semaphore import GroupView, HolderRecord, PauseInfo, SemaphoreState, Waiter
+from rebootcoord.core.group import GroupState
+from rebootcoord.core.semaphore import HolderRecord, PauseInfo, SemaphoreState, Waiter
 from rebootcoord.core.types import Group, HolderId, NodeName
-from rebootcoord.errors import (
-    BackendUnavailable,
-    Conflict,
-    CorruptDocument,
-    NoFreeSlot,
-    NotHolder,
-    SlotLost,
-)
+from rebootcoord.errors import BackendUnavailable, Conflict, CorruptDocument
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -181,308 +167,216 @@ def _describe(exc: BaseException) -> str:
     return str(exc) or exc.__class__.__name__
 
 
-@dataclass
+@dataclass(frozen=True)
 class _Kv:
+    key: str
     value: bytes
     create_revision: int
     mod_revision: int
 
 
-class EtcdSemaphore(HolderRemoval):
-    """The Semaphore port on etcd v3. Thread-safe; one instance per group."""
+def _txn(client: Any, compare: list[Any], success: list[Any]) -> tuple[bool, int, list[list[_Kv]]]:
+    """One transaction, answering (succeeded, header revision, the kvs of each range op).
+    python-etcd3's own ``transaction()`` drops the header, which a consistent read needs."""
+    request = etcdrpc.TxnRequest(
+        compare=[c.build_message() for c in compare], success=client._ops_to_requests(success), failure=[]
+    )
+    response = client.kvstub.Txn(
+        request, client.timeout, credentials=client.call_credentials, metadata=client.metadata
+    )
+    ranges = []
+    for item in response.responses:
+        if item.WhichOneof("response") == "response_range":
+            ranges.append(
+                [
+                    _Kv(kv.key.decode(), kv.value, int(kv.create_revision), int(kv.mod_revision))
+                    for kv in item.response_range.kvs
+                ]
+            )
+    return bool(response.succeeded), int(response.header.revision), ranges
 
-    def __init__(self, conn: EtcdConnection, *, prefix: str, group: Group, waiter_ttl: float = 10.0) -> None:
+
+class _Keys:
+    """One group's keys (``<p>`` is ``etcd_key_prefix``, ``com.coreos.airlock`` by default)::
+
+    <p>/groups/<group>/v1/semaphore                 {"total_slots": N, "holders": [ids]}  (airlock's)
+    <p>/groups/<group>/v1/rebootcoord/holders/<id>  our holder record (phase, boot ID, ...)
+    <p>/groups/<group>/v1/rebootcoord/paused        present while the group is paused
+    <p>/groups/<group>/v1/rebootcoord/waiters/<id>  a place in the queue, on a lease
+    """
+
+    def __init__(self, prefix: str, group: Group) -> None:
+        self.base = f"{prefix.strip('/')}/groups/{group}/v1/"
+        self.slots = self.base + "semaphore"
+        self.records = self.base + "rebootcoord/holders/"
+        self.waiters = self.base + "rebootcoord/waiters/"
+        self.pause = self.base + "rebootcoord/paused"
+
+
+@dataclass(frozen=True)
+class EtcdVersion:
+    """A read's revision and what a write must find unchanged: the mod revisions of the
+    semaphore key and of the pause marker (0: absent), and the state read (to write its diff)."""
+
+    revision: int
+    slots_mod: int
+    pause_mod: int
+    state: GroupState = field(compare=False, repr=False)
+
+
+class EtcdGroupStore:
+    """The GroupStore on etcd v3 (keys: ``_Keys``), airlock's key and value unchanged.
+
+    A read is one transaction of three ranges, at one revision. A write puts and deletes the
+    diff of the new state against the one read, in one transaction that requires the semaphore
+    key and the pause marker unchanged (or still absent) and no record written since the read.
+    A record deleted since is deleted with a change of the semaphore key (a release), or is an
+    orphan that nothing could write back. airlock's own writes compare the key's version.
+    """
+
+    def __init__(self, conn: EtcdConnection, *, prefix: str, group: Group) -> None:
         self.conn = conn
         self.group = group
-        self.base = f"{prefix.strip('/')}/groups/{group}/v1/"
-        self.slots_key = self.base + "semaphore"
-        self.records_prefix = self.base + "rebootcoord/holders/"
-        self.waiters_prefix = self.base + "rebootcoord/waiters/"
-        self.pause_key = self.base + "rebootcoord/paused"
-        self.waiter_ttl = max(2, round(waiter_ttl))
-        self._leases: dict[HolderId, Any] = {}  # one lease per waiter we queued
-        self._decode_cache: dict[str, tuple[int, Any]] = {}
-        self.conflicts = 0  # transactions whose comparisons failed: lost races
-        self.on_conflict: Callable[[], None] | None = None
-        self._watches: list[_GroupWatch] = []
-        self._lease_lock = threading.Lock()
-        self._keepalive_stop = threading.Event()
-        self._keepalive: threading.Thread | None = None
+        self.keys = _Keys(prefix, group)
+        self.conflicts = 0
+        self._decoded: dict[str, tuple[int, HolderRecord | CorruptDocument]] = {}
+        self._lock = threading.Lock()
 
-    # --------------------------------------------------------------------------------------
-    # reading
+    def read(self) -> tuple[GroupState, EtcdVersion]:
+        k = self.keys
 
-    def _range(self, *, retry_for: float | None = None) -> tuple[dict[str, _Kv], int]:
-        def fetch(client: Any) -> tuple[dict[str, _Kv], int]:
-            resp = client.get_prefix_response(self.base)
-            kvs = {kv.key.decode(): _Kv(kv.value, kv.create_revision, kv.mod_revision) for kv in resp.kvs}
-            return kvs, int(resp.header.revision)
+        def fetch(client: Any) -> tuple[int, list[list[_Kv]]]:
+            t = client.transactions
+            gets = [t.get(k.slots), t.get(k.records, range_end=_prefix_end(k.records)), t.get(k.pause)]
+            _, revision, ranges = _txn(client, [], gets)
+            return revision, ranges
 
-        return self.conn.call(fetch, retry_for=retry_for)
+        revision, (slots_kvs, record_kvs, pause_kvs) = self.conn.call(fetch)
+        slots_kv = slots_kvs[0] if slots_kvs else None
+        pause_kv = pause_kvs[0] if pause_kvs else None
+        state = self._state(slots_kv, record_kvs, pause_kv)
+        version = EtcdVersion(
+            revision,
+            slots_kv.mod_revision if slots_kv else 0,
+            pause_kv.mod_revision if pause_kv else 0,
+            state,
+        )
+        return state, version
 
-    def read(self) -> GroupView:
-        kvs, revision = self._range()
-        for watch in list(self._watches):
-            watch.absorb(kvs, revision)
-        return self._view(kvs, revision)
-
-    def _decoded(self, key: str, kv: _Kv, decode: Callable[[bytes], Any]) -> Any:
-        """Decode a value once per (key, mod revision): every watch event rebuilds the view, and
-        a group of a hundred waiters would otherwise decode a hundred documents per event."""
-        cached = self._decode_cache.get(key)
-        if cached is not None and cached[0] == kv.mod_revision:
-            result = cached[1]
-        else:
-            try:
-                result = decode(kv.value)
-            except CorruptDocument as exc:
-                result = exc
-            if len(self._decode_cache) > 10_000:
-                self._decode_cache.clear()
-            self._decode_cache[key] = (kv.mod_revision, result)
-        if isinstance(result, CorruptDocument):
-            raise result
-        return result
-
-    def _view(self, kvs: dict[str, _Kv], revision: int) -> GroupView:
+    def _state(self, slots_kv: _Kv | None, record_kvs: list[_Kv], pause_kv: _Kv | None) -> GroupState:
+        k = self.keys
         corrupt: list[CorruptDocument] = []
         slots = None
-        if self.slots_key in kvs:
+        if slots_kv is not None:
             try:
-                slots = SemaphoreState.decode(kvs[self.slots_key].value, key=self.slots_key)
+                slots = SemaphoreState.decode(slots_kv.value, key=k.slots)
             except CorruptDocument as exc:
                 corrupt.append(exc)
         records: dict[HolderId, HolderRecord] = {}
-        waiters: list[Waiter] = []
-        paused = None
-        for key, kv in kvs.items():
-            if key.startswith(self.records_prefix):
-                try:
-                    record = self._decoded(key, kv, functools.partial(HolderRecord.decode, key=key))
-                except CorruptDocument as exc:
-                    corrupt.append(exc)
-                    continue
-                if record.id != key[len(self.records_prefix) :]:
-                    corrupt.append(CorruptDocument(key, f"record id {record.id!r} does not match its key"))
-                    continue
-                records[record.id] = record
-            elif key.startswith(self.waiters_prefix):
-                holder = key[len(self.waiters_prefix) :]
-                decode = functools.partial(_decode_waiter, holder=holder, order=kv.create_revision)
-                waiters.append(self._decoded(key, kv, decode))
-            elif key == self.pause_key:
-                paused = _decode_pause(kv.value)
-        waiters.sort(key=lambda w: w.order)
-        return GroupView(
-            group=self.group,
-            slots=slots,
-            records=records,
-            waiters=tuple(waiters),
-            paused=paused,
-            corrupt=tuple(corrupt),
-            revision=revision,
-        )
+        for kv in record_kvs:
+            key = kv.key
+            decoded = self._record(key, kv)
+            if isinstance(decoded, CorruptDocument):
+                corrupt.append(decoded)
+            elif decoded.id != key[len(k.records) :]:
+                corrupt.append(CorruptDocument(key, f"record id {decoded.id!r} does not match its key"))
+            else:
+                records[decoded.id] = decoded
+        paused = PauseInfo.decode(pause_kv.value) if pause_kv is not None else None
+        return GroupState(slots, records, paused, tuple(corrupt))
 
-    def _slots(self, kvs: dict[str, _Kv]) -> tuple[SemaphoreState | None, int]:
-        kv = kvs.get(self.slots_key)
-        if kv is None:
-            return None, 0
-        return SemaphoreState.decode(kv.value, key=self.slots_key), kv.mod_revision
+    def _record(self, key: str, kv: _Kv) -> HolderRecord | CorruptDocument:
+        """Decoded once per (key, mod revision): a group of many holders is read often."""
+        with self._lock:
+            cached = self._decoded.get(key)
+        if cached is not None and cached[0] == kv.mod_revision:
+            return cached[1]
+        result: HolderRecord | CorruptDocument
+        try:
+            result = HolderRecord.decode(kv.value, key=key)
+        except CorruptDocument as exc:
+            result = exc
+        with self._lock:
+            if len(self._decoded) > 10_000:
+                self._decoded.clear()
+            self._decoded[key] = (kv.mod_revision, result)
+        return result
 
-    # --------------------------------------------------------------------------------------
-    # writing: read, apply, write-if-unchanged; retried on conflict
+    def write(self, new: GroupState, *, expect: EtcdVersion) -> int:
+        old, k = expect.state, self.keys
 
-    def _txn(self, compare: Callable[[Any], list[Any]], success: Callable[[Any], list[Any]]) -> int | None:
-        """Run a transaction; the revision it wrote at, or None when a comparison failed."""
-
-        def run(client: Any) -> int | None:
-            ok, responses = client.transaction(compare=compare(client), success=success(client), failure=[])
-            if not ok:
-                self.conflicts += 1
-                if self.on_conflict is not None:
-                    self.on_conflict()
-                return None
-            for response in responses:
-                kind = response.WhichOneof("response")
-                return int(getattr(response, kind).header.revision)
-            return 0
-
-        return self.conn.call(run)
-
-    def _cas_loop(self, attempt: Callable[[], int | None]) -> int | None:
-        """Repeat read-apply-write until the write lands. ``attempt`` returns the revision written,
-        None when the write lost a race, or NOTHING_TO_DO when the state already is as wanted."""
-        for i in range(MAX_CAS_ATTEMPTS):
-            revision = attempt()
-            if revision == NOTHING_TO_DO:
-                return None
-            if revision is not None:
-                return revision
-            time.sleep(random.uniform(0, 0.002 * (i + 1)))  # noqa: S311 - jitter, not crypto
-        raise Conflict(f"gave up after {MAX_CAS_ATTEMPTS} conflicting writes on {self.slots_key}")
-
-    def ensure(self, max_holders: int) -> None:
-        initial = SemaphoreState(max_holders).encode()
-        self._txn(  # airlock's own initialisation: put only if the key does not exist
-            lambda c: [c.transactions.version(self.slots_key) == 0],
-            lambda c: [c.transactions.put(self.slots_key, initial)],
-        )
-
-    def acquire(self, record: HolderRecord) -> int | None:
-        kvs, revision = self._range()
-        view = self._view(kvs, revision)
-        if view.corrupt:
-            raise view.corrupt[0]
-        if view.holds(record.id):
-            return revision if view.record(record.id) == record else None
-        if not view.may_take(record.id):
-            return None
-        slots, mod = self._slots(kvs)
-        assert slots is not None
-        new = slots.acquire(record.id)
-        rkey = self.records_prefix + record.id
-        written = self._txn(
-            lambda c: [
-                c.transactions.mod(self.slots_key) == mod,
-                c.transactions.version(self.pause_key) == 0,
-                c.transactions.version(rkey) == 0,
-            ],
-            lambda c: [
-                c.transactions.put(self.slots_key, new.encode()),
-                c.transactions.put(rkey, record.encode()),
-                c.transactions.delete(self.waiters_prefix + record.id),
-            ],
-        )
-        if written is not None:
-            self._drop_lease(record.id)  # the waiter key went with the transaction
-        return written
-
-    def update(self, record: HolderRecord) -> None:
-        rkey = self.records_prefix + record.id
-
-        def attempt() -> int | None:
-            kvs, _ = self._range()
-            slots, mod = self._slots(kvs)
-            current = kvs.get(rkey)
-            if current is None or slots is None or not slots.holds(record.id):
-                raise SlotLost(f"{record.id} no longer holds a slot in group {self.group}")
-            return self._txn(
-                lambda c: [
-                    c.transactions.mod(self.slots_key) == mod,
-                    c.transactions.create(rkey) == current.create_revision,
-                ],
-                lambda c: [c.transactions.put(rkey, record.encode())],
-            )
-
-        self._cas_loop(attempt)
-
-    def _remove(
-        self, holder: HolderId, *, must_hold: bool, expect: HolderRecord | None
-    ) -> tuple[HolderRecord | None, int | None]:
-        rkey = self.records_prefix + holder
-        removed: list[HolderRecord | None] = [None]
-
-        def attempt() -> int | None:
-            kvs, _ = self._range()
-            slots, mod = self._slots(kvs)
-            had_record = rkey in kvs
-            holds = slots is not None and slots.holds(holder)
-            if not holds and not had_record:
-                if must_hold:
-                    held = ", ".join(slots.holders) if slots and slots.holders else "none"
-                    raise NotHolder(f"{holder!r} holds no slot in group {self.group} (holders: {held})")
-                return NOTHING_TO_DO
-            removed[0] = _maybe_record(kvs.get(rkey), rkey)
-            if expect is not None and (removed[0] is None or removed[0].acquired_at != expect.acquired_at):
-                raise NotHolder(f"{holder!r} holds the slot again since; not reclaimed")
-            ops: list[Callable[[Any], Any]] = [
-                lambda c: c.transactions.delete(rkey),
-                lambda c: c.transactions.delete(self.waiters_prefix + holder),
+        def run(client: Any) -> int:
+            t = client.transactions
+            compare = [
+                t.mod(k.slots) == expect.slots_mod if expect.slots_mod else t.version(k.slots) == 0,
+                t.mod(k.pause) == expect.pause_mod if expect.pause_mod else t.version(k.pause) == 0,
+                t.mod(k.records, range_end=_prefix_end(k.records)) < expect.revision + 1,
             ]
-            if holds and slots is not None:
-                encoded = slots.release(holder).encode()
-                ops.append(lambda c: c.transactions.put(self.slots_key, encoded))
-            return self._txn(
-                lambda c: [c.transactions.mod(self.slots_key) == mod],
-                lambda c: [op(c) for op in ops],
-            )
+            ops: list[Any] = []
+            if new.slots != old.slots and new.slots is not None:
+                ops.append(t.put(k.slots, new.slots.encode()))
+            for holder, record in new.records.items():
+                if old.records.get(holder) != record:
+                    ops.append(t.put(k.records + holder, record.encode()))
+            ops.extend(t.delete(k.records + holder) for holder in old.records if holder not in new.records)
+            if new.paused != old.paused:
+                ops.append(t.put(k.pause, new.paused.encode()) if new.paused else t.delete(k.pause))
+            ok, revision, _ = _txn(client, compare, ops)
+            if not ok:
+                raise Conflict(f"group {self.group} changed since revision {expect.revision}")
+            return revision
 
-        revision = self._cas_loop(attempt)
-        self._drop_lease(holder)  # the waiter key, if any, went with the transaction
-        return removed[0], revision
+        try:
+            return self.conn.call(run)
+        except Conflict:
+            self.conflicts += 1
+            raise
 
-    def drop_record(self, holder: HolderId) -> None:
-        rkey = self.records_prefix + holder
+    def watch(self, on_change: Callable[[GroupState | None], None], *, since: int = 0) -> Callable[[], None]:
+        """The semaphore key and the pause marker (never the records), from ``since`` + 1."""
+        return _KeyWatch(
+            self.conn, [self.keys.slots, self.keys.pause], since, lambda: on_change(None)
+        ).start()
 
-        def attempt() -> int | None:
-            kvs, _ = self._range()
-            slots, mod = self._slots(kvs)
-            if rkey not in kvs:
-                return NOTHING_TO_DO
-            if slots is not None and slots.holds(holder):
-                raise Conflict(f"{holder} holds a slot again; its record stays")
-            return self._txn(
-                lambda c: [c.transactions.mod(self.slots_key) == mod],
-                lambda c: [c.transactions.delete(rkey)],
-            )
+    def close(self) -> None:
+        self.conn.close()
 
-        self._cas_loop(attempt)
 
-    def lock(self, holder: HolderId, record: HolderRecord) -> None:
-        rkey = self.records_prefix + holder
+class EtcdWaitQueue:
+    """The WaitQueue on etcd: one key per waiter on a lease of ``ttl`` seconds, ordered by its
+    create revision. A put on an existing key keeps its create revision: a restarted agent that
+    joins again keeps its place, if it comes back before its old lease ran out. etcd deletes the
+    keys of a lease that is not kept alive: a dead waiter's place expires by itself, and the one
+    behind it, which watches only its key, is woken by that delete."""
 
-        def attempt() -> int | None:
-            kvs, _ = self._range()
-            slots, mod = self._slots(kvs)
-            if slots is None:
-                raise NotHolder(f"group {self.group} has no semaphore yet (no agent started; use set-max)")
-            if slots.holds(holder):
-                raise NoFreeSlot(f"{holder!r} already holds a slot")
-            new = slots.acquire(holder)
-            return self._txn(
-                lambda c: [c.transactions.mod(self.slots_key) == mod],
-                lambda c: [
-                    c.transactions.put(self.slots_key, new.encode()),
-                    c.transactions.put(rkey, record.encode()),
-                ],
-            )
+    def __init__(self, conn: EtcdConnection, *, prefix: str, group: Group, ttl: float) -> None:
+        self.conn = conn
+        self.group = group
+        self.keys = _Keys(prefix, group)
+        self.ttl = max(1, round(ttl))
+        self._leases: dict[HolderId, Any] = {}
+        self._lock = threading.Lock()
+        self._keepalive_stop = threading.Event()
+        self._keepalive: threading.Thread | None = None
+        self.keepalives = 0  # lease refreshes sent (the benchmarks' "writes" of a waiting agent)
 
-        self._cas_loop(attempt)
+    def waiters(self) -> tuple[Waiter, ...]:
+        prefix = self.keys.waiters
 
-    def set_max(self, new_max: int) -> None:
-        def attempt() -> int | None:
-            kvs, _ = self._range()
-            slots, mod = self._slots(kvs)
-            if slots is None:
-                encoded = SemaphoreState(1).with_max(new_max).encode()
-                return self._txn(
-                    lambda c: [c.transactions.version(self.slots_key) == 0],
-                    lambda c: [c.transactions.put(self.slots_key, encoded)],
-                )
-            encoded = slots.with_max(new_max).encode()
-            return self._txn(
-                lambda c: [c.transactions.mod(self.slots_key) == mod],
-                lambda c: [c.transactions.put(self.slots_key, encoded)],
-            )
+        def fetch(client: Any) -> list[Any]:
+            return list(client.get_prefix(prefix))
 
-        self._cas_loop(attempt)
+        found = []
+        for value, meta in self.conn.call(fetch):
+            holder = meta.key.decode()[len(prefix) :]
+            found.append(_decode_waiter(value, holder=holder, order=int(meta.create_revision)))
+        return tuple(sorted(found, key=lambda w: w.order))
 
-    def pause(self, info: PauseInfo) -> None:
-        doc = json.dumps({"by": info.by, "at": info.at, "reason": info.reason}).encode()
-        self.conn.call(lambda c: c.put(self.pause_key, doc))
-
-    def resume(self) -> None:
-        self.conn.call(lambda c: c.delete(self.pause_key))
-
-    # --------------------------------------------------------------------------------------
-    # the queue: waiter keys on a lease, so a dead agent's place goes away by itself
-
-    def join_queue(self, waiter: Waiter) -> None:
+    def join(self, waiter: Waiter) -> None:
         doc = json.dumps({"id": waiter.id, "node": waiter.node, "since": waiter.since}).encode()
-        key = self.waiters_prefix + waiter.id
+        key = self.keys.waiters + waiter.id
 
         def put(client: Any) -> None:
-            # put() on an existing key keeps its create revision: a restarted agent keeps its place.
             try:
                 client.put(key, doc, lease=self._lease_for(client, waiter.id))
             except grpc.RpcError as exc:
@@ -491,31 +385,57 @@ class EtcdSemaphore(HolderRemoval):
                 # Our lease expired while this process could not renew it (stopped, or cut off
                 # longer than the TTL): the place is lost; queue again on a new lease.
                 log.info("the waiter lease of %s expired; queueing again", waiter.id)
-                with self._lease_lock:
+                with self._lock:
                     self._leases.pop(waiter.id, None)
                 client.put(key, doc, lease=self._lease_for(client, waiter.id))
 
-        self.conn.call(put)
+        self.conn.call(put)  # also when we think the place ours: the agent asks only when it is not
         self._start_keepalive()
 
-    def leave_queue(self, holder: HolderId) -> None:
-        self.conn.call(lambda c: c.delete(self.waiters_prefix + holder))
-        self._drop_lease(holder)
+    def joined(self, holder: HolderId) -> bool:
+        with self._lock:
+            return holder in self._leases
 
-    def _lease_for(self, client: Any, holder: HolderId) -> Any:
-        with self._lease_lock:
-            if holder not in self._leases:
-                self._leases[holder] = client.lease(self.waiter_ttl)
-            return self._leases[holder]
-
-    def _drop_lease(self, holder: HolderId) -> None:
-        with self._lease_lock:
+    def leave(self, holder: HolderId) -> None:
+        with self._lock:
             lease = self._leases.pop(holder, None)
+        self.conn.call(lambda c: c.delete(self.keys.waiters + holder))
         if lease is not None:
             try:
-                self.conn.call(_revoker(lease.id))
+                self.conn.call(_revoker(lease.id), retry_for=0)
             except BackendUnavailable:
                 log.debug("revoking the waiter lease failed; it expires by itself")
+
+    def renew(self, holder: HolderId) -> None:
+        with self._lock:
+            lease = self._leases.get(holder)
+        if lease is not None:
+            self.conn.call(_refresher(lease.id))
+            self.keepalives += 1
+
+    def watch_ahead(
+        self,
+        holder: HolderId,
+        on_change: Callable[[], None],
+        *,
+        line: tuple[Waiter, ...] | None = None,
+        since: int = 0,
+    ) -> Callable[[], None]:
+        """The key of the waiter just ahead in ``line`` (read when not given), from ``since`` + 1:
+        woken when it is deleted (it left, or its lease ran out)."""
+        line = self.waiters() if line is None else line
+        ids = [w.id for w in line]
+        if holder not in ids or ids.index(holder) == 0:
+            on_change()
+            return lambda: None
+        key = self.keys.waiters + line[ids.index(holder) - 1].id
+        return _KeyWatch(self.conn, [key], since, on_change, deletes_only=True).start()
+
+    def _lease_for(self, client: Any, holder: HolderId) -> Any:
+        with self._lock:
+            if holder not in self._leases:
+                self._leases[holder] = client.lease(self.ttl)
+            return self._leases[holder]
 
     def _start_keepalive(self) -> None:
         if self._keepalive is not None and self._keepalive.is_alive():
@@ -527,12 +447,13 @@ class EtcdSemaphore(HolderRemoval):
         self._keepalive.start()
 
     def _keepalive_loop(self) -> None:
-        while not self._keepalive_stop.wait(self.waiter_ttl / 3):
-            with self._lease_lock:
+        while not self._keepalive_stop.wait(self.ttl / 3):
+            with self._lock:
                 leases = list(self._leases.items())
             for holder, lease in leases:
                 try:
                     responses = self.conn.call(_refresher(lease.id), retry_for=0)
+                    self.keepalives += 1
                 except BackendUnavailable as exc:
                     if isinstance(exc.__cause__, grpc.RpcError) and _lease_gone(exc.__cause__):
                         responses = []  # expired: dropped below, the agent queues again
@@ -541,139 +462,71 @@ class EtcdSemaphore(HolderRemoval):
                         continue
                 if not responses or responses[0].TTL <= 0:
                     log.info("waiter lease of %s expired; the queue place will be taken again", holder)
-                    with self._lease_lock:
+                    with self._lock:
                         if self._leases.get(holder) is lease:
                             del self._leases[holder]
 
-    # --------------------------------------------------------------------------------------
-    # watching
-
-    def watch(self, on_change: Callable[[GroupView | None], None]) -> Callable[[], None]:
-        watcher = _GroupWatch(self, on_change)
-        self._watches.append(watcher)
-        watcher.start()
-
-        def stop() -> None:
-            watcher.stop()
-            self._watches.remove(watcher)
-
-        return stop
-
     def close(self) -> None:
         self._keepalive_stop.set()
-        self.conn.close()
 
 
-class _GroupWatch:
-    """Keeps a cached copy of the group's keys from one range read plus a watch from its revision.
+class _KeyWatch:
+    """A watch on a few keys from a revision, for one wait: ``on_change`` is called once, at the
+    first event (of a delete, with ``deletes_only``) or when the watch breaks, then it ends. The
+    waiter reads and decides again, and watches anew if it still has to wait."""
 
-    The watch covers the slots, the queue and the pause marker, but not the holder records: every
-    phase change of every holder would otherwise wake every waiter of the group, and none of them
-    decides anything on another node's phase. Records in the cache come from reads instead (the
-    first one here, and every ``EtcdSemaphore.read()``, which the agent makes after each of its
-    own writes), so a node's own record is always current. The key layout makes this one range:
-    ``rebootcoord/holders/`` < ``rebootcoord/paused`` < ``rebootcoord/waiters/`` < ``semaphore``.
-
-    The etcd3 watcher calls back on its own thread; a broken stream or a compacted revision makes
-    this thread read again and watch anew, with backoff. Views are published in revision order.
-    """
-
-    def __init__(self, sem: EtcdSemaphore, on_change: Callable[[GroupView | None], None]) -> None:
-        self.sem = sem
+    def __init__(
+        self,
+        conn: EtcdConnection,
+        keys: list[str],
+        since: int,
+        on_change: Callable[[], None],
+        *,
+        deletes_only: bool = False,
+    ) -> None:
+        self.conn = conn
+        self.keys = keys
+        self.since = since
         self.on_change = on_change
-        self._stop = threading.Event()
-        self._broken = threading.Event()
+        self.deletes_only = deletes_only
+        self._ids: list[Any] = []
+        self._fired = threading.Event()
         self._lock = threading.Lock()
-        self._kvs: dict[str, _Kv] = {}
-        self._revision = 0  # of the cache: the newest event applied or read absorbed
-        self._floor = 0  # events at or below this revision are already in the cache
-        self._watch_id: Any = None
-        self._thread = threading.Thread(target=self._run, name=f"etcd-watch-{sem.group}", daemon=True)
 
-    def start(self) -> None:
-        self._thread.start()
-
-    def stop(self) -> None:
-        self._stop.set()
-        self._broken.set()
-        self._cancel()
-
-    def _run(self) -> None:
-        delay = 0.1
-        while not self._stop.is_set():
-            self._broken.clear()
-            try:
-                self._sync()
-                delay = 0.1
-            except _WATCH_ERRORS as exc:
-                log.warning("etcd watch of group %s interrupted: %s", self.sem.group, exc)
-                self.on_change(None)
-                self._stop.wait(delay)
-                delay = min(delay * 2, 5.0)
-                continue
-            self._broken.wait()
-            self._cancel()
-            if not self._stop.is_set():
-                self._stop.wait(0.05)
-
-    def _sync(self) -> None:
-        # One attempt: this loop has its own backoff, and must report an outage promptly.
-        kvs, revision = self.sem._range(retry_for=0)
-        with self._lock:
-            self._kvs = kvs
-            self._revision = self._floor = revision
-        self._publish()
-        with self.sem.conn.translating():
-            self._watch_id = self.sem.conn.client().add_watch_callback(
-                self.sem.pause_key,
-                self._on_event,
-                range_end=_prefix_end(self.sem.base),
-                start_revision=revision + 1,
-            )
-
-    def absorb(self, kvs: dict[str, _Kv], revision: int) -> None:
-        """Take a fresh read into the cache: all of it when it is newer than what the watch has
-        delivered, else only the holder records (which are not watched, so the read's are the
-        newest known). Then publish, so the holder sees its own last write."""
-        prefix = self.sem.records_prefix
-        with self._lock:
-            if revision > self._revision:
-                self._kvs = dict(kvs)
-                self._revision = self._floor = revision
-            else:
-                for key in [k for k in self._kvs if k.startswith(prefix)]:
-                    del self._kvs[key]
-                self._kvs.update({k: v for k, v in kvs.items() if k.startswith(prefix)})
-        self._publish()
-
-    def _cancel(self) -> None:
-        watch_id, self._watch_id = self._watch_id, None
-        if watch_id is not None:
-            try:
-                self.sem.conn.client().cancel_watch(watch_id)
-            except Exception:
-                log.debug("cancelling the etcd watch failed", exc_info=True)
+    def start(self) -> Callable[[], None]:
+        try:
+            with self.conn.translating():
+                client = self.conn.client()
+                for key in self.keys:
+                    kwargs = {"start_revision": self.since + 1} if self.since else {}
+                    self._ids.append(client.add_watch_callback(key, self._on_event, **kwargs))
+        except BackendUnavailable:
+            self._fire()
+        return self.stop
 
     def _on_event(self, response: Any) -> None:
         if isinstance(response, BaseException):
-            self._broken.set()
+            self._fire()
             return
-        with self._lock:
-            for event in response.events:
-                if event.mod_revision <= self._floor:
-                    continue  # already in a read that was absorbed
-                key = event.key.decode()
-                if isinstance(event, etcd3.events.DeleteEvent):
-                    self._kvs.pop(key, None)
-                else:
-                    self._kvs[key] = _Kv(event.value, event.create_revision, event.mod_revision)
-                self._revision = max(self._revision, int(event.mod_revision))
-        self._publish()
+        events = list(getattr(response, "events", []))
+        if self.deletes_only and not any(isinstance(e, etcd3.events.DeleteEvent) for e in events):
+            return
+        if events:
+            self._fire()
 
-    def _publish(self) -> None:
+    def _fire(self) -> None:
         with self._lock:
-            view = self.sem._view(dict(self._kvs), self._revision)
-        self.on_change(view)
+            if self._fired.is_set():
+                return
+            self._fired.set()
+        self.on_change()
+
+    def stop(self) -> None:
+        self._fired.set()
+        ids, self._ids = self._ids, []
+        for watch_id in ids:
+            with contextlib.suppress(Exception):
+                self.conn.client().cancel_watch(watch_id)
 
 
 def _lease_gone(exc: grpc.RpcError) -> bool:
@@ -703,23 +556,6 @@ def _decode_waiter(raw: bytes, *, holder: str, order: int) -> Waiter:
     except (ValueError, TypeError, AttributeError):
         # A waiter key is only a place in line; a bad one still holds its place.
         return Waiter(HolderId(holder), NodeName(holder), 0.0, order)
-
-
-def _decode_pause(raw: bytes) -> PauseInfo:
-    try:
-        doc = json.loads(raw)
-        return PauseInfo(str(doc.get("by", "?")), float(doc.get("at", 0)), str(doc.get("reason", "")))
-    except (ValueError, TypeError, AttributeError):
-        return PauseInfo("?", 0.0, "unreadable pause marker (still paused)")
-
-
-def _maybe_record(kv: _Kv | None, key: str) -> HolderRecord | None:
-    if kv is None:
-        return None
-    try:
-        return HolderRecord.decode(kv.value, key=key)
-    except CorruptDocument:
-        return None
 
 
 def replay(conn: EtcdConnection, prefix: str, *, since: int = 1) -> list[tuple[int, str, bytes | None]]:

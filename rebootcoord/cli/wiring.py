@@ -5,7 +5,9 @@ Backends are imported lazily: an etcd agent never loads the kubernetes package (
 
 from __future__ import annotations
 
+import os
 import threading
+from collections.abc import Mapping
 from typing import Any
 
 from prometheus_client import CollectorRegistry
@@ -18,8 +20,9 @@ from rebootcoord.adapters.rebooters import build_rebooter
 from rebootcoord.core.config import Settings
 from rebootcoord.daemon.agent import Agent, AgentParts, NoNodeOps
 from rebootcoord.daemon.events import EventLog
+from rebootcoord.daemon.group import GroupClient
 from rebootcoord.daemon.metrics import Metrics
-from rebootcoord.ports import Check, NodeOps, Semaphore
+from rebootcoord.ports import Check, NodeOps
 
 
 def connect_kube(settings: Settings, *, retry_for: float = 30.0, role: str = "agent") -> Any:
@@ -41,18 +44,29 @@ def kube_namespace(settings: Settings) -> str:
     return settings.namespace or default_namespace()
 
 
-def build_semaphore(settings: Settings, *, retry_for: float = 30.0, kube: Any = None) -> Semaphore:
-    """``retry_for``: how long one call retries transient errors (the agent waits; rebootctl not)."""
+def build_semaphore(
+    settings: Settings,
+    *,
+    retry_for: float = 30.0,
+    kube: Any = None,
+    owner: Any = None,
+    stop: threading.Event | None = None,
+) -> GroupClient:
+    """The group's semaphore: its store and wait queue on the configured backend, behind the one
+    compare-and-swap loop. ``retry_for``: how long one call retries transient errors (the agent
+    waits; rebootctl not). ``owner``: the agent's Pod, which its waiter Lease goes with."""
+    ttl = settings.waiter_ttl.total_seconds()
     if settings.backend == "kubernetes":
-        from rebootcoord.adapters.kube.lease import LeaseSemaphore
+        from rebootcoord.adapters.kube.lease import LeaseGroupStore, LeaseWaitQueue
 
-        return LeaseSemaphore(
-            kube or connect_kube(settings, retry_for=retry_for, role="rebootctl"),
-            namespace=kube_namespace(settings),
-            group=settings.group,
-            waiter_ttl=settings.waiter_ttl.total_seconds(),
+        kube = kube or connect_kube(settings, retry_for=retry_for, role="rebootctl")
+        namespace = kube_namespace(settings)
+        return GroupClient(
+            LeaseGroupStore(kube, namespace=namespace, group=settings.group),
+            LeaseWaitQueue(kube, namespace=namespace, group=settings.group, ttl=ttl, owner=owner),
+            stop=stop,
         )
-    from rebootcoord.adapters.etcd import EtcdConnection, EtcdOptions, EtcdSemaphore
+    from rebootcoord.adapters.etcd import EtcdConnection, EtcdGroupStore, EtcdOptions, EtcdWaitQueue
 
     conn = EtcdConnection(
         EtcdOptions(
@@ -66,12 +80,23 @@ def build_semaphore(settings: Settings, *, retry_for: float = 30.0, kube: Any = 
             retry_for=retry_for,
         )
     )
-    return EtcdSemaphore(
-        conn,
-        prefix=settings.etcd_key_prefix,
-        group=settings.group,
-        waiter_ttl=settings.waiter_ttl.total_seconds(),
+    prefix = settings.etcd_key_prefix
+    return GroupClient(
+        EtcdGroupStore(conn, prefix=prefix, group=settings.group),
+        EtcdWaitQueue(conn, prefix=prefix, group=settings.group, ttl=ttl),
+        stop=stop,
     )
+
+
+def pod_owner(settings: Settings, env: Mapping[str, str]) -> Any:
+    """The agent's own Pod (downward API: POD_NAME, POD_UID), if it runs in one and its waiter
+    Leases live in the Pod's namespace (an owner must be in the same namespace)."""
+    from rebootcoord.adapters.kube.lease import PodRef
+
+    name, uid = env.get("POD_NAME"), env.get("POD_UID")
+    if not name or not uid or kube_namespace(settings) != (env.get("POD_NAMESPACE") or ""):
+        return None
+    return PodRef(name, uid)
 
 
 def build_host(settings: Settings) -> Host:
@@ -130,7 +155,9 @@ def build_agent(settings: Settings, stop: threading.Event, registry: CollectorRe
                 settings.prometheus_alert_filter_match_only,
             )
         )
-    semaphore = build_semaphore(settings, kube=kube)
+    semaphore = build_semaphore(
+        settings, kube=kube, owner=pod_owner(settings, os.environ) if kube is not None else None, stop=stop
+    )
     semaphore.on_conflict = metrics.conflicts.inc
     if kube is not None:
         kube.on_request = lambda verb: metrics.api_requests.labels(verb).inc()

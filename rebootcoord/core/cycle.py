@@ -50,6 +50,8 @@ class Snapshot:
     # Our cordon is on the node, but we hold no slot and have no record: someone took the slot
     # away mid-cycle (looked up after a holding phase and at start-up).
     stale_cordon: bool = False
+    # This process keeps our place in the queue (False after a restart: join again to keep it).
+    queue_owned: bool = True
     timing: Timing = Timing(timedelta(minutes=10), timedelta(seconds=30), timedelta(0))
 
 
@@ -257,7 +259,8 @@ def _not_holding(s: Snapshot, view: GroupView) -> Step:
     if blocked is not None:
         reason, wake_at = blocked
         return LeaveQueue(reason) if in_queue else Rest(Phase.PENDING, reason, wake_at)
-    if not in_queue:
+    if not in_queue or not s.queue_owned:
+        # A place from an earlier process of ours is kept only if we take it over (renew it).
         return JoinQueue()
     if view.first_of_full_queue(s.holder):
         # First in line and nothing free: a slot held by a node that no longer exists, or held

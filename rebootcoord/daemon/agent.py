@@ -48,6 +48,7 @@ from rebootcoord.errors import (
     CorruptDocument,
     DetectorError,
     DrainInterrupted,
+    HoldsAgain,
     NodeOperationError,
     RebootError,
     SlotLost,
@@ -113,9 +114,9 @@ class Agent:
         self.stop = stop
         self.changed = threading.Event()
         self.heartbeat = Heartbeat(max_age=2 * self.s.check_interval.total_seconds() + 60)
-        self._view: GroupView | None = None
-        self._last_digest: object = None
-        self._view_lock = threading.Lock()
+        self._view: GroupView | None = None  # the group as last read
+        self._woken = False  # a watch said our turn may have come: read again
+        self._stop_wake: Callable[[], None] | None = None
         self._phase: Phase | None = None
         self._phase_entered = time.monotonic()
         self._reason = ""
@@ -184,18 +185,17 @@ class Agent:
         return 0
 
     def connect(self) -> Callable[[], None]:
-        """Wait for the backend, create the group's semaphore if needed, read it and watch it.
-        Returns the function that stops the watch."""
+        """Wait for the backend, create the group's semaphore if needed and read it. Returns the
+        function that stops the watch of the current wait, if any."""
         self._wait_for_backend()
-        return self.p.semaphore.watch(self._on_view)
+        return self._unwatch
 
     def _wait_for_backend(self) -> None:
         delay = 0.2
         while not self.stop.is_set():
             try:
                 self.p.semaphore.ensure(self.s.max_holders)
-                self._store_view(self.p.semaphore.read())
-                self.p.metrics.backend_up.set(1)
+                self._read_view()
                 return
             except BackendUnavailable as exc:
                 self.p.metrics.backend_up.set(0)
@@ -223,8 +223,9 @@ class Agent:
             self._detect(now)
         window = self.s.schedule.status(datetime.fromtimestamp(now, UTC))
         self.p.metrics.next_window.set(window.next_open.timestamp() if window.next_open else 0)
-        with self._view_lock:
-            view = self._view
+        view = self._view
+        if self._needs_view(view):
+            view = self._read_view(queue=self._pending is not None)
         waiting = self._pending is not None and view is not None and not view.holds(self.s.holder)
         return Snapshot(
             now=now,
@@ -243,8 +244,23 @@ class Agent:
             gone_holders=self._gone_holders(view, now) if waiting and view is not None else (),
             retry_not_before=self._retry_not_before,
             stale_cordon=self._stale_cordon(view),
+            queue_owned=self.p.semaphore.queue_joined(self.s.holder),
             timing=self._timing,
         )
+
+    def _needs_view(self, view: GroupView | None) -> bool:
+        """A fresh read, unless nothing can have changed that this node decides on: an idle node
+        (no reboot pending, no slot, no record) sends no request at all."""
+        if view is None or self._pending is not None or self._woken:
+            return True
+        return view.holds(self.s.holder) or view.record(self.s.holder) is not None
+
+    def _read_view(self, *, queue: bool = True) -> GroupView:
+        view = self.p.semaphore.read(queue=queue)
+        self._view, self._woken = view, False
+        self.p.metrics.backend_up.set(1)
+        self.p.metrics.observe_group(view)
+        return view
 
     def _stale_cordon(self, view: GroupView | None) -> bool:
         """Our cordon without our slot or record. Asked (one read of the Node) only when it can
@@ -308,38 +324,38 @@ class Agent:
             timeout = max(0.0, self._detected_at + timeout - now)
         if step.wake_at is not None:
             timeout = min(timeout, max(0.0, step.wake_at - now))
-        self.changed.wait(timeout)
-        self.changed.clear()
+        self._watch_for_turn()
+        try:
+            self.changed.wait(timeout)
+        finally:
+            self.changed.clear()
+            self._unwatch()
+
+    def _watch_for_turn(self) -> None:
+        """While waiting for a slot, a watch that ends the rest when our turn may have come: the
+        head of the line watches the slots, every other waiter only the waiter just ahead of it."""
+        view = self._view
+        holder = self.s.holder
+        if view is None or self._pending is None or view.holds(holder) or view.record(holder) is not None:
+            return
+        position = view.queue_position(holder)
+        if position is None:
+            return
+        role = "slots" if position == 0 or view.may_take(holder) else "ahead"
+        self._stop_wake = self.p.semaphore.wake_on(view, holder, role, lambda: self._wake(role))
+
+    def _wake(self, role: str) -> None:
+        self._woken = True
+        self.p.metrics.wakeups.labels(role).inc()
+        self.changed.set()
+
+    def _unwatch(self) -> None:
+        stop, self._stop_wake = self._stop_wake, None
+        if stop is not None:
+            stop()
 
     def _sleep(self, seconds: float) -> None:
         self.stop.wait(seconds)
-
-    # ------------------------------------------------------------------------------------------
-    # views from the backend
-
-    def _on_view(self, view: GroupView | None) -> None:
-        if view is None:
-            self.p.metrics.backend_up.set(0)
-            self.changed.set()
-            return
-        self.p.metrics.backend_up.set(1)
-        self._store_view(view)
-        # Wake the loop only when something this node's decision depends on changed: in a group
-        # of a hundred waiters, each other holder's phase change would otherwise wake everyone.
-        digest = _relevant(view, self.s.holder)
-        if digest != self._last_digest:
-            self._last_digest = digest
-            self.changed.set()
-
-    def _store_view(self, view: GroupView) -> None:
-        with self._view_lock:
-            if self._view is None or view.revision >= self._view.revision:
-                self._view = view
-        self.p.metrics.observe_group(view)
-
-    def _refresh(self) -> None:
-        """After our own write, read back so the next decision does not see the world before it."""
-        self._store_view(self.p.semaphore.read())
 
     # ------------------------------------------------------------------------------------------
     # phases: log line, metric, event
@@ -458,7 +474,9 @@ class Agent:
             self.p.metrics.fail("corrupt_document")
             log.error("%s", exc)
             self._sleep(self._timing.retry_after.total_seconds())
-        self._refresh()
+        except HoldsAgain as exc:
+            log.info("%s", exc)
+        self._view = None  # our own write changed the group: the next turn reads it
 
     def _drain(self, record: HolderRecord) -> None:
         sem, ops = self.p.semaphore, self.p.node_ops
@@ -550,19 +568,6 @@ class Agent:
         self._healthy_at = None
         self._detected_at = None  # look again: a new update may be waiting
         self._enter(Phase.IDLE, "slot released", rev=revision)
-
-
-def _relevant(view: GroupView, holder: HolderId) -> object:
-    """What decide() reads from a view for this holder (see core.cycle)."""
-    return (
-        view.slots is None,
-        view.holds(holder),
-        view.queue_position(holder) is not None,
-        view.may_take(holder),  # not the position itself: it moves for everyone at each handoff
-        view.record(holder),
-        view.paused is not None,
-        len(view.corrupt),
-    )
 
 
 def _was(current: Phase | None, phase: Phase) -> bool:

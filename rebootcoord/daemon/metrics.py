@@ -89,6 +89,15 @@ class Metrics:
             ["verb"],
             registry=registry,
         )
+        self.wakeups = Counter(
+            f"{ns}_wakeups",
+            "Waits for a slot ended by a watch: the head of the line saw the slots change (slots), "
+            "a waiter saw the one ahead of it leave (ahead)",
+            ["role"],
+            registry=registry,
+        )
+        for role in ("slots", "ahead"):
+            self.wakeups.labels(role)
         self.conflicts = Counter(
             f"{ns}_backend_conflicts",
             "Compare-and-swap writes that lost a race (HTTP 409, failed etcd txn)",

@@ -525,8 +525,13 @@ def _node_states(history: Sequence[NodeVersion] | None) -> Any:
 
 def _check_cordons(run: RunLog, report: Report) -> None:
     assert run.node_history is not None
+    cordoned: set[str] = set()  # from the first revision that shows someone else's cordon
     for v in run.node_history:
-        if v.node in run.precordoned and v.exists and not v.unschedulable:
+        if v.node not in run.precordoned or not v.exists:
+            continue
+        if v.unschedulable:
+            cordoned.add(v.node)
+        elif v.node in cordoned:
             report.violations.append(
                 Violation("cordon_kept", v.node, f"cordoned by someone else, uncordoned at revision {v.rev}")
             )

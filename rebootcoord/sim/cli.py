@@ -129,8 +129,8 @@ def run_simulate(args: argparse.Namespace) -> int:
 
 def _simulate_kubernetes(args: argparse.Namespace, run_dir: str, events: str, stopped: Any) -> int:
     from rebootcoord.adapters.kube.api import Kube, KubeOptions
-    from rebootcoord.adapters.kube.lease import LeaseSemaphore
     from rebootcoord.core.types import Group
+    from rebootcoord.daemon.group import lease_group
     from rebootcoord.errors import BackendUnavailable
     from rebootcoord.sim.kwok import KwokRebootHooks, kwok_nodes
 
@@ -164,7 +164,7 @@ def _simulate_kubernetes(args: argparse.Namespace, run_dir: str, events: str, st
         start_up=120,
         per_node=15.0,
         node_names=names,
-        semaphore=LeaseSemaphore(kube, namespace=args.namespace, group=Group(args.group)),
+        semaphore=lease_group(kube, namespace=args.namespace, group=Group(args.group)),
         hooks=KwokRebootHooks(kube, args.not_ready_annotation),
         agent_config=agent_config,
     )

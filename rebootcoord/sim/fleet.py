@@ -40,9 +40,8 @@ from typing import Any, Protocol
 
 import yaml
 
-from rebootcoord.adapters.etcd import EtcdConnection, EtcdOptions, EtcdSemaphore
 from rebootcoord.core.types import Group, HolderId
-from rebootcoord.ports import Semaphore
+from rebootcoord.daemon.group import GroupClient, etcd_group
 from rebootcoord.sim.checker import NodeVersion, RunLog, Version, read_jsonl
 from rebootcoord.sim.procs import orphan_proof
 
@@ -107,7 +106,7 @@ class Fleet:
         prefix: str = "node",
         arm: bool = True,
         node_names: Sequence[str] | None = None,
-        semaphore: Semaphore | None = None,
+        semaphore: GroupClient | None = None,
         hooks: RebootHooks | None = None,
         agent_env: dict[str, str] | None = None,
         node_config: dict[str, dict[str, Any]] | None = None,
@@ -155,10 +154,11 @@ class Fleet:
         if semaphore is None:
             if endpoint is None:
                 raise ValueError("an etcd fleet needs an endpoint, other backends a semaphore")
-            semaphore = EtcdSemaphore(
-                EtcdConnection(EtcdOptions(endpoints=(endpoint,), timeout=5.0)),
+            semaphore = etcd_group(
+                (endpoint,),
                 prefix=str(self.agent_config.get("etcd_key_prefix", "com.coreos.airlock")),
                 group=Group(group),
+                timeout=5.0,
             )
         self.semaphore = semaphore
 

@@ -9,8 +9,8 @@ from typing import Any
 import pytest
 
 from rebootcoord.adapters.kube.api import Kube
-from rebootcoord.adapters.kube.lease import LeaseSemaphore
 from rebootcoord.core.types import Group
+from rebootcoord.daemon.group import lease_group
 from rebootcoord.sim.fleet import Fleet
 from rebootcoord.sim.kwok import KwokRebootHooks
 from tests.support.kubecluster import KubeTestEnv
@@ -51,7 +51,7 @@ def kube_fleet(kube: KubeTestEnv, tmp_path: Path) -> Iterator[Callable[..., Flee
             node_names=node_names,
             max_holders=max_holders,
             reboot_seconds=reboot_seconds,
-            semaphore=LeaseSemaphore(api, namespace=kube.namespace, group=Group("default")),
+            semaphore=lease_group(api, namespace=kube.namespace, group=Group("default")),
             hooks=KwokRebootHooks(api),  # the harness, as admin: it plays the kubelet
             agent_config={**config, "kubeconfig": str(identity.kubeconfig_path)},
         )

@@ -22,8 +22,8 @@ from rebootcoord.core.types import Group, HolderId, NodeName, Phase
 from rebootcoord.sim.etcd_server import EtcdServer
 from rebootcoord.sim.fleet import Fleet
 from tests.conftest import wait_for
-from tests.integration.test_etcd_semaphore import slot_history
 from tests.support.checks import etcd_report
+from tests.support.etcdraw import slot_history
 from tests.support.eventgate import EventGate, alive, blocked_on_fifo
 
 pytestmark = pytest.mark.e2e

@@ -71,7 +71,7 @@ def test_agent_config_errors_exit_2_and_do_nothing(
 
 
 def etcd_keys(etcd: EtcdServer, prefix: str) -> list[str]:
-    from tests.integration.test_etcd_semaphore import raw_client
+    from tests.support.etcdraw import raw_client
 
     client = raw_client(etcd)
     try:
@@ -81,7 +81,7 @@ def etcd_keys(etcd: EtcdServer, prefix: str) -> list[str]:
 
 
 def etcd_revision(etcd: EtcdServer) -> int:
-    from tests.integration.test_etcd_semaphore import raw_client
+    from tests.support.etcdraw import raw_client
 
     client = raw_client(etcd)
     try:

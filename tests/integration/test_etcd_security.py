@@ -10,9 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from rebootcoord.adapters.etcd import EtcdConnection, EtcdOptions, EtcdSemaphore
 from rebootcoord.core.semaphore import Waiter
 from rebootcoord.core.types import Group, HolderId, NodeName
+from rebootcoord.daemon.group import GroupClient, etcd_group
 from rebootcoord.errors import BackendUnavailable
 from rebootcoord.sim.etcd_server import EtcdServer, find_etcd
 from tests.support.certs import make_pki
@@ -35,29 +35,21 @@ def test_tls_with_client_certificate(tmp_path: Path) -> None:
         ),
     ).start()  # fmt: skip
     try:
-        good = EtcdSemaphore(
-            EtcdConnection(
-                EtcdOptions(
-                    endpoints=(server.endpoint,),
-                    ca_file=str(pki.ca),
-                    cert_file=str(pki.client_cert),
-                    key_file=str(pki.client_key),
-                )
-            ),
+        good = etcd_group(
+            (server.endpoint,),
             prefix="tls",
             group=Group("g"),
+            ca_file=str(pki.ca),
+            cert_file=str(pki.client_cert),
+            key_file=str(pki.client_key),
         )
         good.ensure(1)
         good.join_queue(Waiter(HolderId("a"), NodeName("a"), time.time(), 0))
         assert good.read().queue_position(HolderId("a")) == 0
         good.close()
         # Without the client certificate the server refuses us: an error, not a hang.
-        anonymous = EtcdSemaphore(
-            EtcdConnection(
-                EtcdOptions(endpoints=(server.endpoint,), ca_file=str(pki.ca), timeout=2, retry_for=1)
-            ),
-            prefix="tls",
-            group=Group("g"),
+        anonymous = etcd_group(
+            (server.endpoint,), prefix="tls", group=Group("g"), ca_file=str(pki.ca), timeout=2, retry_for=1
         )
         with pytest.raises(BackendUnavailable):
             anonymous.read()
@@ -84,9 +76,15 @@ def test_user_and_password(tmp_path: Path) -> None:
         subprocess.run([*ctl, "user", "grant-role", "agent", "reboots"], check=True, capture_output=True)
         subprocess.run([*ctl, "auth", "enable"], check=True, capture_output=True)
 
-        def sem(user: str | None, password: str | None) -> EtcdSemaphore:
-            options = EtcdOptions(endpoints=(server.endpoint,), username=user, password=password, retry_for=1)
-            return EtcdSemaphore(EtcdConnection(options), prefix="auth", group=Group("g"))
+        def sem(user: str | None, password: str | None) -> GroupClient:
+            return etcd_group(
+                (server.endpoint,),
+                prefix="auth",
+                group=Group("g"),
+                username=user,
+                password=password,
+                retry_for=1,
+            )
 
         agent = sem("agent", "agentpw")
         agent.ensure(1)

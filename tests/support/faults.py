@@ -342,7 +342,7 @@ class KubeEnvironment:
         linked: str | None,
         agent_env: dict[str, str],
     ) -> tuple[Fleet, frozenset[str]]:
-        from rebootcoord.adapters.kube.lease import LeaseSemaphore
+        from rebootcoord.daemon.group import lease_group
         from rebootcoord.sim.kwok import KwokRebootHooks
 
         namespace = f"faults-{seed}"
@@ -372,7 +372,7 @@ class KubeEnvironment:
             node_names=names,
             max_holders=max_holders,
             reboot_seconds=0.5,
-            semaphore=LeaseSemaphore(admin, namespace=namespace, group=Group("default")),
+            semaphore=lease_group(admin, namespace=namespace, group=Group("default")),
             hooks=KwokRebootHooks(admin),
             agent_config={
                 "backend": "kubernetes",

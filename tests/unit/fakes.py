@@ -1,9 +1,9 @@
 """Small fakes of the agent's ports, for the agent in-process (tests/unit/test_agent.py).
 
 Each keeps to its port's contract and records what was asked of it; none decides anything the
-agent should decide. ``MemorySemaphore`` keeps one group in memory with the semaphore's own
-values (``SemaphoreState`` and ``HolderRecord``), so taking a slot honours the queue and the max
-exactly as the backends do; it calls the agent's watch callback synchronously on every change.
+agent should decide. ``MemoryGroupStore`` and ``MemoryWaitQueue`` keep one group in memory, and
+``memory_group`` puts the real GroupClient over them: taking a slot honours the queue and the max
+exactly as on etcd or a Lease (tests/contract runs the same scenarios on all three).
 """
 
 from __future__ import annotations
@@ -12,9 +12,11 @@ import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 
-from rebootcoord.core.semaphore import GroupView, HolderRecord, PauseInfo, SemaphoreState, Waiter
+from rebootcoord.core.group import GroupState
+from rebootcoord.core.semaphore import Waiter
 from rebootcoord.core.types import Group, HolderId, NodeName, PendingReboot, Phase
-from rebootcoord.errors import DetectorError, NodeOperationError, NoFreeSlot, NotHolder, RebootError, SlotLost
+from rebootcoord.daemon.group import GroupClient
+from rebootcoord.errors import Conflict, DetectorError, NodeOperationError, RebootError
 from rebootcoord.ports import CheckResult
 
 
@@ -132,142 +134,115 @@ class FakeNodeOps:
         self.calls.append(f"taint:{present}")
 
 
-class MemorySemaphore:
-    """One group's semaphore in memory: the Semaphore port with the backends' rules."""
+class MemoryGroupStore:
+    """The GroupStore in memory: a revision per write, Conflict for a stale one, one-shot
+    watches. ``after_read`` runs once after the next read (a change that slips in between a read
+    and what is done with it); ``watch_delivers`` False makes watches lag (never fire)."""
 
     def __init__(self, group: str = "g") -> None:
         self.group = Group(group)
-        self.on_conflict: Callable[[], None] | None = None
-        self.slots: SemaphoreState | None = None
-        self.records: dict[HolderId, HolderRecord] = {}
-        self.waiters: list[Waiter] = []
-        self.paused: PauseInfo | None = None
+        self.state = GroupState()
         self.revision = 0
         self.history: list[tuple[int, tuple[HolderId, ...]]] = []  # (revision, holders)
-        self._watchers: list[Callable[[GroupView | None], None]] = []
-        self._order = 0
-        #: False: the watch lags (changes are not delivered), as a slow watch stream would.
         self.watch_delivers = True
+        self.after_read: Callable[[], None] | None = None
+        self.reads = 0
+        self._watchers: list[tuple[int, Callable[[GroupState | None], None]]] = []
 
-    # -- helpers of the tests -----------------------------------------------------------------
+    def read(self) -> tuple[GroupState, int]:
+        self.reads += 1
+        result = (self.state, self.revision)
+        hook, self.after_read = self.after_read, None
+        if hook is not None:
+            hook()
+        return result
 
-    def _changed(self) -> int:
+    def write(self, new: GroupState, *, expect: int) -> int:
+        if expect != self.revision:
+            raise Conflict(f"revision {self.revision}, not {expect}")
+        self.state = new
         self.revision += 1
-        self.history.append((self.revision, self.slots.holders if self.slots else ()))
+        self.history.append((self.revision, new.slots.holders if new.slots else ()))
         if self.watch_delivers:
-            view = self.read()
-            for watcher in list(self._watchers):
-                watcher(view)
+            watchers, self._watchers = self._watchers, []
+            for _since, callback in watchers:
+                callback(new)
         return self.revision
 
-    def operator_unlock(self, holder: HolderId) -> None:
-        """rebootctl unlock of someone else: the slot and the record go."""
-        self.unlock(holder)
-
-    # -- the port -----------------------------------------------------------------------------
-
-    def ensure(self, max_holders: int) -> None:
-        if self.slots is None:
-            self.slots = SemaphoreState(max_holders)
-            self._changed()
-
-    def read(self) -> GroupView:
-        return GroupView(
-            group=self.group,
-            slots=self.slots,
-            records=dict(self.records),
-            waiters=tuple(self.waiters),
-            paused=self.paused,
-            revision=self.revision,
-        )
-
-    def watch(self, on_change: Callable[[GroupView | None], None]) -> Callable[[], None]:
-        self._watchers.append(on_change)
-        on_change(self.read())
-        return lambda: self._watchers.remove(on_change)
-
-    def join_queue(self, waiter: Waiter) -> None:
-        if any(w.id == waiter.id for w in self.waiters):
-            return
-        self._order += 1
-        self.waiters.append(replace(waiter, order=self._order))
-        self._changed()
-
-    def leave_queue(self, holder: HolderId) -> None:
-        before = len(self.waiters)
-        self.waiters = [w for w in self.waiters if w.id != holder]
-        if len(self.waiters) != before:
-            self._changed()
-
-    def acquire(self, record: HolderRecord) -> int | None:
-        view = self.read()
-        if view.holds(record.id):
-            return self.revision if view.record(record.id) == record else None
-        if not view.may_take(record.id):
-            return None
-        assert self.slots is not None
-        self.slots = self.slots.acquire(record.id)
-        self.records[record.id] = record
-        self.waiters = [w for w in self.waiters if w.id != record.id]
-        return self._changed()
-
-    def update(self, record: HolderRecord) -> None:
-        if self.slots is None or not self.slots.holds(record.id) or record.id not in self.records:
-            raise SlotLost(f"{record.id} no longer holds a slot in group {self.group}")
-        self.records[record.id] = record
-        self._changed()
-
-    def _remove(self, holder: HolderId) -> HolderRecord | None:
-        record = self.records.pop(holder, None)
-        if self.slots is not None and self.slots.holds(holder):
-            self.slots = self.slots.release(holder)
-        self.waiters = [w for w in self.waiters if w.id != holder]
-        self._changed()
-        return record
-
-    def release(self, holder: HolderId) -> int | None:
-        if not (self.slots and self.slots.holds(holder)) and holder not in self.records:
-            return None
-        self._remove(holder)
-        return self.revision
-
-    def drop_record(self, holder: HolderId) -> None:
-        if holder in self.records and not (self.slots and self.slots.holds(holder)):
-            del self.records[holder]
-            self._changed()
-
-    def reclaim(self, holder: HolderId, expect: HolderRecord) -> bool:
-        current = self.records.get(holder)
-        if current is None or current.acquired_at != expect.acquired_at:
-            return False
-        self._remove(holder)
-        return True
-
-    def lock(self, holder: HolderId, record: HolderRecord) -> None:
-        assert self.slots is not None
-        if self.slots.holds(holder):
-            raise NoFreeSlot(f"{holder!r} already holds a slot")
-        self.slots = self.slots.acquire(holder)
-        self.records[holder] = record
-        self._changed()
-
-    def unlock(self, holder: HolderId) -> HolderRecord | None:
-        if not (self.slots and self.slots.holds(holder)) and holder not in self.records:
-            raise NotHolder(f"{holder!r} holds no slot")
-        return self._remove(holder)
-
-    def set_max(self, new_max: int) -> None:
-        assert self.slots is not None
-        self.slots = self.slots.with_max(new_max)
-        self._changed()
-
-    def pause(self, info: PauseInfo) -> None:
-        self.paused = info
-        self._changed()
-
-    def resume(self) -> None:
-        self.paused = None
-        self._changed()
+    def watch(self, on_change: Callable[[GroupState | None], None], *, since: int = 0) -> Callable[[], None]:
+        entry = (since, on_change)
+        if self.watch_delivers and self.revision > since:
+            on_change(self.state)  # a change came after the read the caller decided on
+            return lambda: None
+        self._watchers.append(entry)
+        return lambda: self._watchers.remove(entry) if entry in self._watchers else None
 
     def close(self) -> None:
         return None
+
+
+class MemoryWaitQueue:
+    """The WaitQueue in memory: request order; ``die(holder)`` is a waiter whose place expired."""
+
+    def __init__(self) -> None:
+        self.entries: list[Waiter] = []
+        self.mine: set[HolderId] = set()
+        self._order = 0
+        self._watchers: list[tuple[HolderId, Callable[[], None]]] = []  # (the waiter watched, callback)
+
+    def waiters(self) -> tuple[Waiter, ...]:
+        return tuple(self.entries)
+
+    def join(self, waiter: Waiter) -> None:
+        if not any(w.id == waiter.id for w in self.entries):
+            self._order += 1
+            self.entries.append(replace(waiter, order=self._order))
+        self.mine.add(waiter.id)
+
+    def joined(self, holder: HolderId) -> bool:
+        return holder in self.mine
+
+    def leave(self, holder: HolderId) -> None:
+        self.mine.discard(holder)
+        self._gone(holder)
+
+    def die(self, holder: HolderId) -> None:
+        """The place expired (its process gone): another process of the same id owns nothing."""
+        self.mine.discard(holder)
+        self._gone(holder)
+
+    def _gone(self, holder: HolderId) -> None:
+        before = len(self.entries)
+        self.entries = [w for w in self.entries if w.id != holder]
+        if len(self.entries) != before:
+            for watched, callback in [w for w in self._watchers if w[0] == holder]:
+                self._watchers.remove((watched, callback))
+                callback()
+
+    def renew(self, holder: HolderId) -> None:
+        return None
+
+    def watch_ahead(
+        self,
+        holder: HolderId,
+        on_change: Callable[[], None],
+        *,
+        line: tuple[Waiter, ...] | None = None,
+        since: int = 0,
+    ) -> Callable[[], None]:
+        ids = [w.id for w in self.entries]
+        if holder not in ids or ids.index(holder) == 0:
+            on_change()
+            return lambda: None
+        entry = (ids[ids.index(holder) - 1], on_change)
+        self._watchers.append(entry)
+        return lambda: self._watchers.remove(entry) if entry in self._watchers else None
+
+    def close(self) -> None:
+        return None
+
+
+def memory_group(group: str = "g") -> tuple[GroupClient, MemoryGroupStore, MemoryWaitQueue]:
+    """A GroupClient (the real compare-and-swap loop and the core's rules) on memory."""
+    store, queue = MemoryGroupStore(group), MemoryWaitQueue()
+    return GroupClient(store, queue), store, queue

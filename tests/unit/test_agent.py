@@ -26,6 +26,7 @@ from rebootcoord.core.semaphore import MANUAL, HolderRecord, Waiter
 from rebootcoord.core.types import Group, HolderId, NodeName, PendingReboot, Phase
 from rebootcoord.daemon.agent import Agent, AgentParts
 from rebootcoord.daemon.events import EventLog
+from rebootcoord.daemon.group import GroupClient
 from rebootcoord.daemon.metrics import Metrics
 from tests.unit.fakes import (
     FakeCheck,
@@ -34,7 +35,8 @@ from tests.unit.fakes import (
     FakeHost,
     FakeNodeOps,
     FakeRebooter,
-    MemorySemaphore,
+    MemoryGroupStore,
+    MemoryWaitQueue,
 )
 
 ME = HolderId("n1")
@@ -49,7 +51,8 @@ class Rig:
     clock: FakeClock = field(default_factory=FakeClock)
     detector: FakeDetector = field(default_factory=lambda: FakeDetector(answer=UPDATE))
     host: FakeHost = field(default_factory=FakeHost)
-    semaphore: MemorySemaphore = field(default_factory=MemorySemaphore)
+    store: MemoryGroupStore = field(default_factory=MemoryGroupStore)
+    queue: MemoryWaitQueue = field(default_factory=MemoryWaitQueue)
     node: FakeNodeOps = field(default_factory=FakeNodeOps)
     check: FakeCheck = field(default_factory=FakeCheck)
     blocker: FakeCheck = field(default_factory=lambda: FakeCheck(name="blocker"))
@@ -59,6 +62,7 @@ class Rig:
     steps: list[Step] = field(default_factory=list)
 
     def __post_init__(self) -> None:
+        self.semaphore = GroupClient(self.store, self.queue)
         self.rebooter.host = self.host
         self.rebooter.holds = self.holds
         self.start()
@@ -81,7 +85,7 @@ class Rig:
         self.registry = CollectorRegistry()
         parts = AgentParts(
             settings=settings,
-            semaphore=self.semaphore,  # type: ignore[arg-type]
+            semaphore=self.semaphore,
             detectors=[self.detector],
             rebooter=self.rebooter,
             host=Host(),
@@ -112,21 +116,26 @@ class Rig:
         assert condition(), f"not after {turns} turns: {what}; steps: {self.steps[-5:]}"
 
     def record(self) -> HolderRecord | None:
-        return self.semaphore.records.get(ME)
+        return self.store.state.records.get(ME)
 
     def phase(self) -> Phase | None:
         record = self.record()
         return None if record is None else record.phase
 
     def holds(self) -> bool:
-        return self.semaphore.read().holds(ME)
+        return self.store.state.holds(ME)
+
+    def restart(self) -> Agent:
+        """The agent process dies and another starts: the place in line is no longer renewed."""
+        self.queue.mine.discard(ME)
+        return self.start()
 
     def boot(self, *, applied: bool = True) -> None:
         """The host rebooted: a new boot ID; the update applied (the detector quiet) or not."""
         self.host.boot = f"boot-{len(self.rebooter.requests) + 1}"
         if applied:
             self.detector.answer = None
-        self.start()
+        self.restart()
 
     def failures(self, reason: str) -> float:
         value = self.registry.get_sample_value("rebootcoord_failures_total", {"reason": reason})
@@ -148,7 +157,7 @@ def test_a_full_cycle_in_order() -> None:
     rig.until(lambda: not rig.holds() and rig.record() is None, what="the slot given back")
     assert rig.node.calls[-1] == "uncordon" and not rig.node.unschedulable
     assert rig.rebooter.requests == ["boot-1"]
-    assert max(len(holders) for _, holders in rig.semaphore.history) == 1
+    assert max(len(holders) for _, holders in rig.store.history) == 1
 
 
 def test_a_failed_health_check_keeps_the_slot() -> None:
@@ -211,7 +220,7 @@ def test_one_reboot_per_update_even_across_restarts() -> None:
     to_reboot(rig)
     # Killed while waiting for the reboot: the boot ID has not changed, so no reboot happened and
     # the new process may ask again -- for the same boot.
-    rig.start()
+    rig.restart()
     rig.until(lambda: len(rig.rebooter.requests) == 2, what="the restarted agent's request")
     # Past the reboot timeout, the request is repeated (same boot), once per timeout.
     rig.turn(601)
@@ -220,7 +229,7 @@ def test_one_reboot_per_update_even_across_restarts() -> None:
     rig.boot()
     rig.until(lambda: not rig.holds(), what="the release")
     # A crash after the boot, while verifying or releasing, never asks for a reboot again.
-    rig.start()
+    rig.restart()
     for _ in range(10):
         rig.turn()
     assert all(boot == "boot-1" for boot in rig.rebooter.requests), rig.rebooter.requests
@@ -233,7 +242,7 @@ def test_a_crash_after_the_boot_verifies_and_never_reboots_again() -> None:
     rig.boot()
     rig.until(lambda: rig.phase() is Phase.VERIFYING, what="verifying")
     for _ in range(3):
-        rig.start()  # crash loop while the checks fail
+        rig.restart()  # crash loop while the checks fail
         for _ in range(5):
             rig.turn()
     rig.check.ok = True
@@ -252,8 +261,8 @@ def test_a_slot_taken_away_mid_cycle_means_no_reboot_and_the_node_as_found() -> 
         real_drain(stop)
         assert rig.node.unschedulable, "cordoned before the drain"
         # Someone queued meanwhile; the operator unlocks us before our reboot request.
-        rig.semaphore.join_queue(Waiter(HolderId("n2"), NodeName("n2"), 0.0, 0))
-        rig.semaphore.operator_unlock(ME)
+        rig.queue.join(Waiter(HolderId("n2"), NodeName("n2"), 0.0, 0))
+        rig.semaphore.unlock(ME)
 
     rig.node.drain = drain_then_unlock  # type: ignore[method-assign]
     for _ in range(10):
@@ -261,18 +270,18 @@ def test_a_slot_taken_away_mid_cycle_means_no_reboot_and_the_node_as_found() -> 
     assert rig.rebooter.requests == [], "no reboot after the slot was taken away"
     assert not rig.node.unschedulable and rig.node.calls[-1] == "uncordon"
     assert rig.failures("slot_lost") >= 1
-    assert [w.id for w in rig.semaphore.waiters] == ["n2", ME], "queued again, behind n2"
+    assert [w.id for w in rig.queue.entries] == ["n2", ME], "queued again, behind n2"
 
 
 def test_the_last_look_before_the_reboot_reads_the_backend_not_the_watch() -> None:
-    """The watch lags: the agent's view still shows the slot an operator just took away. The
-    reboot is the point of no return, so the agent reads the backend first and does not reboot."""
+    """The agent decides on a read that an operator's unlock follows at once. The reboot is the
+    point of no return, so the agent reads the backend again first and does not reboot."""
     rig = Rig()
     rig.until(lambda: rig.phase() is Phase.REBOOTING, what="rebooting")
     if rig.rebooter.requests:
         pytest.fail("the drain and the reboot request came in one turn; the test needs them apart")
-    rig.semaphore.watch_delivers = False
-    rig.semaphore.operator_unlock(ME)
+    # Right after the turn's own read: the agent decides on a state already gone.
+    rig.store.after_read = lambda: rig.semaphore.unlock(ME)
     rig.turn()
     assert rig.rebooter.requests == [] and rig.failures("slot_lost") == 1
 
@@ -280,9 +289,9 @@ def test_the_last_look_before_the_reboot_reads_the_backend_not_the_watch() -> No
 def test_a_restarted_agent_finds_its_stale_cordon_and_undoes_it() -> None:
     rig = Rig()
     rig.until(lambda: rig.phase() is Phase.REBOOTING, what="rebooting")
-    rig.semaphore.join_queue(Waiter(HolderId("n2"), NodeName("n2"), 0.0, 0))
-    rig.semaphore.operator_unlock(ME)  # while the agent is down
-    rig.start()
+    rig.queue.join(Waiter(HolderId("n2"), NodeName("n2"), 0.0, 0))
+    rig.semaphore.unlock(ME)  # while the agent is down
+    rig.restart()
     for _ in range(5):
         rig.turn()
     assert not rig.node.unschedulable and not rig.holds()
@@ -310,7 +319,7 @@ def test_a_closed_window_or_a_blocker_takes_no_slot() -> None:
     rig = Rig(settings={"windows": [{"start": "Thu 04:00", "length": "1m"}]})
     for _ in range(5):
         rig.turn()
-    assert not rig.holds() and rig.semaphore.waiters == []
+    assert not rig.holds() and rig.queue.entries == []
     rig = Rig()
     rig.blocker.ok = False
     for _ in range(5):

@@ -221,9 +221,16 @@ class Kube:
         return self.call(lambda: self.request("DELETE", path, body=body))
 
     def watch(
-        self, path: str, *, resource_version: str, timeout_seconds: int = 300, **query: Any
+        self,
+        path: str,
+        *,
+        resource_version: str,
+        timeout_seconds: int = 300,
+        on_open: Callable[[Any], None] | None = None,
+        **query: Any,
     ) -> Iterator[dict[str, Any]]:
-        """Stream watch events (dicts with type and object) until the server ends the watch."""
+        """Stream watch events (dicts with type and object) until the server ends the watch.
+        ``on_open`` gets the open response: its ``shutdown()`` ends the watch from another thread."""
         self._count("watch")
         params = {
             **query,
@@ -246,6 +253,8 @@ class Kube:
         except (urllib3.exceptions.HTTPError, OSError) as exc:
             raise BackendUnavailable(f"Kubernetes watch: {exc}") from exc
         raw = response.response
+        if on_open is not None:
+            on_open(raw)
         try:
             if int(response.status) >= 400:
                 message, _ = _status_message(raw.data)

@@ -1,8 +1,8 @@
-"""Kubernetes Lease semaphore backend.
+"""Kubernetes Leases: the group's store and wait queue.
 
-One ``coordination.k8s.io/v1`` Lease per group, ``rebootcoord-<group>`` in the agent's namespace,
-holds the slots and the holder records; ``spec.holderIdentity`` lists the holders, so
-``kubectl get lease`` shows who is rebooting::
+``LeaseGroupStore``: one ``coordination.k8s.io/v1`` Lease per group, ``rebootcoord-<group>`` in
+the agent's namespace, holds the slots and the holder records; ``spec.holderIdentity`` lists the
+holders, so ``kubectl get lease`` shows who is rebooting::
 
     metadata.annotations:
       rebootcoord.io/semaphore: {"total_slots": N, "holders": [sorted ids]}   (airlock's format)
@@ -10,11 +10,17 @@ holds the slots and the holder records; ``spec.holderIdentity`` lists the holder
       rebootcoord.io/paused:    {"by": ..., "at": ..., "reason": ...}           (while paused)
     spec.holderIdentity: "node-a,node-b"
 
-Every change is a replace carrying the resourceVersion that was read: the API server answers 409
-to a stale writer, which reads again. Waiters queue in their own Leases
-(``rebootcoord-<group>.w.<id>``, label ``rebootcoord.io/group``), ordered by ``spec.acquireTime``
-and alive while renewed; one watch on the group's label serves both, so a freed slot is seen
-without polling. No expiry on holders by default: a reboot outlives any short TTL.
+A write replaces the Lease with the resourceVersion that was read: the API server answers 409
+to a stale writer (Conflict), which reads again. The rules are the core's (rebootcoord.core.group).
+
+``LeaseWaitQueue``: a waiter's place is a Lease of its own, ``rebootcoord-<group>.w.<id>``
+(labels ``rebootcoord.io/group`` and ``rebootcoord.io/role=waiter``), ordered by
+``spec.acquireTime``. Bound to its agent's Pod (an ownerReference, when POD_NAME and POD_UID say
+which), it goes with the Pod -- the garbage collector deletes it when the Pod is deleted, and the
+pods of a deleted Node are deleted -- and is renewed only every five minutes as a safety valve;
+unbound (an agent outside a Pod), every ``ttl``/3, and it expires ``ttl`` after its last
+renewal. Each waiter watches only the Lease just ahead of it: woken when it is deleted, when it
+expires, or -- for the head of the line, by the waiter behind it -- when its Node is not Ready.
 """
 
 from __future__ import annotations
@@ -25,14 +31,14 @@ import logging
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from rebootcoord.adapters.kube.api import Gone, Kube, NotFound, micro_time, parse_time, path_segment
-from rebootcoord.adapters.removal import HolderRemoval
-from rebootcoord.core.semaphore import GroupView, HolderRecord, PauseInfo, SemaphoreState, Waiter
+from rebootcoord.core.group import GroupState
+from rebootcoord.core.semaphore import HolderRecord, PauseInfo, SemaphoreState, Waiter
 from rebootcoord.core.types import Group, HolderId, NodeName
-from rebootcoord.errors import BackendUnavailable, Conflict, CorruptDocument, NoFreeSlot, NotHolder, SlotLost
+from rebootcoord.errors import BackendUnavailable, Conflict, CorruptDocument
 
 log = logging.getLogger(__name__)
 
@@ -43,241 +49,125 @@ ANN_NODE = "rebootcoord.io/node"
 LABEL_GROUP = "rebootcoord.io/group"
 LABEL_ROLE = "rebootcoord.io/role"
 MANAGED_BY = {"app.kubernetes.io/managed-by": "rebootcoord"}
-MAX_CAS_ATTEMPTS = 50
-# A watch lasts this long before it is re-established: the only requests of an idle agent.
-WATCH_SECONDS = 900
-
-
-_Decoded = tuple[SemaphoreState, dict[HolderId, HolderRecord], PauseInfo | None]
+#: A waiter Lease bound to its Pod is renewed this often (at most 12 writes an hour).
+BOUND_RENEWAL = 300.0
 MAX_CACHED_WAITERS = 40_000
 
 
 @dataclass(frozen=True)
-class _QueuePlace:
-    """A decoded waiter Lease: its place in line, and when it leaves the line unless renewed."""
+class PodRef:
+    """The agent's own Pod (downward API: POD_NAME, POD_UID): the owner of its waiter Lease."""
 
     name: str
-    queued: float
-    renewed: float
-    ttl: float
-    waiter: Waiter
-
-    def expired(self, now: float, *, ttls: int = 1) -> bool:
-        """Not renewed for ``ttls`` times its lease duration."""
-        return self.renewed + self.ttl * ttls < now
+    uid: str
 
 
-def _is_waiter(item: dict[str, Any]) -> bool:
-    return (item["metadata"].get("labels") or {}).get(LABEL_ROLE) == "waiter"
+@dataclass(frozen=True)
+class LeaseVersion:
+    revision: int  # the resourceVersion as a number (an etcd revision)
+    resource_version: str | None  # None: the Lease does not exist
+    lease: dict[str, Any] | None = field(default=None, compare=False, repr=False)
 
 
-class LeaseSemaphore(HolderRemoval):
-    """The Semaphore port on a Kubernetes Lease. Thread-safe; one instance per group."""
+def leases_path(namespace: str) -> str:
+    return f"/apis/coordination.k8s.io/v1/namespaces/{path_segment(namespace)}/leases"
+
+
+class LeaseGroupStore:
+    """The GroupStore on one Lease. Thread-safe."""
 
     def __init__(
-        self,
-        kube: Kube,
-        *,
-        namespace: str,
-        group: Group,
-        waiter_ttl: float = 30.0,
-        clock: Callable[[], float] = time.time,
+        self, kube: Kube, *, namespace: str, group: Group, clock: Callable[[], float] = time.time
     ) -> None:
         self.kube = kube
         self.namespace = namespace
         self.group = group
-        self.name = f"rebootcoord-{group}"
-        self.waiter_ttl = max(5, round(waiter_ttl))
         self.clock = clock
-        self.base = f"/apis/coordination.k8s.io/v1/namespaces/{path_segment(namespace)}/leases"
+        self.name = f"rebootcoord-{group}"
+        self.base = leases_path(namespace)
         self.path = f"{self.base}/{path_segment(self.name)}"
-        self.selector = f"{LABEL_GROUP}={group}"
-        self.conflicts = 0  # 409s met, for metrics and benchmarks
-        self.on_conflict: Callable[[], None] | None = None
-        self._mine: dict[HolderId, float] = {}  # waiters this process renews: id -> acquireTime
-        self._renew_stop = threading.Event()
-        self._renewer: threading.Thread | None = None
+        self.conflicts = 0
+        self._decoded: tuple[str, GroupState] | None = None
         self._lock = threading.Lock()
-        # Decoded Leases by name, with the resourceVersion they were decoded at: a view of W
-        # waiters decodes only those that changed since the last one (views are built on every
-        # watch event, by every agent).
-        self._waiters: dict[str, tuple[str, _QueuePlace]] = {}
-        self._slots: tuple[str, _Decoded | CorruptDocument] | None = None
 
-    def waiter_name(self, holder: HolderId) -> str:
-        return f"{self.name}.w.{holder}"
-
-    # ------------------------------------------------------------------------------------------
-    # reading
-
-    def _list(self) -> tuple[list[dict[str, Any]], str]:
-        doc = self.kube.list_objects(self.base, labelSelector=self.selector)
-        return list(doc.get("items") or []), str(doc["metadata"]["resourceVersion"])
-
-    def read(self) -> GroupView:
-        items, rv = self._list()
-        return self.view(items, rv)
-
-    def view(self, items: list[dict[str, Any]], resource_version: str) -> GroupView:
-        """Build a view from the group's Leases (the semaphore and the waiters)."""
-        lease = next((i for i in items if i["metadata"]["name"] == self.name), None)
-        corrupt: list[CorruptDocument] = []
-        slots = None
-        records: dict[HolderId, HolderRecord] = {}
-        paused = None
-        if lease is not None:
-            decoded = self._decode_cached(lease)
-            if isinstance(decoded, CorruptDocument):
-                corrupt.append(decoded)
-            else:
-                slots, records, paused = decoded
-        now = self.clock()
-        places = [self._place(item) for item in items if _is_waiter(item)]
-        waiters = sorted((p for p in places if not p.expired(now)), key=lambda p: (p.queued, p.name))
-        return GroupView(
-            group=self.group,
-            slots=slots,
-            records=records,
-            waiters=tuple(p.waiter for p in waiters),
-            paused=paused,
-            corrupt=tuple(corrupt),
-            revision=_revision(resource_version),
-        )
-
-    def _place(self, item: dict[str, Any]) -> _QueuePlace:
-        """A waiter Lease's place in line, decoded once per resourceVersion."""
-        meta = item["metadata"]
-        name, rv = meta["name"], str(meta.get("resourceVersion", ""))
-        cached = self._waiters.get(name)
-        if cached is not None and cached[0] == rv and rv:
-            return cached[1]
-        spec = item.get("spec") or {}
-        renewed = parse_time(spec.get("renewTime")) or 0.0
-        queued = parse_time(spec.get("acquireTime")) or renewed
-        holder = HolderId(str(spec.get("holderIdentity") or ""))
-        node = NodeName((meta.get("annotations") or {}).get(ANN_NODE, holder))
-        place = _QueuePlace(
-            name=name,
-            queued=queued,
-            renewed=renewed,
-            ttl=float(spec.get("leaseDurationSeconds") or self.waiter_ttl),
-            waiter=Waiter(holder, node, queued, round(queued * 1e6)),
-        )
-        if len(self._waiters) >= MAX_CACHED_WAITERS:
-            self._waiters.clear()  # mostly names of waiters long gone; the live ones decode again
-        self._waiters[name] = (rv, place)
-        return place
-
-    def _decode_cached(self, lease: dict[str, Any]) -> _Decoded | CorruptDocument:
-        rv = str(lease["metadata"].get("resourceVersion", ""))
-        cached = self._slots
-        if cached is not None and cached[0] == rv and rv:
-            return cached[1]
-        decoded: _Decoded | CorruptDocument
+    def read(self) -> tuple[GroupState, LeaseVersion]:
         try:
-            decoded = self._decode(lease)
-        except CorruptDocument as exc:
-            decoded = exc
-        self._slots = (rv, decoded)
-        return decoded
+            lease = self.kube.get(self.path)
+        except NotFound:
+            # No Lease yet: the revision is the store's now (what a watch or a history starts from).
+            doc = self.kube.list_objects(self.base, limit=1, labelSelector=f"{LABEL_GROUP}={self.group}")
+            return GroupState(), LeaseVersion(_revision(str(doc["metadata"]["resourceVersion"])), None)
+        rv = str(lease["metadata"].get("resourceVersion", ""))
+        return self.decode(lease), LeaseVersion(_revision(rv), rv, lease)
 
-    def _decode(self, lease: dict[str, Any]) -> _Decoded:
+    def decode(self, lease: dict[str, Any]) -> GroupState:
+        """The state in a Lease, decoded once per resourceVersion."""
+        rv = str(lease["metadata"].get("resourceVersion", ""))
+        with self._lock:
+            cached = self._decoded
+        if cached is not None and cached[0] == rv and rv:
+            return cached[1]
+        state = self._decode(lease)
+        with self._lock:
+            self._decoded = (rv, state)
+        return state
+
+    def _decode(self, lease: dict[str, Any]) -> GroupState:
         where = f"Lease {self.namespace}/{self.name}"
         annotations = lease["metadata"].get("annotations") or {}
         raw_slots = annotations.get(ANN_SLOTS)
-        if raw_slots is None:
-            raise CorruptDocument(where, f"annotation {ANN_SLOTS} is missing")
-        slots = SemaphoreState.decode(raw_slots.encode(), key=f"{where} annotation {ANN_SLOTS}")
-        records: dict[HolderId, HolderRecord] = {}
+        paused = (
+            PauseInfo.decode(str(annotations[ANN_PAUSED]).encode()) if ANN_PAUSED in annotations else None
+        )
         try:
-            raw_records = json.loads(annotations.get(ANN_RECORDS) or "{}")
+            if raw_slots is None:
+                raise CorruptDocument(where, f"annotation {ANN_SLOTS} is missing")
+            slots = SemaphoreState.decode(str(raw_slots).encode(), key=f"{where} annotation {ANN_SLOTS}")
+            records = self._records(annotations, where)
+        except CorruptDocument as exc:
+            return GroupState(None, {}, paused, (exc,))
+        return GroupState(slots, records, paused)
+
+    def _records(self, annotations: dict[str, Any], where: str) -> dict[HolderId, HolderRecord]:
+        try:
+            raw = json.loads(annotations.get(ANN_RECORDS) or "{}")
         except ValueError as exc:
             raise CorruptDocument(f"{where} annotation {ANN_RECORDS}", f"not valid JSON ({exc})") from None
-        if not isinstance(raw_records, dict):
+        if not isinstance(raw, dict):
             raise CorruptDocument(f"{where} annotation {ANN_RECORDS}", "expected a JSON object")
-        for holder, doc in raw_records.items():
+        records: dict[HolderId, HolderRecord] = {}
+        for holder, doc in raw.items():
             record = HolderRecord.decode(json.dumps(doc).encode(), key=f"{where} holder {holder}")
             if record.id != holder:
                 raise CorruptDocument(where, f"record id {record.id!r} filed under {holder!r}")
             records[record.id] = record
-        paused = None
-        if ANN_PAUSED in annotations:
-            try:
-                doc = json.loads(annotations[ANN_PAUSED])
-                paused = PauseInfo(
-                    str(doc.get("by", "?")), float(doc.get("at", 0)), str(doc.get("reason", ""))
-                )
-            except (ValueError, TypeError, AttributeError):
-                paused = PauseInfo("?", 0.0, "unreadable pause marker (still paused)")
-        return slots, records, paused
+        return records
 
-    # ------------------------------------------------------------------------------------------
-    # writing: read the Lease, change it, replace it with the resourceVersion that was read
-
-    def _get(self) -> dict[str, Any] | None:
+    def write(self, new: GroupState, *, expect: LeaseVersion) -> int:
         try:
-            lease: dict[str, Any] = self.kube.get(self.path)
-            return lease
-        except NotFound:
-            return None
-
-    def _replace(self, lease: dict[str, Any], slots: SemaphoreState, records: dict[HolderId, HolderRecord], *,
-                 paused: PauseInfo | bool | None = False, acquired: bool = False) -> int:  # fmt: skip
-        """Write the new state with the read resourceVersion; the new revision. Raises Conflict."""
-        meta = lease["metadata"]
-        annotations = dict(meta.get("annotations") or {})
-        annotations[ANN_SLOTS] = slots.encode().decode()
-        annotations[ANN_RECORDS] = json.dumps(
-            {h: json.loads(r.encode()) for h, r in sorted(records.items())}, sort_keys=True
-        )
-        if paused is None:
-            annotations.pop(ANN_PAUSED, None)
-        elif isinstance(paused, PauseInfo):
-            annotations[ANN_PAUSED] = json.dumps({"by": paused.by, "at": paused.at, "reason": paused.reason})
-        spec = dict(lease.get("spec") or {})
-        now = micro_time(self.clock())
-        spec["holderIdentity"] = ",".join(slots.holders) or None
-        spec["renewTime"] = now
-        if acquired:
-            spec["acquireTime"] = now
-            spec["leaseTransitions"] = int(spec.get("leaseTransitions") or 0) + 1
-        body = {
-            "apiVersion": "coordination.k8s.io/v1",
-            "kind": "Lease",
-            "metadata": {**meta, "annotations": annotations},
-            "spec": {k: v for k, v in spec.items() if v is not None},
-        }
-        try:
-            written = self.kube.replace(self.path, body)
+            if expect.lease is None:
+                return self._create(new)
+            return self._replace(new, expect.lease)
         except Conflict:
             with self._lock:
                 self.conflicts += 1
-            if self.on_conflict is not None:
-                self.on_conflict()
             raise
-        return _revision(written["metadata"]["resourceVersion"])
 
-    def _cas(
-        self, attempt: Callable[[dict[str, Any]], int | None], *, missing_ok: bool = False
-    ) -> int | None:
-        """Read, ``attempt`` the write, again on 409. No Lease: None if ``missing_ok``, else NotHolder."""
-        for _ in range(MAX_CAS_ATTEMPTS):
-            lease = self._get()
-            if lease is None:
-                if missing_ok:
-                    return None
-                raise NotHolder(f"group {self.group} has no semaphore Lease {self.namespace}/{self.name} yet")
-            try:
-                return attempt(lease)
-            except Conflict:
-                continue
-        raise Conflict(f"gave up after {MAX_CAS_ATTEMPTS} conflicting writes on Lease {self.name}")
+    def _annotations(self, new: GroupState, base: dict[str, Any]) -> dict[str, Any]:
+        annotations = dict(base)
+        assert new.slots is not None, "a state without slots is never written"
+        annotations[ANN_SLOTS] = new.slots.encode().decode()
+        annotations[ANN_RECORDS] = json.dumps(
+            {h: json.loads(r.encode()) for h, r in sorted(new.records.items())}, sort_keys=True
+        )
+        if new.paused is None:
+            annotations.pop(ANN_PAUSED, None)
+        else:
+            annotations[ANN_PAUSED] = new.paused.encode().decode()
+        return annotations
 
-    def ensure(self, max_holders: int) -> None:
-        # Read first: every agent start ensures, and a create of an existing Lease is a 409 that
-        # would count as a conflict (and an error in the API server's metrics) for nothing.
-        if self._get() is not None:
-            return
+    def _create(self, new: GroupState) -> int:
+        now = micro_time(self.clock())
         body = {
             "apiVersion": "coordination.k8s.io/v1",
             "kind": "Lease",
@@ -285,145 +175,181 @@ class LeaseSemaphore(HolderRemoval):
                 "name": self.name,
                 "namespace": self.namespace,
                 "labels": {**MANAGED_BY, LABEL_GROUP: self.group, LABEL_ROLE: "semaphore"},
-                "annotations": {ANN_SLOTS: SemaphoreState(max_holders).encode().decode(), ANN_RECORDS: "{}"},
+                "annotations": self._annotations(new, {}),
             },
-            "spec": {"renewTime": micro_time(self.clock())},
+            "spec": {"renewTime": now, **({"holderIdentity": ",".join(new.slots.holders)}
+                                          if new.slots and new.slots.holders else {})},
+        }  # fmt: skip
+        created = self.kube.create(self.base, body)  # AlreadyExists: a 409, a Conflict
+        return _revision(created["metadata"]["resourceVersion"])
+
+    def _replace(self, new: GroupState, lease: dict[str, Any]) -> int:
+        meta = lease["metadata"]
+        old = self.decode(lease)
+        spec = dict(lease.get("spec") or {})
+        now = micro_time(self.clock())
+        holders = new.slots.holders if new.slots else ()
+        spec["holderIdentity"] = ",".join(holders) or None
+        spec["renewTime"] = now
+        if set(holders) - set(old.slots.holders if old.slots else ()):
+            spec["acquireTime"] = now
+            spec["leaseTransitions"] = int(spec.get("leaseTransitions") or 0) + 1
+        body = {
+            "apiVersion": "coordination.k8s.io/v1",
+            "kind": "Lease",
+            "metadata": {**meta, "annotations": self._annotations(new, meta.get("annotations") or {})},
+            "spec": {k: v for k, v in spec.items() if v is not None},
         }
-        with contextlib.suppress(Conflict):  # AlreadyExists: like airlock, max is written at creation only
-            self.kube.create(self.base, body)
+        written = self.kube.replace(self.path, body)
+        return _revision(written["metadata"]["resourceVersion"])
 
-    def acquire(self, record: HolderRecord) -> int | None:
-        items, rv = self._list()  # the semaphore Lease and the queue, at one resourceVersion
-        lease = next((i for i in items if i["metadata"]["name"] == self.name), None)
-        if lease is None:
-            return None
-        view = self.view(items, rv)
-        if view.corrupt:
-            raise view.corrupt[0]
-        if view.holds(record.id):
-            return view.revision if view.record(record.id) == record else None
-        if view.slots is None or not view.may_take(record.id):
-            return None
-        try:
-            written = self._replace(
-                lease, view.slots.acquire(record.id), {**view.records, record.id: record}, acquired=True
-            )
-        except (Conflict, NoFreeSlot):
-            return None
-        self.leave_queue(record.id)
-        self.prune_waiters(items)  # waiter Leases of agents long gone (deleted nodes, removed pods)
-        return written
+    def watch(self, on_change: Callable[[GroupState | None], None], *, since: int = 0) -> Callable[[], None]:
+        """The group's Lease (every write to it, phase changes included) from ``since``."""
+        query = {"fieldSelector": f"metadata.name={self.name}"}
+        return _OneShotWatch(
+            self.kube,
+            self.base,
+            query,
+            since=since,
+            wanted=lambda _e: True,
+            on_change=lambda: on_change(None),
+        ).start()
 
-    def update(self, record: HolderRecord) -> None:
-        def attempt(lease: dict[str, Any]) -> int | None:
-            slots, records, _ = self._decode(lease)
-            if not slots.holds(record.id) or record.id not in records:
-                raise SlotLost(f"{record.id} no longer holds a slot in group {self.group}")
-            return self._replace(lease, slots, {**records, record.id: record})
+    def close(self) -> None:
+        return None
 
-        try:
-            self._cas(attempt)
-        except NotHolder as exc:
-            raise SlotLost(str(exc)) from None
 
-    def _remove(
-        self, holder: HolderId, *, must_hold: bool, expect: HolderRecord | None
-    ) -> tuple[HolderRecord | None, int | None]:
-        removed: list[HolderRecord | None] = [None]
+@dataclass(frozen=True)
+class _Place:
+    """A decoded waiter Lease: its place in line, and when it leaves the line unless renewed."""
 
-        def attempt(lease: dict[str, Any]) -> int | None:
-            slots, records, _ = self._decode(lease)
-            holds = slots.holds(holder)
-            if not holds and holder not in records:
-                if must_hold:
-                    held = ", ".join(slots.holders) or "none"
-                    raise NotHolder(f"{holder!r} holds no slot in group {self.group} (holders: {held})")
-                return None
-            current = records.get(holder)
-            if expect is not None and (current is None or current.acquired_at != expect.acquired_at):
-                raise NotHolder(f"{holder!r} holds the slot again since; not reclaimed")
-            removed[0] = current
-            new_slots = slots.release(holder) if holds else slots
-            return self._replace(lease, new_slots, {h: r for h, r in records.items() if h != holder})
+    name: str
+    queued: float
+    renewed: float
+    ttl: float
+    bound: bool  # owned by its agent's Pod
+    node: str
+    rv: str
+    waiter: Waiter
 
-        revision = self._cas(attempt, missing_ok=True)
-        return removed[0], revision
+    def expired(self, now: float, *, ttls: int = 1) -> bool:
+        return self.renewed + self.ttl * ttls < now
 
-    def drop_record(self, holder: HolderId) -> None:
-        def attempt(lease: dict[str, Any]) -> int | None:
-            slots, records, _ = self._decode(lease)
-            if holder not in records:
-                return None
-            if slots.holds(holder):
-                raise Conflict(f"{holder} holds a slot again; its record stays")
-            return self._replace(lease, slots, {h: r for h, r in records.items() if h != holder})
 
-        self._cas(attempt)
+def _is_waiter(item: dict[str, Any]) -> bool:
+    return (item["metadata"].get("labels") or {}).get(LABEL_ROLE) == "waiter"
 
-    def lock(self, holder: HolderId, record: HolderRecord) -> None:
-        def attempt(lease: dict[str, Any]) -> int | None:
-            slots, records, _ = self._decode(lease)
-            if slots.holds(holder):
-                raise NoFreeSlot(f"{holder!r} already holds a slot")
-            return self._replace(lease, slots.acquire(holder), {**records, holder: record}, acquired=True)
 
-        self._cas(attempt)
+class LeaseWaitQueue:
+    """The WaitQueue on waiter Leases. Thread-safe."""
 
-    def set_max(self, new_max: int) -> None:
-        if self._get() is None:
-            SemaphoreState(1).with_max(new_max)  # validates
-            self.ensure(new_max)
-            return
+    def __init__(
+        self,
+        kube: Kube,
+        *,
+        namespace: str,
+        group: Group,
+        ttl: float = 30.0,
+        owner: PodRef | None = None,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.kube = kube
+        self.namespace = namespace
+        self.group = group
+        self.ttl = max(1.0, float(ttl))
+        self.owner = owner
+        self.clock = clock
+        self.base = leases_path(namespace)
+        self.selector = f"{LABEL_GROUP}={group},{LABEL_ROLE}=waiter"
+        # Bound to its Pod, a waiter goes with it; the Lease's own TTL is only a safety valve.
+        self.renew_every = max(self.ttl / 3, BOUND_RENEWAL) if owner else self.ttl / 3
+        self.duration = max(self.ttl, 3 * self.renew_every)
+        self.renewals = 0  # PATCHes of our waiter Leases (the benchmarks' writes of a waiting agent)
+        self._mine: dict[HolderId, str] = {}  # holder -> name of the Lease this process renews
+        self._places: dict[str, tuple[str, _Place]] = {}
+        self._lock = threading.Lock()
+        self._renew_stop = threading.Event()
+        self._renewer: threading.Thread | None = None
 
-        def attempt(lease: dict[str, Any]) -> int | None:
-            slots, records, _ = self._decode(lease)
-            return self._replace(lease, slots.with_max(new_max), records)
+    def name_of(self, holder: HolderId) -> str:
+        return f"rebootcoord-{self.group}.w.{holder}"
 
-        self._cas(attempt)
+    def _path(self, name: str) -> str:
+        return f"{self.base}/{path_segment(name)}"
 
-    def pause(self, info: PauseInfo) -> None:
-        def attempt(lease: dict[str, Any]) -> int | None:
-            slots, records, _ = self._decode(lease)
-            return self._replace(lease, slots, records, paused=info)
+    # -- the line ------------------------------------------------------------------------------
 
-        self._cas(attempt)
+    def waiters(self) -> tuple[Waiter, ...]:
+        doc = self.kube.list_objects(self.base, labelSelector=self.selector)
+        now = self.clock()
+        places = [self._place(item) for item in doc.get("items") or [] if _is_waiter(item)]
+        alive = sorted((p for p in places if not p.expired(now)), key=lambda p: (p.queued, p.name))
+        for place in places:
+            if place.expired(now, ttls=3):
+                self._delete(place.name, place.rv)  # long dead: its Lease goes (precondition: unchanged)
+        return tuple(p.waiter for p in alive)
 
-    def resume(self) -> None:
-        def attempt(lease: dict[str, Any]) -> int | None:
-            slots, records, _ = self._decode(lease)
-            return self._replace(lease, slots, records, paused=None)
+    def _place(self, item: dict[str, Any]) -> _Place:
+        """A waiter Lease's place in line, decoded once per resourceVersion."""
+        meta = item["metadata"]
+        name, rv = meta["name"], str(meta.get("resourceVersion", ""))
+        with self._lock:
+            cached = self._places.get(name)
+        if cached is not None and cached[0] == rv and rv:
+            return cached[1]
+        spec = item.get("spec") or {}
+        renewed = parse_time(spec.get("renewTime")) or 0.0
+        queued = parse_time(spec.get("acquireTime")) or renewed
+        holder = HolderId(str(spec.get("holderIdentity") or ""))
+        node = str((meta.get("annotations") or {}).get(ANN_NODE, holder))
+        place = _Place(
+            name=name,
+            queued=queued,
+            renewed=renewed,
+            ttl=float(spec.get("leaseDurationSeconds") or self.ttl),
+            bound=any(o.get("kind") == "Pod" for o in meta.get("ownerReferences") or []),
+            node=node,
+            rv=rv,
+            waiter=Waiter(holder, NodeName(node), queued, round(queued * 1e6)),
+        )
+        with self._lock:
+            if len(self._places) >= MAX_CACHED_WAITERS:
+                self._places.clear()  # mostly names of waiters long gone; the live ones decode again
+            self._places[name] = (rv, place)
+        return place
 
-        self._cas(attempt)
-
-    # ------------------------------------------------------------------------------------------
-    # the queue: one Lease per waiter, renewed by its agent
-
-    def join_queue(self, waiter: Waiter) -> None:
-        name = self.waiter_name(waiter.id)
-        path = f"{self.base}/{path_segment(name)}"
+    def join(self, waiter: Waiter) -> None:
+        name = self.name_of(waiter.id)
         now = self.clock()
         try:
-            existing = self.kube.get(path)
+            existing = self.kube.get(self._path(name))
         except NotFound:
             existing = None
+        owner = self._owner_refs()
         if existing is not None:
-            # Keep the place in line across a restart: same acquireTime, renewed.
-            queued = parse_time((existing.get("spec") or {}).get("acquireTime")) or now
-            self.kube.merge_patch(path, {"spec": {"renewTime": micro_time(now)}})
+            # Keep the place in line across a restart: same acquireTime, renewed, owned anew.
+            patch: dict[str, Any] = {
+                "spec": {"renewTime": micro_time(now), "leaseDurationSeconds": round(self.duration)}
+            }
+            if owner:
+                patch["metadata"] = {"ownerReferences": owner}
+            self.kube.merge_patch(self._path(name), patch)
         else:
-            queued = now
+            metadata: dict[str, Any] = {
+                "name": name,
+                "namespace": self.namespace,
+                "labels": {**MANAGED_BY, LABEL_GROUP: self.group, LABEL_ROLE: "waiter"},
+                "annotations": {ANN_NODE: waiter.node},
+            }
+            if owner:
+                metadata["ownerReferences"] = owner
             body = {
                 "apiVersion": "coordination.k8s.io/v1",
                 "kind": "Lease",
-                "metadata": {
-                    "name": name,
-                    "namespace": self.namespace,
-                    "labels": {**MANAGED_BY, LABEL_GROUP: self.group, LABEL_ROLE: "waiter"},
-                    "annotations": {ANN_NODE: waiter.node},
-                },
+                "metadata": metadata,
                 "spec": {
                     "holderIdentity": waiter.id,
-                    "leaseDurationSeconds": self.waiter_ttl,
+                    "leaseDurationSeconds": round(self.duration),
                     "acquireTime": micro_time(now),
                     "renewTime": micro_time(now),
                 },
@@ -431,14 +357,29 @@ class LeaseSemaphore(HolderRemoval):
             with contextlib.suppress(Conflict):  # created meanwhile by our previous incarnation
                 self.kube.create(self.base, body)
         with self._lock:
-            self._mine[waiter.id] = queued
+            self._mine[waiter.id] = name
         self._start_renewer()
 
-    def leave_queue(self, holder: HolderId) -> None:
+    def _owner_refs(self) -> list[dict[str, Any]]:
+        if self.owner is None:
+            return []
+        return [{"apiVersion": "v1", "kind": "Pod", "name": self.owner.name, "uid": self.owner.uid}]
+
+    def joined(self, holder: HolderId) -> bool:
+        with self._lock:
+            return holder in self._mine
+
+    def leave(self, holder: HolderId) -> None:
         with self._lock:
             self._mine.pop(holder, None)
         with contextlib.suppress(NotFound):
-            self.kube.delete(f"{self.base}/{path_segment(self.waiter_name(holder))}")
+            self.kube.delete(self._path(self.name_of(holder)))
+
+    def renew(self, holder: HolderId) -> None:
+        body = {"spec": {"renewTime": micro_time(self.clock())}}
+        self.kube.request("PATCH", self._path(self.name_of(holder)), body=body,
+                          content_type="application/merge-patch+json")  # fmt: skip
+        self.renewals += 1
 
     def _start_renewer(self) -> None:
         if self._renewer is not None and self._renewer.is_alive():
@@ -448,14 +389,12 @@ class LeaseSemaphore(HolderRemoval):
         self._renewer.start()
 
     def _renew_loop(self) -> None:
-        while not self._renew_stop.wait(self.waiter_ttl / 3):
+        while not self._renew_stop.wait(self.renew_every):
             with self._lock:
                 mine = list(self._mine)
             for holder in mine:
-                path = f"{self.base}/{path_segment(self.waiter_name(holder))}"
                 try:
-                    self.kube.request("PATCH", path, body={"spec": {"renewTime": micro_time(self.clock())}},
-                                      content_type="application/merge-patch+json")  # fmt: skip
+                    self.renew(holder)
                 except NotFound:
                     log.info("waiter Lease of %s is gone; the agent will queue again", holder)
                     with self._lock:
@@ -463,138 +402,150 @@ class LeaseSemaphore(HolderRemoval):
                 except BackendUnavailable as exc:
                     log.warning("cannot renew the waiter Lease of %s: %s", holder, exc)
 
-    def prune_waiters(self, view_items: list[dict[str, Any]]) -> None:
-        """Delete waiter Leases whose agents stopped renewing them (precondition: unchanged)."""
-        now = self.clock()
-        for item in view_items:
-            if _is_waiter(item) and self._place(item).expired(now, ttls=3):
-                meta = item["metadata"]
-                body = {"preconditions": {"resourceVersion": meta["resourceVersion"]}}
-                with contextlib.suppress(NotFound, Conflict):
-                    self.kube.delete(f"{self.base}/{path_segment(meta['name'])}", body)
+    def _delete(self, name: str, rv: str) -> None:
+        body = {"preconditions": {"resourceVersion": rv}} if rv else None
+        with contextlib.suppress(NotFound, Conflict, BackendUnavailable):
+            self.kube.delete(self._path(name), body)
 
-    # ------------------------------------------------------------------------------------------
-    # watching
+    # -- waking ----------------------------------------------------------------------------------
 
-    def watch(self, on_change: Callable[[GroupView | None], None]) -> Callable[[], None]:
-        watcher = _LeaseWatch(self, on_change)
-        watcher.start()
-        return watcher.stop
+    def watch_ahead(
+        self,
+        holder: HolderId,
+        on_change: Callable[[], None],
+        *,
+        line: tuple[Waiter, ...] | None = None,
+        since: int = 0,
+    ) -> Callable[[], None]:
+        """The Lease just ahead in ``line`` (read when not given): woken when it is deleted, when
+        it expires unrenewed, or -- when it is the head of the line and bound to its Pod -- when
+        its Node is not Ready (then this waiter deletes it, as it would have expired)."""
+        line = self.waiters() if line is None else line
+        ids = [w.id for w in line]
+        if holder not in ids or ids.index(holder) == 0:
+            on_change()
+            return lambda: None
+        ahead, head = line[ids.index(holder) - 1], ids.index(holder) == 1
+        name = self.name_of(ahead.id)
+        query = {"fieldSelector": f"metadata.name={name}"}
+        watch = _OneShotWatch(self.kube, self.base, query, since=since, wanted=_deleted, on_change=on_change)
+        timer = threading.Thread(target=self._expiry_watch, args=(name, head, watch), daemon=True)
+        stop = watch.start()
+        timer.start()
+        return stop
+
+    def _expiry_watch(self, name: str, head: bool, watch: _OneShotWatch) -> None:
+        """Fires the watch when the Lease ahead expires, or its Node turns not Ready."""
+        while not watch.done.wait(min(self.ttl, 5.0)):
+            try:
+                item = self.kube.get(self._path(name))
+            except NotFound:
+                watch.fire()
+                return
+            except BackendUnavailable:
+                continue
+            place = self._place(item)
+            if place.expired(self.clock()):
+                watch.fire()
+                return
+            if head and place.bound and not _node_ready(self.kube, place.node):
+                log.info("the head of the line, %s, is on a Node that is not Ready: it loses its place",
+                         place.waiter.id)  # fmt: skip
+                self._delete(name, place.rv)
+                watch.fire()
+                return
 
     def close(self) -> None:
         self._renew_stop.set()
 
 
-class _LeaseWatch:
-    """List + watch of the group's Leases (label selector), re-listing on 410 Gone.
+def _node_ready(kube: Kube, node: str) -> bool:
+    try:
+        doc = kube.get(f"/api/v1/nodes/{path_segment(node)}")
+    except NotFound:
+        return False
+    except BackendUnavailable:
+        return True  # cannot tell: not a reason to take a place away
+    conditions = (doc.get("status") or {}).get("conditions") or []
+    return any(c.get("type") == "Ready" and c.get("status") == "True" for c in conditions)
 
-    Every waiter renews its Lease every waiter_ttl/3, and every agent watches every renewal: with
-    W waiters, each agent receives 3W/waiter_ttl events a second. A renewal changes no view (the
-    waiter stays in line), so it is stored without building one: building a view reads all W
-    waiters, and doing so per renewal costs the fleet W^2 work per renewal period.
 
-    A waiter that stops renewing leaves the line by the passing of time, not by an event: a local
-    timer (no request) republishes the view when the set of expired waiters has changed.
-    """
+def _deleted(event: dict[str, Any]) -> bool:
+    return event.get("type") == "DELETED"
 
-    def __init__(self, sem: LeaseSemaphore, on_change: Callable[[GroupView | None], None]) -> None:
-        self.sem = sem
+
+class _OneShotWatch:
+    """A watch for one wait: ``on_change`` is called once -- at the first event ``wanted`` accepts,
+    when the watch breaks, or on ``fire()`` -- then it ends. ``stop()`` ends it at once (the
+    response is shut down), whoever calls it."""
+
+    def __init__(
+        self,
+        kube: Kube,
+        path: str,
+        query: dict[str, Any],
+        *,
+        since: int,
+        wanted: Callable[[dict[str, Any]], bool],
+        on_change: Callable[[], None],
+    ) -> None:
+        self.kube = kube
+        self.path = path
+        self.query = query
+        self.since = since
+        self.wanted = wanted
         self.on_change = on_change
-        self._stop = threading.Event()
-        self._items: dict[str, dict[str, Any]] = {}
-        self._rv = "0"
-        self._expired: frozenset[str] = frozenset()  # expired waiters as of the last view
+        self.done = threading.Event()
+        self._response: Any = None
         self._lock = threading.Lock()
-        self._thread = threading.Thread(target=self._run, name=f"lease-watch-{sem.group}", daemon=True)
-        self._ticker = threading.Thread(target=self._tick, name=f"lease-tick-{sem.group}", daemon=True)
+        self._thread = threading.Thread(target=self._run, name="lease-watch", daemon=True)
 
-    def start(self) -> None:
+    def start(self) -> Callable[[], None]:
         self._thread.start()
-        self._ticker.start()
+        return self.stop
 
-    def stop(self) -> None:
-        self._stop.set()
+    def _opened(self, response: Any) -> None:  # the response of the watch, once open
+        with self._lock:
+            self._response = response
+        if self.done.is_set():
+            self._shutdown()
 
     def _run(self) -> None:
-        delay = 0.2
-        need_list = True
-        while not self._stop.is_set():
-            try:
-                if need_list:
-                    items, rv = self.sem.kube.call(self.sem._list, retry_for=0)
-                    with self._lock:
-                        self._items = {i["metadata"]["name"]: i for i in items}
-                        self._rv = rv
-                    self._publish()
-                    need_list = False
-                for event in self.sem.kube.watch(
-                    self.sem.base,
-                    resource_version=self._rv,
-                    labelSelector=self.sem.selector,
-                    timeout_seconds=WATCH_SECONDS,
+        rv = str(self.since) if self.since else "0"
+        try:
+            while not self.done.is_set():
+                for event in self.kube.watch(
+                    self.path, resource_version=rv, timeout_seconds=300, on_open=self._opened, **self.query
                 ):
-                    if self._stop.is_set():
+                    if self.done.is_set():
                         return
-                    self._apply(event)
-                delay = 0.2
-            except Gone:
-                need_list = True
-            except BackendUnavailable as exc:
-                log.warning("Lease watch of group %s interrupted: %s", self.sem.group, exc)
-                self.on_change(None)
-                need_list = True
-                self._stop.wait(delay)
-                delay = min(delay * 2, 10.0)
+                    meta = (event.get("object") or {}).get("metadata") or {}
+                    if meta.get("resourceVersion"):
+                        rv = str(meta["resourceVersion"])
+                    if event.get("type") != "BOOKMARK" and self.wanted(event):
+                        self.fire()
+                        return
+        except (Gone, BackendUnavailable, OSError, ValueError):
+            self.fire()  # the waiter reads again and decides
 
-    def _apply(self, event: dict[str, Any]) -> None:
-        kind, obj = event.get("type"), event.get("object") or {}
-        meta = obj.get("metadata") or {}
+    def fire(self) -> None:
         with self._lock:
-            if meta.get("resourceVersion"):
-                self._rv = str(meta["resourceVersion"])
-            if kind == "BOOKMARK":
+            if self.done.is_set():
                 return
-            if kind == "DELETED":
-                self._items.pop(meta.get("name", ""), None)
-            else:
-                before = self._items.get(meta["name"])
-                self._items[meta["name"]] = obj
-                if kind == "MODIFIED" and self._renewed(before, obj):
-                    return
-        self._publish()
+            self.done.set()
+        self._shutdown()
+        self.on_change()
 
-    def _renewed(self, before: dict[str, Any] | None, after: dict[str, Any]) -> bool:
-        """A waiter that was in line renewed its Lease, and nothing else changed."""
-        if before is None or not _is_waiter(after):
-            return False
-        if before["metadata"]["name"] in self._expired:
-            return False  # back in line: the view changes
-        return _unrenewed(before) == _unrenewed(after)
+    def stop(self) -> None:
+        self.done.set()
+        self._shutdown()
 
-    def _expired_now(self) -> frozenset[str]:
-        now = self.sem.clock()
-        items = self._items.items()
-        return frozenset(name for name, i in items if _is_waiter(i) and self.sem._place(i).expired(now))
-
-    def _publish(self) -> None:
+    def _shutdown(self) -> None:
         with self._lock:
-            items, rv = list(self._items.values()), self._rv
-            self._expired = self._expired_now()
-        self.on_change(self.sem.view(items, rv))
-
-    def _tick(self) -> None:
-        while not self._stop.wait(max(1.0, self.sem.waiter_ttl / 3)):
-            with self._lock:
-                changed = bool(self._items) and self._expired_now() != self._expired
-            if changed:
-                self._publish()
-
-
-def _unrenewed(lease: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
-    """A Lease without what a renewal changes: spec.renewTime and the bookkeeping of every write."""
-    meta = {k: v for k, v in lease["metadata"].items() if k not in ("resourceVersion", "managedFields")}
-    spec = {k: v for k, v in (lease.get("spec") or {}).items() if k != "renewTime"}
-    return meta, spec
+            response = self._response
+        if response is not None:
+            with contextlib.suppress(Exception):
+                response.shutdown()
 
 
 def _revision(resource_version: str) -> int:

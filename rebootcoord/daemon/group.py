@@ -1,0 +1,211 @@
+"""The semaphore over any store: one compare-and-swap loop, the core's rules, the wait queue.
+
+``GroupClient`` is what the agent (the ``Semaphore`` port) and rebootctl use on etcd and on a
+Lease alike. It reads the group's state from its ``GroupStore``, applies one pure transition of
+:mod:`rebootcoord.core.group`, and writes the result if the state is still the one read; on a
+conflict it reads again after a jittered pause, which ends at once when ``stop`` is set. The
+queue is the ``WaitQueue``'s: request order, a waiter woken only when the one ahead leaves.
+
+Never decides anything the core does not: a refusal comes from a transition, unchanged.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from rebootcoord.core.group import GroupState
+from rebootcoord.core.semaphore import GroupView, HolderRecord, PauseInfo, Waiter
+from rebootcoord.core.types import Group, HolderId
+from rebootcoord.errors import BackendUnavailable, Conflict, GroupPaused, NoFreeSlot, NotHolder
+from rebootcoord.ports import GroupStore, WaitQueue
+
+log = logging.getLogger(__name__)
+
+MAX_CAS_ATTEMPTS = 50
+
+
+@dataclass(frozen=True)
+class Applied:
+    """A transition applied: the state read, the state written (the same when ``changed`` is
+    False) and the revision (of the write, else of the read)."""
+
+    before: GroupState
+    after: GroupState
+    revision: int
+    changed: bool
+
+
+class Interrupted(BackendUnavailable):
+    """The process is stopping: a retry loop gave up at once."""
+
+
+class GroupClient:
+    """One group's semaphore: a store, a wait queue, the core's transitions. Thread-safe."""
+
+    def __init__(
+        self,
+        store: GroupStore,
+        queue: WaitQueue,
+        *,
+        stop: threading.Event | None = None,
+        on_conflict: Callable[[], None] | None = None,
+    ) -> None:
+        self.store = store
+        self.queue = queue
+        self.group: Group = store.group
+        self.stop = stop or threading.Event()
+        self.on_conflict = on_conflict
+        self.conflicts = 0
+        self._rng = random.Random()  # noqa: S311 - jitter, not crypto
+
+    # -- the loop ---------------------------------------------------------------------------
+
+    def apply(self, change: Callable[[GroupState], GroupState]) -> Applied:
+        """Read, change, write if unchanged; again on a conflict."""
+        for attempt in range(MAX_CAS_ATTEMPTS):
+            state, version = self.store.read()
+            new = change(state)
+            if new is state:
+                return Applied(state, state, _revision(version), changed=False)
+            try:
+                return Applied(state, new, self.store.write(new, expect=version), changed=True)
+            except Conflict:
+                self.conflicts += 1
+                if self.on_conflict is not None:
+                    self.on_conflict()
+                if self.stop.wait(self._rng.uniform(0, 0.002 * (attempt + 1))):
+                    raise Interrupted("stopping: gave up a compare-and-swap retry") from None
+        raise Conflict(f"gave up after {MAX_CAS_ATTEMPTS} conflicting writes on group {self.group}")
+
+    # -- what the agent reads -----------------------------------------------------------------
+
+    def read(self, *, queue: bool = True) -> GroupView:
+        """The group, and its queue in request order (``queue=False``: no queue read)."""
+        state, version = self.store.read()
+        waiters = self.queue.waiters() if queue else ()
+        return state.view(self.group, waiters, revision=_revision(version))
+
+    def ensure(self, max_holders: int) -> None:
+        self.apply(lambda s: s.created(max_holders))
+
+    # -- the queue ----------------------------------------------------------------------------
+
+    def join_queue(self, waiter: Waiter) -> None:
+        self.queue.join(waiter)
+
+    def queue_joined(self, holder: HolderId) -> bool:
+        return self.queue.joined(holder)
+
+    def leave_queue(self, holder: HolderId) -> None:
+        self.queue.leave(holder)
+
+    def wake_on(
+        self, view: GroupView, holder: HolderId, role: str, on_wake: Callable[[], None]
+    ) -> Callable[[], None]:
+        """Call ``on_wake`` once when this waiter's turn may have come, after ``view``: ``slots``,
+        when the group's slots or pause change (the head of the line); ``ahead``, when the waiter
+        ahead of it leaves."""
+        if role == "slots":
+            return self.store.watch(lambda _state: on_wake(), since=view.revision)
+        return self.queue.watch_ahead(holder, on_wake, line=view.waiters, since=view.revision)
+
+    # -- holders --------------------------------------------------------------------------------
+
+    def acquire(self, record: HolderRecord) -> int | None:
+        """Take a slot if it is our turn; the revision written, or None (not our turn, no slot,
+        paused). Taking again with the same record answers the revision read."""
+        ahead = self._ahead(record.id)
+        if ahead is None:
+            ahead = 1 << 30  # not in line: only a slot already ours with this record answers
+        try:
+            applied = self.apply(lambda s: s.take(record, ahead=ahead))
+        except (NoFreeSlot, GroupPaused):
+            return None
+        if applied.changed:
+            self.queue.leave(record.id)  # taken: the one behind us is woken
+        return applied.revision
+
+    def _ahead(self, holder: HolderId) -> int | None:
+        for i, waiter in enumerate(self.queue.waiters()):
+            if waiter.id == holder:
+                return i
+        return None
+
+    def update(self, record: HolderRecord) -> None:
+        self.apply(lambda s: s.update(record))
+
+    def release(self, holder: HolderId) -> int | None:
+        """Give the slot back and drop the record; the revision written (None: nothing to give)."""
+        applied = self.apply(lambda s: s.release(holder))
+        self.queue.leave(holder)
+        return applied.revision if applied.changed else None
+
+    def drop_record(self, holder: HolderId) -> None:
+        self.apply(lambda s: s.drop_record(holder))
+
+    def reclaim(self, holder: HolderId, expect: HolderRecord) -> bool:
+        try:
+            self.apply(lambda s: s.reclaim(holder, expect))
+        except NotHolder:
+            return False
+        return True
+
+    # -- operators (rebootctl) -------------------------------------------------------------------
+
+    def lock(self, holder: HolderId, record: HolderRecord) -> None:
+        self.apply(lambda s: s.lock(record))
+
+    def unlock(self, holder: HolderId) -> HolderRecord | None:
+        applied = self.apply(lambda s: s.unlock(holder))
+        self.queue.leave(holder)
+        return applied.before.records.get(holder)
+
+    def set_max(self, new_max: int) -> None:
+        self.apply(lambda s: s.with_max(new_max))
+
+    def pause(self, info: PauseInfo) -> None:
+        self.apply(lambda s: s.pause(info))
+
+    def resume(self) -> None:
+        self.apply(lambda s: s.resume())
+
+    def close(self) -> None:
+        self.queue.close()
+        self.store.close()
+
+
+def _revision(version: Any) -> int:
+    """The backend revision of a store's version (etcd: the read revision; Lease: its RV)."""
+    rev = getattr(version, "revision", version)
+    try:
+        return int(rev)
+    except (TypeError, ValueError):
+        return 0
+
+
+def etcd_group(
+    endpoints: tuple[str, ...], *, prefix: str, group: Group, waiter_ttl: float = 30.0, **options: Any
+) -> GroupClient:
+    """A GroupClient on etcd with its own connection (simulators, tests, benchmarks)."""
+    from rebootcoord.adapters.etcd import EtcdConnection, EtcdGroupStore, EtcdOptions, EtcdWaitQueue
+
+    conn = EtcdConnection(EtcdOptions(endpoints=endpoints, **options))
+    return GroupClient(
+        EtcdGroupStore(conn, prefix=prefix, group=group),
+        EtcdWaitQueue(conn, prefix=prefix, group=group, ttl=waiter_ttl),
+    )
+
+
+def lease_group(kube: Any, *, namespace: str, group: Group, waiter_ttl: float = 30.0) -> GroupClient:
+    """A GroupClient on a Kubernetes Lease (simulators, tests, benchmarks)."""
+    from rebootcoord.adapters.kube.lease import LeaseGroupStore, LeaseWaitQueue
+
+    return GroupClient(
+        LeaseGroupStore(kube, namespace=namespace, group=group),
+        LeaseWaitQueue(kube, namespace=namespace, group=group, ttl=waiter_ttl),
+    )
