@@ -353,7 +353,7 @@ class EtcdWaitQueue:
         self.conn = conn
         self.group = group
         self.keys = _Keys(prefix, group)
-        self.ttl = max(1, round(ttl))
+        self.ttl = round(ttl)  # whole seconds from 5 s: checked once, in config (p_waiter_ttl)
         self._leases: dict[HolderId, Any] = {}
         self._lock = threading.Lock()
         self._keepalive_stop = threading.Event()

@@ -2,16 +2,20 @@
 
 A DaemonSet pod mounts the host at ``host_root`` and runs host commands through nsenter into
 PID 1's namespaces; a systemd unit uses ``/`` and runs them directly; a simulated host is a
-directory with a boot ID file. The agent cannot tell these apart, on purpose.
+directory with a boot ID file. The agent cannot tell these apart, on purpose. A bare host has
+no cluster around it: ``NoNodeOps`` is its NodeOps.
 """
 
 from __future__ import annotations
 
 import os
 import subprocess
+import threading
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import timedelta
 
+from rebootcoord.core.types import NodeName, Phase
 from rebootcoord.errors import DetectorError
 
 
@@ -68,3 +72,34 @@ class Host:
         except OSError as exc:
             raise CommandFailed(f"{full[0]}: {exc}") from exc
         return CommandResult(full, proc.returncode, proc.stdout, proc.stderr)
+
+
+class NoNodeOps:
+    """Bare etcd mode: there is no cluster to cordon, drain or tell."""
+
+    def is_unschedulable(self) -> bool:
+        return True  # no scheduler: never record that we cordoned, never uncordon
+
+    def cordon(self) -> None:
+        return None
+
+    def drain(self, stop: threading.Event) -> None:
+        return None
+
+    def uncordon(self) -> None:
+        return None
+
+    def cordoned_by_us(self) -> bool:
+        return False
+
+    def node_exists(self, node: NodeName) -> bool | None:
+        return None
+
+    def announce(self, phase: Phase, reason: str, *, warning: bool = False, event_reason: str = "") -> None:
+        return None
+
+    def set_labels(self, labels: Sequence[tuple[str, str]]) -> None:
+        return None
+
+    def set_waiting_taint(self, present: bool) -> None:
+        return None

@@ -8,13 +8,20 @@ import logging
 import os
 import socket
 import sys
-from collections.abc import Mapping, Sequence
-from typing import Any
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any, NoReturn
 
 import yaml
 
-from rebootcoord.core.config import ENV_CONFIG_FILE, KEYS, Settings, flag_name, load_settings
-from rebootcoord.errors import ConfigError, Problem
+from rebootcoord.core.config import ENV_CONFIG_FILE, KEYS, Invalid, Settings, flag_name, load_settings
+from rebootcoord.errors import (
+    BackendUnavailable,
+    ConfigError,
+    CorruptDocument,
+    Problem,
+    SemaphoreError,
+    UsageError,
+)
 
 # Exit codes, documented in the README.
 EXIT_OK = 0
@@ -22,6 +29,35 @@ EXIT_FAILED = 1  # the operation was refused or failed (unknown holder, no free 
 EXIT_USAGE = 2  # usage or configuration error
 EXIT_UNAVAILABLE = 3  # the backend could not be reached
 EXIT_CORRUPT = 4  # a corrupted semaphore document
+
+# What each failure a command may end with exits with, the most specific first (CorruptDocument
+# before its SemaphoreError kin); anything else is a bug and keeps its traceback.
+EXIT_CODES: tuple[tuple[type[Exception], int, str], ...] = (
+    (ConfigError, EXIT_USAGE, ""),
+    (UsageError, EXIT_USAGE, ""),
+    (BackendUnavailable, EXIT_UNAVAILABLE, "cannot reach the backend: "),
+    (CorruptDocument, EXIT_CORRUPT, ""),
+    (SemaphoreError, EXIT_FAILED, ""),
+)
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse with the usage-error exit code of both command lines (argparse's own is 2, too,
+    but its subparsers would not inherit the class without ``parser_class``)."""
+
+    def error(self, message: str) -> NoReturn:
+        self.print_usage(sys.stderr)
+        self.exit(EXIT_USAGE, f"{self.prog}: error: {message}\n")
+
+
+def reported(prog: str, run: Callable[[], int]) -> int:
+    """Run a command; a failure it may end with is one line on stderr and its exit code."""
+    try:
+        return run()
+    except tuple(kind for kind, _, _ in EXIT_CODES) as exc:
+        code, lead = next((c, lead) for kind, c, lead in EXIT_CODES if isinstance(exc, kind))
+        print(f"{prog}: {lead}{exc}", file=sys.stderr)
+        return code
 
 
 def add_config_flags(
@@ -34,6 +70,15 @@ def add_config_flags(
     for name, fld in (keys or KEYS).items():
         flags = [flag_name(name), *(aliases or {}).get(name, ())]
         group.add_argument(*flags, dest=f"cfg_{name}", metavar="VALUE", help=fld.metadata["help"])
+
+
+def decode_flow(text: str) -> object:
+    """Text from env and flags for a key that takes a list or a mapping: YAML flow, so that
+    ``REBOOTCOORD_REBOOT_COMMAND='[systemctl, reboot]'`` reads as the file would."""
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise Invalid(f"valid YAML ({exc.__class__.__name__})") from None
 
 
 def settings_from_args(
@@ -62,6 +107,7 @@ def settings_from_args(
         env=env,
         flags=flags,
         fallbacks={"node_name": env.get("NODE_NAME") or socket.gethostname()},
+        decode_text=decode_flow,
     )
 
 
@@ -94,8 +140,3 @@ def setup_logging(level: str, fmt: str) -> None:
     root.setLevel(level.upper())
     for noisy in ("kubernetes", "urllib3", "grpc"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
-
-
-def print_config_error(prog: str, exc: ConfigError) -> int:
-    print(f"{prog}: {exc}", file=sys.stderr)
-    return EXIT_USAGE

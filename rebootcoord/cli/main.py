@@ -14,29 +14,22 @@ from prometheus_client import CollectorRegistry
 
 from rebootcoord import __version__
 from rebootcoord.cli.common import (
-    EXIT_UNAVAILABLE,
     EXIT_USAGE,
+    Parser,
     add_config_flags,
-    print_config_error,
+    reported,
     settings_from_args,
     setup_logging,
 )
 from rebootcoord.cli.wiring import build_agent
 from rebootcoord.core.config import to_plain
 from rebootcoord.daemon import metrics as metrics_server
-from rebootcoord.errors import BackendUnavailable, ConfigError, UsageError
-
-
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str) -> None:  # type: ignore[override]
-        self.print_usage(sys.stderr)
-        self.exit(EXIT_USAGE, f"{self.prog}: error: {message}\n")
 
 
 def parser() -> argparse.ArgumentParser:
-    p = _Parser(prog="rebootcoord", description="Coordinates the reboots of a fleet.")
+    p = Parser(prog="rebootcoord", description="Coordinates the reboots of a fleet.")
     p.add_argument("--version", action="version", version=f"rebootcoord {__version__}")
-    sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
+    sub = p.add_subparsers(dest="command", required=True, parser_class=Parser)
     agent = sub.add_parser("agent", help="run the per-node agent")
     agent.add_argument(
         "--print-config", action="store_true", help="print the effective configuration and exit"
@@ -88,23 +81,14 @@ def run_signal_relay(args: argparse.Namespace) -> int:
 
 
 def run_agent(args: argparse.Namespace) -> int:
-    try:
-        settings = settings_from_args(args)
-    except ConfigError as exc:
-        return print_config_error("rebootcoord agent", exc)
+    settings = settings_from_args(args)
     if args.print_config:
         sys.stdout.write(yaml.safe_dump(to_plain(settings), sort_keys=False))
         return 0
-    setup_logging(settings.log_level, settings.log_format)
+    setup_logging(settings.observability.log_level, settings.observability.log_format)
     stop = threading.Event()
     registry = CollectorRegistry()
-    try:
-        agent = build_agent(settings, stop, registry)
-    except ConfigError as exc:
-        return print_config_error("rebootcoord agent", exc)
-    except UsageError as exc:
-        print(f"rebootcoord agent: {exc}", file=sys.stderr)
-        return EXIT_USAGE
+    agent = build_agent(settings, stop, registry)
 
     def on_signal(signum: int, _frame: FrameType | None) -> None:
         agent.shutdown()
@@ -112,22 +96,19 @@ def run_agent(args: argparse.Namespace) -> int:
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
     stop_metrics = None
-    if settings.metrics_address:
+    if settings.observability.metrics_address:
         try:
             stop_metrics, _port = metrics_server.serve(
-                settings.metrics_address, registry, agent.heartbeat.healthy
+                settings.observability.metrics_address, registry, agent.heartbeat.healthy
             )
         except OSError as exc:
             print(
-                f"rebootcoord agent: metrics_address {settings.metrics_address!r}: {exc}",
+                f"rebootcoord agent: metrics_address {settings.observability.metrics_address!r}: {exc}",
                 file=sys.stderr,
             )
             return EXIT_USAGE
     try:
         return agent.run()
-    except BackendUnavailable as exc:
-        print(f"rebootcoord agent: {exc}", file=sys.stderr)
-        return EXIT_UNAVAILABLE
     finally:
         if stop_metrics:
             stop_metrics()
@@ -137,7 +118,7 @@ def run_agent(args: argparse.Namespace) -> int:
 def main(argv: Sequence[str] | None = None) -> int:
     args = parser().parse_args(argv)
     if args.command == "agent":
-        return run_agent(args)
+        return reported("rebootcoord agent", lambda: run_agent(args))
     if args.command == "signal-relay":
         return run_signal_relay(args)
     if args.command == "simulate":

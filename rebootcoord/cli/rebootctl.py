@@ -17,12 +17,10 @@ import yaml
 
 from rebootcoord.cli.common import (
     EXIT_CORRUPT,
-    EXIT_FAILED,
     EXIT_OK,
-    EXIT_UNAVAILABLE,
-    EXIT_USAGE,
+    Parser,
     add_config_flags,
-    print_config_error,
+    reported,
     settings_from_args,
 )
 from rebootcoord.cli.wiring import build_semaphore
@@ -30,10 +28,6 @@ from rebootcoord.core.config import KEYS, Settings
 from rebootcoord.core.semaphore import MANUAL, GroupView, HolderRecord, PauseInfo
 from rebootcoord.core.types import HOLDER_ID_RE, HolderId, NodeName, Phase
 from rebootcoord.errors import (
-    BackendUnavailable,
-    ConfigError,
-    CorruptDocument,
-    SemaphoreError,
     UsageError,
 )
 
@@ -43,14 +37,8 @@ CTL_KEYS = {k: v for k, v in KEYS.items() if k in _CTL or k.startswith("etcd_")}
 CTL_ALIASES = {"kube_context": ["--context"], "namespace": ["-n"]}
 
 
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str) -> None:  # type: ignore[override]
-        self.print_usage(sys.stderr)
-        self.exit(EXIT_USAGE, f"{self.prog}: error: {message}\n")
-
-
 def parser() -> argparse.ArgumentParser:
-    p = _Parser(
+    p = Parser(
         prog="rebootctl",
         description="Inspect and steer rebootcoord's reboot semaphore.",
         epilog="exit codes: 0 done, 1 refused, 2 usage/config error, 3 backend unreachable, "
@@ -58,7 +46,7 @@ def parser() -> argparse.ArgumentParser:
     )
     add_config_flags(p, CTL_KEYS, CTL_ALIASES)
     p.add_argument("-o", "--output", choices=["table", "json", "yaml"], default="table")
-    sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
+    sub = p.add_subparsers(dest="command", required=True, parser_class=Parser)
     sub.add_parser("status", help="show max, holders (node, phase, age), waiters and pause state")
     lock = sub.add_parser("lock", help="take a slot by hand (default id: this node)")
     lock.add_argument("id", nargs="?")
@@ -75,51 +63,34 @@ def parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parser().parse_args(argv)
-    try:
-        settings = settings_from_args(args)
-    except ConfigError as exc:
-        return print_config_error("rebootctl", exc)
-    try:
-        sem = build_semaphore(settings, retry_for=5.0)
-    except ConfigError as exc:
-        return print_config_error("rebootctl", exc)
-    except BackendUnavailable as exc:
-        print(f"rebootctl: cannot reach the backend: {exc}", file=sys.stderr)
-        return EXIT_UNAVAILABLE
+    return reported("rebootctl", lambda: _main(args))
+
+
+def _main(args: argparse.Namespace) -> int:
+    settings = settings_from_args(args)
+    sem = build_semaphore(settings, retry_for=5.0)
     try:
         return _run(args, settings, sem)
-    except BackendUnavailable as exc:
-        print(f"rebootctl: cannot reach the backend: {exc}", file=sys.stderr)
-        return EXIT_UNAVAILABLE
-    except CorruptDocument as exc:
-        print(f"rebootctl: {exc}", file=sys.stderr)
-        return EXIT_CORRUPT
-    except SemaphoreError as exc:
-        print(f"rebootctl: {exc}", file=sys.stderr)
-        return EXIT_FAILED
-    except UsageError as exc:
-        print(f"rebootctl: {exc}", file=sys.stderr)
-        return EXIT_USAGE
     finally:
         sem.close()
 
 
 def _run(args: argparse.Namespace, settings: Settings, sem: Any) -> int:
-    who = f"rebootctl@{settings.node_name}"
+    who = f"rebootctl@{settings.identity.node_name}"
     match args.command:
         case "status":
             view = sem.read()
             _print_status(view, args.output)
             return EXIT_CORRUPT if view.corrupt else EXIT_OK
         case "lock":
-            holder = args.id or settings.holder
+            holder = args.id or settings.identity.holder
             if not HOLDER_ID_RE.match(holder):
                 raise UsageError(f"id {holder!r}: expected letters, digits, '.', '_', ':' and '-'")
             now = time.time()
             record = HolderRecord(
                 id=HolderId(holder),
-                node=NodeName(args.id or settings.node_name),
-                group=settings.group,
+                node=NodeName(args.id or settings.identity.node_name),
+                group=settings.identity.group,
                 phase=Phase.LOCKED,
                 boot_id="",
                 acquired_at=now,
@@ -129,11 +100,11 @@ def _run(args: argparse.Namespace, settings: Settings, sem: Any) -> int:
                 note=f"locked by {who}",
             )
             sem.lock(HolderId(holder), record)
-            print(f"locked: {holder} holds a slot of group {settings.group}")
+            print(f"locked: {holder} holds a slot of group {settings.identity.group}")
         case "unlock":
             record = sem.unlock(HolderId(args.id))
             was = f" (it was {record.phase} on {record.node})" if record else ""
-            print(f"unlocked: {args.id} released its slot of group {settings.group}{was}")
+            print(f"unlocked: {args.id} released its slot of group {settings.identity.group}{was}")
             if record and record.phase in (Phase.REBOOTING, Phase.VERIFYING):
                 print(
                     "warning: that node may be rebooting or just rebooted; check it",
@@ -141,13 +112,16 @@ def _run(args: argparse.Namespace, settings: Settings, sem: Any) -> int:
                 )
         case "set-max":
             sem.set_max(args.max)
-            print(f"group {settings.group}: max set to {args.max}")
+            print(f"group {settings.identity.group}: max set to {args.max}")
         case "pause":
             sem.pause(PauseInfo(by=who, at=time.time(), reason=args.reason))
-            print(f"group {settings.group} paused: agents take no new slots (holders finish their cycle)")
+            print(
+                f"group {settings.identity.group} paused:"
+                " agents take no new slots (holders finish their cycle)"
+            )
         case "resume":
             sem.resume()
-            print(f"group {settings.group} resumed")
+            print(f"group {settings.identity.group} resumed")
     return EXIT_OK
 
 

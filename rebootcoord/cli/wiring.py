@@ -15,10 +15,10 @@ from prometheus_client import CollectorRegistry
 from rebootcoord import __version__
 from rebootcoord.adapters.checks import build_checks
 from rebootcoord.adapters.detectors import build_detectors
-from rebootcoord.adapters.host import Host
+from rebootcoord.adapters.host import Host, NoNodeOps
 from rebootcoord.adapters.rebooters import build_rebooter
 from rebootcoord.core.config import Settings
-from rebootcoord.daemon.agent import Agent, AgentParts, NoNodeOps
+from rebootcoord.daemon.agent import Agent, AgentParts, AgentSettings
 from rebootcoord.daemon.events import EventLog
 from rebootcoord.daemon.group import GroupClient
 from rebootcoord.daemon.metrics import Metrics
@@ -30,10 +30,10 @@ def connect_kube(settings: Settings, *, retry_for: float = 30.0, role: str = "ag
 
     return Kube.connect(
         KubeOptions(
-            kubeconfig=settings.kubeconfig,
-            context=settings.kube_context,
+            kubeconfig=settings.kube.kubeconfig,
+            context=settings.kube.kube_context,
             retry_for=retry_for,
-            user_agent=f"rebootcoord/{__version__} ({role}; {settings.node_name})",
+            user_agent=f"rebootcoord/{__version__} ({role}; {settings.identity.node_name})",
         )
     )
 
@@ -41,7 +41,7 @@ def connect_kube(settings: Settings, *, retry_for: float = 30.0, role: str = "ag
 def kube_namespace(settings: Settings) -> str:
     from rebootcoord.adapters.kube.api import default_namespace
 
-    return settings.namespace or default_namespace()
+    return settings.kube.namespace or default_namespace()
 
 
 def build_semaphore(
@@ -55,35 +55,35 @@ def build_semaphore(
     """The group's semaphore: its store and wait queue on the configured backend, behind the one
     compare-and-swap loop. ``retry_for``: how long one call retries transient errors (the agent
     waits; rebootctl not). ``owner``: the agent's Pod, which its waiter Lease goes with."""
-    ttl = settings.waiter_ttl.total_seconds()
-    if settings.backend == "kubernetes":
+    ttl = settings.semaphore.waiter_ttl.total_seconds()
+    if settings.semaphore.backend == "kubernetes":
         from rebootcoord.adapters.kube.lease import LeaseGroupStore, LeaseWaitQueue
 
         kube = kube or connect_kube(settings, retry_for=retry_for, role="rebootctl")
         namespace = kube_namespace(settings)
         return GroupClient(
-            LeaseGroupStore(kube, namespace=namespace, group=settings.group),
-            LeaseWaitQueue(kube, namespace=namespace, group=settings.group, ttl=ttl, owner=owner),
+            LeaseGroupStore(kube, namespace=namespace, group=settings.identity.group),
+            LeaseWaitQueue(kube, namespace=namespace, group=settings.identity.group, ttl=ttl, owner=owner),
             stop=stop,
         )
     from rebootcoord.adapters.etcd import EtcdConnection, EtcdGroupStore, EtcdOptions, EtcdWaitQueue
 
     conn = EtcdConnection(
         EtcdOptions(
-            endpoints=settings.etcd_endpoints,
-            timeout=settings.etcd_timeout.total_seconds(),
-            ca_file=settings.etcd_ca_file,
-            cert_file=settings.etcd_cert_file,
-            key_file=settings.etcd_key_file,
-            username=settings.etcd_username,
-            password=settings.etcd_password,
+            endpoints=settings.etcd.etcd_endpoints,
+            timeout=settings.etcd.etcd_timeout.total_seconds(),
+            ca_file=settings.etcd.etcd_ca_file,
+            cert_file=settings.etcd.etcd_cert_file,
+            key_file=settings.etcd.etcd_key_file,
+            username=settings.etcd.etcd_username,
+            password=settings.etcd.etcd_password,
             retry_for=retry_for,
         )
     )
-    prefix = settings.etcd_key_prefix
+    prefix = settings.etcd.etcd_key_prefix
     return GroupClient(
-        EtcdGroupStore(conn, prefix=prefix, group=settings.group),
-        EtcdWaitQueue(conn, prefix=prefix, group=settings.group, ttl=ttl),
+        EtcdGroupStore(conn, prefix=prefix, group=settings.identity.group),
+        EtcdWaitQueue(conn, prefix=prefix, group=settings.identity.group, ttl=ttl),
         stop=stop,
     )
 
@@ -100,21 +100,23 @@ def pod_owner(settings: Settings, env: Mapping[str, str]) -> Any:
 
 
 def build_host(settings: Settings) -> Host:
-    prefix = settings.nsenter_argv if settings.host_exec == "nsenter" else ()
-    return Host(root=settings.host_root, boot_id_file=settings.boot_id_file, exec_prefix=prefix)
+    prefix = settings.host.nsenter_argv if settings.host.host_exec == "nsenter" else ()
+    return Host(root=settings.host.host_root, boot_id_file=settings.host.boot_id_file, exec_prefix=prefix)
 
 
 def uses_kubernetes(settings: Settings) -> bool:
     """The Lease backend, or node operations asked for explicitly (an etcd semaphore on Kubernetes)."""
-    return settings.backend == "kubernetes" or settings.node_ops == "kubernetes"
+    return settings.semaphore.backend == "kubernetes" or settings.drain.node_ops == "kubernetes"
 
 
 def build_agent(settings: Settings, stop: threading.Event, registry: CollectorRegistry) -> Agent:
     host = build_host(settings)
-    metrics = Metrics(registry, node=settings.node_name, group=settings.group)
-    metrics.info.labels(__version__, settings.node_name, settings.group, settings.backend).set(1)
+    metrics = Metrics(registry, node=settings.identity.node_name, group=settings.identity.group)
+    metrics.info.labels(
+        __version__, settings.identity.node_name, settings.identity.group, settings.semaphore.backend
+    ).set(1)
     kube = connect_kube(settings) if uses_kubernetes(settings) else None
-    checks: list[Check] = list(build_checks(settings.health_checks, host))
+    checks: list[Check] = list(build_checks(settings.verify.health_checks, host))
     blockers: list[Check] = []
     node_ops: NodeOps = NoNodeOps()
     boot_id = host.boot_id
@@ -122,37 +124,39 @@ def build_agent(settings: Settings, stop: threading.Event, registry: CollectorRe
         from rebootcoord.adapters.kube.gates import NodeBootId, NodeBudget, NodeReady, PodBlocker, PodsReady
         from rebootcoord.adapters.kube.nodes import DrainOptions, KubeNodeOps
 
-        if settings.boot_id_source == "node":
-            boot_id = NodeBootId(kube, settings.node)
-        if settings.node_ops != "none":
+        if settings.host.boot_id_source == "node":
+            boot_id = NodeBootId(kube, settings.identity.node)
+        if settings.drain.node_ops != "none":
             node_ops = KubeNodeOps(
                 kube,
-                settings.node,
+                settings.identity.node,
                 drain=DrainOptions(
-                    timeout=settings.drain_timeout.total_seconds(),
-                    grace_period=settings.drain_grace_period,
-                    pod_selector=settings.drain_pod_selector,
-                    delete_emptydir_data=settings.drain_delete_emptydir_data,
-                    force=settings.drain_force,
-                    parallelism=settings.drain_parallelism,
+                    timeout=settings.drain.drain_timeout.total_seconds(),
+                    grace_period=settings.drain.drain_grace_period,
+                    pod_selector=settings.drain.drain_pod_selector,
+                    delete_emptydir_data=settings.drain.drain_delete_emptydir_data,
+                    force=settings.drain.drain_force,
+                    parallelism=settings.drain.drain_parallelism,
                 ),
             )
-        if settings.verify_node_ready:
-            checks.insert(0, NodeReady(kube, settings.node, boot_id))
-        if settings.verify_pods_ready:
-            checks.append(PodsReady(kube, settings.node))
-        if settings.blocking_pod_selector:
-            blockers.append(PodBlocker(kube, settings.node, settings.blocking_pod_selector))
-        if settings.max_unavailable_nodes >= 0:
-            blockers.append(NodeBudget(kube, settings.max_unavailable_nodes, settings.group_node_selector))
-    if settings.prometheus_url:
+        if settings.verify.verify_node_ready:
+            checks.insert(0, NodeReady(kube, settings.identity.node, boot_id))
+        if settings.verify.verify_pods_ready:
+            checks.append(PodsReady(kube, settings.identity.node))
+        if settings.gates.blocking_pod_selector:
+            blockers.append(PodBlocker(kube, settings.identity.node, settings.gates.blocking_pod_selector))
+        if settings.gates.max_unavailable_nodes >= 0:
+            blockers.append(
+                NodeBudget(kube, settings.gates.max_unavailable_nodes, settings.gates.group_node_selector)
+            )
+    if settings.gates.prometheus_url:
         from rebootcoord.adapters.prometheus import FiringAlerts
 
         blockers.append(
             FiringAlerts(
-                settings.prometheus_url,
-                settings.prometheus_alert_filter,
-                settings.prometheus_alert_filter_match_only,
+                settings.gates.prometheus_url,
+                settings.gates.prometheus_alert_filter,
+                settings.gates.prometheus_alert_filter_match_only,
             )
         )
     semaphore = build_semaphore(
@@ -162,19 +166,19 @@ def build_agent(settings: Settings, stop: threading.Event, registry: CollectorRe
     if kube is not None:
         kube.on_request = lambda verb: metrics.api_requests.labels(verb).inc()
     parts = AgentParts(
-        settings=settings,
+        settings=AgentSettings.of(settings),
         semaphore=semaphore,
-        detectors=build_detectors(settings.detectors, host),
+        detectors=build_detectors(settings.detection.detectors, host),
         rebooter=build_rebooter(
-            settings.reboot_method,
+            settings.reboot.reboot_method,
             host,
-            settings.reboot_command,
-            settings.reboot_signal,
-            settings.reboot_signal_relay,
+            settings.reboot.reboot_command,
+            settings.reboot.reboot_signal,
+            settings.reboot.reboot_signal_relay,
         ),
         host=host,
         metrics=metrics,
-        events=EventLog(settings.events_file),
+        events=EventLog(settings.observability.events_file),
         checks=checks,
         blockers=blockers,
         node_ops=node_ops,

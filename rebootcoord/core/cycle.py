@@ -9,7 +9,7 @@ This module never performs I/O and never reads the clock: ``now`` is in the snap
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import timedelta
 
 from rebootcoord.core.semaphore import MANUAL, GroupView, HolderRecord
@@ -18,12 +18,31 @@ from rebootcoord.core.windows import WindowStatus
 
 
 @dataclass(frozen=True)
-class Timing:
+class Policy:
+    """The configured rules of the cycle: how long to wait for what, what a failed drain means."""
+
     reboot_timeout: timedelta
     verify_interval: timedelta
     release_delay: timedelta
     retry_after: timedelta = timedelta(seconds=5)
     lease_ttl: timedelta = timedelta(0)  # 0: holders never expire
+    drain_failure: str = "abort"  # or "force": reboot anyway
+    # After an aborted drain the node queues again no sooner than this: a third of the drain
+    # timeout, so that a PodDisruptionBudget that blocked it has time to change.
+    drain_retry_after: timedelta = timedelta(minutes=5)
+
+
+@dataclass(frozen=True)
+class Drained:
+    """How a drain by this process ended. ``acquired_at`` ties it to one holding of the slot, so
+    that the outcome of an earlier cycle never stands in for this one's drain."""
+
+    acquired_at: float
+    error: str = ""  # "": every pod left
+
+    @property
+    def ok(self) -> bool:
+        return not self.error
 
 
 @dataclass(frozen=True)
@@ -52,7 +71,11 @@ class Snapshot:
     stale_cordon: bool = False
     # This process keeps our place in the queue (False after a restart: join again to keep it).
     queue_owned: bool = True
-    timing: Timing = Timing(timedelta(minutes=10), timedelta(seconds=30), timedelta(0))
+    # The blockers were looked at right before this snapshot (a slot is taken only then).
+    gates_fresh: bool = True
+    # How this process's drain of the node ended, in the DRAINING phase.
+    drained: Drained | None = None
+    policy: Policy = Policy(timedelta(minutes=10), timedelta(seconds=30), timedelta(0))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -82,6 +105,14 @@ class LeaveQueue:
 
 
 @dataclass(frozen=True)
+class CheckGates:
+    """Look at the blockers again, now: the cached answer may be a check interval old, and the
+    next step would take a slot."""
+
+    reason: str = "a last look at the gates before taking the slot"
+
+
+@dataclass(frozen=True)
 class Acquire:
     record: HolderRecord
 
@@ -96,6 +127,8 @@ class Persist:
 
 @dataclass(frozen=True)
 class Drain:
+    """Cordon and evict; the outcome comes back in the next snapshot's ``drained``."""
+
     record: HolderRecord
     reason: str = "cordoning and draining the node"
 
@@ -117,6 +150,8 @@ class Verify:
 class Release:
     record: HolderRecord
     reason: str = "uncordoning and giving the slot back"
+    # After an aborted drain: do not queue again before this time.
+    retry_not_before: float | None = None
 
 
 @dataclass(frozen=True)
@@ -146,6 +181,7 @@ Step = (
     Rest
     | JoinQueue
     | LeaveQueue
+    | CheckGates
     | Acquire
     | Persist
     | Drain
@@ -163,7 +199,7 @@ def step_phase(step: Step) -> Phase | None:
     match step:
         case Rest(phase=phase):
             return phase
-        case JoinQueue() | Acquire() | Reclaim():
+        case JoinQueue() | CheckGates() | Acquire() | Reclaim():
             return Phase.WAITING
         case Persist(record=record):
             return record.phase
@@ -204,32 +240,50 @@ def decide(s: Snapshot) -> Step:
 def _holding(s: Snapshot, record: HolderRecord) -> Step:
     rebooted = record.boot_id != s.boot_id
     if record.abort_reason and record.phase in (Phase.LOCKED, Phase.DRAINING) and not rebooted:
-        # A drain that could not finish: leave the node as we found it, give the slot back.
-        return Release(record, reason=f"aborting: {record.abort_reason}")
+        # A drain that could not finish: leave the node as we found it, give the slot back, and
+        # queue again only after a pause.
+        return Release(
+            record,
+            reason=f"aborting: {record.abort_reason}",
+            retry_not_before=s.now + s.policy.drain_retry_after.total_seconds(),
+        )
     if rebooted and record.phase in (Phase.LOCKED, Phase.DRAINING, Phase.REBOOTING):
         return Persist(record.moved(Phase.VERIFYING, s.now, note=""), "boot ID changed: the node rebooted")
     match record.phase:
         case Phase.LOCKED:
             return Persist(record.moved(Phase.DRAINING, s.now), "slot held")
         case Phase.DRAINING:
-            return Drain(record)
+            if s.drained is None or s.drained.acquired_at != record.acquired_at:
+                return Drain(record)
+            if s.drained.ok:
+                return Persist(_to_rebooting(record, s.now), "node drained")
+            if s.policy.drain_failure == "force":
+                return Persist(
+                    _to_rebooting(record, s.now),
+                    f"drain failed, rebooting anyway (drain_failure: force): {s.drained.error}",
+                )
+            failure = f"drain failed: {s.drained.error}"
+            return Persist(
+                replace(record, note=failure, abort_reason=failure),
+                f"{failure}; undoing and giving the slot back",
+            )
         case Phase.REBOOTING:
             if s.reboot_issued_at is None:
                 # First attempt, or a restart after a crash in this phase: the boot ID has not
                 # changed, so no reboot happened yet and asking again cannot reboot twice.
                 return Reboot(record)
-            deadline = s.reboot_issued_at + s.timing.reboot_timeout.total_seconds()
+            deadline = s.reboot_issued_at + s.policy.reboot_timeout.total_seconds()
             if s.now >= deadline:
                 return Reboot(record, retry=True)
             return Rest(Phase.REBOOTING, "waiting for the reboot", deadline)
         case Phase.VERIFYING:
             if s.healthy_at is None:
                 if s.last_verify_at is not None:
-                    next_try = s.last_verify_at + s.timing.verify_interval.total_seconds()
+                    next_try = s.last_verify_at + s.policy.verify_interval.total_seconds()
                     if s.now < next_try:
                         return Rest(Phase.VERIFYING, record.note or "post-reboot checks failing", next_try)
                 return Verify(record)
-            release_at = s.healthy_at + s.timing.release_delay.total_seconds()
+            release_at = s.healthy_at + s.policy.release_delay.total_seconds()
             if s.now < release_at:
                 return Rest(Phase.VERIFYING, "healthy; release delay", release_at)
             if record.cordoned:
@@ -269,6 +323,8 @@ def _not_holding(s: Snapshot, view: GroupView) -> Step:
         if stale is not None:
             return stale
     if view.may_take(s.holder):
+        if not s.gates_fresh:
+            return CheckGates()
         return Acquire(
             HolderRecord(
                 id=s.holder,
@@ -289,8 +345,12 @@ def _not_holding(s: Snapshot, view: GroupView) -> Step:
     return Rest(Phase.WAITING, f"queue position {position + 1}, {view.slots.free} free slot(s)")
 
 
+def _to_rebooting(record: HolderRecord, now: float) -> HolderRecord:
+    return record.moved(Phase.REBOOTING, now, reboot_requested_at=now)
+
+
 def _stale_holder(s: Snapshot, view: GroupView) -> Reclaim | None:
-    ttl = s.timing.lease_ttl.total_seconds()
+    ttl = s.policy.lease_ttl.total_seconds()
     for holder, record in sorted(view.records.items()):
         if not view.holds(holder):
             continue
@@ -298,7 +358,7 @@ def _stale_holder(s: Snapshot, view: GroupView) -> Reclaim | None:
             return Reclaim(record, f"node {record.node} of holder {holder} no longer exists")
         if ttl > 0 and s.now - record.acquired_at > ttl:
             return Reclaim(
-                record, f"holder {holder} held its slot longer than the TTL ({s.timing.lease_ttl})"
+                record, f"holder {holder} held its slot longer than the TTL ({s.policy.lease_ttl})"
             )
     return None
 
@@ -316,4 +376,4 @@ def _blocked(s: Snapshot) -> tuple[str, float | None] | None:
 
 
 def _later(s: Snapshot) -> float:
-    return s.now + s.timing.retry_after.total_seconds()
+    return s.now + s.policy.retry_after.total_seconds()

@@ -12,33 +12,44 @@ import os
 import threading
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 
 from rebootcoord.adapters.detectors import detect
 from rebootcoord.adapters.host import Host
-from rebootcoord.core.config import Settings
+from rebootcoord.core.config import (
+    DetectionSettings,
+    DrainSettings,
+    Identity,
+    RebootSettings,
+    SemaphoreSettings,
+    Settings,
+    VerifySettings,
+    WindowSettings,
+)
 from rebootcoord.core.cycle import (
     Abandon,
     Acquire,
+    CheckGates,
     Drain,
+    Drained,
     JoinQueue,
     LeaveQueue,
     Persist,
+    Policy,
     Reboot,
     Reclaim,
     Release,
     Rest,
     Snapshot,
     Step,
-    Timing,
     Uncordon,
     Verify,
     decide,
     step_phase,
 )
 from rebootcoord.core.semaphore import AGENT, GroupView, HolderRecord, Waiter
-from rebootcoord.core.types import HolderId, NodeName, PendingReboot, Phase
+from rebootcoord.core.types import HolderId, PendingReboot, Phase
 from rebootcoord.daemon.events import EventLog
 from rebootcoord.daemon.metrics import Heartbeat, Metrics
 from rebootcoord.errors import (
@@ -58,51 +69,46 @@ from rebootcoord.ports import Check, Detector, NodeOps, Rebooter, Semaphore
 log = logging.getLogger(__name__)
 
 
-class NoNodeOps:
-    """Bare etcd mode: there is no cluster to cordon, drain or tell."""
+@dataclass(frozen=True)
+class AgentSettings:
+    """The sections of the configuration the agent reads. Where etcd is, its password, the
+    gates' and the metrics' settings stay with the composition root, which builds the adapters."""
 
-    def is_unschedulable(self) -> bool:
-        return True  # no scheduler: never record that we cordoned, never uncordon
+    identity: Identity
+    semaphore: SemaphoreSettings
+    detection: DetectionSettings
+    windows: WindowSettings
+    reboot: RebootSettings
+    verify: VerifySettings
+    drain: DrainSettings
 
-    def cordon(self) -> None:
-        return None
-
-    def drain(self, stop: threading.Event) -> None:
-        return None
-
-    def uncordon(self) -> None:
-        return None
-
-    def cordoned_by_us(self) -> bool:
-        return False
-
-    def node_exists(self, node: NodeName) -> bool | None:
-        return None
-
-    def announce(self, phase: Phase, reason: str, *, warning: bool = False, event_reason: str = "") -> None:
-        return None
-
-    def set_labels(self, labels: Sequence[tuple[str, str]]) -> None:
-        return None
-
-    def set_waiting_taint(self, present: bool) -> None:
-        return None
+    @classmethod
+    def of(cls, s: Settings) -> AgentSettings:
+        return cls(
+            identity=s.identity,
+            semaphore=s.semaphore,
+            detection=s.detection,
+            windows=s.windows,
+            reboot=s.reboot,
+            verify=s.verify,
+            drain=s.drain,
+        )
 
 
 @dataclass
 class AgentParts:
     """What the composition root hands the agent."""
 
-    settings: Settings
+    settings: AgentSettings
     semaphore: Semaphore
     detectors: Sequence[Detector]
     rebooter: Rebooter
     host: Host
     metrics: Metrics
     events: EventLog
+    node_ops: NodeOps  # NoNodeOps on a bare host
     checks: Sequence[Check] = ()  # post-reboot health checks
     blockers: Sequence[Check] = ()  # pre-acquire gates
-    node_ops: NodeOps = field(default_factory=NoNodeOps)
     boot_id: Callable[[], str] | None = None  # default: the host's boot ID file
     clock: Callable[[], float] = time.time
 
@@ -113,7 +119,7 @@ class Agent:
         self.s = parts.settings
         self.stop = stop
         self.changed = threading.Event()
-        self.heartbeat = Heartbeat(max_age=2 * self.s.check_interval.total_seconds() + 60)
+        self.heartbeat = Heartbeat(max_age=2 * self.s.detection.check_interval.total_seconds() + 60)
         self._view: GroupView | None = None  # the group as last read
         self._woken = False  # a watch said our turn may have come: read again
         self._stop_wake: Callable[[], None] | None = None
@@ -134,11 +140,16 @@ class Agent:
         self._boot_id = parts.boot_id or parts.host.boot_id
         self._last_error = ""
         self._decided_at = 0.0
-        self._timing = Timing(
-            reboot_timeout=self.s.reboot_timeout,
-            verify_interval=self.s.verify_interval,
-            release_delay=self.s.release_delay,
-            lease_ttl=self.s.lease_ttl,
+        self._max_told: int | None = None  # the stored max we warned about differing from ours
+        self._gates_fresh = False  # the blockers were looked at for a slot about to be taken
+        self._drained: Drained | None = None
+        self._policy = Policy(
+            reboot_timeout=self.s.reboot.reboot_timeout,
+            verify_interval=self.s.verify.verify_interval,
+            release_delay=self.s.verify.release_delay,
+            lease_ttl=self.s.semaphore.lease_ttl,
+            drain_failure=self.s.drain.drain_failure,
+            drain_retry_after=self.s.drain.drain_timeout / 3,
         )
 
     # ------------------------------------------------------------------------------------------
@@ -152,7 +163,11 @@ class Agent:
     def run(self) -> int:
         log.info(
             "agent starting",
-            extra={"node": self.s.node_name, "group": self.s.group, "holder": self.s.holder},
+            extra={
+                "node": self.s.identity.node_name,
+                "group": self.s.identity.group,
+                "holder": self.s.identity.holder,
+            },
         )
         stop_watch = self.connect()
         try:
@@ -164,7 +179,7 @@ class Agent:
                     self.p.metrics.backend_up.set(0)
                     self.p.metrics.fail("backend_unavailable")
                     log.warning("semaphore backend unavailable: %s", exc)
-                    self._sleep(self._timing.retry_after.total_seconds())
+                    self._sleep(self._policy.retry_after.total_seconds())
                 except Conflict as exc:
                     self.p.metrics.fail("conflict")
                     log.warning("%s", exc)
@@ -174,14 +189,14 @@ class Agent:
                     if str(exc) != self._last_error:
                         log.error("%s; nothing is decided until it can be read", exc)
                     self._last_error = str(exc)
-                    self._sleep(self._timing.retry_after.total_seconds())
+                    self._sleep(self._policy.retry_after.total_seconds())
                 else:
                     self._last_error = ""
                     if isinstance(step, Rest):
                         self._rest(step, self._decided_at)
         finally:
             stop_watch()
-        log.info("agent stopped", extra={"node": self.s.node_name, "phase": str(self._phase)})
+        log.info("agent stopped", extra={"node": self.s.identity.node_name, "phase": str(self._phase)})
         return 0
 
     def connect(self) -> Callable[[], None]:
@@ -194,7 +209,7 @@ class Agent:
         delay = 0.2
         while not self.stop.is_set():
             try:
-                self.p.semaphore.ensure(self.s.max_holders)
+                self.p.semaphore.ensure(self.s.semaphore.max_holders)
                 self._read_view()
                 return
             except BackendUnavailable as exc:
@@ -219,19 +234,23 @@ class Agent:
         return step
 
     def _snapshot(self, now: float) -> Snapshot:
-        if self._detected_at is None or now >= self._detected_at + self.s.check_interval.total_seconds():
+        if (
+            self._detected_at is None
+            or now >= self._detected_at + self.s.detection.check_interval.total_seconds()
+        ):
             self._detect(now)
-        window = self.s.schedule.status(datetime.fromtimestamp(now, UTC))
+        window = self.s.windows.schedule.status(datetime.fromtimestamp(now, UTC))
         self.p.metrics.next_window.set(window.next_open.timestamp() if window.next_open else 0)
         view = self._view
         if self._needs_view(view):
             view = self._read_view(queue=self._pending is not None)
-        waiting = self._pending is not None and view is not None and not view.holds(self.s.holder)
+        waiting = self._pending is not None and view is not None and not view.holds(self.s.identity.holder)
+        gates_fresh, self._gates_fresh = self._gates_fresh or not self.p.blockers, False
         return Snapshot(
             now=now,
-            holder=self.s.holder,
-            node=self.s.node,
-            group=self.s.group,
+            holder=self.s.identity.holder,
+            node=self.s.identity.node,
+            group=self.s.identity.group,
             boot_id=self._boot_id(),
             pending=self._pending,
             detector_errors=self._detector_errors,
@@ -244,8 +263,10 @@ class Agent:
             gone_holders=self._gone_holders(view, now) if waiting and view is not None else (),
             retry_not_before=self._retry_not_before,
             stale_cordon=self._stale_cordon(view),
-            queue_owned=self.p.semaphore.queue_joined(self.s.holder),
-            timing=self._timing,
+            queue_owned=self.p.semaphore.queue_joined(self.s.identity.holder),
+            gates_fresh=gates_fresh,
+            drained=self._drained,
+            policy=self._policy,
         )
 
     def _needs_view(self, view: GroupView | None) -> bool:
@@ -253,19 +274,43 @@ class Agent:
         (no reboot pending, no slot, no record) sends no request at all."""
         if view is None or self._pending is not None or self._woken:
             return True
-        return view.holds(self.s.holder) or view.record(self.s.holder) is not None
+        return view.holds(self.s.identity.holder) or view.record(self.s.identity.holder) is not None
 
     def _read_view(self, *, queue: bool = True) -> GroupView:
         view = self.p.semaphore.read(queue=queue)
         self._view, self._woken = view, False
         self.p.metrics.backend_up.set(1)
         self.p.metrics.observe_group(view)
+        self._compare_max(view)
         return view
+
+    def _compare_max(self, view: GroupView) -> None:
+        """max_holders only creates the semaphore; later the stored max rules (rebootctl set-max).
+        An agent configured otherwise says so once per stored value, and in a metric."""
+        if view.slots is None:
+            return
+        stored, ours = view.slots.max, self.s.semaphore.max_holders
+        self.p.metrics.max_mismatch.labels(self.s.identity.group).set(1 if stored != ours else 0)
+        if stored == ours:
+            self._max_told = None
+        elif stored != self._max_told:
+            self._max_told = stored
+            log.warning(
+                "group %s allows %d holder(s), this agent's max_holders is %d: the group's value "
+                "rules (change it with rebootctl set-max)",
+                self.s.identity.group,
+                stored,
+                ours,
+            )
 
     def _stale_cordon(self, view: GroupView | None) -> bool:
         """Our cordon without our slot or record. Asked (one read of the Node) only when it can
         be so: at start-up and after a holding phase, never on every turn of a waiting agent."""
-        if view is None or view.holds(self.s.holder) or view.record(self.s.holder) is not None:
+        if (
+            view is None
+            or view.holds(self.s.identity.holder)
+            or view.record(self.s.identity.holder) is not None
+        ):
             return False
         if self._phase is not None and not self._phase.holds_slot:
             return False
@@ -282,7 +327,7 @@ class Agent:
         if (
             fresh
             or self._blockers_at is None
-            or now >= self._blockers_at + self.s.check_interval.total_seconds()
+            or now >= self._blockers_at + self.s.detection.check_interval.total_seconds()
         ):
             self._blockers = tuple(
                 f"{r.name}: {r.detail}" for r in (b.check() for b in self.p.blockers) if not r.ok
@@ -292,7 +337,7 @@ class Agent:
 
     def _gone_holders(self, view: GroupView, now: float) -> tuple[HolderId, ...]:
         """Holders whose Node is gone, looked up only by the first waiter of a full group."""
-        if not view.first_of_full_queue(self.s.holder):
+        if not view.first_of_full_queue(self.s.identity.holder):
             return ()
         if now - self._gone_checked_at >= 30:
             self._gone_checked_at = now
@@ -316,10 +361,10 @@ class Agent:
         if (pending is None) != (self._pending is None):
             log.info("reboot required: %s", pending.reason if pending else "no")
         self._pending, self._detector_errors, self._detected_at = pending, errors, now
-        self.p.metrics.reboot_required.labels(self.s.node_name).set(1 if pending else 0)
+        self.p.metrics.reboot_required.labels(self.s.identity.node_name).set(1 if pending else 0)
 
     def _rest(self, step: Rest, now: float) -> None:
-        timeout = self.s.check_interval.total_seconds()
+        timeout = self.s.detection.check_interval.total_seconds()
         if self._detected_at is not None:
             timeout = max(0.0, self._detected_at + timeout - now)
         if step.wake_at is not None:
@@ -335,7 +380,7 @@ class Agent:
         """While waiting for a slot, a watch that ends the rest when our turn may have come: the
         head of the line watches the slots, every other waiter only the waiter just ahead of it."""
         view = self._view
-        holder = self.s.holder
+        holder = self.s.identity.holder
         if view is None or self._pending is None or view.holds(holder) or view.record(holder) is not None:
             return
         position = view.queue_position(holder)
@@ -372,11 +417,11 @@ class Agent:
             self.p.metrics.set_phase(phase)
             self.p.events.emit(
                 ts=self.p.clock(),
-                node=self.s.node_name,
+                node=self.s.identity.node_name,
                 pid=os.getpid(),
                 phase=phase.value,
                 boot_id=self._boot_id_or_unknown(),
-                group=self.s.group,
+                group=self.s.identity.group,
                 reason=reason,
                 **extra,
             )
@@ -385,8 +430,8 @@ class Agent:
                 phase.value,
                 reason,
                 extra={
-                    "node": self.s.node_name,
-                    "group": self.s.group,
+                    "node": self.s.identity.node_name,
+                    "group": self.s.identity.group,
                     "phase": phase.value,
                     "reason": reason,
                 },
@@ -404,7 +449,7 @@ class Agent:
         try:
             if not (phase is Phase.IDLE and (before is None or before in (Phase.IDLE, Phase.PENDING))):
                 ops.announce(phase, reason)
-            if self.s.taint_while_waiting:
+            if self.s.drain.taint_while_waiting:
                 if phase is Phase.WAITING:
                     ops.set_waiting_taint(True)
                 elif phase in (Phase.IDLE, Phase.PENDING, Phase.LOCKED):
@@ -426,19 +471,17 @@ class Agent:
         try:
             match step:
                 case JoinQueue():
-                    sem.join_queue(Waiter(self.s.holder, self.s.node, now, 0))
+                    sem.join_queue(Waiter(self.s.identity.holder, self.s.identity.node, now, 0))
                 case LeaveQueue():
-                    sem.leave_queue(self.s.holder)
+                    sem.leave_queue(self.s.identity.holder)
+                case CheckGates():
+                    self._check_blockers(now, fresh=True)
+                    self._gates_fresh = True
                 case Acquire(record=record):
-                    # Last look at the gates before taking the slot: they were cached.
-                    blockers = self._check_blockers(now, fresh=True)
-                    if blockers:
-                        log.info("not taking the slot: %s", "; ".join(blockers))
-                    else:
-                        revision = sem.acquire(record)
-                        if revision is not None:
-                            self._phase = None  # force the event even if a stale view said locked
-                            self._enter(Phase.LOCKED, record.reason, rev=revision)
+                    revision = sem.acquire(record)
+                    if revision is not None:
+                        self._phase = None  # force the event even if a stale view said locked
+                        self._enter(Phase.LOCKED, record.reason, rev=revision)
                 case Reclaim(record=record, reason=reason):
                     if sem.reclaim(record.id, record):
                         log.warning("reclaimed the slot of %s: %s", record.id, reason)
@@ -453,8 +496,8 @@ class Agent:
                     self._reboot(record, now)
                 case Verify(record=record):
                     self._verify(record, now)
-                case Release(record=record, reason=reason):
-                    self._release(record, reason)
+                case Release(record=record, reason=reason, retry_not_before=retry_not_before):
+                    self._release(record, reason, retry_not_before)
                 case Uncordon(reason=reason):
                     log.warning("%s", reason)
                     self.p.metrics.fail("slot_lost")
@@ -473,7 +516,7 @@ class Agent:
         except CorruptDocument as exc:
             self.p.metrics.fail("corrupt_document")
             log.error("%s", exc)
-            self._sleep(self._timing.retry_after.total_seconds())
+            self._sleep(self._policy.retry_after.total_seconds())
         except HoldsAgain as exc:
             log.info("%s", exc)
         self._view = None  # our own write changed the group: the next turn reads it
@@ -489,20 +532,18 @@ class Agent:
         try:
             if record.cordoned:
                 ops.cordon()
-            ops.set_labels(self.s.pre_reboot_labels)
+            ops.set_labels(self.s.drain.pre_reboot_labels)
             ops.drain(self.stop)
         except DrainInterrupted:
             return  # stopping: the record says draining, the next start drains again
         except NodeOperationError as exc:
+            # What a failed drain means (abort or reboot anyway) is decide's: it sees the outcome.
             self.p.metrics.fail("drain_failed")
             self._tell("DrainFailed", str(exc))
-            if self.s.drain_failure == "force":
-                log.error("drain failed, rebooting anyway (drain_failure: force): %s", exc)
-            else:
-                log.error("drain failed; undoing and giving the slot back: %s", exc)
-                sem.update(replace(record, note=f"drain failed: {exc}", abort_reason=f"drain failed: {exc}"))
-                return
-        sem.update(record.moved(Phase.REBOOTING, self.p.clock(), reboot_requested_at=self.p.clock()))
+            log.error("drain failed: %s", exc)
+            self._drained = Drained(record.acquired_at, str(exc))
+            return
+        self._drained = Drained(record.acquired_at)
 
     def _tell(self, reason: str, message: str) -> None:
         """A Warning Event on the Node, best effort."""
@@ -520,11 +561,13 @@ class Agent:
             self.p.metrics.fail("reboot_timeout")
             log.error(
                 "the boot ID did not change within %s; asking for the reboot again",
-                self.s.reboot_timeout,
+                self.s.reboot.reboot_timeout,
             )
         self._reboot_issued_at = now
         self.p.metrics.reboot_requests.inc()
-        log.info("rebooting the node", extra={"node": self.s.node_name, "group": self.s.group})
+        log.info(
+            "rebooting the node", extra={"node": self.s.identity.node_name, "group": self.s.identity.group}
+        )
         try:
             self.p.rebooter.reboot()
         except RebootError as exc:
@@ -552,17 +595,21 @@ class Agent:
                 self.p.semaphore.update(replace(record, note=note))
             return
         self.p.metrics.health_failing.set(0)
-        self.p.node_ops.set_labels(self.s.post_reboot_labels)
+        self.p.node_ops.set_labels(self.s.drain.post_reboot_labels)
         self._healthy_at = now
 
-    def _release(self, record: HolderRecord, reason: str) -> None:
+    def _release(self, record: HolderRecord, reason: str, retry_not_before: float | None) -> None:
         if record.cordoned:
             self.p.node_ops.uncordon()
-        if record.abort_reason:
-            # The drain failed: the node is as we found it; queue again after a pause.
-            self._retry_not_before = self.p.clock() + self.s.drain_timeout.total_seconds() / 3
-            log.warning("%s; retrying after %s", reason, self._retry_not_before)
+        if retry_not_before is not None:
+            self._retry_not_before = retry_not_before
+            log.warning(
+                "%s; queuing again after %s",
+                reason,
+                datetime.fromtimestamp(retry_not_before, UTC).isoformat(timespec="seconds"),
+            )
         revision = self.p.semaphore.release(record.id)
+        self._drained = None
         self._reboot_issued_at = None
         self._last_verify_at = None
         self._healthy_at = None

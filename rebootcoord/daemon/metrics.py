@@ -65,6 +65,13 @@ class Metrics:
         self.slots_held = Gauge(f"{ns}_slots_held", "Slots held in the group", ["group"], registry=registry)
         self.waiters = Gauge(f"{ns}_waiters", "Agents queued for a slot", ["group"], registry=registry)
         self.paused = Gauge(f"{ns}_group_paused", "1 while the group is paused", ["group"], registry=registry)
+        self.max_mismatch = Gauge(
+            f"{ns}_max_holders_mismatch",
+            "1 while the group's stored max differs from this agent's max_holders (the stored one "
+            "rules; max_holders only creates the semaphore)",
+            ["group"],
+            registry=registry,
+        )
         self.backend_up = Gauge(f"{ns}_backend_up", "1 when the semaphore backend answers", registry=registry)
         self.reboots = Counter(
             f"{ns}_reboots", "Reboots completed (boot ID changed while holding)", registry=registry
@@ -118,6 +125,7 @@ class Metrics:
         self.slot_held.labels(node, group).set(0)
         self.reboot_required.labels(node).set(0)
         self.health_failing.set(0)
+        self.max_mismatch.labels(group).set(0)
 
     def set_phase(self, phase: Phase) -> None:
         for p in Phase:

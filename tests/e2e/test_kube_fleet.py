@@ -171,7 +171,7 @@ def test_unsatisfiable_pdb_times_out_the_drain_and_aborts_cleanly(
         events = kube.cluster.kubectl("get", "events", "-n", "default", "--field-selector",
                                       f"involvedObject.name={node},reason=DrainFailed")  # fmt: skip
         assert "DrainFailed" in events
-    assert "retrying after" in agent_log(fleet, node)
+    assert "queuing again after" in agent_log(fleet, node)
 
 
 def test_blocking_pod_holds_its_node_back(kube: KubeTestEnv, kube_fleet: Callable[..., Fleet]) -> None:

@@ -24,7 +24,7 @@ from rebootcoord.core.config import load_settings
 from rebootcoord.core.cycle import Rest, Step
 from rebootcoord.core.semaphore import MANUAL, HolderRecord, Waiter
 from rebootcoord.core.types import Group, HolderId, NodeName, PendingReboot, Phase
-from rebootcoord.daemon.agent import Agent, AgentParts
+from rebootcoord.daemon.agent import Agent, AgentParts, AgentSettings
 from rebootcoord.daemon.events import EventLog
 from rebootcoord.daemon.group import GroupClient
 from rebootcoord.daemon.metrics import Metrics
@@ -84,7 +84,7 @@ class Rig:
         )
         self.registry = CollectorRegistry()
         parts = AgentParts(
-            settings=settings,
+            settings=AgentSettings.of(settings),
             semaphore=self.semaphore,
             detectors=[self.detector],
             rebooter=self.rebooter,
@@ -348,7 +348,7 @@ def test_an_unreadable_boot_id_is_reported_and_retried_not_a_crash() -> None:
     agent = rig.agent
     assert agent is not None
     agent.p.clock = time.time  # the loop's own waits run on real time
-    agent._timing = replace(agent._timing, retry_after=timedelta(seconds=0.01))
+    agent._policy = replace(agent._policy, retry_after=timedelta(seconds=0.01))
     result: list[int] = []
     thread = threading.Thread(target=lambda: result.append(agent.run()), daemon=True)
     thread.start()
@@ -359,3 +359,30 @@ def test_an_unreadable_boot_id_is_reported_and_retried_not_a_crash() -> None:
     thread.join(10)
     assert result == [0] and rig.failures("detector_error") >= 3
     assert rig.rebooter.requests == [] and not rig.holds()
+
+
+def test_a_gate_that_closes_after_its_cached_answer_still_stops_the_slot() -> None:
+    # The blockers are cached for a check interval; the answer that lets a slot be taken is a
+    # fresh one, looked at right before taking it.
+    rig = Rig(settings={"check_interval": "10m"})
+    rig.until(lambda: rig.queue.entries, what="a place in the queue")
+    rig.blocker.ok = False  # the cached answer still says ok
+    for _ in range(5):
+        rig.turn()
+    assert not rig.holds() and rig.rebooter.requests == []
+    assert any(type(s).__name__ == "CheckGates" for s in rig.steps)
+
+
+def test_a_max_holders_unlike_the_groups_is_told_once_and_in_a_metric(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    rig = Rig(settings={"max_holders": 1})
+    rig.semaphore.set_max(3)
+    for _ in range(6):
+        rig.turn()
+    mismatch = rig.registry.get_sample_value("rebootcoord_max_holders_mismatch", {"group": "g"})
+    assert mismatch == 1
+    told = [r for r in caplog.records if "max_holders is 1" in r.getMessage()]
+    assert len(told) == 1 and "allows 3" in told[0].getMessage()
+    rig.semaphore.set_max(1)
+    rig.until(lambda: rig.registry.get_sample_value("rebootcoord_max_holders_mismatch", {"group": "g"}) == 0)

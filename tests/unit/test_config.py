@@ -7,6 +7,7 @@ from datetime import timedelta
 
 import pytest
 
+from rebootcoord.cli.common import decode_flow
 from rebootcoord.core.config import MASK, load_settings, to_plain
 from rebootcoord.errors import ConfigError
 
@@ -18,6 +19,7 @@ def load(file_data: object = None, env: dict[str, str] | None = None, flags: dic
         env=env or {},
         flags=flags or {},
         fallbacks={"node_name": "n1"},
+        decode_text=decode_flow,
     )
 
 
@@ -29,12 +31,15 @@ def problems(**kwargs: object) -> list[tuple[str, object, str, str]]:
 
 def test_defaults() -> None:
     s = load()
-    assert s.node_name == "n1" and s.holder == "n1"
-    assert s.group == "default"
-    assert s.reboot_command == ("systemctl", "reboot")
-    assert s.reboot_signal == int(signal.SIGRTMIN) + 5
-    assert s.detectors[0].type == "sentinel" and s.detectors[0].path == "/run/reboot-required"
-    assert s.schedule.windows == ()
+    assert s.identity.node_name == "n1" and s.identity.holder == "n1"
+    assert s.identity.group == "default"
+    assert s.reboot.reboot_command == ("systemctl", "reboot")
+    assert s.reboot.reboot_signal == int(signal.SIGRTMIN) + 5
+    assert (
+        s.detection.detectors[0].type == "sentinel"
+        and s.detection.detectors[0].path == "/run/reboot-required"
+    )
+    assert s.windows.schedule.windows == ()
 
 
 def test_precedence_flags_over_env_over_file_over_defaults() -> None:
@@ -42,10 +47,10 @@ def test_precedence_flags_over_env_over_file_over_defaults() -> None:
     env = {"REBOOTCOORD_GROUP": "from-env", "REBOOTCOORD_MAX_HOLDERS": "4"}
     flags = {"group": "from-flag"}
     s = load(file, env, flags)
-    assert s.group == "from-flag"
-    assert s.max_holders == 4
-    assert s.check_interval == timedelta(minutes=2)
-    assert s.time_zone == "UTC"
+    assert s.identity.group == "from-flag"
+    assert s.semaphore.max_holders == 4
+    assert s.detection.check_interval == timedelta(minutes=2)
+    assert s.windows.time_zone == "UTC"
 
 
 def test_env_values_are_parsed_like_file_values() -> None:
@@ -58,17 +63,17 @@ def test_env_values_are_parsed_like_file_values() -> None:
             "REBOOTCOORD_REBOOT_SIGNAL": "SIGTERM",
         }
     )
-    assert s.etcd_endpoints == ("http://a:2379", "https://b:2379")
-    assert s.reboot_command == ("systemctl", "reboot", "--force")
-    assert len(s.schedule.windows) == 1
-    assert [d.type for d in s.detectors] == ["sentinel", "rpm-ostree"]
-    assert s.detectors[1].argv == ("rpm-ostree", "status", "--json")
-    assert s.reboot_signal == int(signal.SIGTERM)
+    assert s.etcd.etcd_endpoints == ("http://a:2379", "https://b:2379")
+    assert s.reboot.reboot_command == ("systemctl", "reboot", "--force")
+    assert len(s.windows.schedule.windows) == 1
+    assert [d.type for d in s.detection.detectors] == ["sentinel", "rpm-ostree"]
+    assert s.detection.detectors[1].argv == ("rpm-ostree", "status", "--json")
+    assert s.reboot.reboot_signal == int(signal.SIGTERM)
 
 
 def test_node_name_from_fallback_and_holder_id() -> None:
     s = load({"holder_id": "abc123"})
-    assert s.node == "n1" and s.holder == "abc123"
+    assert s.identity.node == "n1" and s.identity.holder == "abc123"
 
 
 @pytest.mark.parametrize(
@@ -202,7 +207,7 @@ SERVICE_LINKS = {
 
 def test_service_link_variables_are_not_configuration() -> None:
     s = load(env={**SERVICE_LINKS, "REBOOTCOORD_MAX_HOLDERS": "3"})
-    assert s.max_holders == 3
+    assert s.semaphore.max_holders == 3
 
 
 @pytest.mark.parametrize(
@@ -290,3 +295,32 @@ def test_printed_configuration_loads_back_unchanged() -> None:
     first = load(source)
     printed = yaml.safe_load(yaml.safe_dump(to_plain(first)))
     assert load(printed) == first
+
+
+def test_text_is_decoded_only_for_keys_that_take_lists() -> None:
+    # A regular expression that looks like a YAML list stays a string; an argv from env is a list.
+    s = load(env={"REBOOTCOORD_PROMETHEUS_ALERT_FILTER": "[A-Z]+", "REBOOTCOORD_REBOOT_COMMAND": "[a, b]"})
+    assert s.gates.prometheus_alert_filter == "[A-Z]+"
+    assert s.reboot.reboot_command == ("a", "b")
+
+
+def test_core_decodes_json_without_the_yaml_library() -> None:
+    s = load_settings(env={"REBOOTCOORD_REBOOT_COMMAND": '["a", "b"]'}, fallbacks={"node_name": "n1"})
+    assert s.reboot.reboot_command == ("a", "b")
+    with pytest.raises(ConfigError) as info:
+        load_settings(env={"REBOOTCOORD_REBOOT_COMMAND": "[a, b]"}, fallbacks={"node_name": "n1"})
+    [problem] = info.value.problems
+    assert problem.key == "reboot_command" and problem.value == "[a, b]" and "JSON" in problem.expected
+
+
+@pytest.mark.parametrize("value", ["4s", "1.5s", "2h", "0"])
+def test_waiter_ttl_is_checked_once_here(value: str) -> None:
+    [(key, got, expected, source)] = problems(file_data={"waiter_ttl": value})
+    assert key == "waiter_ttl" and got == value and "5s to 1h" in expected and source == "file agent.yaml"
+
+
+def test_sections_hold_the_keys_and_replace_keeps_the_rest() -> None:
+    s = load(file_data={"max_holders": 3, "drain_timeout": "1m"})
+    assert s.semaphore.max_holders == 3 and s.drain.drain_timeout == timedelta(minutes=1)
+    t = s.replace(max_holders=5)
+    assert t.semaphore.max_holders == 5 and t.drain == s.drain and s.semaphore.max_holders == 3

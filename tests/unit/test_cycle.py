@@ -10,16 +10,18 @@ import pytest
 from rebootcoord.core.cycle import (
     Abandon,
     Acquire,
+    CheckGates,
     Drain,
+    Drained,
     JoinQueue,
     LeaveQueue,
     Persist,
+    Policy,
     Reboot,
     Reclaim,
     Release,
     Rest,
     Snapshot,
-    Timing,
     Verify,
     decide,
     step_phase,
@@ -41,7 +43,7 @@ NOW = 1000.0
 PENDING = PendingReboot("sentinel", "/run/reboot-required exists", "k1")
 OPEN = WindowStatus(open=True, closes_at=None, next_open=None)
 CLOSED = WindowStatus(open=False, closes_at=None, next_open=datetime(2026, 1, 1, tzinfo=UTC))
-TIMING = Timing(timedelta(minutes=10), timedelta(seconds=30), timedelta(0))
+POLICY = Policy(timedelta(minutes=10), timedelta(seconds=30), timedelta(0))
 
 
 def rec(phase: Phase, **kw: object) -> HolderRecord:
@@ -66,7 +68,7 @@ def gv(holders=(), waiters=(), records=(), paused=False, corrupt=False, max_=2, 
 def snap(view: GroupView | None, **kw: object) -> Snapshot:
     base = Snapshot(
         now=NOW, holder=ME, node=NodeName("me"), group=Group("g"), boot_id="boot-1", pending=PENDING,
-        detector_errors=(), window=OPEN, view=view, timing=TIMING,
+        detector_errors=(), window=OPEN, view=view, policy=POLICY,
     )  # fmt: skip
     return replace(base, **kw)  # type: ignore[arg-type]
 
@@ -143,7 +145,7 @@ CASES = [
             gv(["me"], records=[rec(Phase.VERIFYING)]),
             boot_id="boot-2",
             healthy_at=NOW - 1,
-            timing=replace(TIMING, release_delay=timedelta(minutes=5)),
+            policy=replace(POLICY, release_delay=timedelta(minutes=5)),
         ),
         Rest,
         Phase.VERIFYING,
@@ -189,7 +191,7 @@ CASES = [
                 records=[rec(Phase.REBOOTING, id=HolderId("x"), acquired_at=NOW - 7200)],
                 max_=1,
             ),
-            timing=replace(TIMING, lease_ttl=timedelta(hours=1)),
+            policy=replace(POLICY, lease_ttl=timedelta(hours=1)),
         ),
         Reclaim,
         Phase.WAITING,
@@ -257,3 +259,44 @@ def test_never_reboots_without_holding() -> None:
                     step = decide(snap(view, boot_id=boot, pending=pending))
                     if isinstance(step, Reboot | Drain | Verify | Release):
                         assert "me" in holders, (holders, record, step)
+
+
+# The policy the agent's effects used to hold: what a failed drain means, the back-off after it,
+# the last look at the gates. decide owns it; the effects only report what happened.
+
+DRAINING = gv(["me"], records=[rec(Phase.DRAINING, cordoned=True)])
+
+
+def test_a_drained_node_moves_to_rebooting() -> None:
+    step = decide(snap(DRAINING, drained=Drained(900.0)))
+    assert isinstance(step, Persist) and step.record.phase is Phase.REBOOTING
+    assert step.record.reboot_requested_at == NOW and step.record.cordoned
+
+
+def test_a_drain_outcome_of_an_earlier_holding_does_not_count() -> None:
+    assert isinstance(decide(snap(DRAINING, drained=Drained(500.0))), Drain)
+    assert isinstance(decide(snap(DRAINING, drained=Drained(500.0, "pdb"))), Drain)
+
+
+def test_a_failed_drain_is_recorded_as_an_abort_then_released_with_a_back_off() -> None:
+    policy = replace(POLICY, drain_retry_after=timedelta(minutes=5))
+    step = decide(snap(DRAINING, drained=Drained(900.0, "pdb blocks"), policy=policy))
+    assert isinstance(step, Persist) and step.record.phase is Phase.DRAINING
+    assert step.record.abort_reason == "drain failed: pdb blocks" and step.record.cordoned
+    aborted = gv(["me"], records=[step.record])
+    release = decide(snap(aborted, drained=Drained(900.0, "pdb blocks"), policy=policy))
+    assert isinstance(release, Release) and release.retry_not_before == NOW + 300
+
+
+def test_drain_failure_force_reboots_anyway() -> None:
+    policy = replace(POLICY, drain_failure="force")
+    step = decide(snap(DRAINING, drained=Drained(900.0, "pdb blocks"), policy=policy))
+    assert isinstance(step, Persist) and step.record.phase is Phase.REBOOTING
+    assert not step.record.abort_reason and "rebooting anyway" in step.reason
+
+
+def test_a_slot_is_taken_only_right_after_a_fresh_look_at_the_gates() -> None:
+    assert isinstance(decide(snap(gv(waiters=["me"]), gates_fresh=False)), CheckGates)
+    assert isinstance(decide(snap(gv(waiters=["me"]), gates_fresh=True)), Acquire)
+    blocked = snap(gv(waiters=["me"]), gates_fresh=True, blockers=("alert firing",))
+    assert isinstance(decide(blocked), LeaveQueue)

@@ -256,7 +256,7 @@ class LeaseWaitQueue:
         self.kube = kube
         self.namespace = namespace
         self.group = group
-        self.ttl = max(1.0, float(ttl))
+        self.ttl = float(ttl)  # from 5 s: checked once, in config (p_waiter_ttl)
         self.owner = owner
         self.clock = clock
         self.base = leases_path(namespace)

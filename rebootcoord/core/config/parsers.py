@@ -1,0 +1,481 @@
+"""The configuration's parsers: a raw value (from the file, or text from env and flags, decoded
+by the loader) -> a typed value, or ``Invalid`` saying what was expected. Pure."""
+
+from __future__ import annotations
+
+import difflib
+import re
+import signal
+import zoneinfo
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from datetime import timedelta, tzinfo
+from typing import Any
+from urllib.parse import urlsplit
+
+from rebootcoord.core.durations import format_duration, parse_duration
+from rebootcoord.core.types import GROUP_RE, HOLDER_ID_RE, Group
+from rebootcoord.core.windows import WindowSpecError
+
+
+class Invalid(ValueError):
+    """Raised by a parser: ``expected`` says what the value should have been."""
+
+    def __init__(self, expected: str, key: str | None = None, value: object = None) -> None:
+        super().__init__(expected)
+        self.expected = expected
+        self.key = key
+        self.value = value
+
+
+# ----------------------------------------------------------------------------------------------
+# Nested specifications
+
+
+DETECTOR_TYPES = ("sentinel", "command", "rpm-ostree", "update-engine")
+DEFAULT_DETECTOR_ARGV = {
+    "rpm-ostree": ("rpm-ostree", "status", "--json"),
+    "update-engine": ("update_engine_client", "-status"),
+}
+
+
+@dataclass(frozen=True)
+class DetectorSpec:
+    """How to learn that the host needs a reboot. ``type`` picks the adapter."""
+
+    type: str
+    name: str
+    path: str = "/run/reboot-required"
+    argv: tuple[str, ...] = ()
+    timeout: timedelta = timedelta(seconds=30)
+    # kured's --reboot-sentinel-command convention: exit 0 means "reboot needed".
+    # `needs-restarting -r` wants reboot_exit_codes: [1].
+    reboot_exit_codes: frozenset[int] = frozenset({0})
+    # None: every other exit code means "no reboot". Otherwise codes outside both sets are errors.
+    no_reboot_exit_codes: frozenset[int] | None = None
+
+    def plain(self) -> dict[str, Any]:
+        """In the file's own format, so that --print-config output loads back."""
+        out: dict[str, Any] = {"type": self.type, "name": self.name}
+        if self.type == "sentinel":
+            out["path"] = self.path
+            return out
+        out["argv"] = list(self.argv)
+        out["timeout"] = format_duration(self.timeout)
+        if self.type == "command":
+            out["reboot_exit_codes"] = sorted(self.reboot_exit_codes)
+            if self.no_reboot_exit_codes is not None:
+                out["no_reboot_exit_codes"] = sorted(self.no_reboot_exit_codes)
+        return out
+
+
+@dataclass(frozen=True)
+class CheckSpec:
+    """A post-reboot health check: a host command (exit 0 = healthy) or an HTTP GET."""
+
+    type: str
+    name: str
+    argv: tuple[str, ...] = ()
+    url: str = ""
+    timeout: timedelta = timedelta(seconds=10)
+    expect_status: frozenset[int] = frozenset({200})
+
+    def plain(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"type": self.type, "name": self.name, "timeout": format_duration(self.timeout)}
+        if self.type == "command":
+            out["argv"] = list(self.argv)
+        else:
+            out["url"] = self.url
+            out["expect_status"] = sorted(self.expect_status)
+        return out
+
+
+# ----------------------------------------------------------------------------------------------
+# Parsers: (raw value) -> typed value, raising Invalid. Strings come from env and flags.
+
+
+def p_str(value: object) -> str:
+    if isinstance(value, bool) or not isinstance(value, str | int | float):
+        raise Invalid("a string")
+    return str(value)
+
+
+def p_opt_str(value: object) -> str | None:
+    return None if value is None or value == "" else p_str(value)
+
+
+def p_bool(value: object) -> bool:
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, str) and value.lower() in {
+        "true",
+        "1",
+        "yes",
+        "on",
+        "false",
+        "0",
+        "no",
+        "off",
+    }:
+        return value.lower() in {"true", "1", "yes", "on"}
+    raise Invalid("true or false")
+
+
+def p_int(minimum: int | None = None, maximum: int | None = None) -> Callable[[object], int]:
+    def parse(value: object) -> int:
+        if isinstance(value, bool):
+            raise Invalid("a whole number")
+        if isinstance(value, str):
+            try:
+                value = int(value.strip(), 10)
+            except ValueError:
+                raise Invalid("a whole number") from None
+        if not isinstance(value, int):
+            raise Invalid("a whole number")
+        if minimum is not None and value < minimum:
+            raise Invalid(f"a whole number >= {minimum}")
+        if maximum is not None and value > maximum:
+            raise Invalid(f"a whole number <= {maximum}")
+        return value
+
+    parse.schema = {"type": "integer", "minimum": minimum, "maximum": maximum}  # type: ignore[attr-defined]
+    return parse
+
+
+def p_duration(value: object) -> timedelta:
+    try:
+        return parse_duration(value)
+    except ValueError as exc:
+        raise Invalid(str(exc)) from None
+
+
+def p_positive_duration(value: object) -> timedelta:
+    result = p_duration(value)
+    if result <= timedelta(0):
+        raise Invalid("a duration above zero, such as 10s")
+    return result
+
+
+WAITER_TTL_MIN = timedelta(seconds=5)
+WAITER_TTL_MAX = timedelta(hours=1)
+
+
+def p_waiter_ttl(value: object) -> timedelta:
+    """A waiter's place lives this long without a sign of life: whole seconds (etcd leases and
+    Lease durations are), from 5 s (a renewal every third of it must fit between two beats of a
+    loaded API server) to 1 h (a dead waiter must not block its line for longer)."""
+    result = p_duration(value)
+    if not WAITER_TTL_MIN <= result <= WAITER_TTL_MAX or result.microseconds:
+        raise Invalid("a whole number of seconds from 5s to 1h, such as 30s")
+    return result
+
+
+def p_enum(*choices: str) -> Callable[[object], str]:
+    def parse(value: object) -> str:
+        if not isinstance(value, str) or value not in choices:
+            raise Invalid("one of " + ", ".join(choices))
+        return value
+
+    parse.schema = {"type": "string", "enum": list(choices)}  # type: ignore[attr-defined]
+    return parse
+
+
+def p_str_list(value: object) -> tuple[str, ...]:
+    """A list of strings. From env/flags: YAML flow ("[a, b]") or comma-separated."""
+    if isinstance(value, str):
+        value = [v.strip() for v in value.split(",") if v.strip()]
+    if not isinstance(value, list | tuple) or not all(isinstance(v, str) for v in value):
+        raise Invalid("a list of strings")
+    return tuple(value)
+
+
+def p_argv(value: object) -> tuple[str, ...]:
+    """A command as an argv list: never a shell string, so nothing is split on spaces by accident."""
+    if not isinstance(value, list | tuple) or not all(isinstance(v, str) and v for v in value):
+        raise Invalid('an argv list of non-empty strings, such as ["systemctl", "reboot"]')
+    return tuple(value)
+
+
+def p_exit_codes(value: object) -> frozenset[int]:
+    if isinstance(value, int) and not isinstance(value, bool):
+        value = [value]
+    if not isinstance(value, list | tuple) or not value:
+        raise Invalid("a non-empty list of exit codes (0-255)")
+    parse = p_int(0, 255)
+    return frozenset(parse(v) for v in value)
+
+
+def p_signal(value: object) -> int:
+    """A signal number or name; "SIGRTMIN+5" is systemd's "reboot" signal for PID 1."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        number = value
+    elif isinstance(value, str):
+        text = value.strip().upper()
+        match = re.fullmatch(r"(?:SIG)?RTMIN(?:\+(\d+))?", text)
+        if text.isdigit():
+            number = int(text)
+        elif match:
+            number = int(signal.SIGRTMIN) + int(match.group(1) or 0)
+        else:
+            name = text if text.startswith("SIG") else "SIG" + text
+            try:
+                number = int(signal.Signals[name])
+            except KeyError:
+                raise Invalid('a signal name or number such as "SIGRTMIN+5" or 15') from None
+    else:
+        raise Invalid('a signal name or number such as "SIGRTMIN+5" or 15')
+    if not 1 <= number <= int(signal.SIGRTMAX):
+        raise Invalid(f"a signal number between 1 and {int(signal.SIGRTMAX)}")
+    return number
+
+
+def p_endpoints(value: object) -> tuple[str, ...]:
+    endpoints = p_str_list(value)
+    for ep in endpoints:
+        parts = urlsplit(ep if "://" in ep else "http://" + ep)
+        try:
+            port = parts.port
+        except ValueError:
+            port = None
+        if parts.scheme not in ("http", "https") or not parts.hostname or port is None:
+            raise Invalid(f'endpoints such as "http://127.0.0.1:2379" (bad: {ep!r})')
+    return endpoints
+
+
+def p_address(value: object) -> str:
+    """host:port to listen on; "" disables."""
+    text = p_str(value)
+    if text == "":
+        return ""
+    _host, sep, port = text.rpartition(":")
+    if not sep or not port.isdigit() or not 0 <= int(port) <= 65535:
+        raise Invalid('"host:port" such as "0.0.0.0:9727", ":9727", or "" to disable')
+    return text
+
+
+def p_group(value: object) -> Group:
+    text = p_str(value)
+    if not GROUP_RE.match(text):
+        raise Invalid("a group name of letters, digits, '.' and '-' (FleetLock's rule)")
+    return Group(text)
+
+
+def p_holder_id(value: object) -> str:
+    text = p_str(value)
+    if text and not HOLDER_ID_RE.match(text):
+        raise Invalid("an id of letters, digits, '.', '_', ':' and '-' (at most 253)")
+    return text
+
+
+def _mapping(value: object, key: str, what: str) -> Mapping[str, object]:
+    if not isinstance(value, Mapping):
+        raise Invalid(f"a mapping describing {what}", key, value)
+    return value
+
+
+def _only(spec: Mapping[str, object], allowed: set[str], key: str) -> None:
+    for unknown in sorted(set(spec) - allowed):
+        hint = difflib.get_close_matches(unknown, sorted(allowed), n=1)
+        extra = f" (did you mean {hint[0]!r}?)" if hint else ""
+        raise Invalid(
+            "one of the keys " + ", ".join(sorted(allowed)) + extra,
+            f"{key}.{unknown}",
+            spec[unknown],
+        )
+
+
+def _sub(parse: Callable[[object], Any], spec: Mapping[str, object], name: str, key: str) -> Any:
+    try:
+        return parse(spec[name])
+    except Invalid as exc:
+        raise Invalid(exc.expected, exc.key or f"{key}.{name}", spec[name]) from None
+
+
+def p_detectors(value: object) -> tuple[DetectorSpec, ...]:
+    if isinstance(value, str):  # shorthand: "sentinel,rpm-ostree"
+        value = [{"type": t} for t in p_str_list(value)]
+    if not isinstance(value, list | tuple) or not value:
+        raise Invalid("a non-empty list of detectors, such as [{type: sentinel}]")
+    out = []
+    for i, item in enumerate(value):
+        key = f"detectors[{i}]"
+        spec = _mapping({"type": item} if isinstance(item, str) else item, key, "a detector")
+        if spec.get("type") not in DETECTOR_TYPES:
+            raise Invalid("one of " + ", ".join(DETECTOR_TYPES), f"{key}.type", spec.get("type"))
+        dtype = str(spec["type"])
+        allowed = {"type", "name", "timeout"}
+        allowed |= {"path"} if dtype == "sentinel" else {"argv"}
+        if dtype == "command":
+            allowed |= {"reboot_exit_codes", "no_reboot_exit_codes"}
+        _only(spec, allowed, key)
+        kwargs: dict[str, Any] = {"type": dtype, "name": p_str(spec.get("name", dtype))}
+        if "timeout" in spec:
+            kwargs["timeout"] = _sub(p_positive_duration, spec, "timeout", key)
+        if dtype == "sentinel" and "path" in spec:
+            path = _sub(p_str, spec, "path", key)
+            if not path.startswith("/"):
+                raise Invalid("an absolute path (relative to host_root)", f"{key}.path", path)
+            kwargs["path"] = path
+        if dtype == "command":
+            if "argv" not in spec:
+                raise Invalid("an argv list (the command to run)", f"{key}.argv", None)
+            for name in ("reboot_exit_codes", "no_reboot_exit_codes"):
+                if name in spec:
+                    kwargs[name] = _sub(p_exit_codes, spec, name, key)
+            both = kwargs.get("reboot_exit_codes", frozenset({0})) & (
+                kwargs.get("no_reboot_exit_codes") or frozenset()
+            )
+            if both:
+                raise Invalid(
+                    "exit codes that are not in both lists",
+                    f"{key}.no_reboot_exit_codes",
+                    sorted(both),
+                )
+        if dtype != "sentinel":
+            kwargs["argv"] = (
+                _sub(p_argv, spec, "argv", key) if "argv" in spec else DEFAULT_DETECTOR_ARGV[dtype]
+            )
+        out.append(DetectorSpec(**kwargs))
+    return tuple(out)
+
+
+def p_checks(value: object) -> tuple[CheckSpec, ...]:
+    if value is None:
+        return ()
+    if not isinstance(value, list | tuple):
+        raise Invalid("a list of checks, such as [{type: http, url: 'http://127.0.0.1:10248/healthz'}]")
+    out = []
+    for i, item in enumerate(value):
+        key = f"health_checks[{i}]"
+        spec = _mapping(item, key, "a check")
+        ctype = spec.get("type")
+        if ctype == "command":
+            _only(spec, {"type", "name", "argv", "timeout"}, key)
+            if "argv" not in spec:
+                raise Invalid("an argv list", f"{key}.argv", None)
+            kwargs: dict[str, Any] = {"argv": _sub(p_argv, spec, "argv", key)}
+        elif ctype == "http":
+            _only(spec, {"type", "name", "url", "timeout", "expect_status"}, key)
+            url = spec.get("url")
+            if not isinstance(url, str) or urlsplit(url).scheme not in ("http", "https"):
+                raise Invalid("an http:// or https:// URL", f"{key}.url", url)
+            kwargs = {"url": url}
+            if "expect_status" in spec:
+                codes = spec["expect_status"]
+                codes = [codes] if isinstance(codes, int) else codes
+                if not isinstance(codes, list) or not codes:
+                    raise Invalid(
+                        "a list of HTTP status codes", f"{key}.expect_status", spec["expect_status"]
+                    )
+                kwargs["expect_status"] = frozenset(p_int(100, 599)(c) for c in codes)
+        else:
+            raise Invalid("command or http", f"{key}.type", ctype)
+        if "timeout" in spec:
+            kwargs["timeout"] = _sub(p_positive_duration, spec, "timeout", key)
+        out.append(CheckSpec(type=str(ctype), name=p_str(spec.get("name", f"{ctype}-{i}")), **kwargs))
+    return tuple(out)
+
+
+def p_windows_raw(value: object) -> tuple[object, ...]:
+    """Windows are checked in full once time_zone is known (see _cross_checks)."""
+    if value is None:
+        return ()
+    if isinstance(value, str | Mapping):
+        value = [value]
+    if not isinstance(value, list | tuple):
+        raise Invalid("a list of windows")
+    return tuple(value)
+
+
+def load_zone(name: object, key: str) -> tzinfo:
+    """An IANA zone name; "Local" is the host's /etc/localtime."""
+    if not isinstance(name, str) or not name:
+        raise WindowSpecError(key, name, 'an IANA time zone such as "UTC" or "Europe/Berlin"')
+    if name == "Local":
+        try:
+            with open("/etc/localtime", "rb") as fh:
+                return zoneinfo.ZoneInfo.from_file(fh, key="Local")
+        except OSError:
+            return zoneinfo.ZoneInfo("UTC")
+    try:
+        return zoneinfo.ZoneInfo(name)
+    except (zoneinfo.ZoneInfoNotFoundError, ValueError):
+        raise WindowSpecError(key, name, 'an IANA time zone such as "UTC" or "Europe/Berlin"') from None
+
+
+def p_zone(value: object) -> str:
+    try:
+        load_zone(value, "time_zone")
+    except WindowSpecError as exc:
+        raise Invalid(exc.expected) from None
+    return str(value)
+
+
+_LABEL_KEY = r"(?:[a-z0-9](?:[-a-z0-9.]{0,251}[a-z0-9])?/)?[A-Za-z0-9](?:[-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?"
+_LABEL_VALUE = r"(?:[A-Za-z0-9](?:[-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?)?"
+_REQUIREMENT = re.compile(
+    rf"^\s*(?:!?{_LABEL_KEY}|{_LABEL_KEY}\s*(?:==?|!=)\s*{_LABEL_VALUE}"
+    rf"|{_LABEL_KEY}\s+(?:in|notin)\s+\(\s*{_LABEL_VALUE}(?:\s*,\s*{_LABEL_VALUE})*\s*\))\s*$"
+)
+_DNS_LABEL = re.compile(r"^[a-z0-9](?:[-a-z0-9]{0,61}[a-z0-9])?$")
+
+
+def p_selector(value: object) -> str:
+    """A Kubernetes label selector ("app=web,tier!=db", "env in (a,b)", "!legacy"); "" = none."""
+    text = p_str(value).strip()
+    if not text:
+        return ""
+    # split on commas outside parentheses
+    parts, depth, current = [], 0, ""
+    for ch in text:
+        depth += ch == "("
+        depth -= ch == ")"
+        if ch == "," and depth == 0:
+            parts.append(current)
+            current = ""
+        else:
+            current += ch
+    parts.append(current)
+    if depth != 0 or not all(_REQUIREMENT.match(part) for part in parts):
+        raise Invalid('a label selector such as "app=web,tier!=db" or "env in (a,b)"')
+    return text
+
+
+def p_labels(value: object) -> tuple[tuple[str, str], ...]:
+    """Node labels as "key=value" items (kured's --pre-reboot-node-labels)."""
+    items = p_str_list(value)
+    out = []
+    for item in items:
+        key, sep, val = item.partition("=")
+        if not sep or not re.fullmatch(_LABEL_KEY, key) or not re.fullmatch(_LABEL_VALUE, val):
+            raise Invalid(f'labels as "key=value" (bad: {item!r})')
+        out.append((key, val))
+    return tuple(out)
+
+
+def p_namespace(value: object) -> str:
+    text = p_str(value)
+    if text and not _DNS_LABEL.match(text):
+        raise Invalid("a namespace name (lowercase letters, digits and '-', at most 63)")
+    return text
+
+
+def p_regex(value: object) -> str:
+    text = p_str(value)
+    try:
+        re.compile(text)
+    except re.error as exc:
+        raise Invalid(f"a valid regular expression ({exc})") from None
+    return text
+
+
+def p_opt_url(value: object) -> str:
+    text = p_str(value) if value is not None else ""
+    if text and urlsplit(text).scheme not in ("http", "https"):
+        raise Invalid("an http:// or https:// URL, or empty")
+    return text
+
+
+def p_grace(value: object) -> int:
+    """Seconds of termination grace for evicted pods; -1 keeps each pod's own."""
+    return p_int(-1, 86400)(value)
