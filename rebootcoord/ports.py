@@ -95,8 +95,8 @@ class GroupStore(Protocol):
 
     def watch(self, on_change: Callable[[GroupState | None], None], *, since: int = 0) -> Callable[[], None]:
         """Call ``on_change`` once, at the first change after revision ``since`` of the slots or
-        the pause marker (etcd keeps holders' phase writes apart; a Lease holds all of it) or when
-        the watch breaks. Returns a function that stops it."""
+        the pause marker -- never at a holder's phase write -- or when the watch breaks. Returns
+        a function that stops it."""
 
     def close(self) -> None: ...
 

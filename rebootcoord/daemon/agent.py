@@ -68,6 +68,10 @@ from rebootcoord.ports import Check, Detector, NodeOps, Rebooter, Semaphore
 
 log = logging.getLogger(__name__)
 
+#: A waiting agent's watch wakes it when its turn may have come; it reads the group this often
+#: anyway, in case a watch could not tell (a store that lost it without an error).
+VIEW_REFRESH = 300.0
+
 
 @dataclass(frozen=True)
 class AgentSettings:
@@ -123,6 +127,8 @@ class Agent:
         self._view: GroupView | None = None  # the group as last read
         self._woken = False  # a watch said our turn may have come: read again
         self._stop_wake: Callable[[], None] | None = None
+        self._wake_key: tuple[int, str] | None = None  # (revision, role) the wake watch is for
+        self._view_at = 0.0  # when the view was read (the agent's clock)
         self._phase: Phase | None = None
         self._phase_entered = time.monotonic()
         self._reason = ""
@@ -242,7 +248,7 @@ class Agent:
         window = self.s.windows.schedule.status(datetime.fromtimestamp(now, UTC))
         self.p.metrics.next_window.set(window.next_open.timestamp() if window.next_open else 0)
         view = self._view
-        if self._needs_view(view):
+        if self._needs_view(view, now):
             view = self._read_view(queue=self._pending is not None)
         waiting = self._pending is not None and view is not None and not view.holds(self.s.identity.holder)
         gates_fresh, self._gates_fresh = self._gates_fresh or not self.p.blockers, False
@@ -269,16 +275,23 @@ class Agent:
             policy=self._policy,
         )
 
-    def _needs_view(self, view: GroupView | None) -> bool:
-        """A fresh read, unless nothing can have changed that this node decides on: an idle node
-        (no reboot pending, no slot, no record) sends no request at all."""
-        if view is None or self._pending is not None or self._woken:
+    def _needs_view(self, view: GroupView | None, now: float) -> bool:
+        """A fresh read, unless nothing can have changed that this node decides on. An idle node
+        (no reboot pending, no slot, no record) sends no request at all; a waiting one reads when
+        its watch wakes it (its turn may have come), after its own writes, and every
+        VIEW_REFRESH in case a watch could not tell; a holder reads on every turn."""
+        if view is None or self._woken or view.corrupt or view.slots is None:
             return True
-        return view.holds(self.s.identity.holder) or view.record(self.s.identity.holder) is not None
+        holder = self.s.identity.holder
+        if view.holds(holder) or view.record(holder) is not None:
+            return True
+        if self._pending is None:
+            return False
+        return now - self._view_at >= VIEW_REFRESH
 
     def _read_view(self, *, queue: bool = True) -> GroupView:
         view = self.p.semaphore.read(queue=queue)
-        self._view, self._woken = view, False
+        self._view, self._woken, self._view_at = view, False, self.p.clock()
         self.p.metrics.backend_up.set(1)
         self.p.metrics.observe_group(view)
         self._compare_max(view)
@@ -374,28 +387,40 @@ class Agent:
             self.changed.wait(timeout)
         finally:
             self.changed.clear()
-            self._unwatch()
 
     def _watch_for_turn(self) -> None:
         """While waiting for a slot, a watch that ends the rest when our turn may have come: the
-        head of the line watches the slots, every other waiter only the waiter just ahead of it."""
+        head of the line watches the slots, every other waiter only the waiter just ahead of it.
+        It stands across rests until it fires or the view it was set on is replaced."""
         view = self._view
         holder = self.s.identity.holder
-        if view is None or self._pending is None or view.holds(holder) or view.record(holder) is not None:
-            return
-        position = view.queue_position(holder)
-        if position is None:
+        waiting = (
+            view is not None
+            and self._pending is not None
+            and not view.holds(holder)
+            and view.record(holder) is None
+        )
+        position = view.queue_position(holder) if view is not None and waiting else None
+        if view is None or position is None:
+            self._unwatch()
             return
         role = "slots" if position == 0 or view.may_take(holder) else "ahead"
+        key = (view.revision, role)
+        if key == self._wake_key and self._stop_wake is not None:
+            return
+        self._unwatch()
+        self._wake_key = key
         self._stop_wake = self.p.semaphore.wake_on(view, holder, role, lambda: self._wake(role))
 
     def _wake(self, role: str) -> None:
+        log.debug("woken by the %s watch", role)  # the benchmarks count these lines
+        self._wake_key = None  # spent: the next rest sets a new one
         self._woken = True
         self.p.metrics.wakeups.labels(role).inc()
         self.changed.set()
 
     def _unwatch(self) -> None:
-        stop, self._stop_wake = self._stop_wake, None
+        stop, self._stop_wake, self._wake_key = self._stop_wake, None, None
         if stop is not None:
             stop()
 

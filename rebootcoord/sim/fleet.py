@@ -110,6 +110,7 @@ class Fleet:
         hooks: RebootHooks | None = None,
         agent_env: dict[str, str] | None = None,
         node_config: dict[str, dict[str, Any]] | None = None,
+        node_env: dict[str, dict[str, str]] | None = None,
     ) -> None:
         """An etcd fleet by default (``endpoint``). For Kubernetes pass ``node_names`` (existing
         Nodes), ``semaphore`` (to check slots at reboot time), ``hooks`` (take the Node down and
@@ -128,6 +129,7 @@ class Fleet:
         self.start_revision = 0
         self.agent_config = dict(agent_config or {})
         self.node_config = {k: dict(v) for k, v in (node_config or {}).items()}  # per node, on top
+        self.node_env = {k: dict(v) for k, v in (node_env or {}).items()}  # per node, on top
         self.socket_path = os.path.join(self.run_dir, "sim.sock")
         width = max(2, len(str(nodes)))
         names = (
@@ -369,7 +371,8 @@ class Fleet:
         if node.proc is not None and node.proc.poll() is None:
             return
         self.host_event("agent_started", node.name)
-        env = {**os.environ, **{k: _fill(v, node) for k, v in self.agent_env.items()}, "NODE_NAME": node.name}
+        extra = {**self.agent_env, **self.node_env.get(node.name, {})}
+        env = {**os.environ, **{k: _fill(v, node) for k, v in extra.items()}, "NODE_NAME": node.name}
         with open(node.log_file, "ab") as logf:
             node.proc = subprocess.Popen(
                 orphan_proof([sys.executable, "-m", "rebootcoord", "agent", "--config", node.config_file]),

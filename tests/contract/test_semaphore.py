@@ -165,7 +165,8 @@ def test_a_dead_waiters_place_expires_and_a_restarted_one_keeps_its_place(backen
 
 def test_no_herd_a_release_wakes_only_the_head_and_each_taker_the_next(backend: Backend) -> None:
     """Six waiters wait as agents do (the head on the slots, every other one on the waiter just
-    ahead). A release wakes the head alone; the head's take wakes only the one behind it."""
+    ahead). The holder's phase writes wake nobody; a release wakes the head alone; the head's take
+    wakes only the one behind it."""
     holder = backend.client()
     holder.ensure(1)
     take(holder, "h")
@@ -190,8 +191,10 @@ def test_no_herd_a_release_wakes_only_the_head_and_each_taker_the_next(backend: 
 
     for name in names:
         arm(name)
+    for phase in (Phase.DRAINING, Phase.REBOOTING, Phase.VERIFYING):
+        holder.update(record("h", phase))  # the holder's phase writes
     time.sleep(0.5)
-    assert woken == [], "nothing woke anyone yet"
+    assert woken == [], "nothing woke anyone yet, the holder's phase writes neither"
     holder.release(HolderId("h"))
     wait_for(lambda: woken == ["w0"], timeout=10, what="the head woken")
     time.sleep(0.5)

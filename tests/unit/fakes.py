@@ -160,11 +160,11 @@ class MemoryGroupStore:
     def write(self, new: GroupState, *, expect: int) -> int:
         if expect != self.revision:
             raise Conflict(f"revision {self.revision}, not {expect}")
-        self.state = new
+        old, self.state = self.state, new
         self.revision += 1
         self.history.append((self.revision, new.slots.holders if new.slots else ()))
-        if self.watch_delivers:
-            watchers, self._watchers = self._watchers, []
+        if self.watch_delivers and (old.slots, old.paused) != (new.slots, new.paused):
+            watchers, self._watchers = self._watchers, []  # slots or pause: never a phase write
             for _since, callback in watchers:
                 callback(new)
         return self.revision

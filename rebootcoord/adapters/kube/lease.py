@@ -51,6 +51,9 @@ LABEL_ROLE = "rebootcoord.io/role"
 MANAGED_BY = {"app.kubernetes.io/managed-by": "rebootcoord"}
 #: A waiter Lease bound to its Pod is renewed this often (at most 12 writes an hour).
 BOUND_RENEWAL = 300.0
+#: The waiter just behind the head of the line looks at the head's Node this often (not Ready:
+#: the head loses its place).
+NODE_CHECK = 15.0
 MAX_CACHED_WAITERS = 40_000
 
 
@@ -88,6 +91,8 @@ class LeaseGroupStore:
         self.path = f"{self.base}/{path_segment(self.name)}"
         self.conflicts = 0
         self._decoded: tuple[str, GroupState] | None = None
+        # (revision, slots, pause) of the Lease last read: what a wait for the slots compares with
+        self._seen: tuple[int, object, object] | None = None
         self._lock = threading.Lock()
 
     def read(self) -> tuple[GroupState, LeaseVersion]:
@@ -98,6 +103,8 @@ class LeaseGroupStore:
             doc = self.kube.list_objects(self.base, limit=1, labelSelector=f"{LABEL_GROUP}={self.group}")
             return GroupState(), LeaseVersion(_revision(str(doc["metadata"]["resourceVersion"])), None)
         rv = str(lease["metadata"].get("resourceVersion", ""))
+        with self._lock:
+            self._seen = (_revision(rv), *_slots_and_pause(lease))
         return self.decode(lease), LeaseVersion(_revision(rv), rv, lease)
 
     def decode(self, lease: dict[str, Any]) -> GroupState:
@@ -204,19 +211,30 @@ class LeaseGroupStore:
         return _revision(written["metadata"]["resourceVersion"])
 
     def watch(self, on_change: Callable[[GroupState | None], None], *, since: int = 0) -> Callable[[], None]:
-        """The group's Lease (every write to it, phase changes included) from ``since``."""
+        """The slots and the pause in the group's Lease, from ``since``. The Lease holds the
+        holders' records, too: a write that changes neither slots nor pause (a phase change)
+        wakes nobody, when ``since`` is the version this store last read (else any write does)."""
         query = {"fieldSelector": f"metadata.name={self.name}"}
+        with self._lock:
+            seen = self._seen
+        baseline = seen[1:] if seen is not None and seen[0] == since else None
+
+        def wanted(event: dict[str, Any]) -> bool:
+            if baseline is None or event.get("type") != "MODIFIED":
+                return True
+            return _slots_and_pause(event.get("object") or {}) != baseline
+
         return _OneShotWatch(
-            self.kube,
-            self.base,
-            query,
-            since=since,
-            wanted=lambda _e: True,
-            on_change=lambda: on_change(None),
+            self.kube, self.base, query, since=since, wanted=wanted, on_change=lambda: on_change(None)
         ).start()
 
     def close(self) -> None:
         return None
+
+
+def _slots_and_pause(lease: dict[str, Any]) -> tuple[object, object]:
+    annotations = (lease.get("metadata") or {}).get("annotations") or {}
+    return annotations.get(ANN_SLOTS), annotations.get(ANN_PAUSED)
 
 
 @dataclass(frozen=True)
@@ -428,32 +446,51 @@ class LeaseWaitQueue:
         ahead, head = line[ids.index(holder) - 1], ids.index(holder) == 1
         name = self.name_of(ahead.id)
         query = {"fieldSelector": f"metadata.name={name}"}
-        watch = _OneShotWatch(self.kube, self.base, query, since=since, wanted=_deleted, on_change=on_change)
+
+        def wanted(event: dict[str, Any]) -> bool:
+            if event.get("type") == "DELETED":
+                return True
+            if event.get("object"):
+                self._place(event["object"])  # a renewal: the expiry timer sees it, unasked
+            return False
+
+        watch = _OneShotWatch(self.kube, self.base, query, since=since, wanted=wanted, on_change=on_change)
         timer = threading.Thread(target=self._expiry_watch, args=(name, head, watch), daemon=True)
         stop = watch.start()
         timer.start()
         return stop
 
     def _expiry_watch(self, name: str, head: bool, watch: _OneShotWatch) -> None:
-        """Fires the watch when the Lease ahead expires, or its Node turns not Ready."""
+        """Fires the watch when the Lease ahead expires, or its Node turns not Ready. The Lease
+        as last seen (listed, or its renewals on the watch) says when it expires: no request,
+        but one to confirm before firing, and a look at the head's Node every NODE_CHECK."""
+        node_checked = self.clock()
         while not watch.done.wait(min(self.ttl, 5.0)):
+            with self._lock:
+                cached = self._places.get(name)
+            now = self.clock()
+            if cached is not None and not cached[1].expired(now):
+                place = cached[1]
+                if not (head and place.bound and now >= node_checked + NODE_CHECK):
+                    continue
             try:
-                item = self.kube.get(self._path(name))
+                place = self._place(self.kube.get(self._path(name)))
             except NotFound:
                 watch.fire()
                 return
             except BackendUnavailable:
                 continue
-            place = self._place(item)
-            if place.expired(self.clock()):
+            if place.expired(now):
                 watch.fire()
                 return
-            if head and place.bound and not _node_ready(self.kube, place.node):
-                log.info("the head of the line, %s, is on a Node that is not Ready: it loses its place",
-                         place.waiter.id)  # fmt: skip
-                self._delete(name, place.rv)
-                watch.fire()
-                return
+            if head and place.bound and now >= node_checked + NODE_CHECK:
+                node_checked = now
+                if not _node_ready(self.kube, place.node):
+                    log.info("the head of the line, %s, is on a Node that is not Ready: it loses its place",
+                             place.waiter.id)  # fmt: skip
+                    self._delete(name, place.rv)
+                    watch.fire()
+                    return
 
     def close(self) -> None:
         self._renew_stop.set()
@@ -468,10 +505,6 @@ def _node_ready(kube: Kube, node: str) -> bool:
         return True  # cannot tell: not a reason to take a place away
     conditions = (doc.get("status") or {}).get("conditions") or []
     return any(c.get("type") == "Ready" and c.get("status") == "True" for c in conditions)
-
-
-def _deleted(event: dict[str, Any]) -> bool:
-    return event.get("type") == "DELETED"
 
 
 class _OneShotWatch:
