@@ -29,6 +29,7 @@ import grpc
 from etcd3 import etcdrpc
 
 from rebootcoord.adapters.retry import retrying as retrying_for
+from rebootcoord.core.documents import load_json, quoted
 from rebootcoord.core.group import GroupState
 from rebootcoord.core.semaphore import HolderRecord, PauseInfo, SemaphoreState, Waiter
 from rebootcoord.core.types import Group, HolderId, NodeName
@@ -279,7 +280,7 @@ class EtcdGroupStore:
             if isinstance(decoded, CorruptDocument):
                 corrupt.append(decoded)
             elif decoded.id != key[len(k.records) :]:
-                corrupt.append(CorruptDocument(key, f"record id {decoded.id!r} does not match its key"))
+                corrupt.append(CorruptDocument(key, f"record id {quoted(decoded.id)} does not match its key"))
             else:
                 records[decoded.id] = decoded
         paused = PauseInfo.decode(pause_kv.value) if pause_kv is not None else None
@@ -549,11 +550,11 @@ def _revoker(lease_id: int) -> Callable[[Any], Any]:
 
 def _decode_waiter(raw: bytes, *, holder: str, order: int) -> Waiter:
     try:
-        doc = json.loads(raw)
+        doc = load_json(raw, "waiter")
         return Waiter(
-            HolderId(holder), NodeName(str(doc.get("node", holder))), float(doc.get("since", 0)), order
+            HolderId(holder), NodeName(str(doc.get("node", holder))[:253]), float(doc.get("since", 0)), order
         )
-    except (ValueError, TypeError, AttributeError):
+    except (CorruptDocument, ValueError, TypeError, AttributeError, OverflowError):
         # A waiter key is only a place in line; a bad one still holds its place.
         return Waiter(HolderId(holder), NodeName(holder), 0.0, order)
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 from datetime import timedelta
 
+from rebootcoord.core.documents import described
 from rebootcoord.core.semaphore import MANUAL, GroupView, HolderRecord
 from rebootcoord.core.types import Group, HolderId, NodeName, PendingReboot, Phase
 from rebootcoord.core.windows import WindowStatus
@@ -305,7 +306,7 @@ def _not_holding(s: Snapshot, view: GroupView) -> Step:
         )
         return Rest(Phase.IDLE, reason)
     if view.corrupt:
-        reason = "semaphore document is corrupted: " + "; ".join(str(c) for c in view.corrupt)
+        reason = "semaphore document is corrupted: " + described(view.corrupt)
         return Rest(Phase.PENDING, reason, _later(s))
     if view.slots is None:
         return Rest(Phase.PENDING, "the group's semaphore does not exist yet", _later(s))

@@ -18,10 +18,13 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from rebootcoord.core.documents import clipped, load_json, load_object, quoted
 from rebootcoord.core.types import Group, HolderId, NodeName, Phase
 from rebootcoord.errors import CorruptDocument, InvalidMax, NoFreeSlot, NotHolder
 
 MANUAL = "manual"  # kind of a record written by `rebootctl lock`
+#: The most slots a group may be given (set-max, max_holders): more than any fleet reboots at once.
+MAX_SLOTS = 10_000
 AGENT = "agent"
 
 
@@ -57,6 +60,8 @@ class SemaphoreState:
     def with_max(self, new_max: int) -> SemaphoreState:
         if new_max < 1:
             raise InvalidMax(f"max must be at least 1, got {new_max}")
+        if new_max > MAX_SLOTS:
+            raise InvalidMax(f"max must be at most {MAX_SLOTS} (as max_holders), got {quoted(new_max)}")
         if new_max < len(self.holders):
             raise InvalidMax(
                 f"max {new_max} is below the {len(self.holders)} current holders "
@@ -70,21 +75,23 @@ class SemaphoreState:
 
     @classmethod
     def decode(cls, raw: bytes, *, key: str) -> SemaphoreState:
-        doc = _json_object(raw, key)
+        doc = load_object(raw, key)
         total = doc.get("total_slots")
         holders = doc.get("holders")
         if holders is None:
             holders = []  # Go marshals an empty slice created as nil as null
         if isinstance(total, bool) or not isinstance(total, int):
-            raise CorruptDocument(key, f"total_slots must be an integer, got {total!r}")
+            raise CorruptDocument(key, f"total_slots must be an integer, got {quoted(total)}")
         if total < 1:
             raise CorruptDocument(key, f"total_slots must be at least 1, got {total}")
         if not isinstance(holders, list) or not all(isinstance(h, str) and h for h in holders):
-            raise CorruptDocument(key, f"holders must be a list of non-empty strings, got {holders!r}")
+            raise CorruptDocument(key, f"holders must be a list of non-empty strings, got {quoted(holders)}")
         if len(set(holders)) != len(holders):
-            raise CorruptDocument(key, f"holders lists an id twice: {holders!r}")
+            raise CorruptDocument(key, f"holders lists an id twice: {quoted(holders)}")
         if len(holders) > total:
-            raise CorruptDocument(key, f"{len(holders)} holders exceed total_slots {total}: {holders!r}")
+            raise CorruptDocument(
+                key, f"{len(holders)} holders exceed total_slots {total}: {quoted(holders)}"
+            )
         return cls(total, tuple(HolderId(h) for h in holders))
 
 
@@ -114,7 +121,7 @@ class HolderRecord:
 
     @classmethod
     def decode(cls, raw: bytes, *, key: str) -> HolderRecord:
-        doc = _json_object(raw, key)
+        doc = load_object(raw, key)
         try:
             phase = Phase(doc["phase"])
             record = cls(
@@ -134,7 +141,7 @@ class HolderRecord:
                 abort_reason=_typed(doc, "abort_reason", str, ""),
             )
         except (KeyError, ValueError, TypeError) as exc:
-            raise CorruptDocument(key, f"holder record is malformed: {exc}") from None
+            raise CorruptDocument(key, f"holder record is malformed: {clipped(str(exc))}") from None
         if not record.phase.holds_slot:
             raise CorruptDocument(key, f"holder record in phase {record.phase}, which holds no slot")
         return record
@@ -187,9 +194,11 @@ class PauseInfo:
     def decode(cls, raw: bytes) -> PauseInfo:
         """Any marker pauses the group: an unreadable one still does (never silently resumed)."""
         try:
-            doc = json.loads(raw)
-            return cls(str(doc.get("by", "?")), float(doc.get("at", 0)), str(doc.get("reason", "")))
-        except (ValueError, TypeError, AttributeError):
+            doc = load_json(raw, "pause marker")
+            return cls(
+                str(doc.get("by", "?"))[:200], float(doc.get("at", 0)), str(doc.get("reason", ""))[:1000]
+            )
+        except (CorruptDocument, ValueError, TypeError, AttributeError, OverflowError):
             return cls("?", 0.0, "unreadable pause marker (still paused)")
 
 
@@ -227,14 +236,3 @@ class GroupView:
             return False
         position = self.queue_position(holder)
         return position is not None and position < self.slots.free
-
-
-def _json_object(raw: bytes, key: str) -> dict[str, Any]:
-    """The JSON object stored at ``key``; anything else is a corrupt document."""
-    try:
-        doc = json.loads(raw)
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise CorruptDocument(key, f"not valid JSON ({exc})") from None
-    if not isinstance(doc, dict):
-        raise CorruptDocument(key, f"expected a JSON object, got {type(doc).__name__}")
-    return doc

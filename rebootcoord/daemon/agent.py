@@ -7,6 +7,7 @@ at the next step boundary, leaving the holder record in a state the next start u
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import threading
@@ -48,6 +49,7 @@ from rebootcoord.core.cycle import (
     decide,
     step_phase,
 )
+from rebootcoord.core.documents import described
 from rebootcoord.core.semaphore import AGENT, GroupView, HolderRecord, Waiter
 from rebootcoord.core.types import HolderId, PendingReboot, Phase
 from rebootcoord.daemon.events import EventLog
@@ -129,6 +131,7 @@ class Agent:
         self._stop_wake: Callable[[], None] | None = None
         self._wake_key: tuple[int, str] | None = None  # (revision, role) the wake watch is for
         self._view_at = 0.0  # when the view was read (the agent's clock)
+        self._corrupt_told = ""  # the corrupt documents last logged
         self._phase: Phase | None = None
         self._phase_entered = time.monotonic()
         self._reason = ""
@@ -215,7 +218,9 @@ class Agent:
         delay = 0.2
         while not self.stop.is_set():
             try:
-                self.p.semaphore.ensure(self.s.semaphore.max_holders)
+                with contextlib.suppress(CorruptDocument):
+                    # it exists: the read reports it, and the loop waits for an operator
+                    self.p.semaphore.ensure(self.s.semaphore.max_holders)
                 self._read_view()
                 return
             except BackendUnavailable as exc:
@@ -295,6 +300,14 @@ class Agent:
         self.p.metrics.backend_up.set(1)
         self.p.metrics.observe_group(view)
         self._compare_max(view)
+        if view.corrupt:
+            self.p.metrics.fail("corrupt_document")  # every read that finds one
+            told = described(view.corrupt)
+            if told != self._corrupt_told:
+                log.error("%s (left alone for an operator; the node waits)", told)
+            self._corrupt_told = told
+        else:
+            self._corrupt_told = ""
         return view
 
     def _compare_max(self, view: GroupView) -> None:

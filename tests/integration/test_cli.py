@@ -6,6 +6,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 import urllib.request
 from pathlib import Path
 
@@ -152,6 +153,36 @@ def test_rebootctl_status_lock_unlock_set_max_pause_resume(etcd: EtcdServer, pre
     assert json.loads(ctl(etcd, prefix, "-o", "json", "status").stdout)["held"] == 0
 
 
+def test_rebootctl_unlock_refuses_an_agent_mid_cycle_without_force(etcd: EtcdServer, prefix: str) -> None:
+    """With max 1, unlocking a draining or rebooting holder let a second node take the slot and
+    reboot while the first was down: refused now, unless --force, which says what it does."""
+    from rebootcoord.core.semaphore import HolderRecord, Waiter
+    from rebootcoord.core.types import Group, HolderId, NodeName, Phase
+    from rebootcoord.daemon.group import etcd_group
+
+    sem = etcd_group((etcd.endpoint,), prefix=prefix, group=Group("default"), waiter_ttl=30.0)
+    try:
+        sem.ensure(1)
+        me, node = HolderId("node-a"), NodeName("node-a")
+        sem.join_queue(Waiter(me, node, time.time(), 0))
+        now = time.time()
+        assert sem.acquire(HolderRecord(me, node, Group("default"), Phase.LOCKED, "b1", now, now)) is not None
+        for phase in (Phase.DRAINING, Phase.REBOOTING, Phase.VERIFYING):
+            sem.update(HolderRecord(me, node, Group("default"), phase, "b1", now, time.time(), cordoned=True))
+            refused = ctl(etcd, prefix, "unlock", "node-a")
+            assert refused.returncode == 1, refused.stderr
+            assert f"node-a is {phase} on node node-a" in refused.stderr and "--force" in refused.stderr
+            assert sem.read().holds(me), "a refused unlock changed the group"
+        forced = ctl(etcd, prefix, "unlock", "--force", "node-a")
+        assert forced.returncode == 0 and "released" in forced.stdout
+        assert "warning:" in forced.stderr and "without the health checks' verdict" in forced.stderr
+        assert not sem.read().holds(me)
+        too_many = ctl(etcd, prefix, "set-max", "10001")
+        assert too_many.returncode == 1 and "at most 10000" in too_many.stderr
+    finally:
+        sem.close()
+
+
 def test_rebootctl_unreachable_backend_exits_3() -> None:
     done = run(
         "rebootcoord.cli.rebootctl", "--etcd-endpoints", "http://127.0.0.1:1", "--etcd-timeout", "0.3s",
@@ -173,6 +204,80 @@ def test_rebootctl_corrupt_document_exits_4(etcd: EtcdServer, prefix: str) -> No
     assert ctl(etcd, prefix, "set-max", "3").returncode == 4
     assert client.get(f"{prefix}/groups/default/v1/semaphore")[0] == b"{oops"
     client.close()
+
+
+HOSTILE = {
+    "100,000-deep nesting": b"[" * 100_000 + b"]" * 100_000,
+    "an integer of 5,000 digits": b'{"total_slots": ' + b"9" * 5000 + b', "holders": []}',
+    "100,000 holders": json.dumps({"total_slots": 1, "holders": [f"h{i}" for i in range(100_000)]}).encode(),
+}
+
+
+@pytest.mark.parametrize("case", sorted(HOSTILE))
+def test_rebootctl_reports_a_hostile_document_in_one_short_line(
+    etcd: EtcdServer, prefix: str, case: str
+) -> None:
+    import etcd3
+
+    host, port = etcd.endpoint.split("//")[1].split(":")
+    client = etcd3.client(host=host, port=int(port))
+    key = f"{prefix}/groups/default/v1/semaphore"
+    client.put(key, HOSTILE[case])
+    status = ctl(etcd, prefix, "status")
+    assert status.returncode == 4, status.stderr
+    assert "Traceback" not in status.stderr and "CORRUPT" in status.stdout
+    assert max(len(line) for line in status.stdout.splitlines()) < 600
+    assert ctl(etcd, prefix, "set-max", "3").returncode == 4
+    assert client.get(key)[0] == HOSTILE[case]  # left alone
+    client.close()
+
+
+def test_an_agent_survives_a_hostile_document_and_counts_it(
+    etcd: EtcdServer, prefix: str, tmp_path: Path
+) -> None:
+    """Every agent of a group reads the semaphore key: a document that once crashed them all is
+    reported (log, metric) while they keep running."""
+    import etcd3
+
+    host, port = etcd.endpoint.split("//")[1].split(":")
+    client = etcd3.client(host=host, port=int(port))
+    client.put(f"{prefix}/groups/default/v1/semaphore", HOSTILE["100,000-deep nesting"])
+    client.close()
+    port = free_port()
+    boot = tmp_path / "boot_id"
+    boot.write_text("b1\n")
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "reboot-required").touch()  # so that it reads the group
+    proc = subprocess.Popen(
+        [
+            sys.executable, "-m", "rebootcoord", "agent",
+            "--node-name", "hostile", "--etcd-endpoints", etcd.endpoint, "--etcd-key-prefix", prefix,
+            "--host-root", str(tmp_path), "--boot-id-file", str(boot), "--reboot-command", "[/bin/true]",
+            "--metrics-address", f"127.0.0.1:{port}", "--check-interval", "1s",
+        ],
+        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+
+        def corrupt_count() -> float:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=2) as resp:
+                    text = resp.read().decode()
+            except OSError:
+                return 0.0
+            for line in text.splitlines():
+                if line.startswith('rebootcoord_failures_total{reason="corrupt_document"}'):
+                    return float(line.split()[-1])
+            return 0.0
+
+        wait_for(lambda: corrupt_count() >= 1, timeout=60, what="the corrupt document counted")
+        assert proc.poll() is None, "the agent died"
+    finally:
+        proc.terminate()
+        _, err = proc.communicate(timeout=15)
+    assert "Traceback" not in err
+    assert "nested more than 32 levels deep" in err
+    assert max(len(line) for line in err.splitlines()) < 2000
 
 
 def test_agent_serves_metrics_and_healthz(etcd: EtcdServer, prefix: str, tmp_path: Path) -> None:

@@ -35,6 +35,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from rebootcoord.adapters.kube.api import Gone, Kube, NotFound, micro_time, parse_time, path_segment
+from rebootcoord.core.documents import load_object, quoted
 from rebootcoord.core.group import GroupState
 from rebootcoord.core.semaphore import HolderRecord, PauseInfo, SemaphoreState, Waiter
 from rebootcoord.core.types import Group, HolderId, NodeName
@@ -136,17 +137,12 @@ class LeaseGroupStore:
         return GroupState(slots, records, paused)
 
     def _records(self, annotations: dict[str, Any], where: str) -> dict[HolderId, HolderRecord]:
-        try:
-            raw = json.loads(annotations.get(ANN_RECORDS) or "{}")
-        except ValueError as exc:
-            raise CorruptDocument(f"{where} annotation {ANN_RECORDS}", f"not valid JSON ({exc})") from None
-        if not isinstance(raw, dict):
-            raise CorruptDocument(f"{where} annotation {ANN_RECORDS}", "expected a JSON object")
+        raw = load_object(str(annotations.get(ANN_RECORDS) or "{}"), f"{where} annotation {ANN_RECORDS}")
         records: dict[HolderId, HolderRecord] = {}
         for holder, doc in raw.items():
             record = HolderRecord.decode(json.dumps(doc).encode(), key=f"{where} holder {holder}")
             if record.id != holder:
-                raise CorruptDocument(where, f"record id {record.id!r} filed under {holder!r}")
+                raise CorruptDocument(where, f"record id {quoted(record.id)} filed under {quoted(holder)}")
             records[record.id] = record
         return records
 
