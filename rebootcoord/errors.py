@@ -99,6 +99,14 @@ class NotHolder(SemaphoreError):
     """The id does not hold a slot."""
 
 
+class HolderBusy(SemaphoreError):
+    """An unlock refused: the holder is in the middle of its cycle (its node may be down)."""
+
+    def __init__(self, message: str, record: object) -> None:
+        super().__init__(message)
+        self.record = record
+
+
 class InvalidMax(SemaphoreError):
     """A max below 1, or below the number of current holders."""
 

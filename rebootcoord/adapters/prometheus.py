@@ -3,16 +3,18 @@ alerts whose name matches ``alert_filter`` are ignored, or, with ``match_only``,
 
 from __future__ import annotations
 
-import json
 import re
 import urllib.error
 import urllib.parse
 import urllib.request
 from dataclasses import dataclass
 
+from rebootcoord.core.documents import clipped, load_object, quoted
+from rebootcoord.errors import CorruptDocument
 from rebootcoord.ports import CheckResult
 
 QUERY = 'ALERTS{alertstate="firing"}'
+MAX_ANSWER = 4 * 1024 * 1024  # bytes read of an answer
 
 
 @dataclass
@@ -28,15 +30,14 @@ class FiringAlerts:
         try:
             # The configuration accepts only http:// and https:// URLs (p_opt_url).
             with urllib.request.urlopen(endpoint, timeout=self.timeout) as resp:  # noqa: S310
-                doc = json.load(resp)
+                raw = resp.read(MAX_ANSWER + 1)
         except (urllib.error.URLError, OSError, ValueError) as exc:
             # Unknown is not "no alerts": a blind gate must not wave a reboot through.
-            return CheckResult(False, self.name, f"cannot query {self.url}: {exc}")
-        if doc.get("status") != "success":
-            return CheckResult(
-                False, self.name, f"{self.url} answered {doc.get('status')}: {doc.get('error')}"
-            )
-        names = sorted({str(r.get("metric", {}).get("alertname", "?")) for r in doc["data"]["result"]})
+            return CheckResult(False, self.name, f"cannot query {self.url}: {clipped(str(exc))}")
+        try:
+            names = _firing(raw)
+        except CorruptDocument as exc:
+            return CheckResult(False, self.name, f"{self.url} gave an answer not understood: {exc.reason}")
         pattern = re.compile(self.alert_filter) if self.alert_filter else None
         if pattern is not None:
             names = [n for n in names if bool(pattern.search(n)) == self.match_only]
@@ -45,3 +46,23 @@ class FiringAlerts:
         if names:
             return CheckResult(False, self.name, "firing alerts: " + ", ".join(names[:10]))
         return CheckResult(True, self.name)
+
+
+def _firing(raw: bytes) -> list[str]:
+    """The names of the firing alerts in a query answer; any other answer is CorruptDocument
+    (the gate fails closed: an answer it cannot read is not "no alerts")."""
+    if len(raw) > MAX_ANSWER:
+        raise CorruptDocument("answer", f"more than {MAX_ANSWER} bytes")
+    doc = load_object(raw, "answer")
+    if doc.get("status") != "success":
+        raise CorruptDocument("answer", f"status {quoted(doc.get('status'))}: {quoted(doc.get('error'))}")
+    data = doc.get("data")
+    result = data.get("result") if isinstance(data, dict) else None
+    if not isinstance(result, list) or not all(isinstance(r, dict) for r in result):
+        raise CorruptDocument("answer", f"no list of series at data.result: {quoted(data)}")
+    names = set()
+    for series in result:
+        metric = series.get("metric")
+        name = metric.get("alertname") if isinstance(metric, dict) else None
+        names.add(clipped(str(name), 100) if isinstance(name, str) and name else "?")
+    return sorted(names)

@@ -17,6 +17,7 @@ import yaml
 
 from rebootcoord.cli.common import (
     EXIT_CORRUPT,
+    EXIT_FAILED,
     EXIT_OK,
     Parser,
     add_config_flags,
@@ -25,11 +26,10 @@ from rebootcoord.cli.common import (
 )
 from rebootcoord.cli.wiring import build_semaphore
 from rebootcoord.core.config import KEYS, Settings
+from rebootcoord.core.group import BUSY_PHASES
 from rebootcoord.core.semaphore import MANUAL, GroupView, HolderRecord, PauseInfo
 from rebootcoord.core.types import HOLDER_ID_RE, HolderId, NodeName, Phase
-from rebootcoord.errors import (
-    UsageError,
-)
+from rebootcoord.errors import HolderBusy, UsageError
 
 _CTL = {"group", "backend", "node_name", "kubeconfig", "kube_context", "namespace"}
 CTL_KEYS = {k: v for k, v in KEYS.items() if k in _CTL or k.startswith("etcd_")}
@@ -51,8 +51,16 @@ def parser() -> argparse.ArgumentParser:
     lock = sub.add_parser("lock", help="take a slot by hand (default id: this node)")
     lock.add_argument("id", nargs="?")
     lock.add_argument("--reason", default="locked by hand with rebootctl")
-    unlock = sub.add_parser("unlock", help="release a holder's slot (refuses unknown holders)")
+    unlock = sub.add_parser(
+        "unlock",
+        help="release a holder's slot (refuses unknown holders, and holders mid-cycle without --force)",
+    )
     unlock.add_argument("id")
+    unlock.add_argument(
+        "--force",
+        action="store_true",
+        help="also free the slot of an agent that is locked, draining, rebooting or verifying",
+    )
     set_max = sub.add_parser("set-max", help="change the number of slots")
     set_max.add_argument("max", type=int)
     pause = sub.add_parser("pause", help="agents take no new slots until resume")
@@ -102,14 +110,17 @@ def _run(args: argparse.Namespace, settings: Settings, sem: Any) -> int:
             sem.lock(HolderId(holder), record)
             print(f"locked: {holder} holds a slot of group {settings.identity.group}")
         case "unlock":
-            record = sem.unlock(HolderId(args.id))
+            try:
+                record = sem.unlock(HolderId(args.id), force=args.force)
+            except HolderBusy as exc:
+                print(f"rebootctl: refused: {exc}", file=sys.stderr)
+                print(f"rebootctl: `rebootctl unlock --force {args.id}` would free it: {_forced(exc.record)}",
+                      file=sys.stderr)  # fmt: skip
+                return EXIT_FAILED
             was = f" (it was {record.phase} on {record.node})" if record else ""
             print(f"unlocked: {args.id} released its slot of group {settings.identity.group}{was}")
-            if record and record.phase in (Phase.REBOOTING, Phase.VERIFYING):
-                print(
-                    "warning: that node may be rebooting or just rebooted; check it",
-                    file=sys.stderr,
-                )
+            if record is not None and record.kind != MANUAL and record.phase in BUSY_PHASES:
+                print(f"warning: {_forced(record)}", file=sys.stderr)
         case "set-max":
             sem.set_max(args.max)
             print(f"group {settings.identity.group}: max set to {args.max}")
@@ -123,6 +134,23 @@ def _run(args: argparse.Namespace, settings: Settings, sem: Any) -> int:
             sem.resume()
             print(f"group {settings.identity.group} resumed")
     return EXIT_OK
+
+
+def _forced(record: Any) -> str:
+    """What freeing the slot of ``record``'s agent mid-cycle does to its node."""
+    node = record.node
+    match record.phase:
+        case Phase.LOCKED | Phase.DRAINING:
+            return (f"the agent on {node} stops before any reboot, reports slot_lost, uncordons "
+                    f"{node} if it cordoned it, and queues again; the next waiter may take the slot "
+                    "at once")  # fmt: skip
+        case Phase.REBOOTING:
+            return (f"{node} may be going down now; when its agent is back it finds no slot, reports "
+                    f"slot_lost and uncordons {node} without waiting for its health checks, while "
+                    "another node may already be draining")  # fmt: skip
+        case _:
+            return (f"{node} rebooted and is being checked; its agent uncordons it without the health "
+                    "checks' verdict and reports slot_lost; another node may drain at once")  # fmt: skip
 
 
 def status_doc(view: GroupView, now: float | None = None) -> dict[str, Any]:
@@ -171,6 +199,17 @@ def status_doc(view: GroupView, now: float | None = None) -> dict[str, Any]:
         "corrupt": [str(c) for c in view.corrupt],
         "revision": view.revision,
     }
+
+
+SHOWN_PROBLEMS = 10  # corrupted documents listed in the table output
+
+
+def printable(text: str) -> str:
+    """``text`` with control characters (terminal escape sequences, newlines) shown escaped:
+    holder ids, notes and reasons come from the backend, where anyone may have written them."""
+    if text.isprintable():
+        return text
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
 
 
 def _age(seconds: float | None) -> str:
@@ -231,13 +270,18 @@ def _print_status(view: GroupView, output: str) -> None:
             [str(w["position"]), w["id"], w["node"], _age(w["waiting_seconds"])] for w in doc["waiters"]
         ]
         print(_table(wrows))
-    for problem in doc["corrupt"]:
-        print(f"\nCORRUPT: {problem}")
+    for problem in doc["corrupt"][:SHOWN_PROBLEMS]:
+        print(f"\nCORRUPT: {printable(problem)}")
+    if len(doc["corrupt"]) > SHOWN_PROBLEMS:
+        print(
+            f"\n... and {len(doc['corrupt']) - SHOWN_PROBLEMS} more corrupted documents (-o json lists all)"
+        )
     for orphan in doc["orphaned_records"]:
-        print(f"\nnote: record of {orphan} has no slot (it will be dropped by its agent)")
+        print(f"\nnote: record of {printable(orphan)} has no slot (it will be dropped by its agent)")
 
 
 def _table(rows: list[list[str]]) -> str:
+    rows = [[printable(c) for c in r] for r in rows]
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     return "\n".join("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in rows)
 

@@ -24,17 +24,21 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
-from rebootcoord.core.semaphore import GroupView, HolderRecord, PauseInfo, SemaphoreState, Waiter
-from rebootcoord.core.types import Group, HolderId
+from rebootcoord.core.semaphore import AGENT, GroupView, HolderRecord, PauseInfo, SemaphoreState, Waiter
+from rebootcoord.core.types import Group, HolderId, Phase
 from rebootcoord.errors import (
     CorruptDocument,
     GroupPaused,
+    HolderBusy,
     HoldsAgain,
     NoFreeSlot,
     NoSemaphore,
     NotHolder,
     SlotLost,
 )
+
+#: Phases in which an unlock needs --force: the node is cordoned, draining, down or just back.
+BUSY_PHASES = frozenset({Phase.LOCKED, Phase.DRAINING, Phase.REBOOTING, Phase.VERIFYING})
 
 
 @dataclass(frozen=True)
@@ -115,12 +119,21 @@ class GroupState:
         )
         return GroupState(slots, {h: r for h, r in self.records.items() if h != holder}, self.paused)
 
-    def unlock(self, holder: HolderId) -> GroupState:
-        """An operator's release: refused for an id that holds nothing."""
+    def unlock(self, holder: HolderId, *, force: bool = False) -> GroupState:
+        """An operator's release: refused for an id that holds nothing, and -- unless ``force`` --
+        for an agent in the middle of its cycle (locked, draining, rebooting, verifying): its
+        slot freed, another node could go down while this one is still down or cordoned."""
         self._intact()
         if not self.holds(holder) and holder not in self.records:
             held = ", ".join(self.slots.holders) if self.slots and self.slots.holders else "none"
             raise NotHolder(f"{holder!r} holds no slot (holders: {held})")
+        record = self.records.get(holder)
+        if not force and record is not None and record.kind == AGENT and record.phase in BUSY_PHASES:
+            raise HolderBusy(
+                f"{holder} is {record.phase} on node {record.node}: freeing its slot now lets another "
+                "node drain and reboot while this one may still be down or cordoned",
+                record,
+            )
         return self.release(holder)
 
     def reclaim(self, holder: HolderId, expect: HolderRecord) -> GroupState:

@@ -160,8 +160,8 @@ class GroupClient:
     def lock(self, holder: HolderId, record: HolderRecord) -> None:
         self.apply(lambda s: s.lock(record))
 
-    def unlock(self, holder: HolderId) -> HolderRecord | None:
-        applied = self.apply(lambda s: s.unlock(holder))
+    def unlock(self, holder: HolderId, *, force: bool = False) -> HolderRecord | None:
+        applied = self.apply(lambda s: s.unlock(holder, force=force))
         self.queue.leave(holder)
         return applied.before.records.get(holder)
 

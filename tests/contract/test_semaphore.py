@@ -13,7 +13,7 @@ import pytest
 from rebootcoord.core.semaphore import MANUAL, HolderRecord, PauseInfo, Waiter
 from rebootcoord.core.types import Group, HolderId, NodeName, Phase
 from rebootcoord.daemon.group import GroupClient
-from rebootcoord.errors import CorruptDocument, InvalidMax, NoFreeSlot, NotHolder, SlotLost
+from rebootcoord.errors import CorruptDocument, HolderBusy, InvalidMax, NoFreeSlot, NotHolder, SlotLost
 from tests.conftest import wait_for
 from tests.contract.conftest import TTL, Backend
 
@@ -68,12 +68,15 @@ def test_take_and_release_are_idempotent_and_unlock_refuses_strangers(backend: B
         sem.unlock(HolderId("x"))
 
 
-def test_a_record_written_after_an_unlock_is_refused(backend: Backend) -> None:
+def test_an_unlock_mid_cycle_needs_force_and_a_record_written_after_it_is_refused(backend: Backend) -> None:
     sem = backend.client()
     sem.ensure(1)
     take(sem, "a")
     sem.update(record("a", Phase.DRAINING))
-    removed = sem.unlock(HolderId("a"))
+    with pytest.raises(HolderBusy, match="a is draining"):
+        sem.unlock(HolderId("a"))  # mid-cycle: refused without force, and nothing changed
+    assert sem.read().holds(HolderId("a"))
+    removed = sem.unlock(HolderId("a"), force=True)
     assert removed is not None and removed.phase is Phase.DRAINING
     with pytest.raises(SlotLost):
         sem.update(record("a", Phase.REBOOTING))

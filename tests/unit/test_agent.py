@@ -262,7 +262,7 @@ def test_a_slot_taken_away_mid_cycle_means_no_reboot_and_the_node_as_found() -> 
         assert rig.node.unschedulable, "cordoned before the drain"
         # Someone queued meanwhile; the operator unlocks us before our reboot request.
         rig.queue.join(Waiter(HolderId("n2"), NodeName("n2"), 0.0, 0))
-        rig.semaphore.unlock(ME)
+        rig.semaphore.unlock(ME, force=True)
 
     rig.node.drain = drain_then_unlock  # type: ignore[method-assign]
     for _ in range(10):
@@ -281,7 +281,7 @@ def test_the_last_look_before_the_reboot_reads_the_backend_not_the_watch() -> No
     if rig.rebooter.requests:
         pytest.fail("the drain and the reboot request came in one turn; the test needs them apart")
     # Right after the turn's own read: the agent decides on a state already gone.
-    rig.store.after_read = lambda: rig.semaphore.unlock(ME)
+    rig.store.after_read = lambda: rig.semaphore.unlock(ME, force=True)
     rig.turn()
     assert rig.rebooter.requests == [] and rig.failures("slot_lost") == 1
 
@@ -290,7 +290,7 @@ def test_a_restarted_agent_finds_its_stale_cordon_and_undoes_it() -> None:
     rig = Rig()
     rig.until(lambda: rig.phase() is Phase.REBOOTING, what="rebooting")
     rig.queue.join(Waiter(HolderId("n2"), NodeName("n2"), 0.0, 0))
-    rig.semaphore.unlock(ME)  # while the agent is down
+    rig.semaphore.unlock(ME, force=True)  # while the agent is down
     rig.restart()
     for _ in range(5):
         rig.turn()

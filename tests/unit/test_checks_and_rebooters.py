@@ -91,8 +91,10 @@ def _pid1_stand_in(got: Path) -> subprocess.Popen[str]:
     child = subprocess.Popen(
         [
             sys.executable, "-c",
-            "import signal, sys, time\n"
-            f"def on(*a):\n    open({str(got)!r}, 'w').write('reboot')\n    sys.exit(0)\n"
+            "import os, signal, sys, time\n"
+            # written whole, then renamed: the test sees the file only with its content
+            f"def on(*a):\n    open({str(got)!r} + '.tmp', 'w').write('reboot')\n"
+            f"    os.rename({str(got)!r} + '.tmp', {str(got)!r})\n    sys.exit(0)\n"
             "signal.signal(signal.SIGRTMIN + 5, on)\n"
             "print('ready', flush=True)\n"
             "time.sleep(60)\n",

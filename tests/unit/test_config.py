@@ -60,7 +60,7 @@ def test_env_values_are_parsed_like_file_values() -> None:
             "REBOOTCOORD_REBOOT_COMMAND": "[systemctl, reboot, --force]",
             "REBOOTCOORD_WINDOWS": '[{start: "Thu 04:00", length: 1h}]',
             "REBOOTCOORD_DETECTORS": "sentinel,rpm-ostree",
-            "REBOOTCOORD_REBOOT_SIGNAL": "SIGTERM",
+            "REBOOTCOORD_REBOOT_SIGNAL": "RTMIN+6",
         }
     )
     assert s.etcd.etcd_endpoints == ("http://a:2379", "https://b:2379")
@@ -68,7 +68,7 @@ def test_env_values_are_parsed_like_file_values() -> None:
     assert len(s.windows.schedule.windows) == 1
     assert [d.type for d in s.detection.detectors] == ["sentinel", "rpm-ostree"]
     assert s.detection.detectors[1].argv == ("rpm-ostree", "status", "--json")
-    assert s.reboot.reboot_signal == int(signal.SIGTERM)
+    assert s.reboot.reboot_signal == int(signal.SIGRTMIN) + 6
 
 
 def test_node_name_from_fallback_and_holder_id() -> None:
@@ -115,6 +115,15 @@ def test_node_name_from_fallback_and_holder_id() -> None:
         pytest.param({"file_data": {"reboot_command": []}}, "reboot_command", "argv", id="empty-reboot"),
         pytest.param({"file_data": {"reboot_method": "kexec"}}, "reboot_method", "one of", id="bad-enum"),
         pytest.param({"file_data": {"reboot_signal": "SIGFOO"}}, "reboot_signal", "signal", id="bad-signal"),
+        pytest.param(
+            {"file_data": {"reboot_signal": "SIGRTMIN+4"}},
+            "reboot_signal",
+            "asks PID 1 for a reboot",
+            id="poweroff",
+        ),
+        pytest.param(
+            {"file_data": {"reboot_signal": 15}}, "reboot_signal", "SIGRTMIN+5 (reboot)", id="sigterm"
+        ),
         pytest.param({"file_data": {"group": "a/b"}}, "group", "letters", id="bad-group"),
         pytest.param(
             {"file_data": {"etcd_username": "root"}}, "etcd_password", "together", id="user-no-pass"

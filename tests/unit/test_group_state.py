@@ -11,12 +11,13 @@ from hypothesis import settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, rule
 
-from rebootcoord.core.group import GroupState
-from rebootcoord.core.semaphore import MANUAL, HolderRecord, PauseInfo, SemaphoreState
+from rebootcoord.core.group import BUSY_PHASES, GroupState
+from rebootcoord.core.semaphore import AGENT, MANUAL, HolderRecord, PauseInfo, SemaphoreState
 from rebootcoord.core.types import Group, HolderId, NodeName, Phase
 from rebootcoord.errors import (
     CorruptDocument,
     GroupPaused,
+    HolderBusy,
     HoldsAgain,
     InvalidMax,
     NoFreeSlot,
@@ -97,14 +98,19 @@ class GroupMachine(RuleBasedStateMachine):
         self.apply(GroupState.release, holder)
         assert not self.state.holds(holder) and holder not in self.state.records
 
-    @rule(holder=st.sampled_from(HOLDERS))
-    def unlock(self, holder: HolderId) -> None:
+    @rule(holder=st.sampled_from(HOLDERS), force=st.booleans())
+    def unlock(self, holder: HolderId, force: bool) -> None:
         held = self.state.holds(holder) or holder in self.state.records
         if not held:
             with pytest.raises(NotHolder):
+                self.state.unlock(holder, force=force)
+            return
+        record = self.state.records.get(holder)
+        if not force and record is not None and record.kind == AGENT and record.phase in BUSY_PHASES:
+            with pytest.raises(HolderBusy):  # mid-cycle: only with force
                 self.state.unlock(holder)
             return
-        self.apply(GroupState.unlock, holder)
+        self.apply(GroupState.unlock, holder, force=force)
         assert not self.state.holds(holder)
 
     @rule(holder=st.sampled_from(HOLDERS))

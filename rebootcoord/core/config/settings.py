@@ -43,6 +43,7 @@ from rebootcoord.core.config.parsers import (
     p_zone,
 )
 from rebootcoord.core.durations import format_duration
+from rebootcoord.core.semaphore import MAX_SLOTS
 from rebootcoord.core.types import Group, HolderId, NodeName
 from rebootcoord.core.windows import Schedule
 
@@ -77,7 +78,7 @@ class SemaphoreSettings:
     """The group's budget and how long places and slots live, whatever the store."""
 
     backend: str = _key("etcd", p_enum("etcd", "kubernetes"), "semaphore backend")
-    max_holders: int = _key(1, p_int(1, 10_000), "slots of the group, used when the semaphore is created")
+    max_holders: int = _key(1, p_int(1, MAX_SLOTS), "slots of the group, used when the semaphore is created")
     waiter_ttl: timedelta = _key(
         timedelta(seconds=30),
         p_waiter_ttl,
