@@ -16,9 +16,12 @@ only the composition roots in ``rebootcoord.cli`` turn exceptions into exit code
     │   ├── NotHolder               the id holds no slot (unlock of an unknown holder)
     │   ├── InvalidMax              a max that is < 1 or below the current number of holders
     │   ├── HoldsAgain              a record to drop belongs to a holder that holds a slot again
+    │   ├── HolderBusy              unlock of an agent mid-cycle without --force
     │   └── SlotLost                our holder record vanished (an operator unlocked us)
     ├── Conflict                    a compare-and-swap lost a race (retryable: read again)
     ├── BackendUnavailable          the backend cannot be reached (retryable, with backoff)
+    │   ├── AccessDenied            authentication failed or permission denied (exit 3, not retried)
+    │   └── Interrupted             the process is stopping: a retry gave up at once
     ├── DetectorError               a detector could not answer; never causes a reboot
     ├── RebootError                 the reboot method failed
     ├── ApiError                    the Kubernetes API refused a request (not retryable)
@@ -29,7 +32,9 @@ only the composition roots in ``rebootcoord.cli`` turn exceptions into exit code
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
+from typing import Any
 
 
 class RebootcoordError(Exception):
@@ -47,7 +52,21 @@ class Problem:
 
     def __str__(self) -> str:
         where = f" (from {self.source})" if self.source else ""
-        return f"{self.key}{where}: got {self.value!r}, expected {self.expected}"
+        return f"{self.key}{where}: got {mask_urls(repr(self.value))}, expected {self.expected}"
+
+
+#: ``scheme://user:password@``: what a URL must not show of its credentials.
+_URL_PASSWORD = re.compile(r"(?P<head>[A-Za-z][A-Za-z0-9+.-]*://[^/@\s:'\"]*):[^/@\s'\"]*@")
+
+
+def mask_urls(value: Any) -> Any:
+    """``value`` (a text, or a list or tuple of texts) with the password of every URL in it
+    masked: ``https://root:hunter2@etcd:2379`` is shown as ``https://root:********@etcd:2379``."""
+    if isinstance(value, str):
+        return _URL_PASSWORD.sub(r"\g<head>:********@", value)
+    if isinstance(value, list | tuple):
+        return type(value)(mask_urls(v) for v in value)
+    return value
 
 
 class ConfigError(RebootcoordError):
@@ -121,6 +140,15 @@ class Conflict(RebootcoordError):
 
 class BackendUnavailable(RebootcoordError):
     """The semaphore backend could not be reached or timed out (retryable)."""
+
+
+class AccessDenied(BackendUnavailable):
+    """The backend refused who we are (a wrong password, a missing right): retrying changes
+    nothing, so it is not retried; the configuration or the backend's users must change."""
+
+
+class Interrupted(BackendUnavailable):
+    """The process is stopping: a retry loop gave up at once."""
 
 
 class DetectorError(RebootcoordError):

@@ -33,7 +33,7 @@ from rebootcoord.core.documents import load_json, quoted
 from rebootcoord.core.group import GroupState
 from rebootcoord.core.semaphore import HolderRecord, PauseInfo, SemaphoreState, Waiter
 from rebootcoord.core.types import Group, HolderId, NodeName
-from rebootcoord.errors import BackendUnavailable, Conflict, CorruptDocument
+from rebootcoord.errors import AccessDenied, BackendUnavailable, Conflict, CorruptDocument
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -68,6 +68,7 @@ class EtcdOptions:
     username: str | None = None
     password: str | None = None
     retry_for: float = 30.0  # how long one operation retries transient errors before giving up
+    stop: threading.Event | None = field(default=None, compare=False)  # set: back-offs end at once
 
 
 class EtcdConnection:
@@ -111,6 +112,7 @@ class EtcdConnection:
                 failover=True,
             )
         except _TRANSIENT as exc:
+            _raise_denied(exc)
             raise BackendUnavailable(f"etcd at {', '.join(o.endpoints)}: {_describe(exc)}") from exc
         if creds is None:
             # gRPC refuses call credentials on a plain channel; the token also travels as
@@ -126,6 +128,7 @@ class EtcdConnection:
         except grpc.RpcError as exc:
             code = exc.code() if hasattr(exc, "code") else None
             self.reset()
+            _raise_denied(exc)
             if code in (grpc.StatusCode.PERMISSION_DENIED, grpc.StatusCode.INVALID_ARGUMENT):
                 raise BackendUnavailable(f"etcd refused the request: {_describe(exc)}") from exc
             raise BackendUnavailable(f"etcd: {_describe(exc)}") from exc
@@ -138,7 +141,10 @@ class EtcdConnection:
     def call(self, fn: Callable[[Any], T], *, retry_for: float | None = None) -> T:
         """Run ``fn(client)`` with retries and backoff on transient errors (tenacity)."""
         retrying = retrying_for(
-            self.options.retry_for if retry_for is None else retry_for, first_wait=0.05, max_wait=2.0
+            self.options.retry_for if retry_for is None else retry_for,
+            first_wait=0.05,
+            max_wait=2.0,
+            stop=self.options.stop,
         )
         for attempt in retrying:
             with attempt, self.translating():
@@ -159,6 +165,24 @@ def _read(path: str | None) -> bytes | None:
         return None
     with open(path, "rb") as fh:
         return fh.read()
+
+
+#: What etcd answers a wrong user or password, a missing one while auth is on, or a role without
+#: the right: no retry changes it (an expired token, "invalid auth token", is retried).
+_DENIED = ("authentication failed", "user name is empty", "permission denied", "user name not found")
+
+
+def _raise_denied(exc: BaseException) -> None:
+    """Raise AccessDenied if ``exc`` is etcd refusing who we are."""
+    if not isinstance(exc, grpc.RpcError):
+        return
+    code = exc.code() if hasattr(exc, "code") else None
+    details = (exc.details() if hasattr(exc, "details") else "") or ""
+    if code in (grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.PERMISSION_DENIED) or any(
+        d in details.lower() for d in _DENIED
+    ):
+        what = "permission denied" if "permission" in details.lower() else "authentication failed"
+        raise AccessDenied(f"etcd {what}: {details or code} (check etcd_username and etcd_password)") from exc
 
 
 def _describe(exc: BaseException) -> str:

@@ -15,12 +15,15 @@ import yaml
 
 from rebootcoord.core.config import ENV_CONFIG_FILE, KEYS, Invalid, Settings, flag_name, load_settings
 from rebootcoord.errors import (
+    AccessDenied,
     BackendUnavailable,
     ConfigError,
     CorruptDocument,
+    Interrupted,
     Problem,
     SemaphoreError,
     UsageError,
+    mask_urls,
 )
 
 # Exit codes, documented in the README.
@@ -35,6 +38,8 @@ EXIT_CORRUPT = 4  # a corrupted semaphore document
 EXIT_CODES: tuple[tuple[type[Exception], int, str], ...] = (
     (ConfigError, EXIT_USAGE, ""),
     (UsageError, EXIT_USAGE, ""),
+    (AccessDenied, EXIT_UNAVAILABLE, ""),
+    (Interrupted, EXIT_UNAVAILABLE, ""),
     (BackendUnavailable, EXIT_UNAVAILABLE, "cannot reach the backend: "),
     (CorruptDocument, EXIT_CORRUPT, ""),
     (SemaphoreError, EXIT_FAILED, ""),
@@ -56,7 +61,7 @@ def reported(prog: str, run: Callable[[], int]) -> int:
         return run()
     except tuple(kind for kind, _, _ in EXIT_CODES) as exc:
         code, lead = next((c, lead) for kind, c, lead in EXIT_CODES if isinstance(exc, kind))
-        print(f"{prog}: {lead}{exc}", file=sys.stderr)
+        print(mask_urls(f"{prog}: {lead}{exc}"), file=sys.stderr)
         return code
 
 
@@ -129,8 +134,21 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(doc)
 
 
+class _MaskUrls(logging.Filter):
+    """Every log line with the password of any URL in it masked (endpoints, errors that quote
+    them): a log is read by more people than a Secret."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        masked = mask_urls(message)
+        if masked != message:
+            record.msg, record.args = masked, None
+        return True
+
+
 def setup_logging(level: str, fmt: str) -> None:
     handler = logging.StreamHandler(sys.stderr)
+    handler.addFilter(_MaskUrls())
     if fmt == "json":
         handler.setFormatter(JsonFormatter())
     else:

@@ -25,7 +25,9 @@ from rebootcoord.daemon.metrics import Metrics
 from rebootcoord.ports import Check, NodeOps
 
 
-def connect_kube(settings: Settings, *, retry_for: float = 30.0, role: str = "agent") -> Any:
+def connect_kube(
+    settings: Settings, *, retry_for: float = 30.0, role: str = "agent", stop: threading.Event | None = None
+) -> Any:
     from rebootcoord.adapters.kube.api import Kube, KubeOptions
 
     return Kube.connect(
@@ -34,6 +36,7 @@ def connect_kube(settings: Settings, *, retry_for: float = 30.0, role: str = "ag
             context=settings.kube.kube_context,
             retry_for=retry_for,
             user_agent=f"rebootcoord/{__version__} ({role}; {settings.identity.node_name})",
+            stop=stop,
         )
     )
 
@@ -78,6 +81,7 @@ def build_semaphore(
             username=settings.etcd.etcd_username,
             password=settings.etcd.etcd_password,
             retry_for=retry_for,
+            stop=stop,
         )
     )
     prefix = settings.etcd.etcd_key_prefix
@@ -115,7 +119,7 @@ def build_agent(settings: Settings, stop: threading.Event, registry: CollectorRe
     metrics.info.labels(
         __version__, settings.identity.node_name, settings.identity.group, settings.semaphore.backend
     ).set(1)
-    kube = connect_kube(settings) if uses_kubernetes(settings) else None
+    kube = connect_kube(settings, stop=stop) if uses_kubernetes(settings) else None
     checks: list[Check] = list(build_checks(settings.verify.health_checks, host))
     blockers: list[Check] = []
     node_ops: NodeOps = NoNodeOps()

@@ -55,6 +55,7 @@ from rebootcoord.core.types import HolderId, PendingReboot, Phase
 from rebootcoord.daemon.events import EventLog
 from rebootcoord.daemon.metrics import Heartbeat, Metrics
 from rebootcoord.errors import (
+    AccessDenied,
     ApiError,
     BackendUnavailable,
     Conflict,
@@ -184,6 +185,8 @@ class Agent:
                 self.heartbeat.beat()
                 try:
                     step = self.turn()
+                except AccessDenied:
+                    raise  # a wrong password or a missing right: exit 3, no retry changes it
                 except BackendUnavailable as exc:
                     self.p.metrics.backend_up.set(0)
                     self.p.metrics.fail("backend_unavailable")
@@ -223,6 +226,8 @@ class Agent:
                     self.p.semaphore.ensure(self.s.semaphore.max_holders)
                 self._read_view()
                 return
+            except AccessDenied:
+                raise
             except BackendUnavailable as exc:
                 self.p.metrics.backend_up.set(0)
                 log.warning("waiting for the semaphore backend: %s", exc)

@@ -21,7 +21,7 @@ from typing import Any
 from rebootcoord.core.group import GroupState
 from rebootcoord.core.semaphore import GroupView, HolderRecord, PauseInfo, Waiter
 from rebootcoord.core.types import Group, HolderId
-from rebootcoord.errors import BackendUnavailable, Conflict, GroupPaused, NoFreeSlot, NotHolder
+from rebootcoord.errors import Conflict, GroupPaused, Interrupted, NoFreeSlot, NotHolder
 from rebootcoord.ports import GroupStore, WaitQueue
 
 log = logging.getLogger(__name__)
@@ -38,10 +38,6 @@ class Applied:
     after: GroupState
     revision: int
     changed: bool
-
-
-class Interrupted(BackendUnavailable):
-    """The process is stopping: a retry loop gave up at once."""
 
 
 class GroupClient:

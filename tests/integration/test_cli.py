@@ -106,7 +106,9 @@ def test_agent_config_file_errors(tmp_path: Path) -> None:
 
 def test_print_config_masks_secrets_and_shows_sources_merged(tmp_path: Path) -> None:
     config = tmp_path / "agent.yaml"
-    config.write_text("etcd_username: root\netcd_password: hunter2\ngroup: from-file\n")
+    config.write_text(
+        "etcd_username: root\netcd_password: hunter2\ngroup: from-file\netcd_allow_plaintext_password: true\n"
+    )
     done = agent("--config", str(config), "--print-config", env={"REBOOTCOORD_GROUP": "from-env"})
     assert done.returncode == 0, done.stderr
     printed = yaml.safe_load(done.stdout)
@@ -325,6 +327,32 @@ def test_agent_serves_metrics_and_healthz(etcd: EtcdServer, prefix: str, tmp_pat
         proc.terminate()
         proc.wait(10)
     assert proc.returncode == 0  # SIGTERM is a clean stop
+
+
+def test_sigterm_ends_a_backoff_at_once(tmp_path: Path) -> None:
+    """An agent whose etcd is down sits in a retry back-off (30 s per call); SIGTERM ends it at
+    once instead of after the back-off (the time limit below is the old behaviour's bound)."""
+    boot = tmp_path / "boot_id"
+    boot.write_text("b1\n")
+    port = free_port()  # nothing listens there
+    proc = subprocess.Popen(
+        [
+            sys.executable, "-m", "rebootcoord", "agent", "--node-name", "backoff",
+            "--etcd-endpoints", f"http://127.0.0.1:{port}", "--etcd-timeout", "1s",
+            "--host-root", str(tmp_path), "--boot-id-file", str(boot), "--metrics-address", "",
+        ],
+        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        assert proc.stderr is not None
+        wait_for(lambda: "agent starting" in proc.stderr.readline(), timeout=60, what="the agent to start")
+        time.sleep(2)  # into the back-off
+        proc.terminate()
+        assert proc.wait(15) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
 
 
 def test_sigterm_stops_a_resting_agent_promptly(etcd: EtcdServer, prefix: str, tmp_path: Path) -> None:

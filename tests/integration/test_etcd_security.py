@@ -13,7 +13,7 @@ import pytest
 from rebootcoord.core.semaphore import Waiter
 from rebootcoord.core.types import Group, HolderId, NodeName
 from rebootcoord.daemon.group import GroupClient, etcd_group
-from rebootcoord.errors import BackendUnavailable
+from rebootcoord.errors import AccessDenied, BackendUnavailable
 from rebootcoord.sim.etcd_server import EtcdServer, find_etcd
 from tests.support.certs import make_pki
 
@@ -96,6 +96,28 @@ def test_user_and_password(tmp_path: Path) -> None:
             with pytest.raises(BackendUnavailable):
                 intruder.read()
             intruder.close()
+        with pytest.raises(AccessDenied, match="authentication failed"):
+            sem("agent", "wrong").read()
+
+        # A wrong password is not an outage: rebootctl and the agent say so and exit 3 at once
+        # (they retried it for 30 s, and SIGTERM then waited).
+        common = ["--etcd-endpoints", server.endpoint, "--etcd-key-prefix", "auth", "--group", "g",
+                  "--etcd-username", "agent", "--etcd-password", "wrong",
+                  "--etcd-allow-plaintext-password", "true"]  # fmt: skip
+        ctl = subprocess.run([sys.executable, "-m", "rebootcoord.cli.rebootctl", *common, "status"],
+                             capture_output=True, text=True, timeout=60)  # fmt: skip
+        assert ctl.returncode == 3, ctl.stderr
+        assert ctl.stderr.startswith("rebootctl: etcd authentication failed"), ctl.stderr
+        assert "wrong" not in ctl.stderr
+        boot = tmp_path / "boot_id"
+        boot.write_text("b1\n")
+        agent = subprocess.run(
+            [sys.executable, "-m", "rebootcoord", "agent", "--node-name", "a", "--host-root", str(tmp_path),
+             "--boot-id-file", str(boot), "--metrics-address", "", *common],
+            capture_output=True, text=True, timeout=60,  # retried as an outage, it never ended
+        )  # fmt: skip
+        assert agent.returncode == 3 and "authentication failed" in agent.stderr, agent.stderr
+        assert "Traceback" not in agent.stderr + ctl.stderr
     finally:
         server.cleanup()
 

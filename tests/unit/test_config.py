@@ -9,7 +9,7 @@ import pytest
 
 from rebootcoord.cli.common import decode_flow
 from rebootcoord.core.config import MASK, load_settings, to_plain
-from rebootcoord.errors import ConfigError
+from rebootcoord.errors import ConfigError, Problem, mask_urls
 
 
 def load(file_data: object = None, env: dict[str, str] | None = None, flags: dict[str, object] | None = None):
@@ -234,7 +234,7 @@ def test_a_misspelled_key_is_still_an_error_beside_service_links(name: str, valu
 
 
 def test_print_config_masks_secrets() -> None:
-    s = load({"etcd_username": "root", "etcd_password": "hunter2"})
+    s = load({"etcd_username": "root", "etcd_password": "hunter2", "etcd_endpoints": ["https://e:2379"]})
     plain = to_plain(s)
     assert plain["etcd_password"] == MASK
     assert "hunter2" not in repr(plain)
@@ -333,3 +333,42 @@ def test_sections_hold_the_keys_and_replace_keeps_the_rest() -> None:
     assert s.semaphore.max_holders == 3 and s.drain.drain_timeout == timedelta(minutes=1)
     t = s.replace(max_holders=5)
     assert t.semaphore.max_holders == 5 and t.drain == s.drain and s.semaphore.max_holders == 3
+
+
+def test_no_error_prints_a_secret() -> None:
+    """A misspelled secret key, a secret of the wrong type, a password in a URL: every error
+    names the key and what was expected, never the secret."""
+    found = problems(
+        file_data={
+            "etcd_passwd": "hunter2",  # misspelled: unknown, but its name says secret
+            "etcd_password": ["hunter2"],  # wrong type
+            "etcd_endpoints": "https://root:hunter2@etcd:2379, nonsense",
+            "prometheus_url": "ftp://root:hunter2@prom",
+        }
+    )
+    text = str(ConfigError([Problem(*p[:3], p[3]) for p in found]))
+    assert "hunter2" not in text, text
+    assert {p[0] for p in found} >= {"etcd_passwd", "etcd_password", "prometheus_url"}
+    assert "https://root:********@etcd:2379" in text or "etcd_endpoints" not in text
+
+
+def test_a_password_over_plain_http_is_refused_unless_allowed() -> None:
+    found = problems(file_data={"etcd_username": "root", "etcd_password": "hunter2"})
+    assert [(p[0], p[1]) for p in found] == [("etcd_password", MASK)]
+    assert "https://" in found[0][2] and "etcd_allow_plaintext_password" in found[0][2]
+    s = load({"etcd_username": "root", "etcd_password": "hunter2", "etcd_allow_plaintext_password": True})
+    assert s.etcd.etcd_password == "hunter2"
+    load({"etcd_username": "root", "etcd_password": "hunter2", "etcd_endpoints": ["https://e:2379"]})
+
+
+def test_cross_checks_are_reported_with_the_per_key_problems() -> None:
+    """One run names every problem: a bad value and a check across keys together."""
+    found = problems(file_data={"check_interval": "soon", "etcd_username": "root"})
+    assert {p[0] for p in found} == {"check_interval", "etcd_password"}
+
+
+def test_a_url_password_is_masked_wherever_an_url_is_printed() -> None:
+    s = load({"prometheus_url": "https://root:hunter2@prom:9090"})
+    assert to_plain(s)["prometheus_url"] == "https://root:********@prom:9090"
+    assert to_plain(s, mask_secrets=False)["prometheus_url"] == "https://root:hunter2@prom:9090"
+    assert mask_urls(["http://a:b@c", "http://c"]) == ["http://a:********@c", "http://c"]

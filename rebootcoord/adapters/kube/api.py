@@ -17,7 +17,7 @@ import os
 import threading
 from collections import Counter
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, TypeVar
 from urllib.parse import quote
@@ -48,6 +48,7 @@ class KubeOptions:
     timeout: float = 30.0
     retry_for: float = 30.0
     user_agent: str = ""  # e.g. "rebootcoord/0.1.0 (agent; node-a)": audit logs tell agents apart
+    stop: threading.Event | None = field(default=None, compare=False)  # set: back-offs end at once
 
 
 def micro_time(when: float) -> str:
@@ -186,7 +187,10 @@ class Kube:
     def call(self, fn: Callable[[], T], *, retry_for: float | None = None) -> T:
         """Run ``fn`` retrying BackendUnavailable with jittered backoff (tenacity)."""
         retrying = retrying_for(
-            self.options.retry_for if retry_for is None else retry_for, first_wait=0.1, max_wait=3.0
+            self.options.retry_for if retry_for is None else retry_for,
+            first_wait=0.1,
+            max_wait=3.0,
+            stop=self.options.stop,
         )
         for attempt in retrying:
             with attempt:

@@ -10,6 +10,7 @@ certificate files exist.
 
 from __future__ import annotations
 
+import dataclasses
 import difflib
 import json
 import logging
@@ -23,7 +24,7 @@ from rebootcoord.core.config.schema import structured
 from rebootcoord.core.config.settings import ENV_CONFIG_FILE, ENV_PREFIX, KEYS, MASK, Settings, flag_name
 from rebootcoord.core.types import HOLDER_ID_RE
 from rebootcoord.core.windows import Schedule, Window, WindowSpecError, parse_window
-from rebootcoord.errors import ConfigError, Problem
+from rebootcoord.errors import ConfigError, Problem, mask_urls
 
 _log = logging.getLogger(__name__)
 
@@ -98,13 +99,29 @@ def load_settings(
                 )
         elif fallbacks and name in fallbacks:
             values[name] = fallbacks[name]
-    if problems:
-        raise ConfigError(problems)
+    # The checks across keys run on what parsed (a key that did not keeps its default), so that
+    # one run reports every problem; a key with a problem of its own is not blamed again.
     settings = Settings.from_keys(values)
     settings, more = _cross_checks(settings, {k: s for k, (_, s) in raw.items()})
-    if more:
-        raise ConfigError(more)
+    blamed = {p.key for p in problems}
+    problems += [p for p in more if p.key not in blamed]
+    if problems:
+        raise ConfigError([_masked(p) for p in problems])
     return settings
+
+
+#: Unknown keys whose name says they hold a secret (etcd_passwd, api_token): their value is
+#: never echoed.
+_SECRET_NAME = re.compile(r"pass|secret|token|credential|private", re.IGNORECASE)
+
+
+def _masked(problem: Problem) -> Problem:
+    """A problem as it may be printed: a secret's value masked, and the password of any URL."""
+    fld = KEYS.get(problem.key)
+    secret = fld.metadata["secret"] if fld is not None else bool(_SECRET_NAME.search(problem.key))
+    if secret and problem.value is not None:
+        return dataclasses.replace(problem, value=MASK)
+    return dataclasses.replace(problem, value=mask_urls(problem.value))
 
 
 def _looks_structured(text: str) -> bool:
@@ -179,6 +196,16 @@ def _cross_checks(s: Settings, sources: Mapping[str, str]) -> tuple[Settings, li
         "etcd_password" if s.etcd.etcd_username else "etcd_username",
         MASK if s.etcd.etcd_password else None,
         "etcd_username and etcd_password set together",
+    )
+    need(
+        s.etcd.etcd_password is None
+        or s.etcd.etcd_allow_plaintext_password
+        or s.semaphore.backend != "etcd"
+        or not any(e.lower().startswith("http://") for e in s.etcd.etcd_endpoints),
+        "etcd_password",
+        MASK,
+        "https:// etcd_endpoints: over http:// the password is readable on the wire "
+        "(etcd_allow_plaintext_password: true sends it anyway)",
     )
     for key in ("etcd_ca_file", "etcd_cert_file", "etcd_key_file"):
         path = s.value(key)

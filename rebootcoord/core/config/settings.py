@@ -46,6 +46,7 @@ from rebootcoord.core.durations import format_duration
 from rebootcoord.core.semaphore import MAX_SLOTS
 from rebootcoord.core.types import Group, HolderId, NodeName
 from rebootcoord.core.windows import Schedule
+from rebootcoord.errors import mask_urls
 
 ENV_PREFIX = "REBOOTCOORD_"
 ENV_CONFIG_FILE = "REBOOTCOORD_CONFIG"
@@ -100,6 +101,9 @@ class EtcdSettings:
     etcd_key_file: str | None = _key(None, p_opt_str, "client key for etcd")
     etcd_username: str | None = _key(None, p_opt_str, "etcd user")
     etcd_password: str | None = _key(None, p_opt_str, "etcd password", secret=True)
+    etcd_allow_plaintext_password: bool = _key(
+        False, p_bool, "send etcd_password over http:// endpoints (readable by anyone on the path)"
+    )
     etcd_timeout: timedelta = _key(timedelta(seconds=5), p_positive_duration, "timeout of one etcd call")
 
 
@@ -309,7 +313,7 @@ def to_plain(settings: Settings, *, mask_secrets: bool = True) -> dict[str, Any]
         if fld.metadata["secret"] and value is not None and mask_secrets:
             out[name] = MASK
         else:
-            out[name] = plain(value)
+            out[name] = mask_urls(plain(value)) if mask_secrets else plain(value)
     return out
 
 
