@@ -52,7 +52,21 @@ class Problem:
 
     def __str__(self) -> str:
         where = f" (from {self.source})" if self.source else ""
-        return f"{self.key}{where}: got {mask_urls(repr(self.value))}, expected {self.expected}"
+        return f"{self.key}{where}: got {mask_urls(safe_repr(self.value))}, expected {self.expected}"
+
+
+def safe_repr(value: object, limit: int = 200) -> str:
+    """``repr(value)``, cut to ``limit`` characters; an integer too long to print is described
+    (repr itself refuses integers of more than 4,300 digits)."""
+    if isinstance(value, int) and not isinstance(value, bool) and value.bit_length() > 640:
+        return f"an integer of about {int(value.bit_length() * 0.30103)} digits"
+    try:
+        text = repr(value)
+    except ValueError:  # a huge integer inside a list or mapping
+        return f"a {type(value).__name__} holding an integer too long to print"
+    if len(text) > limit:
+        return f"{text[: limit - 30]}... ({len(text)} characters)"
+    return text
 
 
 #: ``scheme://user:password@``: what a URL must not show of its credentials.

@@ -14,6 +14,7 @@ from typing import Any, NoReturn
 import yaml
 
 from rebootcoord.core.config import ENV_CONFIG_FILE, KEYS, Invalid, Settings, flag_name, load_settings
+from rebootcoord.core.documents import clipped
 from rebootcoord.errors import (
     AccessDenied,
     BackendUnavailable,
@@ -80,10 +81,28 @@ def add_config_flags(
 def decode_flow(text: str) -> object:
     """Text from env and flags for a key that takes a list or a mapping: YAML flow, so that
     ``REBOOTCOORD_REBOOT_COMMAND='[systemctl, reboot]'`` reads as the file would."""
+    if len(text) > MAX_CONFIG_BYTES:
+        raise Invalid(f"at most {MAX_CONFIG_BYTES} characters")
     try:
         return yaml.safe_load(text)
     except yaml.YAMLError as exc:
         raise Invalid(f"valid YAML ({exc.__class__.__name__})") from None
+    except (ValueError, RecursionError, OverflowError) as exc:  # 5,000-digit integers, deep nesting
+        raise Invalid(f"YAML that can be read ({_yaml_failure(exc)})") from None
+
+
+#: The largest configuration file, or value of one variable or flag, read.
+MAX_CONFIG_BYTES = 1024 * 1024
+
+
+def _yaml_failure(exc: BaseException) -> str:
+    if isinstance(exc, RecursionError):
+        return "nested too deep"
+    return (
+        "a number too large"
+        if "integer" in str(exc) or isinstance(exc, OverflowError)
+        else type(exc).__name__
+    )
 
 
 def settings_from_args(
@@ -97,11 +116,19 @@ def settings_from_args(
     if path:
         try:
             with open(path, encoding="utf-8") as fh:
-                file_data = yaml.safe_load(fh)
-        except OSError as exc:
-            raise ConfigError([Problem("--config", path, f"a readable YAML file ({exc.strerror})")]) from None
+                text = fh.read(MAX_CONFIG_BYTES + 1)
+            if len(text) > MAX_CONFIG_BYTES:
+                raise ConfigError([Problem("--config", path, f"a file of at most {MAX_CONFIG_BYTES} bytes")])
+            file_data = yaml.safe_load(text)
+        except (OSError, UnicodeDecodeError) as exc:
+            why = exc.strerror if isinstance(exc, OSError) else "not UTF-8"
+            raise ConfigError([Problem("--config", path, f"a readable YAML file ({why})")]) from None
         except yaml.YAMLError as exc:
-            raise ConfigError([Problem("--config", path, f"valid YAML ({exc})")]) from None
+            raise ConfigError([Problem("--config", path, f"valid YAML ({clipped(str(exc), 300)})")]) from None
+        except (ValueError, RecursionError, OverflowError) as exc:
+            raise ConfigError(
+                [Problem("--config", path, f"YAML that can be read ({_yaml_failure(exc)})")]
+            ) from None
         if file_data is None:
             file_data = {}
     flags = {name[4:]: value for name, value in vars(args).items() if name.startswith("cfg_")}

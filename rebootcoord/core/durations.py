@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import re
 from datetime import timedelta
 
@@ -24,21 +25,45 @@ def parse_duration(value: object) -> timedelta:
     """Parse a duration; raise ValueError (with what was expected) on anything else.
 
     Numbers are seconds. Strings follow Go's time.ParseDuration, plus "d" for days. Negative
-    durations are refused: nothing in rebootcoord waits a negative time.
+    durations are refused: nothing in rebootcoord waits a negative time; so is anything above
+    MAX_DURATION (a year: no wait of the agent is longer, and Python's waits overflow past ~292
+    years), infinite or not a number.
     """
     if isinstance(value, bool):
         raise ValueError(DURATION_EXPECTED)
     if isinstance(value, int | float):
-        if value < 0:
-            raise ValueError(DURATION_EXPECTED + " (not negative)")
-        return timedelta(seconds=float(value))
-    if not isinstance(value, str):
+        seconds = _seconds(value)
+    elif isinstance(value, str):
+        seconds = _text_seconds(value.strip())
+    else:
         raise ValueError(DURATION_EXPECTED)
-    text = value.strip()
+    if seconds < 0:
+        raise ValueError(DURATION_EXPECTED + " (not negative)")
+    if seconds > MAX_DURATION.total_seconds():
+        raise ValueError("a duration of at most 366d")
+    return timedelta(seconds=seconds)
+
+
+#: The longest duration any key takes (some keys have lower bounds of their own).
+MAX_DURATION = timedelta(days=366)
+
+
+def _seconds(value: int | float) -> float:
+    if isinstance(value, int) and abs(value) > 10**15:
+        return math.inf  # above any bound: refused by the caller, without converting it
+    number = float(value)
+    if math.isnan(number):
+        raise ValueError(DURATION_EXPECTED)
+    return number
+
+
+def _text_seconds(text: str) -> float:
+    if len(text) > 64:
+        raise ValueError(DURATION_EXPECTED + f" (not {len(text)} characters)")
     if text in {"0", "0s"}:
-        return timedelta(0)
+        return 0.0
     try:
-        return timedelta(seconds=float(text)) if float(text) >= 0 else _fail()
+        return _seconds(float(text))
     except ValueError:
         pass
     pos = 0
@@ -50,7 +75,7 @@ def parse_duration(value: object) -> timedelta:
         pos = match.end()
     if pos != len(text) or pos == 0:
         _fail()
-    return timedelta(seconds=total)
+    return total
 
 
 def _fail() -> timedelta:

@@ -85,9 +85,12 @@ def test_node_name_from_fallback_and_holder_id() -> None:
         pytest.param({"env": {"REBOOTCOORD_GRUOP": "x"}}, "gruop", "did you mean 'group'", id="unknown-env"),
         pytest.param({"file_data": {"max_holders": "two"}}, "max_holders", "whole number", id="wrong-type"),
         pytest.param({"file_data": {"max_holders": True}}, "max_holders", "whole number", id="bool-not-int"),
-        pytest.param({"file_data": {"max_holders": 0}}, "max_holders", ">= 1", id="max-below-1"),
+        pytest.param({"file_data": {"max_holders": 0}}, "max_holders", "from 1 to 10000", id="max-below-1"),
         pytest.param(
-            {"env": {"REBOOTCOORD_MAX_HOLDERS": "-3"}}, "max_holders", ">= 1", id="max-negative-env"
+            {"env": {"REBOOTCOORD_MAX_HOLDERS": "-3"}},
+            "max_holders",
+            "from 1 to 10000",
+            id="max-negative-env",
         ),
         pytest.param(
             {"file_data": {"check_interval": "5 minutes"}}, "check_interval", "duration", id="bad-duration"
@@ -149,7 +152,7 @@ def test_node_name_from_fallback_and_holder_id() -> None:
         pytest.param(
             {"file_data": {"detectors": [{"type": "command", "argv": ["x"], "reboot_exit_codes": [300]}]}},
             "detectors[0].reboot_exit_codes",
-            "<= 255",
+            "from 0 to 255",
             id="exit-code",
         ),
         pytest.param(

@@ -97,6 +97,10 @@ def load_settings(
                 problems.append(
                     Problem(exc.key or name, exc.value if exc.key else given, exc.expected, source)
                 )
+            except (ValueError, TypeError, OverflowError, RecursionError):
+                # A parser met a value it did not foresee (the fuzz tests look for these): still
+                # the key's problem, never a traceback.
+                problems.append(Problem(name, given, f"a valid value of {name} (see --help)", source))
         elif fallbacks and name in fallbacks:
             values[name] = fallbacks[name]
     # The checks across keys run on what parsed (a key that did not keeps its default), so that
@@ -256,6 +260,10 @@ def _cross_checks(s: Settings, sources: Mapping[str, str]) -> tuple[Settings, li
                 windows.append(parse_window(spec, zone, f"windows[{i}]", load_zone))
             except WindowSpecError as exc:
                 problems.append(Problem(exc.key, exc.value, exc.expected, sources.get("windows", "")))
+            except (ValueError, TypeError, OverflowError, RecursionError):
+                problems.append(
+                    Problem(f"windows[{i}]", spec, "a window (see --help)", sources.get("windows", ""))
+                )
     except WindowSpecError as exc:
         problems.append(Problem(exc.key, exc.value, exc.expected, sources.get("time_zone", "")))
     return s.replace(schedule=Schedule(tuple(windows))), problems

@@ -97,6 +97,8 @@ class CheckSpec:
 def p_str(value: object) -> str:
     if isinstance(value, bool) or not isinstance(value, str | int | float):
         raise Invalid("a string")
+    if isinstance(value, int) and value.bit_length() > 64:
+        raise Invalid("a string")
     return str(value)
 
 
@@ -126,20 +128,29 @@ def p_int(minimum: int | None = None, maximum: int | None = None) -> Callable[[o
         if isinstance(value, bool):
             raise Invalid("a whole number")
         if isinstance(value, str):
+            text = value.strip()
+            if len(text.lstrip("+-")) > 18:
+                raise Invalid(_bounded(minimum, maximum))
             try:
-                value = int(value.strip(), 10)
+                value = int(text, 10)
             except ValueError:
                 raise Invalid("a whole number") from None
         if not isinstance(value, int):
             raise Invalid("a whole number")
-        if minimum is not None and value < minimum:
-            raise Invalid(f"a whole number >= {minimum}")
-        if maximum is not None and value > maximum:
-            raise Invalid(f"a whole number <= {maximum}")
+        if (minimum is not None and value < minimum) or (maximum is not None and value > maximum):
+            raise Invalid(_bounded(minimum, maximum))
         return value
 
     parse.schema = {"type": "integer", "minimum": minimum, "maximum": maximum}  # type: ignore[attr-defined]
     return parse
+
+
+def _bounded(minimum: int | None, maximum: int | None) -> str:
+    if minimum is not None and maximum is not None:
+        return f"a whole number from {minimum} to {maximum}"
+    if minimum is not None:
+        return f"a whole number >= {minimum}"
+    return f"a whole number <= {maximum}" if maximum is not None else "a whole number"
 
 
 def p_duration(value: object) -> timedelta:
@@ -409,9 +420,11 @@ def load_zone(name: object, key: str) -> tzinfo:
                 return zoneinfo.ZoneInfo.from_file(fh, key="Local")
         except OSError:
             return zoneinfo.ZoneInfo("UTC")
+    if len(name) > 255:
+        raise WindowSpecError(key, name, 'an IANA time zone such as "UTC" or "Europe/Berlin"')
     try:
         return zoneinfo.ZoneInfo(name)
-    except (zoneinfo.ZoneInfoNotFoundError, ValueError):
+    except (zoneinfo.ZoneInfoNotFoundError, ValueError, OSError):  # OSError: "America", a directory
         raise WindowSpecError(key, name, 'an IANA time zone such as "UTC" or "Europe/Berlin"') from None
 
 
