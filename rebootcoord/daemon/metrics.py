@@ -3,17 +3,15 @@
 from __future__ import annotations
 
 import logging
-import threading
 import time
-from collections.abc import Callable, Iterable
-from socketserver import ThreadingMixIn
-from typing import Any
-from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
+from collections.abc import Callable
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, make_wsgi_app
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client.exposition import choose_encoder
 
 from rebootcoord.core.semaphore import GroupView
 from rebootcoord.core.types import Phase
+from rebootcoord.daemon.httpserve import BoundedHTTPServer
 
 log = logging.getLogger(__name__)
 
@@ -144,43 +142,27 @@ class Metrics:
         self.failures.labels(reason).inc()
 
 
-class _Server(ThreadingMixIn, WSGIServer):
-    daemon_threads = True
-
-
-class _QuietHandler(WSGIRequestHandler):
-    def log_message(self, format: str, *args: Any) -> None:
-        log.debug("metrics: " + format, *args)
-
-
 def serve(
     address: str, registry: CollectorRegistry, healthy: Callable[[], tuple[bool, str]]
 ) -> tuple[Callable[[], None], int]:
-    """Serve /metrics and /healthz on ``address`` in a thread. Returns (stop, bound port)."""
+    """Serve /metrics and /healthz on ``address`` in a thread (a server no client can exhaust:
+    daemon/httpserve.py). Returns (stop, bound port)."""
     host, _, port = address.rpartition(":")
-    metrics_app = make_wsgi_app(registry)
 
-    def app(environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
-        path = environ.get("PATH_INFO", "/")
+    def handle(method: str, path: str, headers: dict[str, str]) -> tuple[str, str, bytes]:
+        if method not in ("GET", "HEAD"):
+            return "405 Method Not Allowed", "text/plain", b"GET only\n"
+        path = path.split("?", 1)[0]
         if path == "/healthz":
             ok, detail = healthy()
-            start_response("200 OK" if ok else "503 Service Unavailable", [("Content-Type", "text/plain")])
-            return [(detail + "\n").encode()]
+            return ("200 OK" if ok else "503 Service Unavailable"), "text/plain", (detail + "\n").encode()
         if path in ("/metrics", "/"):
-            result: Iterable[bytes] = metrics_app(environ, start_response)
-            return result
-        start_response("404 Not Found", [("Content-Type", "text/plain")])
-        return [b"not found\n"]
+            encoder, content_type = choose_encoder(headers.get("accept", ""))
+            return "200 OK", content_type, encoder(registry)
+        return "404 Not Found", "text/plain", b"not found\n"
 
-    server = make_server(host or "0.0.0.0", int(port), app, server_class=_Server, handler_class=_QuietHandler)
-    thread = threading.Thread(target=server.serve_forever, name="metrics", daemon=True)
-    thread.start()
-
-    def stop() -> None:
-        server.shutdown()
-        server.server_close()
-
-    return stop, int(server.server_address[1])
+    server = BoundedHTTPServer(host.strip("[]") or "0.0.0.0", int(port), handle).start()
+    return server.stop, server.port
 
 
 class Heartbeat:
