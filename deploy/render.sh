@@ -32,7 +32,8 @@ render() {  # render FILE DESCRIPTION [helm args...]
         echo "  labels:"
         echo "    # hostPID (and, for the nsenter method, a privileged container) need the privileged level."
         echo "    pod-security.kubernetes.io/enforce: privileged"
-        "$HELM" template rebootcoord charts/rebootcoord --namespace "$NAMESPACE" --kube-version "$KUBE_VERSION" "$@"
+        "$HELM" template rebootcoord charts/rebootcoord --namespace "$NAMESPACE" --kube-version "$KUBE_VERSION" \
+            --api-versions admissionregistration.k8s.io/v1/ValidatingAdmissionPolicy "$@"
     } >"$OUT/$file.tmp"
     mv "$OUT/$file.tmp" "$OUT/$file"
 }

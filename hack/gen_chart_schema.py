@@ -169,7 +169,14 @@ def chart_schema() -> dict[str, Any]:
             "rbac": {
                 "type": "object",
                 "additionalProperties": False,
-                "properties": {"create": {"type": "boolean"}},
+                "properties": {
+                    "create": {"type": "boolean"},
+                    "confine": {
+                        "enum": ["auto", True, False, "true", "false"],
+                        "description": "the ValidatingAdmissionPolicy that confines the agent to its own Node "
+                        "and its group's Leases: auto (where served), true, false",
+                    },
+                },
             },
             "podAnnotations": _strings("annotations of the agent pods"),
             "podLabels": _strings("labels of the agent pods"),
