@@ -1,6 +1,7 @@
 """Run every benchmark; each prints JSON and writes benchmarks/out/.
 
-The last three need `make testbin`; realnode.py also root and `make image`.
+The last four need `make testbin`; realnode.py also root and `make image`.
+The fault campaign is `make faults`.
 """
 
 from __future__ import annotations
@@ -15,8 +16,10 @@ for script in (
     "footprint.py",
     "handoff.py",
     "rollout.py",
+    "metrics_flood.py",
     "controlplane.py",
     "handoff_kube.py",
+    "scale.py",
     "realnode.py",
 ):
     print(f"== {script}", flush=True)

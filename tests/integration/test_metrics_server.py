@@ -4,6 +4,7 @@ the standard library's thread-per-connection server)."""
 
 from __future__ import annotations
 
+import contextlib
 import socket
 import subprocess
 import sys
@@ -99,9 +100,7 @@ def test_answers_are_http() -> None:
         assert err.value.code == 404
         with socket.create_connection(("127.0.0.1", port), timeout=5) as s:
             s.sendall(b"X" * 20000)  # no request line end within the size limit: dropped
-            try:
+            with contextlib.suppress(ConnectionResetError):  # closed with our bytes unread: a reset
                 assert s.recv(100) == b""
-            except ConnectionResetError:
-                pass  # closed with our bytes unread: a reset
     finally:
         stop()
