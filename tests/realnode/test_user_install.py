@@ -147,10 +147,17 @@ def deploy_manifest(node: RealNode, image: str, requests_file: Path) -> list[dic
 
     values = cluster_values(node, image, requests_file)
     docs = [d for d in yaml.safe_load_all((REPO_ROOT / "deploy" / "rebootcoord.yaml").read_text()) if d]
+    group = values["config"].get("group", "default")
     for doc in docs:
         if doc["kind"] == "ConfigMap":
             config = yaml.safe_load(doc["data"]["config.yaml"])
             doc["data"]["config.yaml"] = yaml.safe_dump(merge(config, values["config"]))
+        if doc["kind"] == "ValidatingAdmissionPolicy":
+            # The group is in the policy too (which Leases the agent may write): a user who
+            # changes it in the ConfigMap changes it here as well, as docs/deploy.md says.
+            for rule in doc["spec"]["validations"]:
+                for field in ("expression", "messageExpression"):
+                    rule[field] = rule[field].replace("rebootcoord-default", f"rebootcoord-{group}")
         if doc["kind"] == "DaemonSet":
             pod = doc["spec"]["template"]["spec"]
             pod["hostNetwork"] = True
