@@ -114,7 +114,8 @@ def test_rolling_reboot_respects_the_pdb_and_the_budget(
     kube: KubeTestEnv, kube_fleet: Callable[..., Fleet]
 ) -> None:
     nodes = [n.name for n in kube.create_nodes(6)]
-    deploy(kube, "web", 12, pdb={"maxUnavailable": 1})  # two pods per node: drains meet 429s
+    # three pods per node, evicted in parallel: beyond the budget of 1, drains meet 429s
+    deploy(kube, "web", 18, pdb={"maxUnavailable": 1})
     wait_for_pdb(kube.api, kube.namespace, "web", disruptions_allowed=1, timeout=60)
     kube.core.patch_node(nodes[0], {"spec": {"unschedulable": True}})  # cordoned by someone else
     # waiter_ttl 6s: waiters renew their Lease every 2 s, so that right is exercised too.
@@ -127,7 +128,7 @@ def test_rolling_reboot_respects_the_pdb_and_the_budget(
     assert report.ok and report.by_revision, report.problems
     assert report.max_holders == 2
     assert watch.max_cordoned <= 2  # never more than max nodes cordoned or rebooting
-    assert watch.min_ready is not None and watch.min_ready >= 11, watch.min_ready  # the PDB held
+    assert watch.min_ready is not None and watch.min_ready >= 17, watch.min_ready  # the PDB held
     refused = sum(agent_log(fleet, n).count("refused for now") for n in nodes)
     assert refused > 0  # and it was put to the test: evictions beyond the budget got 429
     final = {n.metadata.name: n for n in kube.core.list_node().items}
