@@ -64,9 +64,14 @@ def safe_repr(value: object, limit: int = 200) -> str:
         text = repr(value)
     except ValueError:  # a huge integer inside a list or mapping
         return f"a {type(value).__name__} holding an integer too long to print"
-    if len(text) > limit:
-        return f"{text[: limit - 30]}... ({len(text)} characters)"
-    return text
+    return clipped(text, limit)
+
+
+def clipped(text: str, limit: int = 120) -> str:
+    """``text`` cut to ``limit`` characters, saying how long it was."""
+    if len(text) <= limit:
+        return text
+    return f"{text[: limit - 20]}... ({len(text)} characters)"
 
 
 #: ``scheme://user:password@``: what a URL must not show of its credentials.

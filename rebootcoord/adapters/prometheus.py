@@ -9,8 +9,8 @@ import urllib.parse
 import urllib.request
 from dataclasses import dataclass
 
-from rebootcoord.core.documents import clipped, load_object, quoted
-from rebootcoord.errors import CorruptDocument
+from rebootcoord.core.documents import load_object, quoted
+from rebootcoord.errors import CorruptDocument, clipped
 from rebootcoord.ports import CheckResult
 
 QUERY = 'ALERTS{alertstate="firing"}'

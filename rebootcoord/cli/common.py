@@ -14,7 +14,6 @@ from typing import Any, NoReturn
 import yaml
 
 from rebootcoord.core.config import ENV_CONFIG_FILE, KEYS, Invalid, Settings, flag_name, load_settings
-from rebootcoord.core.documents import clipped
 from rebootcoord.errors import (
     AccessDenied,
     BackendUnavailable,
@@ -24,6 +23,7 @@ from rebootcoord.errors import (
     Problem,
     SemaphoreError,
     UsageError,
+    clipped,
     mask_urls,
 )
 

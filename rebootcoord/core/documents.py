@@ -18,7 +18,7 @@ from collections.abc import Sequence
 from itertools import accumulate
 from typing import Any
 
-from rebootcoord.errors import CorruptDocument
+from rebootcoord.errors import CorruptDocument, clipped, safe_repr
 
 #: The largest document read (bytes). A group of 10,000 holders with records fits a few MB;
 #: etcd refuses values over 1.5 MiB by default and a Lease's annotations total 256 KiB.
@@ -63,14 +63,7 @@ def load_object(raw: bytes | str, key: str) -> dict[str, Any]:
 
 def quoted(value: object) -> str:
     """``repr(value)`` cut to MAX_QUOTED characters (a value from a document, in a message)."""
-    return clipped(repr(value))
-
-
-def clipped(text: str, limit: int = MAX_QUOTED) -> str:
-    """``text`` cut to ``limit`` characters, saying how long it was."""
-    if len(text) <= limit:
-        return text
-    return f"{text[: limit - 20]}... ({len(text)} characters)"
+    return safe_repr(value, MAX_QUOTED)
 
 
 def described(problems: Sequence[object], most: int = 3) -> str:

@@ -18,9 +18,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from rebootcoord.core.documents import clipped, load_json, load_object, quoted
+from rebootcoord.core.documents import load_json, load_object, quoted
 from rebootcoord.core.types import Group, HolderId, NodeName, Phase
-from rebootcoord.errors import CorruptDocument, InvalidMax, NoFreeSlot, NotHolder
+from rebootcoord.errors import CorruptDocument, InvalidMax, NoFreeSlot, NotHolder, clipped
 
 MANUAL = "manual"  # kind of a record written by `rebootctl lock`
 #: The most slots a group may be given (set-max, max_holders): more than any fleet reboots at once.
