@@ -181,6 +181,19 @@ def p_waiter_ttl(value: object) -> timedelta:
     return result
 
 
+POLL_TTL_MIN = timedelta(seconds=10)
+POLL_TTL_MAX = timedelta(hours=6)
+
+
+def p_poll_ttl(value: object) -> timedelta:
+    """A polling client's place in line (FleetLock: Zincati asks again every ~5 minutes): whole
+    seconds from 10 s to 6 h -- a few poll intervals, so that one slow poll does not lose it."""
+    result = p_duration(value)
+    if not POLL_TTL_MIN <= result <= POLL_TTL_MAX or result.microseconds:
+        raise Invalid("a whole number of seconds from 10s to 6h, such as 15m")
+    return result
+
+
 def p_enum(*choices: str) -> Callable[[object], str]:
     def parse(value: object) -> str:
         if not isinstance(value, str) or value not in choices:

@@ -33,6 +33,7 @@ from rebootcoord.core.config.parsers import (
     p_namespace,
     p_opt_str,
     p_opt_url,
+    p_poll_ttl,
     p_positive_duration,
     p_regex,
     p_selector,
@@ -78,7 +79,9 @@ class Identity:
 class SemaphoreSettings:
     """The group's budget and how long places and slots live, whatever the store."""
 
-    backend: str = _key("etcd", p_enum("etcd", "kubernetes"), "semaphore backend")
+    backend: str = _key(
+        "etcd", p_enum("etcd", "kubernetes", "fleetlock"), "semaphore backend (fleetlock: a FleetLock server)"
+    )
     max_holders: int = _key(1, p_int(1, MAX_SLOTS), "slots of the group, used when the semaphore is created")
     waiter_ttl: timedelta = _key(
         timedelta(seconds=30),
@@ -87,6 +90,38 @@ class SemaphoreSettings:
     )
     lease_ttl: timedelta = _key(
         timedelta(0), p_duration, "Lease backend: reclaim a slot held longer than this (0: never)"
+    )
+
+
+@dataclass(frozen=True)
+class FleetLockSettings:
+    """The FleetLock protocol: the server (`rebootcoord fleetlock-server`) and the agent's client."""
+
+    fleetlock_listen: str = _key("0.0.0.0:9729", p_address, "fleetlock-server: where it answers FleetLock")
+    fleetlock_tls_cert_file: str | None = _key(None, p_opt_str, "fleetlock-server: TLS certificate (PEM)")
+    fleetlock_tls_key_file: str | None = _key(None, p_opt_str, "fleetlock-server: TLS private key (PEM)")
+    fleetlock_tls_client_ca_file: str | None = _key(
+        None, p_opt_str, "fleetlock-server: require client certificates signed by this CA"
+    )
+    fleetlock_waiter_ttl: timedelta = _key(
+        timedelta(minutes=15),
+        p_poll_ttl,
+        "fleetlock-server: a client refused for want of a slot keeps its place in line this long "
+        "without asking again",
+    )
+    fleetlock_unknown_id: str = _key(
+        "refuse",
+        p_enum("refuse", "grant"),
+        "fleetlock-server on Kubernetes: a client id that maps to no Node is refused, or granted "
+        "a slot without node operations",
+    )
+    fleetlock_workers: int = _key(64, p_int(1, 1024), "fleetlock-server: requests answered at once")
+    fleetlock_url: str = _key("", p_opt_url, "backend fleetlock: the FleetLock server's base URL")
+    fleetlock_ca_file: str | None = _key(None, p_opt_str, "backend fleetlock: CA bundle for the server")
+    fleetlock_poll_interval: timedelta = _key(
+        timedelta(seconds=30),
+        p_positive_duration,
+        "backend fleetlock: ask again this often (jittered) while no slot is granted",
     )
 
 
@@ -256,6 +291,7 @@ class Settings:
 
     identity: Identity = field(default_factory=Identity)
     semaphore: SemaphoreSettings = field(default_factory=SemaphoreSettings)
+    fleetlock: FleetLockSettings = field(default_factory=FleetLockSettings)
     etcd: EtcdSettings = field(default_factory=EtcdSettings)
     kube: KubeSettings = field(default_factory=KubeSettings)
     host: HostSettings = field(default_factory=HostSettings)
