@@ -296,6 +296,18 @@ def p_group(value: object) -> Group:
     return Group(text)
 
 
+def p_groups(value: object) -> tuple[Group, ...]:
+    """Group names, as a list or comma-separated."""
+    try:
+        names = p_str_list(value)
+    except Invalid:
+        raise Invalid("a list of group names") from None
+    for name in names:
+        if not GROUP_RE.match(name):
+            raise Invalid(f"group names of letters, digits, '.' and '-' (FleetLock's rule), not {name!r}")
+    return tuple(Group(n) for n in names)
+
+
 def p_holder_id(value: object) -> str:
     text = p_str(value)
     if text and not HOLDER_ID_RE.match(text):

@@ -27,6 +27,7 @@ from rebootcoord.core.config.parsers import (
     p_enum,
     p_grace,
     p_group,
+    p_groups,
     p_holder_id,
     p_int,
     p_labels,
@@ -114,6 +115,9 @@ class FleetLockSettings:
         p_enum("refuse", "grant"),
         "fleetlock-server on Kubernetes: a client id that maps to no Node is refused, or granted "
         "a slot without node operations",
+    )
+    fleetlock_groups: tuple[Group, ...] = _key(
+        (), p_groups, "fleetlock-server: the groups it serves (others: unknown_group); empty: any"
     )
     fleetlock_workers: int = _key(64, p_int(1, 1024), "fleetlock-server: requests answered at once")
     fleetlock_url: str = _key("", p_opt_url, "backend fleetlock: the FleetLock server's base URL")
