@@ -175,3 +175,21 @@ class Semaphore(Protocol):
         """Take back ``holder``'s slot if it still holds it with the record ``expect``."""
 
     def close(self) -> None: ...
+
+
+class NodeDirectory(Protocol):
+    """The FleetLock server's view of the cluster's Nodes: which Node a client is, and what may be
+    done to it. Kubernetes: the client id is matched with each Node's status.nodeInfo.machineID."""
+
+    def find(self, client_id: HolderId) -> NodeName | None:
+        """The Node of ``client_id`` (its machine's app-specific id for Zincati, its machine id or
+        its Node name), or None when no Node matches."""
+
+    def node_ops(self, node: NodeName) -> NodeOps:
+        """Cordon, drain (PDB-aware), uncordon, announce on ``node``, as the agent does."""
+
+    def boot_id(self, node: NodeName) -> str:
+        """The boot the Node's kubelet reports now ("" when it reports none)."""
+
+    def verify(self, node: NodeName) -> tuple[CheckResult, ...]:
+        """After the reboot: the configured checks of the Node (Ready, its pods Ready)."""

@@ -374,8 +374,14 @@ class EtcdWaitQueue:
     keys of a lease that is not kept alive: a dead waiter's place expires by itself, and the one
     behind it, which watches only its key, is woken by that delete."""
 
-    def __init__(self, conn: EtcdConnection, *, prefix: str, group: Group, ttl: float) -> None:
+    def __init__(
+        self, conn: EtcdConnection, *, prefix: str, group: Group, ttl: float, background: bool = True
+    ) -> None:
+        """``background``: keep this process's places alive (an agent); without it (the FleetLock
+        server, whose clients poll) each join puts the place on a fresh lease of ``ttl``, so the
+        place lives ``ttl`` after the client's last request, whichever replica answered it."""
         self.conn = conn
+        self.background = background
         self.group = group
         self.keys = _Keys(prefix, group)
         self.ttl = round(ttl)  # whole seconds from 5 s: checked once, in config (p_waiter_ttl)
@@ -414,8 +420,15 @@ class EtcdWaitQueue:
                     self._leases.pop(waiter.id, None)
                 client.put(key, doc, lease=self._lease_for(client, waiter.id))
 
+        if not self.background:
+            with self._lock:
+                self._leases.pop(waiter.id, None)  # a fresh lease: the place lives ttl from now
         self.conn.call(put)  # also when we think the place ours: the agent asks only when it is not
-        self._start_keepalive()
+        if self.background:
+            self._start_keepalive()
+        else:
+            with self._lock:
+                self._leases.pop(waiter.id, None)
 
     def joined(self, holder: HolderId) -> bool:
         with self._lock:

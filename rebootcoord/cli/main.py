@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import logging
 import signal
 import sys
 import threading
@@ -24,6 +25,7 @@ from rebootcoord.cli.common import (
 from rebootcoord.cli.wiring import build_agent
 from rebootcoord.core.config import to_plain
 from rebootcoord.daemon import metrics as metrics_server
+from rebootcoord.errors import UsageError
 
 
 def parser() -> argparse.ArgumentParser:
@@ -35,6 +37,13 @@ def parser() -> argparse.ArgumentParser:
         "--print-config", action="store_true", help="print the effective configuration and exit"
     )
     add_config_flags(agent)
+    server = sub.add_parser(
+        "fleetlock-server",
+        help="answer FleetLock (Zincati's reboot coordination) over the same groups as the agents",
+        description="Serve FleetLock v1 (POST /v1/pre-reboot, /v1/steady-state) on fleetlock_listen; "
+        "/metrics and /healthz on metrics_address. Stateless: replicas share the backend.",
+    )
+    add_config_flags(server, aliases={"fleetlock_listen": ("--listen",)})
     relay = sub.add_parser(
         "signal-relay",
         help="send the reboot signal to PID 1 when the agent asks (the chart's signal method)",
@@ -115,10 +124,68 @@ def run_agent(args: argparse.Namespace) -> int:
         agent.p.semaphore.close()
 
 
+def run_fleetlock_server(args: argparse.Namespace) -> int:
+    from rebootcoord.cli.wiring import build_fleetlock_service
+    from rebootcoord.daemon.fleetlock import TlsFiles, start_http
+
+    settings = settings_from_args(args)
+    fl = settings.fleetlock
+    if not fl.fleetlock_listen:
+        raise UsageError("fleetlock_listen: got '', expected host:port such as 0.0.0.0:9729")
+    if bool(fl.fleetlock_tls_cert_file) != bool(fl.fleetlock_tls_key_file):
+        raise UsageError("fleetlock_tls_cert_file and fleetlock_tls_key_file: give both or neither")
+    if fl.fleetlock_tls_client_ca_file and not fl.fleetlock_tls_cert_file:
+        raise UsageError(
+            "fleetlock_tls_client_ca_file: client certificates need TLS (fleetlock_tls_cert_file)"
+        )
+    setup_logging(settings.observability.log_level, settings.observability.log_format)
+    stop = threading.Event()
+    registry = CollectorRegistry()
+    service = build_fleetlock_service(settings, stop, registry)
+    tls = (
+        TlsFiles(fl.fleetlock_tls_cert_file, fl.fleetlock_tls_key_file, fl.fleetlock_tls_client_ca_file)
+        if fl.fleetlock_tls_cert_file and fl.fleetlock_tls_key_file
+        else None
+    )
+    stoppers = []
+    try:
+        try:
+            stop_http, port = start_http(service, fl.fleetlock_listen, workers=fl.fleetlock_workers, tls=tls)
+        except (OSError, ValueError) as exc:  # ssl.SSLError is an OSError
+            raise UsageError(
+                f"fleetlock_listen {fl.fleetlock_listen!r} (TLS {tls is not None}): {exc}"
+            ) from exc
+        stoppers.append(stop_http)
+        if settings.observability.metrics_address:
+            try:
+                stop_metrics, _ = metrics_server.serve(
+                    settings.observability.metrics_address, registry, service.healthy
+                )
+            except OSError as exc:
+                raise UsageError(
+                    f"metrics_address {settings.observability.metrics_address!r}: {exc}"
+                ) from exc
+            stoppers.append(stop_metrics)
+        signal.signal(signal.SIGTERM, lambda *_: stop.set())
+        signal.signal(signal.SIGINT, lambda *_: stop.set())
+        logging.getLogger(__name__).info(
+            "FleetLock server on %s (port %d, %s), backend %s", fl.fleetlock_listen, port,
+            "TLS" if tls else "plain HTTP", settings.semaphore.backend,
+        )  # fmt: skip
+        stop.wait()
+    finally:
+        for stopper in reversed(stoppers):
+            stopper()
+        service.close()
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = parser().parse_args(argv)
     if args.command == "agent":
         return reported("rebootcoord agent", lambda: run_agent(args))
+    if args.command == "fleetlock-server":
+        return reported("rebootcoord fleetlock-server", lambda: run_fleetlock_server(args))
     if args.command == "signal-relay":
         return run_signal_relay(args)
     if args.command == "simulate":

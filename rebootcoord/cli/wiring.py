@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import os
 import threading
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from prometheus_client import CollectorRegistry
@@ -18,10 +18,13 @@ from rebootcoord.adapters.detectors import build_detectors
 from rebootcoord.adapters.host import Host, NoNodeOps
 from rebootcoord.adapters.rebooters import build_rebooter
 from rebootcoord.core.config import Settings
+from rebootcoord.core.types import Group
 from rebootcoord.daemon.agent import Agent, AgentParts, AgentSettings
 from rebootcoord.daemon.events import EventLog
+from rebootcoord.daemon.fleetlock import FleetLockService
 from rebootcoord.daemon.group import GroupClient
 from rebootcoord.daemon.metrics import Metrics
+from rebootcoord.errors import UsageError
 from rebootcoord.ports import Check, NodeOps
 
 
@@ -69,9 +72,21 @@ def build_semaphore(
             LeaseWaitQueue(kube, namespace=namespace, group=settings.identity.group, ttl=ttl, owner=owner),
             stop=stop,
         )
-    from rebootcoord.adapters.etcd import EtcdConnection, EtcdGroupStore, EtcdOptions, EtcdWaitQueue
+    from rebootcoord.adapters.etcd import EtcdGroupStore, EtcdWaitQueue
 
-    conn = EtcdConnection(
+    conn = etcd_connection(settings, retry_for=retry_for, stop=stop)
+    prefix = settings.etcd.etcd_key_prefix
+    return GroupClient(
+        EtcdGroupStore(conn, prefix=prefix, group=settings.identity.group),
+        EtcdWaitQueue(conn, prefix=prefix, group=settings.identity.group, ttl=ttl),
+        stop=stop,
+    )
+
+
+def etcd_connection(settings: Settings, *, retry_for: float, stop: threading.Event | None) -> Any:
+    from rebootcoord.adapters.etcd import EtcdConnection, EtcdOptions
+
+    return EtcdConnection(
         EtcdOptions(
             endpoints=settings.etcd.etcd_endpoints,
             timeout=settings.etcd.etcd_timeout.total_seconds(),
@@ -84,11 +99,18 @@ def build_semaphore(
             stop=stop,
         )
     )
-    prefix = settings.etcd.etcd_key_prefix
-    return GroupClient(
-        EtcdGroupStore(conn, prefix=prefix, group=settings.identity.group),
-        EtcdWaitQueue(conn, prefix=prefix, group=settings.identity.group, ttl=ttl),
-        stop=stop,
+
+
+def drain_options(settings: Settings) -> Any:
+    from rebootcoord.adapters.kube.nodes import DrainOptions
+
+    return DrainOptions(
+        timeout=settings.drain.drain_timeout.total_seconds(),
+        grace_period=settings.drain.drain_grace_period,
+        pod_selector=settings.drain.drain_pod_selector,
+        delete_emptydir_data=settings.drain.drain_delete_emptydir_data,
+        force=settings.drain.drain_force,
+        parallelism=settings.drain.drain_parallelism,
     )
 
 
@@ -126,7 +148,7 @@ def build_agent(settings: Settings, stop: threading.Event, registry: CollectorRe
     boot_id = host.boot_id
     if kube is not None:
         from rebootcoord.adapters.kube.gates import NodeBootId, NodeBudget, NodeReady, PodBlocker, PodsReady
-        from rebootcoord.adapters.kube.nodes import DrainOptions, KubeNodeOps
+        from rebootcoord.adapters.kube.nodes import KubeNodeOps
 
         if settings.host.boot_id_source == "node":
             boot_id = NodeBootId(kube, settings.identity.node)
@@ -134,14 +156,7 @@ def build_agent(settings: Settings, stop: threading.Event, registry: CollectorRe
             node_ops = KubeNodeOps(
                 kube,
                 settings.identity.node,
-                drain=DrainOptions(
-                    timeout=settings.drain.drain_timeout.total_seconds(),
-                    grace_period=settings.drain.drain_grace_period,
-                    pod_selector=settings.drain.drain_pod_selector,
-                    delete_emptydir_data=settings.drain.drain_delete_emptydir_data,
-                    force=settings.drain.drain_force,
-                    parallelism=settings.drain.drain_parallelism,
-                ),
+                drain=drain_options(settings),
             )
         if settings.verify.verify_node_ready:
             checks.insert(0, NodeReady(kube, settings.identity.node, boot_id))
@@ -189,3 +204,67 @@ def build_agent(settings: Settings, stop: threading.Event, registry: CollectorRe
         boot_id=boot_id,
     )
     return Agent(parts, stop)
+
+
+def build_fleetlock_service(
+    settings: Settings, stop: threading.Event, registry: CollectorRegistry
+) -> FleetLockService:
+    """The FleetLock server: a group client per group asked for (one connection for all), and on
+    Kubernetes the Node directory with the agent's drain options."""
+    from rebootcoord.daemon.fleetlock import ServerMetrics, ServerSettings
+
+    ttl = settings.fleetlock.fleetlock_waiter_ttl.total_seconds()
+    backend = settings.semaphore.backend
+    if backend == "fleetlock":
+        raise UsageError("backend: got 'fleetlock', expected etcd or kubernetes for the FleetLock server")
+    kube = (
+        connect_kube(settings, retry_for=5.0, stop=stop, role="fleetlock-server")
+        if uses_kubernetes(settings)
+        else None
+    )
+    open_group: Callable[[Group], GroupClient]
+    if backend == "kubernetes":
+        from rebootcoord.adapters.kube.lease import LeaseGroupStore, LeaseWaitQueue
+
+        namespace = kube_namespace(settings)
+        lease_kube = kube
+
+        def open_group(group: Group) -> GroupClient:
+            assert lease_kube is not None
+            return GroupClient(
+                LeaseGroupStore(lease_kube, namespace=namespace, group=group),
+                LeaseWaitQueue(lease_kube, namespace=namespace, group=group, ttl=ttl, background=False),
+                stop=stop,
+            )
+    else:
+        from rebootcoord.adapters.etcd import EtcdGroupStore, EtcdWaitQueue
+
+        conn = etcd_connection(settings, retry_for=5.0, stop=stop)
+        prefix = settings.etcd.etcd_key_prefix
+
+        def open_group(group: Group) -> GroupClient:
+            return GroupClient(
+                EtcdGroupStore(conn, prefix=prefix, group=group),
+                EtcdWaitQueue(conn, prefix=prefix, group=group, ttl=ttl, background=False),
+                stop=stop,
+            )
+
+    directory = None
+    if kube is not None and settings.drain.node_ops != "none":
+        from rebootcoord.adapters.kube.directory import KubeNodeDirectory
+
+        directory = KubeNodeDirectory(
+            kube, drain=drain_options(settings), pods_ready=settings.verify.verify_pods_ready
+        )
+    return FleetLockService(
+        open_group,
+        ServerSettings(
+            max_holders=settings.semaphore.max_holders,
+            groups=settings.fleetlock.fleetlock_groups,
+            unknown_id=settings.fleetlock.fleetlock_unknown_id,
+            lease_names=backend == "kubernetes",
+        ),
+        directory=directory,
+        metrics=ServerMetrics(registry),
+        stop=stop,
+    )

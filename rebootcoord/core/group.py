@@ -24,7 +24,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
-from rebootcoord.core.semaphore import AGENT, GroupView, HolderRecord, PauseInfo, SemaphoreState, Waiter
+from rebootcoord.core.semaphore import MANUAL, GroupView, HolderRecord, PauseInfo, SemaphoreState, Waiter
 from rebootcoord.core.types import Group, HolderId, Phase
 from rebootcoord.errors import (
     CorruptDocument,
@@ -128,7 +128,7 @@ class GroupState:
             held = ", ".join(self.slots.holders) if self.slots and self.slots.holders else "none"
             raise NotHolder(f"{holder!r} holds no slot (holders: {held})")
         record = self.records.get(holder)
-        if not force and record is not None and record.kind == AGENT and record.phase in BUSY_PHASES:
+        if not force and record is not None and record.kind != MANUAL and record.phase in BUSY_PHASES:
             raise HolderBusy(
                 f"{holder} is {record.phase} on node {record.node}: freeing its slot now lets another "
                 "node drain and reboot while this one may still be down or cordoned",

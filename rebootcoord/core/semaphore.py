@@ -26,6 +26,7 @@ MANUAL = "manual"  # kind of a record written by `rebootctl lock`
 #: The most slots a group may be given (set-max, max_holders): more than any fleet reboots at once.
 MAX_SLOTS = 10_000
 AGENT = "agent"
+FLEETLOCK = "fleetlock"  # kind of a record written by the FleetLock server for its client
 
 
 @dataclass(frozen=True)

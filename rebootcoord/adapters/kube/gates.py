@@ -14,7 +14,7 @@ from rebootcoord.errors import BackendUnavailable
 from rebootcoord.ports import CheckResult
 
 
-def _ready(conditions: list[dict[str, Any]] | None) -> bool:
+def is_ready(conditions: list[dict[str, Any]] | None) -> bool:
     return any(c.get("type") == "Ready" and c.get("status") == "True" for c in conditions or [])
 
 
@@ -58,7 +58,7 @@ class NodeBudget:
             n["metadata"]["name"]
             for n in doc.get("items") or []
             if (n.get("spec") or {}).get("unschedulable")
-            or not _ready((n.get("status") or {}).get("conditions"))
+            or not is_ready((n.get("status") or {}).get("conditions"))
         ]
         if len(down) > self.max_unavailable:
             return CheckResult(
@@ -87,7 +87,7 @@ class NodeReady:
         except BackendUnavailable as exc:
             return CheckResult(False, self.name, str(exc))
         status = node.get("status") or {}
-        if not _ready(status.get("conditions")):
+        if not is_ready(status.get("conditions")):
             return CheckResult(False, self.name, f"Node {self.node} is not Ready")
         reported = (status.get("nodeInfo") or {}).get("bootID") or ""
         current = self.boot_id()
@@ -112,7 +112,7 @@ class PodsReady:
         unready = [
             pod_name(p)
             for p in found
-            if not pod_finished(p) and not _ready((p.get("status") or {}).get("conditions"))
+            if not pod_finished(p) and not is_ready((p.get("status") or {}).get("conditions"))
         ]
         if unready:
             return CheckResult(False, self.name, f"pods not Ready: {', '.join(unready[:5])}")

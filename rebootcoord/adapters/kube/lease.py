@@ -266,8 +266,12 @@ class LeaseWaitQueue:
         ttl: float = 30.0,
         owner: PodRef | None = None,
         clock: Callable[[], float] = time.time,
+        background: bool = True,
     ) -> None:
+        """``background``: renew this process's places (an agent); without it (the FleetLock
+        server, whose clients poll) a join renews the place, which lives ``ttl`` from then."""
         self.kube = kube
+        self.background = background
         self.namespace = namespace
         self.group = group
         self.ttl = float(ttl)  # from 5 s: checked once, in config (p_waiter_ttl)
@@ -370,9 +374,10 @@ class LeaseWaitQueue:
             }
             with contextlib.suppress(Conflict):  # created meanwhile by our previous incarnation
                 self.kube.create(self.base, body)
-        with self._lock:
-            self._mine[waiter.id] = name
-        self._start_renewer()
+        if self.background:
+            with self._lock:
+                self._mine[waiter.id] = name
+            self._start_renewer()
 
     def _owner_refs(self) -> list[dict[str, Any]]:
         if self.owner is None:
