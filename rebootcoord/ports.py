@@ -9,7 +9,7 @@ from __future__ import annotations
 import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any, Protocol, runtime_checkable
 
 from rebootcoord.core.group import GroupState
 from rebootcoord.core.semaphore import GroupView, HolderRecord, Waiter
@@ -28,6 +28,17 @@ class Rebooter(Protocol):
     """Starts a reboot of the host. Returns once the reboot was asked for; raises RebootError."""
 
     def reboot(self) -> None: ...
+
+
+@runtime_checkable
+class Finalizer(Protocol):
+    """An update engine whose staged update a plain reboot would not apply (rpm-ostree's
+    finalization lock), and which reboots into it itself. A detector may be one: the agent asks
+    each such detector right before rebooting, with the slot held, before the Rebooter."""
+
+    def finalize(self) -> bool:
+        """Reboot into the staged update if only this would apply it: True when the reboot was
+        asked for, False to leave the reboot to the Rebooter. Raises RebootError."""
 
 
 @dataclass(frozen=True)

@@ -1,4 +1,5 @@
-"""Detectors: is a reboot pending, and why. One class per update engine.
+"""Detectors: is a reboot pending, and why. One class per update engine; the rpm-ostree one is
+also the Finalizer of a deployment whose finalization is locked (``RpmOstreeDetector.finalize``).
 
 A detector that cannot answer raises DetectorError; the daemon reports it and never treats it as
 "reboot needed". ``key`` in the answer identifies the update, so the post-reboot gate can tell
@@ -9,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 import re
 from collections.abc import Sequence
@@ -18,8 +20,10 @@ from typing import Any
 from rebootcoord.adapters.host import CommandFailed, Host
 from rebootcoord.core.config import DetectorSpec
 from rebootcoord.core.types import PendingReboot
-from rebootcoord.errors import DetectorError
+from rebootcoord.errors import DetectorError, RebootError, safe_repr
 from rebootcoord.ports import Detector
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -106,20 +110,48 @@ class _ParsedCommandDetector:
         raise NotImplementedError
 
     def pending(self) -> PendingReboot | None:
+        return self.parse(self.output())
+
+    def output(self) -> str:
         try:
             result = self.host.run(self.spec.argv, self.spec.timeout)
         except CommandFailed as exc:
             raise DetectorError(f"{self.name}: {exc}") from exc
         if result.returncode != 0:
             raise DetectorError(f"{self.name}: exited {result.returncode}: {result.stderr.strip()[:200]}")
-        return self.parse(result.stdout)
+        return result.stdout
 
 
 class RpmOstreeDetector(_ParsedCommandDetector):
-    """Fedora CoreOS, RHCOS: ``rpm-ostree status --json``; a first deployment not booted waits."""
+    """Fedora CoreOS, RHCOS: ``rpm-ostree status --json``; a first deployment not booted waits.
+
+    It is also the Finalizer of what it detects. A deployment staged with a finalization lock
+    (``rpm-ostree upgrade --lock-finalization``, as Zincati stages them) is dropped, not applied,
+    by a plain reboot; ``rpm-ostree finalize-deployment <checksum>`` unlocks it and reboots.
+    ``finalize`` reads the status again right before the reboot and passes the checksum it read,
+    so rpm-ostree refuses if another deployment was staged in between.
+    """
 
     def parse(self, text: str) -> PendingReboot | None:
         return parse_rpm_ostree(text, self.name)
+
+    def finalize(self) -> bool:
+        try:
+            checksum = locked_staged_checksum(self.output(), self.name)
+        except DetectorError as exc:
+            raise RebootError(f"cannot tell whether a staged deployment must be finalized: {exc}") from exc
+        if checksum is None:
+            return False  # nothing locked: a plain reboot applies what waits
+        argv = (self.spec.argv[0], "finalize-deployment", checksum)
+        log.info("finalizing the staged deployment %s: rpm-ostree reboots into it", checksum[:12])
+        try:
+            result = self.host.run(argv, self.spec.timeout)
+        except CommandFailed as exc:
+            raise RebootError(f"{self.name}: {exc}") from exc
+        if result.returncode != 0:
+            detail = (result.stderr.strip() or result.stdout.strip())[:300]
+            raise RebootError(f"{' '.join(argv)} exited {result.returncode}: {detail}")
+        return True
 
 
 class UpdateEngineDetector(_ParsedCommandDetector):
@@ -129,7 +161,7 @@ class UpdateEngineDetector(_ParsedCommandDetector):
         return parse_update_engine(text, self.name)
 
 
-def parse_rpm_ostree(text: str, name: str = "rpm-ostree") -> PendingReboot | None:
+def _deployments(text: str, name: str) -> Sequence[dict[str, Any]]:
     try:
         doc = json.loads(text)
         deployments: Sequence[dict[str, Any]] = doc["deployments"]
@@ -139,7 +171,11 @@ def parse_rpm_ostree(text: str, name: str = "rpm-ostree") -> PendingReboot | Non
         raise DetectorError(f"{name}: unparsable `rpm-ostree status --json` output: {exc}") from None
     if not deployments:
         raise DetectorError(f"{name}: rpm-ostree lists no deployments")
-    first = deployments[0]
+    return deployments
+
+
+def parse_rpm_ostree(text: str, name: str = "rpm-ostree") -> PendingReboot | None:
+    first = _deployments(text, name)[0]
     if first.get("booted", False):
         return None
     checksum = str(first.get("checksum", ""))
@@ -151,6 +187,25 @@ def parse_rpm_ostree(text: str, name: str = "rpm-ostree") -> PendingReboot | Non
         flags.append("finalization-locked: a plain reboot will not apply it")
     reason = f"new deployment {version} waits" + (f" ({', '.join(flags)})" if flags else "")
     return PendingReboot(name, reason, f"rpm-ostree:{checksum or version}")
+
+
+# An OSTree commit checksum (SHA-256); anything else is refused before it becomes an argument.
+_CHECKSUM = re.compile(r"^[0-9a-f]{64}$")
+
+
+def locked_staged_checksum(text: str, name: str = "rpm-ostree") -> str | None:
+    """The checksum ``rpm-ostree finalize-deployment`` expects for the staged deployment when it
+    is finalization-locked -- its base checksum if packages are layered on it, as rpm-ostree
+    compares that one -- or None when no staged deployment is locked."""
+    staged = next((d for d in _deployments(text, name) if d.get("staged") is True), None)
+    if staged is None or staged.get("finalization-locked") is not True:
+        return None
+    checksum = staged.get("base-checksum") or staged.get("checksum")
+    if not isinstance(checksum, str) or not _CHECKSUM.match(checksum):
+        raise DetectorError(
+            f"{name}: the locked staged deployment has no valid checksum: {safe_repr(checksum, 80)}"
+        )
+    return checksum
 
 
 _KV = re.compile(r"^([A-Z_]+)=(.*)$")

@@ -67,7 +67,7 @@ from rebootcoord.errors import (
     RebootError,
     SlotLost,
 )
-from rebootcoord.ports import Check, Detector, NodeOps, Rebooter, Semaphore
+from rebootcoord.ports import Check, Detector, Finalizer, NodeOps, Rebooter, Semaphore
 
 log = logging.getLogger(__name__)
 
@@ -612,11 +612,17 @@ class Agent:
             "rebooting the node", extra={"node": self.s.identity.node_name, "group": self.s.identity.group}
         )
         try:
-            self.p.rebooter.reboot()
+            if not self._finalized():
+                self.p.rebooter.reboot()
         except RebootError as exc:
             self.p.metrics.fail("reboot_failed")
             log.error("%s", exc)
             self.p.semaphore.update(replace(record, note=str(exc)))
+
+    def _finalized(self) -> bool:
+        """A staged update that only its engine applies (rpm-ostree's finalization lock) is
+        applied by that engine, which reboots; otherwise the Rebooter reboots."""
+        return any(d.finalize() for d in self.p.detectors if isinstance(d, Finalizer))
 
     def _verify(self, record: HolderRecord, now: float) -> None:
         self._last_verify_at = now

@@ -20,6 +20,7 @@ steady-state
 from __future__ import annotations
 
 import logging
+import ssl
 import threading
 import time
 from collections import OrderedDict
@@ -33,6 +34,7 @@ from rebootcoord.core.fleetlock import PRE_REBOOT, ClientParams, Refusal, parse_
 from rebootcoord.core.semaphore import FLEETLOCK, MANUAL, HolderRecord, Waiter
 from rebootcoord.core.types import Group, HolderId, NodeName, Phase
 from rebootcoord.daemon.group import GroupClient
+from rebootcoord.daemon.httpserve import BoundedHTTPServer
 from rebootcoord.errors import (
     AccessDenied,
     BackendUnavailable,
@@ -338,77 +340,39 @@ class TlsFiles:
     client_ca: str | None = None
 
 
-MAX_HEADERS = 16 * 1024
-READ_TIMEOUT = 10  # seconds for a request to arrive whole (a drain may take long to answer)
-
-
 def start_http(
     service: FleetLockService, address: str, *, workers: int, tls: TlsFiles | None = None
 ) -> tuple[Callable[[], None], int]:
-    """Serve FleetLock on ``address`` (host:port) in background threads: cheroot's bounded pool of
-    ``workers`` threads (an idle connection holds none), bodies and headers bounded, TLS with an
-    optional client CA. Returns (stop, bound port). Raises OSError when the address is taken."""
-    import ssl
-
-    from cheroot import wsgi
-    from cheroot.ssl.builtin import BuiltinSSLAdapter
-
+    """Serve FleetLock on ``address`` (host:port) in background threads: the bounded server of
+    daemon/httpserve.py (slow clients never hold a worker; ``workers`` requests answered at once,
+    a drain holding one), bodies bounded, TLS with an optional client CA. Returns (stop, bound
+    port). Raises OSError (ssl.SSLError included) when the address or the TLS files are wrong."""
     from rebootcoord.core.fleetlock import MAX_BODY
 
-    def app(environ: dict[str, Any], start_response: Callable[..., Any]) -> list[bytes]:
-        status, body = serve_request(service, environ, MAX_BODY)
-        reason = {200: "OK", 400: "Bad Request", 403: "Forbidden", 404: "Not Found",
-                  405: "Method Not Allowed", 409: "Conflict", 413: "Payload Too Large", 423: "Locked",
-                  500: "Internal Server Error", 503: "Service Unavailable"}.get(status, "Error")  # fmt: skip
-        start_response(
-            f"{status} {reason}",
-            [("Content-Type", "application/json"), ("Content-Length", str(len(body)))],
-        )
-        return [body]
-
-    host, _, port = address.rpartition(":")
-    server = wsgi.Server(
-        (host.strip("[]") or "0.0.0.0", int(port)),
-        app,
-        numthreads=workers,
-        max=workers,
-        request_queue_size=128,
-        timeout=READ_TIMEOUT,
-        server_name="rebootcoord-fleetlock",
-        accepted_queue_size=4 * workers,
-    )
-    server.max_request_header_size = MAX_HEADERS
-    server.max_request_body_size = 4 * MAX_BODY  # above it cheroot answers 413 itself
+    context = None
     if tls is not None:
-        adapter = BuiltinSSLAdapter(tls.cert, tls.key)
         context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
         context.minimum_version = ssl.TLSVersion.TLSv1_2
         context.load_cert_chain(tls.cert, tls.key)
         if tls.client_ca:
             context.load_verify_locations(cafile=tls.client_ca)
             context.verify_mode = ssl.CERT_REQUIRED
-        adapter.context = context
-        server.ssl_adapter = adapter
-    server.prepare()  # binds: OSError here when the address is taken
-    thread = threading.Thread(target=server.serve, name="fleetlock-http", daemon=True)
-    thread.start()
-    bound = server.bind_addr[1] if isinstance(server.bind_addr, tuple) else 0
 
-    def stop() -> None:
-        server.stop()
-        thread.join(timeout=10)
+    def handle(method: str, path: str, headers: dict[str, str], body: bytes) -> tuple[str, str, bytes]:
+        status, answer = service.handle(method, path, headers, body)
+        return f"{status} {REASONS.get(status, 'Error')}", "application/json", answer
 
-    service.http_alive = thread.is_alive
-    return stop, int(bound)
+    host, _, port = address.rpartition(":")
+    server = BoundedHTTPServer(
+        host.strip("[]") or "0.0.0.0", int(port), handle, workers=workers, max_body=MAX_BODY, tls=context,
+        name="fleetlock",
+    ).start()  # fmt: skip
+    service.http_alive = server.alive
+    return server.stop, server.port
 
 
-def serve_request(service: FleetLockService, environ: dict[str, Any], max_body: int) -> tuple[int, bytes]:
-    """One WSGI request through ``service``; the body read up to ``max_body`` + 1 bytes."""
-    headers = {k[5:].replace("_", "-").lower(): str(v) for k, v in environ.items() if k.startswith("HTTP_")}
-    try:
-        length = int(environ.get("CONTENT_LENGTH") or 0)
-    except ValueError:
-        length = 0
-    stream = environ["wsgi.input"]
-    body = stream.read(min(length, max_body + 1)) if length > 0 else stream.read(max_body + 1)
-    return service.handle(environ.get("REQUEST_METHOD", ""), environ.get("PATH_INFO", ""), headers, body)
+REASONS = {
+    200: "OK", 400: "Bad Request", 403: "Forbidden", 404: "Not Found", 405: "Method Not Allowed",
+    409: "Conflict", 413: "Payload Too Large", 423: "Locked", 500: "Internal Server Error",
+    503: "Service Unavailable",
+}  # fmt: skip

@@ -1,4 +1,4 @@
-"""A small HTTP/1.0 server for /metrics and /healthz that no client can exhaust.
+"""A small HTTP/1.0 server that no client can exhaust: /metrics and /healthz, and FleetLock.
 
 The standard library's threading server starts one thread per connection and waits on each
 forever: 2,000 idle connections doubled the agent's memory, and a few thousand would reach the
@@ -9,7 +9,13 @@ chart's memory limit and get the agent OOM-killed mid-cycle. Here one thread own
 - at most ``MAX_CONNECTIONS`` open: a new connection beyond it pushes out the oldest one that has
   not sent a whole request yet (so a flood of idle connections never keeps a scraper out);
 - a request must arrive whole within ``READ_TIMEOUT`` and be at most ``MAX_REQUEST`` bytes;
-- an answer must be sent within ``WRITE_TIMEOUT``.
+- an answer must be sent within ``WRITE_TIMEOUT``;
+- a body (``max_body`` above 0: FleetLock's POSTs) needs a Content-Length of at most ``max_body``;
+- with ``tls``, the handshake is made by the same thread, without blocking, inside READ_TIMEOUT.
+
+Slow clients cost a socket and a few bytes, never a worker: cheroot and the standard library read
+a request in the thread that answers it, so as many half-sent requests as workers shut everyone
+out (tests/integration/test_fleetlock_etcd.py sends 200).
 
 Every answer closes its connection (``Connection: close``), which is what Prometheus expects of
 a target that does not keep connections alive.
@@ -21,6 +27,7 @@ import contextlib
 import logging
 import selectors
 import socket
+import ssl
 import threading
 import time
 from collections import OrderedDict
@@ -35,13 +42,26 @@ READ_TIMEOUT = 10.0
 WRITE_TIMEOUT = 10.0
 MAX_REQUEST = 8192
 
-#: (status line, content type, body) for a request (method, path, headers).
-Handler = Callable[[str, str, dict[str, str]], tuple[str, str, bytes]]
+#: (status line, content type, body) for a request (method, path, headers, body).
+Handler = Callable[[str, str, dict[str, str], bytes], tuple[str, str, bytes]]
 
 
 class BoundedHTTPServer:
-    def __init__(self, host: str, port: int, handler: Handler) -> None:
+    def __init__(
+        self,
+        host: str,
+        port: int,
+        handler: Handler,
+        *,
+        workers: int = WORKERS,
+        max_body: int = 0,
+        tls: ssl.SSLContext | None = None,
+        name: str = "metrics",
+    ) -> None:
         self.handler = handler
+        self.max_body = max_body
+        self.tls = tls
+        self.name = name
         family = socket.AF_INET6 if ":" in host else socket.AF_INET
         self._listener = socket.socket(family, socket.SOCK_STREAM)
         self._listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -53,14 +73,17 @@ class BoundedHTTPServer:
         self._selector.register(self._listener, selectors.EVENT_READ)
         # connection -> (accepted at, bytes so far), oldest first
         self._pending: OrderedDict[socket.socket, tuple[float, bytearray]] = OrderedDict()
-        self._pool = ThreadPoolExecutor(max_workers=WORKERS, thread_name_prefix="metrics")
+        self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix=name)
         self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._loop, name="metrics-accept", daemon=True)
+        self._thread = threading.Thread(target=self._loop, name=f"{name}-accept", daemon=True)
         self.dropped = 0  # connections closed unanswered (limit, timeout, oversized request)
 
     def start(self) -> BoundedHTTPServer:
         self._thread.start()
         return self
+
+    def alive(self) -> bool:
+        return self._thread.is_alive()
 
     def stop(self) -> None:
         self._stop.set()
@@ -87,12 +110,18 @@ class BoundedHTTPServer:
             except (BlockingIOError, InterruptedError):
                 return
             except OSError as exc:  # EMFILE: out of descriptors; the oldest go first
-                log.warning("metrics server: cannot accept a connection: %s", exc)
+                log.warning("%s server: cannot accept a connection: %s", self.name, exc)
                 self._drop_oldest()
                 return
             if len(self._pending) >= MAX_CONNECTIONS:
                 self._drop_oldest()
             conn.setblocking(False)
+            if self.tls is not None:
+                try:
+                    conn = self.tls.wrap_socket(conn, server_side=True, do_handshake_on_connect=False)
+                except (ssl.SSLError, OSError):
+                    conn.close()
+                    continue
             self._pending[conn] = (time.monotonic(), bytearray())
             self._selector.register(conn, selectors.EVENT_READ)
 
@@ -101,37 +130,60 @@ class BoundedHTTPServer:
         if entry is None:
             return
         try:
+            if isinstance(conn, ssl.SSLSocket) and not getattr(conn, "_handshaken", False):
+                conn.do_handshake()
+                conn._handshaken = True  # type: ignore[attr-defined]
             chunk = conn.recv(4096)
-        except (BlockingIOError, InterruptedError):
+            while isinstance(conn, ssl.SSLSocket) and conn.pending():  # decrypted, not signalled again
+                chunk += conn.recv(conn.pending())
+        except (BlockingIOError, InterruptedError, ssl.SSLWantReadError, ssl.SSLWantWriteError):
             return
-        except OSError:
+        except OSError:  # ssl.SSLError too: a client without the right certificate
             chunk = b""
         if not chunk:
             self._drop(conn, counted=False)  # the client went away
             return
         data = entry[1]
         data += chunk
-        if b"\r\n\r\n" not in data and b"\n\n" not in data:
-            if len(data) > MAX_REQUEST:
+        if not self._complete(data):
+            if len(data) > MAX_REQUEST + self.max_body:
+                with contextlib.suppress(OSError):  # best effort: the client may not read it
+                    conn.send(b"HTTP/1.0 431 Request Header Fields Too Large\r\nConnection: close\r\n\r\n")
                 self._drop(conn)
             return
         self._selector.unregister(conn)
         del self._pending[conn]
         self._pool.submit(self._answer, conn, bytes(data))
 
+    def _complete(self, data: bytearray) -> bool:
+        """The request is whole: its head, and the body its Content-Length announces (or the
+        head alone, to be refused, when the length is missing, unreadable or above max_body)."""
+        head, sep, body = _split(bytes(data))
+        if not sep:
+            return False
+        if self.max_body <= 0:
+            return True
+        length = _content_length(head)
+        return length is None or length > self.max_body or len(body) >= length
+
     def _answer(self, conn: socket.socket, raw: bytes) -> None:
         try:
-            head = raw.split(b"\r\n\r\n", 1)[0].split(b"\n\n", 1)[0].decode("latin-1")
-            lines = head.replace("\r\n", "\n").split("\n")
+            head_bytes, _, rest = _split(raw)
+            lines = head_bytes.decode("latin-1").replace("\r\n", "\n").split("\n")
             parts = lines[0].split()
             headers = {}
             for line in lines[1:]:
                 name, _, value = line.partition(":")
                 headers[name.strip().lower()] = value.strip()
+            length = _content_length(head_bytes)
             if len(parts) != 3 or not parts[2].startswith("HTTP/"):
                 status, ctype, body = "400 Bad Request", "text/plain", b"bad request\n"
+            elif self.max_body > 0 and "transfer-encoding" in headers:
+                status, ctype, body = "411 Length Required", "text/plain", b"send a Content-Length\n"
+            elif self.max_body > 0 and length is not None and length > self.max_body:
+                status, ctype, body = self.handler(parts[0], parts[1], headers, b" " * (self.max_body + 1))
             else:
-                status, ctype, body = self.handler(parts[0], parts[1], headers)
+                status, ctype, body = self.handler(parts[0], parts[1], headers, rest[: length or 0])
             payload = b"" if parts[:1] == ["HEAD"] else body
             response = (
                 f"HTTP/1.0 {status}\r\nContent-Type: {ctype}\r\nContent-Length: {len(body)}\r\n"
@@ -140,7 +192,7 @@ class BoundedHTTPServer:
             conn.settimeout(WRITE_TIMEOUT)
             conn.sendall(response)
         except Exception:
-            log.debug("metrics server: answering failed", exc_info=True)
+            log.debug("%s server: answering failed", self.name, exc_info=True)
         finally:
             conn.close()
 
@@ -161,3 +213,25 @@ class BoundedHTTPServer:
             self._selector.unregister(conn)
         conn.close()
         self.dropped += counted
+
+
+def _split(data: bytes) -> tuple[bytes, bytes, bytes]:
+    """(head, separator, rest) of a request; the separator is empty while the head is not whole."""
+    crlf, lf = data.find(b"\r\n\r\n"), data.find(b"\n\n")
+    if crlf >= 0 and (lf < 0 or crlf < lf):
+        return data[:crlf], b"\r\n\r\n", data[crlf + 4 :]
+    if lf >= 0:
+        return data[:lf], b"\n\n", data[lf + 2 :]
+    return data, b"", b""
+
+
+def _content_length(head: bytes) -> int | None:
+    for line in head.split(b"\n")[1:]:
+        name, _, value = line.partition(b":")
+        if name.strip().lower() == b"content-length":
+            try:
+                length = int(value.strip())
+            except ValueError:
+                return None
+            return length if length >= 0 else None
+    return 0

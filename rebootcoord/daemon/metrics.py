@@ -149,7 +149,7 @@ def serve(
     daemon/httpserve.py). Returns (stop, bound port)."""
     host, _, port = address.rpartition(":")
 
-    def handle(method: str, path: str, headers: dict[str, str]) -> tuple[str, str, bytes]:
+    def handle(method: str, path: str, headers: dict[str, str], _body: bytes) -> tuple[str, str, bytes]:
         if method not in ("GET", "HEAD"):
             return "405 Method Not Allowed", "text/plain", b"GET only\n"
         path = path.split("?", 1)[0]

@@ -1,0 +1,299 @@
+"""FleetLock conformance, written from the protocol: the server as a process on a real etcd,
+spoken to over HTTP as Zincati speaks. The slots' history is read back from etcd by a raw client
+(tests.support.etcdraw), independent of the server."""
+
+from __future__ import annotations
+
+import json
+import socket
+import ssl
+import threading
+import time
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import pytest
+
+from rebootcoord.sim.etcd_server import EtcdServer
+from tests.conftest import wait_for
+from tests.support.certs import make_pki
+from tests.support.etcdraw import raw_client, slot_history
+from tests.support.fleetlock import FleetLockClient, FleetLockServer, fleetlock_servers
+
+pytestmark = pytest.mark.etcd
+
+WAITERS = "{prefix}/groups/default/v1/rebootcoord/waiters/"
+BODY = b'{"client_params": {"id": "node-a", "group": "default"}}'
+
+
+def semaphore_key(prefix: str, group: str = "default") -> str:
+    return f"{prefix}/groups/{group}/v1/semaphore"
+
+
+@pytest.fixture
+def config(etcd: EtcdServer, prefix: str) -> dict[str, object]:
+    return {
+        "backend": "etcd",
+        "etcd_endpoints": [etcd.endpoint],
+        "etcd_key_prefix": prefix,
+        "max_holders": 1,
+        "fleetlock_waiter_ttl": "20s",
+    }
+
+
+@pytest.fixture
+def server(tmp_path: Path, config: dict[str, object]) -> Iterator[FleetLockServer]:
+    with fleetlock_servers(tmp_path, config) as servers:
+        yield servers[0]
+
+
+@pytest.fixture
+def client(server: FleetLockServer) -> FleetLockClient:
+    return FleetLockClient(server.base)
+
+
+def holders(etcd: EtcdServer, prefix: str, group: str = "default") -> list[str]:
+    value, _ = raw_client(etcd).get(semaphore_key(prefix, group))
+    return list(json.loads(value)["holders"]) if value else []
+
+
+# -- the protocol's answers ----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "headers", "body", "status", "kind"),
+    [
+        ("GET", "/v1/pre-reboot", None, BODY, 405, "method_not_allowed"),
+        ("PUT", "/v1/steady-state", None, BODY, 405, "method_not_allowed"),
+        ("POST", "/v1/reboot", None, BODY, 404, "not_found"),
+        ("POST", "/", None, BODY, 404, "not_found"),
+        ("POST", "/v1/pre-reboot", {}, BODY, 400, "missing_header"),
+        ("POST", "/v1/pre-reboot", {"fleet-lock-protocol": "false"}, BODY, 400, "missing_header"),
+        ("POST", "/v1/pre-reboot", None, b"", 400, "decode_error"),
+        ("POST", "/v1/pre-reboot", None, b"{", 400, "decode_error"),
+        ("POST", "/v1/pre-reboot", None, b"[]", 400, "decode_error"),
+        ("POST", "/v1/pre-reboot", None, b'{"client_params": "x"}', 400, "decode_error"),
+        ("POST", "/v1/pre-reboot", None, b"[" * 100 + b"]" * 100, 400, "decode_error"),
+        ("POST", "/v1/pre-reboot", None, b'{"client_params": {"group": "default"}}', 400, "invalid_client_identity"),  # noqa: E501
+        ("POST", "/v1/pre-reboot", None, b'{"client_params": {"id": "", "group": "default"}}', 400,
+         "invalid_client_identity"),
+        ("POST", "/v1/pre-reboot", None, b'{"client_params": {"id": 7, "group": "default"}}', 400,
+         "invalid_client_identity"),
+        ("POST", "/v1/pre-reboot", None, b'{"client_params": {"id": "a", "group": "no/slash"}}', 400, "invalid_group"),  # noqa: E501
+        ("POST", "/v1/pre-reboot", None, b'{"client_params": {"id": "a", "group": ""}}', 400, "invalid_group"),  # noqa: E501
+        ("POST", "/v1/pre-reboot", None, b'{"client_params": {"id": "a"}}', 400, "invalid_group"),
+        ("POST", "/v1/pre-reboot", None, b" " * 20_000, 413, "request_too_large"),
+    ],
+)  # fmt: skip
+def test_requests_that_are_not_fleetlock_get_their_kind_and_change_nothing(
+    client: FleetLockClient, etcd: EtcdServer, prefix: str, method: str, path: str,
+    headers: dict[str, str] | None, body: bytes, status: int, kind: str,
+) -> None:  # fmt: skip
+    if headers is not None:
+        headers = {"content-type": "application/json", **headers}
+    before = raw_client(etcd).get_prefix(prefix)
+    answer = client.raw(method, path, body, headers)
+    assert (answer.status, answer.kind) == (status, kind), answer.body
+    assert answer.value  # a readable reason
+    assert list(raw_client(etcd).get_prefix(prefix)) == list(before)
+
+
+def test_pre_reboot_is_recursive_and_steady_state_idempotent(
+    client: FleetLockClient, etcd: EtcdServer, prefix: str
+) -> None:
+    for _ in range(3):
+        assert client.pre_reboot("node-a").status == 200
+    assert holders(etcd, prefix) == ["node-a"]
+    for _ in range(3):
+        assert client.steady_state("node-a").status == 200
+    assert holders(etcd, prefix) == []
+    assert client.steady_state("never-held").status == 200  # holds nothing: nothing to give back
+
+
+def test_a_full_group_answers_423_no_free_slot_and_keeps_the_clients_place(
+    client: FleetLockClient, etcd: EtcdServer, prefix: str
+) -> None:
+    assert client.pre_reboot("node-a").status == 200
+    answer = client.pre_reboot("node-b")
+    assert (answer.status, answer.kind) == (423, "no_free_slot")
+    assert "1 of 1 slots held" in answer.value and "place 1 of 1" in answer.value
+    assert (client.pre_reboot("node-c").status, "place 2 of 2" in client.pre_reboot("node-c").value) == (
+        423,
+        True,
+    )
+    assert client.steady_state("node-a").status == 200
+    # node-c asks first, but node-b is ahead in line: the slot waits for node-b.
+    assert client.pre_reboot("node-c").kind == "no_free_slot"
+    assert client.pre_reboot("node-b").status == 200
+    assert holders(etcd, prefix) == ["node-b"]
+    history = slot_history(etcd, semaphore_key(prefix))
+    assert all(len(v["holders"]) <= v["total_slots"] == 1 for v in history)
+
+
+def test_a_poller_that_stops_asking_loses_its_place_after_the_waiter_ttl(
+    tmp_path: Path, config: dict[str, object], etcd: EtcdServer, prefix: str
+) -> None:
+    with fleetlock_servers(tmp_path, {**config, "fleetlock_waiter_ttl": "10s"}) as (server,):
+        client = FleetLockClient(server.base)
+        assert client.pre_reboot("node-a").status == 200
+        assert client.pre_reboot("node-b").kind == "no_free_slot"  # place 1, then silence
+        assert "place 2 of 2" in client.pre_reboot("node-c").value
+        assert client.steady_state("node-a").status == 200
+        # node-c keeps asking; node-b does not: after its place expires, node-c's turn comes.
+        wait_for(lambda: client.pre_reboot("node-c").status == 200, timeout=30, interval=1,
+                 what="node-b's place to expire")  # fmt: skip
+        assert holders(etcd, prefix) == ["node-c"]
+
+
+def test_unknown_groups_are_refused_when_the_server_serves_a_list(
+    tmp_path: Path, config: dict[str, object], etcd: EtcdServer, prefix: str
+) -> None:
+    with fleetlock_servers(tmp_path, {**config, "fleetlock_groups": ["workers", "default"]}) as (server,):
+        client = FleetLockClient(server.base)
+        answer = client.pre_reboot("node-a", "masters")
+        assert (answer.status, answer.kind) == (400, "unknown_group")
+        assert client.pre_reboot("node-a", "workers").status == 200
+        assert holders(etcd, prefix, "workers") == ["node-a"]
+        assert holders(etcd, prefix, "masters") == []
+
+
+def test_an_unreachable_etcd_is_503_backend_unavailable_not_a_full_group(
+    tmp_path: Path, config: dict[str, object]
+) -> None:
+    dead = socket.socket()
+    dead.bind(("127.0.0.1", 0))  # bound, never listening: connection refused
+    port = dead.getsockname()[1]
+    try:
+        with fleetlock_servers(tmp_path, {**config, "etcd_endpoints": [f"http://127.0.0.1:{port}"]}) as (
+            server,
+        ):
+            answer = FleetLockClient(server.base).pre_reboot("node-a")
+            assert (answer.status, answer.kind) == (503, "backend_unavailable")
+            assert server.healthy()  # an outage is answered, not a reason to restart the server
+    finally:
+        dead.close()
+
+
+def test_a_corrupt_semaphore_is_500_corrupt_document_and_left_alone(
+    client: FleetLockClient, etcd: EtcdServer, prefix: str
+) -> None:
+    raw_client(etcd).put(semaphore_key(prefix), b'{"total_slots": "many"}')
+    answer = client.pre_reboot("node-a")
+    assert (answer.status, answer.kind) == (500, "corrupt_document")
+    assert raw_client(etcd).get(semaphore_key(prefix))[0] == b'{"total_slots": "many"}'
+
+
+def test_an_airlock_holder_is_honoured_and_its_steady_state_releases_it(
+    client: FleetLockClient, etcd: EtcdServer, prefix: str
+) -> None:
+    raw_client(etcd).put(semaphore_key(prefix), b'{"total_slots": 1, "holders": ["zincati-1"]}')
+    assert client.pre_reboot("node-a").kind == "no_free_slot"
+    assert client.pre_reboot("zincati-1").status == 200  # recursive for airlock's holders too
+    assert client.steady_state("zincati-1").status == 200
+    assert client.pre_reboot("node-a").status == 200
+    assert json.loads(raw_client(etcd).get(semaphore_key(prefix))[0]) == {
+        "total_slots": 1,
+        "holders": ["node-a"],
+    }
+
+
+# -- many clients, two replicas --------------------------------------------------------------------
+
+
+def test_50_clients_racing_through_two_replicas_never_exceed_the_slots(
+    tmp_path: Path, config: dict[str, object], etcd: EtcdServer, prefix: str
+) -> None:
+    with fleetlock_servers(tmp_path, {**config, "max_holders": 3}, replicas=2) as servers:
+        clients = [FleetLockClient(s.base) for s in servers]
+        granted: list[str] = []
+        lock = threading.Lock()
+
+        def one(i: int) -> None:
+            name = f"node-{i:02d}"
+            deadline = time.monotonic() + 240
+            while time.monotonic() < deadline:
+                answer = clients[i % 2].pre_reboot(name)  # each client polls one replica...
+                if answer.status == 200:
+                    break
+                assert answer.kind == "no_free_slot", answer.body
+                time.sleep(0.05)
+            else:
+                pytest.fail(f"{name} never got a slot")
+            with lock:
+                granted.append(name)
+            time.sleep(0.05)
+            assert clients[(i + 1) % 2].pre_reboot(name).status == 200  # ...recursive on the other
+            assert clients[(i + 1) % 2].steady_state(name).status == 200
+
+        with ThreadPoolExecutor(50) as pool:
+            list(pool.map(one, range(50)))
+        assert sorted(granted) == [f"node-{i:02d}" for i in range(50)]
+    history = slot_history(etcd, semaphore_key(prefix))
+    peak = max(len(v["holders"]) for v in history)
+    assert all(v["total_slots"] == 3 and len(v["holders"]) <= 3 for v in history)
+    assert peak == 3  # the budget was used
+    assert history[-1]["holders"] == []
+    assert list(raw_client(etcd).get_prefix(WAITERS.format(prefix=prefix))) == []  # every place gone
+
+
+def test_a_killed_replica_loses_nothing_the_other_answers_the_retry(
+    tmp_path: Path, config: dict[str, object], etcd: EtcdServer, prefix: str
+) -> None:
+    with fleetlock_servers(tmp_path, config, replicas=2) as (one, two):
+        assert FleetLockClient(one.base).pre_reboot("node-a").status == 200
+        assert FleetLockClient(one.base).pre_reboot("node-b").kind == "no_free_slot"
+        one.kill()
+        other = FleetLockClient(two.base)
+        assert other.pre_reboot("node-a").status == 200  # still held: recursive
+        assert other.pre_reboot("node-c").kind == "no_free_slot"
+        assert other.steady_state("node-a").status == 200
+        assert other.pre_reboot("node-c").kind == "no_free_slot"  # node-b's place outlived its replica
+        assert other.pre_reboot("node-b").status == 200
+
+
+# -- TLS and limits ----------------------------------------------------------------------------------
+
+
+def test_tls_with_a_client_ca_refuses_clients_without_a_certificate(
+    tmp_path: Path, config: dict[str, object], etcd: EtcdServer, prefix: str
+) -> None:
+    (tmp_path / "pki").mkdir()
+    pki = make_pki(tmp_path / "pki")
+    tls = {
+        "fleetlock_tls_cert_file": str(pki.server_cert),
+        "fleetlock_tls_key_file": str(pki.server_key),
+        "fleetlock_tls_client_ca_file": str(pki.ca),
+    }
+    with fleetlock_servers(tmp_path, {**config, **tls}) as (server,):
+        anonymous = ssl.create_default_context(cafile=str(pki.ca))
+        with pytest.raises((ssl.SSLError, ConnectionError, OSError)):
+            FleetLockClient(server.base, context=anonymous).pre_reboot("node-a")
+        plain = FleetLockClient(server.base.replace("https", "http"))
+        with pytest.raises((ConnectionError, OSError)):
+            plain.pre_reboot("node-a")
+        assert holders(etcd, prefix) == []
+        signed = ssl.create_default_context(cafile=str(pki.ca))
+        signed.load_cert_chain(str(pki.client_cert), str(pki.client_key))
+        assert FleetLockClient(server.base, context=signed).pre_reboot("node-a").status == 200
+
+
+def test_idle_and_slow_connections_do_not_keep_clients_out(server: FleetLockServer) -> None:
+    idle = []
+    for _ in range(200):
+        s = socket.create_connection(("127.0.0.1", server.port))
+        s.sendall(b"POST /v1/pre-reboot HTTP/1.1\r\nHost: x\r\n")  # never finished
+        idle.append(s)
+    try:
+        client = FleetLockClient(server.base, timeout=20)
+        assert client.pre_reboot("node-a").status == 200
+        big = {"fleet-lock-protocol": "true", "x-big": "y" * 40_000}
+        try:  # a head larger than any FleetLock request: 431, or closed before the client reads it
+            status = client.raw("POST", "/v1/pre-reboot", BODY, big).status
+        except ConnectionError:
+            status = 431
+        assert status == 431
+        assert client.steady_state("node-a").status == 200  # and the server goes on
+    finally:
+        for s in idle:
+            s.close()
