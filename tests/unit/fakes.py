@@ -46,6 +46,31 @@ class FakeDetector:
 
 
 @dataclass
+class FakeFinalizer(FakeDetector):
+    """A detector whose engine applies its own staged update (rpm-ostree's finalization lock):
+    ``finalizes`` says whether there is one to apply. Records each request with its boot and
+    whether the slot was held, as FakeRebooter does."""
+
+    finalizes: bool = True
+    fail: str = ""
+    requests: list[str] = field(default_factory=list)
+    without_slot: list[str] = field(default_factory=list)
+    host: FakeHost | None = None
+    holds: Callable[[], bool] | None = None
+
+    def finalize(self) -> bool:
+        if self.fail:
+            raise RebootError(self.fail)
+        if not self.finalizes:
+            return False
+        boot = self.host.boot if self.host else ""
+        self.requests.append(boot)
+        if self.holds is not None and not self.holds():
+            self.without_slot.append(boot)
+        return True
+
+
+@dataclass
 class FakeHost:
     """The host's boot ID; a reboot changes it only when the test says the host booted."""
 
