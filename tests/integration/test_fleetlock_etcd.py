@@ -14,7 +14,10 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
+from rebootcoord.core.fleetlock import KINDS
 from rebootcoord.sim.etcd_server import EtcdServer
 from tests.conftest import wait_for
 from tests.support.certs import make_pki
@@ -51,6 +54,11 @@ def server(tmp_path: Path, config: dict[str, object]) -> Iterator[FleetLockServe
 @pytest.fixture
 def client(server: FleetLockServer) -> FleetLockClient:
     return FleetLockClient(server.base)
+
+
+def snapshot(etcd: EtcdServer, prefix: str) -> list[tuple[bytes, bytes, int]]:
+    """Every key under the test's prefix with its value and mod revision."""
+    return [(m.key, v, m.mod_revision) for v, m in raw_client(etcd).get_prefix(prefix)]
 
 
 def holders(etcd: EtcdServer, prefix: str, group: str = "default") -> list[str]:
@@ -92,11 +100,13 @@ def test_requests_that_are_not_fleetlock_get_their_kind_and_change_nothing(
 ) -> None:  # fmt: skip
     if headers is not None:
         headers = {"content-type": "application/json", **headers}
-    before = raw_client(etcd).get_prefix(prefix)
+    assert client.pre_reboot("holder").status == 200  # a group with a holder, its record, a queue
+    assert client.pre_reboot("waiter").kind == "no_free_slot"
+    before = snapshot(etcd, prefix)
     answer = client.raw(method, path, body, headers)
     assert (answer.status, answer.kind) == (status, kind), answer.body
     assert answer.value  # a readable reason
-    assert list(raw_client(etcd).get_prefix(prefix)) == list(before)
+    assert snapshot(etcd, prefix) == before
 
 
 def test_pre_reboot_is_recursive_and_steady_state_idempotent(
@@ -196,6 +206,31 @@ def test_an_airlock_holder_is_honoured_and_its_steady_state_releases_it(
         "total_slots": 1,
         "holders": ["node-a"],
     }
+
+
+def test_fuzzed_requests_get_4xx_and_change_nothing(
+    client: FleetLockClient, etcd: EtcdServer, prefix: str
+) -> None:
+    assert client.pre_reboot("holder").status == 200
+    before = snapshot(etcd, prefix)
+    valid = json.dumps({"client_params": {"id": "holder", "group": "default"}}).encode()
+
+    @settings(max_examples=150, deadline=None, suppress_health_check=list(HealthCheck))
+    @given(
+        method=st.sampled_from(["GET", "PUT", "DELETE", "PATCH", "OPTIONS", "POST"]),
+        path=st.sampled_from(["/v1/pre-reboot", "/v1/steady-state", "/v1/x", "/%00", "/" + "a" * 3000]),
+        header=st.sampled_from([{}, {"fleet-lock-protocol": "false"}, {"fleet-lock-protocol": "true"}]),
+        raw=st.binary(max_size=400) | st.just(valid) | st.just(b"x" * 17_000),
+    )
+    def one(method: str, path: str, header: dict[str, str], raw: bytes) -> None:
+        if method == "POST" and header and header["fleet-lock-protocol"] == "true" and raw == valid:
+            raw = valid[:-1]  # every valid request is mutated: this test asks for refusals only
+        answer = client.raw(method, path, raw, {"content-type": "application/json", **header})
+        assert 400 <= answer.status < 500, (method, path, header, raw[:80], answer.body)
+        assert answer.kind in KINDS
+
+    one()
+    assert snapshot(etcd, prefix) == before
 
 
 # -- many clients, two replicas --------------------------------------------------------------------
