@@ -25,7 +25,7 @@ from rebootcoord.daemon.fleetlock import FleetLockService
 from rebootcoord.daemon.group import GroupClient
 from rebootcoord.daemon.metrics import Metrics
 from rebootcoord.errors import UsageError
-from rebootcoord.ports import Check, NodeOps
+from rebootcoord.ports import Check, NodeOps, Semaphore
 
 
 def connect_kube(
@@ -62,6 +62,11 @@ def build_semaphore(
     compare-and-swap loop. ``retry_for``: how long one call retries transient errors (the agent
     waits; rebootctl not). ``owner``: the agent's Pod, which its waiter Lease goes with."""
     ttl = settings.semaphore.waiter_ttl.total_seconds()
+    if settings.semaphore.backend == "fleetlock":
+        raise UsageError(
+            "backend: got 'fleetlock', which only the agent speaks; rebootctl needs the store the "
+            "FleetLock server uses (backend etcd or kubernetes, as the server is configured)"
+        )
     if settings.semaphore.backend == "kubernetes":
         from rebootcoord.adapters.kube.lease import LeaseGroupStore, LeaseWaitQueue
 
@@ -80,6 +85,24 @@ def build_semaphore(
         EtcdGroupStore(conn, prefix=prefix, group=settings.identity.group),
         EtcdWaitQueue(conn, prefix=prefix, group=settings.identity.group, ttl=ttl),
         stop=stop,
+    )
+
+
+def fleetlock_semaphore(settings: Settings) -> Semaphore:
+    """backend: fleetlock -- the agent's semaphore is a FleetLock server."""
+    from rebootcoord.adapters.fleetlock import FleetLockSemaphore
+
+    fl = settings.fleetlock
+    if not fl.fleetlock_url:
+        raise UsageError("fleetlock_url: got '', expected the FleetLock server's http(s):// URL")
+    return FleetLockSemaphore(
+        fl.fleetlock_url,
+        group=settings.identity.group,
+        holder=settings.identity.holder,
+        max_holders=settings.semaphore.max_holders,
+        state_dir=fl.fleetlock_state_dir,
+        poll_interval=fl.fleetlock_poll_interval.total_seconds(),
+        ca_file=fl.fleetlock_ca_file,
     )
 
 
@@ -178,10 +201,18 @@ def build_agent(settings: Settings, stop: threading.Event, registry: CollectorRe
                 settings.gates.prometheus_alert_filter_match_only,
             )
         )
-    semaphore = build_semaphore(
-        settings, kube=kube, owner=pod_owner(settings, os.environ) if kube is not None else None, stop=stop
-    )
-    semaphore.on_conflict = metrics.conflicts.inc
+    semaphore: Semaphore
+    if settings.semaphore.backend == "fleetlock":
+        semaphore = fleetlock_semaphore(settings)
+    else:
+        group_client = build_semaphore(
+            settings,
+            kube=kube,
+            owner=pod_owner(settings, os.environ) if kube is not None else None,
+            stop=stop,
+        )
+        group_client.on_conflict = metrics.conflicts.inc
+        semaphore = group_client
     if kube is not None:
         kube.on_request = lambda verb: metrics.api_requests.labels(verb).inc()
     parts = AgentParts(

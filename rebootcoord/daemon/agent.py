@@ -525,6 +525,8 @@ class Agent:
                     if revision is not None:
                         self._phase = None  # force the event even if a stale view said locked
                         self._enter(Phase.LOCKED, record.reason, rev=revision)
+                    else:
+                        self._woken = True  # refused: the view that said our turn is stale
                 case Reclaim(record=record, reason=reason):
                     if sem.reclaim(record.id, record):
                         log.warning("reclaimed the slot of %s: %s", record.id, reason)

@@ -90,3 +90,40 @@ def test_polling_clients_and_agents_are_granted_in_request_order(
     assert all(len(v["holders"]) <= 1 for v in history)
     assert grant_order(history) == ["zincati-0", "zincati-1", "agent-1", "zincati-2", "agent-2"]
     assert report.violations == [], report.violations
+
+
+def test_agents_on_the_fleetlock_backend_share_the_budget_with_agents_on_etcd(
+    tmp_path: Path, etcd: EtcdServer, prefix: str
+) -> None:
+    """Four agents whose semaphore is the FleetLock server (two replicas), two on etcd directly,
+    one budget of 2: every reboot happened while its node held a slot in etcd (the fleet checks
+    at each reboot), no revision of the key had more than 2 holders, each node rebooted once."""
+    server_config = {
+        "backend": "etcd", "etcd_endpoints": [etcd.endpoint], "etcd_key_prefix": prefix,
+        "max_holders": 2, "fleetlock_waiter_ttl": "30s",
+    }  # fmt: skip
+    with fleetlock_servers(tmp_path / "server", server_config, replicas=2) as servers:
+        names = [f"fl-{i}" for i in range(4)] + ["etcd-0", "etcd-1"]
+        via = {
+            name: {
+                "backend": "fleetlock",
+                "fleetlock_url": servers[i % 2].base,
+                "fleetlock_state_dir": "{node_dir}/state",
+                "fleetlock_poll_interval": "1s",
+            }
+            for i, name in enumerate(names[:4])
+        }
+        fleet = Fleet(
+            str(tmp_path / "fleet"), nodes=6, endpoint=etcd.endpoint, max_holders=2, reboot_seconds=0.5,
+            agent_config={"etcd_key_prefix": prefix}, node_names=names, node_config=via,
+        )  # fmt: skip
+        with fleet:
+            wait_for(fleet.done, timeout=300, interval=0.5, what="every node rebooted and released")
+            report = etcd_report(fleet, etcd.endpoint, prefix)
+        assert not fleet.violations, fleet.violations
+        assert report.violations == [], report.violations
+        assert all(n.reboots == 1 for n in fleet.nodes.values())
+    history = slot_history(etcd, f"{prefix}/groups/default/v1/semaphore")
+    assert max(len(v["holders"]) for v in history) == 2
+    assert set(grant_order(history)) == set(names)
+    assert history[-1]["holders"] == []

@@ -122,6 +122,12 @@ class FleetLockSettings:
     fleetlock_workers: int = _key(64, p_int(1, 1024), "fleetlock-server: requests answered at once")
     fleetlock_url: str = _key("", p_opt_url, "backend fleetlock: the FleetLock server's base URL")
     fleetlock_ca_file: str | None = _key(None, p_opt_str, "backend fleetlock: CA bundle for the server")
+    fleetlock_state_dir: str = _key(
+        "/var/lib/rebootcoord",
+        p_str,
+        "backend fleetlock: where the agent keeps its holder record across reboots (a FleetLock "
+        "server keeps none)",
+    )
     fleetlock_poll_interval: timedelta = _key(
         timedelta(seconds=30),
         p_positive_duration,
