@@ -13,6 +13,7 @@ help:
 	@echo "make testbin  build the Kubernetes test control plane from Go modules"
 	@echo "make cluster NODES=6 [REAL_NODES=1] / make cluster-down   a background test cluster"
 	@echo "make bench    run the benchmarks in benchmarks/ (JSON + plots in benchmarks/out/)"
+	@echo "make systemd-bundle   the bare-host bundle: wheels, systemd units, install.sh (docs/hosts.md)"
 	@echo "make faults [BACKEND=etcd|kubernetes RUNS=10 SEED=1]   seeded fault runs, every invariant checked"
 
 $(VENV)/.installed: pyproject.toml
@@ -37,7 +38,7 @@ test: install testbin lint
 	$(BIN)/pytest -q
 
 unit: install
-	$(BIN)/pytest -q -m 'not etcd and not kube and not e2e and not image and not checkov and not real_node and not prometheus'
+	$(BIN)/pytest -q -m 'not etcd and not kube and not e2e and not image and not checkov and not real_node and not prometheus and not bundle'
 
 bench: install
 	$(PY) benchmarks/run_all.py

@@ -59,3 +59,12 @@ checkov: $(CHECKOV_VENV)/.installed testbin
 	$(CHECKOV) --framework helm -d charts/rebootcoord --skip-check CKV_K8S_21
 	$(CHECKOV) --framework kubernetes -d deploy
 	$(CHECKOV) --framework dockerfile -f Dockerfile
+
+# The bundle for hosts without Kubernetes (docs/hosts.md): the wheels of rebootcoord and of its
+# dependencies for this Python and machine, the systemd units, the example configs and
+# deploy/systemd/install.sh, as $(SYSTEMD_DIST)/rebootcoord-<version>-systemd-<cpXY>-<arch>.tar.gz.
+# The dependencies' wheels come from PyPI (or pip's cache and PIP_FIND_LINKS).
+SYSTEMD_DIST ?= dist
+.PHONY: systemd-bundle
+systemd-bundle: install
+	PYTHON=$(PY) hack/systemd/build-bundle.sh $(SYSTEMD_DIST)
