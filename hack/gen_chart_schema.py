@@ -3,7 +3,8 @@
 
 The ``config`` section of the schema is the agent's own JSON Schema of its configuration file
 (``rebootcoord.core.config.json_schema()``): every key, its type, default and description, and no
-unknown key. The rest of the schema (image, probes, monitoring...) is written here, once.
+unknown key; ``fleetlock.config`` refers to it (the FleetLock server reads the same keys). The rest
+of the schema (image, probes, monitoring, the FleetLock server's Deployment...) is written here.
 
     .venv/bin/python hack/gen_chart_schema.py          # write both files
     .venv/bin/python hack/gen_chart_schema.py --check  # exit 1 with a diff when they are stale
@@ -94,6 +95,145 @@ def _alert(what: str, *, for_may_be_empty: bool = False) -> dict[str, Any]:
                 + (" (empty: config.drain_timeout)" if for_may_be_empty else ""),
             },
             "severity": {"type": "string", "minLength": 1},
+        },
+    }
+
+
+def _image_override(description: str) -> dict[str, Any]:
+    """An image whose empty fields take another image's (the FleetLock server's: the agent's)."""
+    return {
+        "type": "object",
+        "additionalProperties": False,
+        "description": description,
+        "properties": {
+            "repository": {"type": "string"},
+            "tag": {"type": "string"},
+            "digest": {
+                "type": "string",
+                "pattern": "^(sha256:[a-f0-9]{64})?$",
+                "description": "sha256:<64 hex>; pulls by digest and ignores tag",
+            },
+            "pullPolicy": {"enum": ["", "Always", "IfNotPresent", "Never"]},
+        },
+    }
+
+
+def fleetlock_schema() -> dict[str, Any]:
+    """fleetlock: the optional FleetLock server's Deployment, Service, TLS, policies and RBAC."""
+    port = {"type": "integer", "minimum": 1, "maximum": 65535}
+    return {
+        "type": "object",
+        "additionalProperties": False,
+        "description": "the FleetLock server (rebootcoord fleetlock-server) for Zincati: a Deployment",
+        "properties": {
+            "enabled": {"type": "boolean"},
+            "replicas": {"type": "integer", "minimum": 1, "maximum": 100},
+            "image": _image_override("the server's image; empty fields: the agent's (image)"),
+            "config": {
+                "allOf": [{"$ref": "#/properties/config"}],
+                "description": "keys of the server's configuration file on top of config (the agents'): "
+                "every key of `rebootcoord fleetlock-server --help`",
+            },
+            "extraArgs": {
+                "type": "array",
+                "items": {"type": "string", "minLength": 1},
+                "description": "more arguments of rebootcoord fleetlock-server (--key-name=value)",
+            },
+            "extraEnv": _objects("more env entries of the server container", ("name",)),
+            "extraVolumes": _objects("more volumes of the server pods", ("name",)),
+            "extraVolumeMounts": _objects(
+                "more volume mounts of the server container", ("name", "mountPath")
+            ),
+            "service": {
+                "type": "object",
+                "additionalProperties": False,
+                "properties": {
+                    "type": {"enum": ["ClusterIP", "NodePort", "LoadBalancer"]},
+                    "port": port,
+                    "nodePort": {
+                        "type": ["integer", "null"],
+                        "minimum": 1,
+                        "maximum": 65535,
+                        "description": "with type NodePort or LoadBalancer; null: the cluster picks one",
+                    },
+                    "annotations": _strings("annotations of the FleetLock Service"),
+                    "loadBalancerSourceRanges": {
+                        "type": "array",
+                        "items": {"type": "string", "minLength": 1},
+                        "description": "with type LoadBalancer: client CIDRs let in",
+                    },
+                },
+            },
+            "tls": {
+                "type": "object",
+                "additionalProperties": False,
+                "properties": {
+                    "secretName": {
+                        "type": "string",
+                        "pattern": DNS_NAME,
+                        "description": "Secret with tls.crt and tls.key: the server answers HTTPS",
+                    },
+                    "clientCASecret": {
+                        "type": "string",
+                        "pattern": DNS_NAME,
+                        "description": "Secret whose ca.crt signs client certificates: then required",
+                    },
+                },
+            },
+            "networkPolicy": {
+                "type": "object",
+                "additionalProperties": False,
+                "properties": {
+                    "enabled": {"type": "boolean"},
+                    "from": _objects("NetworkPolicy peers allowed to the FleetLock port; empty: anyone"),
+                },
+            },
+            "podDisruptionBudget": {
+                "type": "object",
+                "additionalProperties": False,
+                "description": "rendered when replicas > 1",
+                "properties": {
+                    "enabled": {"type": "boolean"},
+                    "minAvailable": {"type": "integer", "minimum": 1},
+                },
+            },
+            "antiAffinity": {
+                "enum": ["soft", "hard", "none"],
+                "description": "replicas on different nodes: preferred, required, or not asked",
+            },
+            "topologySpreadConstraints": _objects(
+                "topology spread constraints of the server pods",
+                ("maxSkew", "topologyKey", "whenUnsatisfiable"),
+            ),
+            "affinity": {"type": "object"},
+            "nodeSelector": _strings("nodes that may run the server"),
+            "tolerations": _objects("tolerations of the server pods"),
+            "priorityClassName": {"type": "string"},
+            "podAnnotations": _strings("annotations of the server pods"),
+            "podLabels": _strings("labels of the server pods"),
+            "strategy": {
+                "type": "object",
+                "properties": {"type": {"enum": ["RollingUpdate", "Recreate"]}},
+            },
+            "serviceAccount": {
+                "type": "object",
+                "additionalProperties": False,
+                "properties": {
+                    "create": {"type": "boolean"},
+                    "name": {"type": "string", "pattern": DNS_NAME},
+                    "annotations": _strings("annotations of the server's ServiceAccount"),
+                },
+            },
+            "hostNetwork": {
+                "type": "boolean",
+                "description": "run the pods in the node's network namespace (nodes without a pod network)",
+            },
+            "terminationGracePeriodSeconds": {"type": "integer", "minimum": 0},
+            "resources": _resources("resources of the server container"),
+            "podSecurityContext": {"type": "object", "description": "the server pods' securityContext"},
+            "securityContext": {"type": "object", "description": "the server container's securityContext"},
+            "livenessProbe": _probe("liveness probe"),
+            "readinessProbe": _probe("readiness probe"),
         },
     }
 
@@ -267,6 +407,7 @@ def chart_schema() -> dict[str, Any]:
                     "namespace": {"type": "string", "pattern": DNS_NAME},
                 },
             },
+            "fleetlock": fleetlock_schema(),
         },
     }
 

@@ -419,6 +419,10 @@ class ChartIdentity:
         self.delete()
 
 
+def _component(obj: Mapping[str, Any]) -> str | None:
+    return (obj["metadata"].get("labels") or {}).get("app.kubernetes.io/component")
+
+
 def _fullname_for(namespace: str) -> str:
     # Cluster-scoped names (ClusterRole, ClusterRoleBinding) must not collide between tests that
     # share the session cluster: derive them from the test's namespace.
@@ -433,6 +437,7 @@ def chart_identity(
     release: str = "rebootcoord",
     token_seconds: int = 4 * 3600,
     kubeconfig_dir: Path | None = None,
+    component: str | None = None,
 ) -> ChartIdentity:
     """Render the chart for ``namespace`` (with ``values``), apply its RBAC objects to
     ``cluster``, and return the :class:`ChartIdentity` of its ServiceAccount.
@@ -440,14 +445,18 @@ def chart_identity(
     ``namespace`` must exist (the ``kube`` fixture's). Unless ``values`` set ``fullnameOverride``,
     the objects are named ``rebootcoord-<namespace>`` so that cluster-scoped ones are unique.
     The kubeconfig is written to ``kubeconfig_dir`` (default: the cluster's workdir) and holds a
-    token valid ``token_seconds``.
+    token valid ``token_seconds``. ``component``: the identity of the ServiceAccount labelled
+    ``app.kubernetes.io/component=<component>`` (``fleetlock-server``: the FleetLock server's);
+    None: the agents' (the one without that label).
     """
     values = dict(values or {})
     values.setdefault("fullnameOverride", _fullname_for(namespace))
     objects = rbac_objects(render_chart(values, release=release, namespace=namespace))
-    accounts = [o for o in objects if o["kind"] == "ServiceAccount"]
+    accounts = [o for o in objects if o["kind"] == "ServiceAccount" and _component(o) == component]
     if len(accounts) != 1:
-        raise RuntimeError(f"the chart rendered {len(accounts)} ServiceAccounts, expected 1")
+        raise RuntimeError(
+            f"the chart rendered {len(accounts)} ServiceAccounts of {component or 'the agents'}"
+        )
     sa = accounts[0]["metadata"]["name"]
     apply_objects(cluster, objects)
     token = cluster.service_account_token(namespace, sa, seconds=token_seconds)
