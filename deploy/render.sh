@@ -4,6 +4,8 @@
 #
 #   rebootcoord.yaml          defaults: Lease backend, reboot_method command (privileged, nsenter)
 #   rebootcoord-signal.yaml   reboot_method signal: no privileged container; the agent unprivileged, a relay with CAP_KILL
+#   rebootcoord-fleetlock.yaml  the FleetLock server alone (fleetlock.enabled), for Zincati: to apply
+#                             beside either of the above (or alone, for a cluster of Zincati nodes)
 #
 # Usage: deploy/render.sh [OUTDIR]   (default: deploy/). `make deploy-manifests` runs it;
 # tests/packaging/test_deploy_manifests.py renders to a temporary directory and fails when the
@@ -17,6 +19,22 @@ NAMESPACE=rebootcoord
 
 [ -x "$HELM" ] || command -v "$HELM" >/dev/null || { echo "$0: $HELM not found: run make testbin (or set HELM)" >&2; exit 1; }
 
+namespace() {  # the release namespace, the same in every file (applying one never relabels it)
+    echo "---"
+    echo "apiVersion: v1"
+    echo "kind: Namespace"
+    echo "metadata:"
+    echo "  name: $NAMESPACE"
+    echo "  labels:"
+    echo "    # hostPID (and, for the nsenter method, a privileged container) need the privileged level."
+    echo "    pod-security.kubernetes.io/enforce: privileged"
+}
+
+helm_template() {
+    "$HELM" template rebootcoord charts/rebootcoord --namespace "$NAMESPACE" --kube-version "$KUBE_VERSION" \
+        --api-versions admissionregistration.k8s.io/v1/ValidatingAdmissionPolicy "$@"
+}
+
 render() {  # render FILE DESCRIPTION [helm args...]
     local file=$1 description=$2
     shift 2
@@ -24,16 +42,8 @@ render() {  # render FILE DESCRIPTION [helm args...]
         echo "# $description"
         echo "# Generated from charts/rebootcoord by deploy/render.sh (make deploy-manifests): edit the chart, not this file."
         echo "# kubectl apply -f $file"
-        echo "---"
-        echo "apiVersion: v1"
-        echo "kind: Namespace"
-        echo "metadata:"
-        echo "  name: $NAMESPACE"
-        echo "  labels:"
-        echo "    # hostPID (and, for the nsenter method, a privileged container) need the privileged level."
-        echo "    pod-security.kubernetes.io/enforce: privileged"
-        "$HELM" template rebootcoord charts/rebootcoord --namespace "$NAMESPACE" --kube-version "$KUBE_VERSION" \
-            --api-versions admissionregistration.k8s.io/v1/ValidatingAdmissionPolicy "$@"
+        namespace
+        helm_template "$@"
     } >"$OUT/$file.tmp"
     mv "$OUT/$file.tmp" "$OUT/$file"
 }
@@ -44,3 +54,11 @@ render rebootcoord.yaml \
 render rebootcoord-signal.yaml \
     "rebootcoord: Lease backend, reboot by SIGRTMIN+5 to the host's PID 1 from a relay container (CAP_KILL only); the agent unprivileged." \
     --set config.reboot_method=signal
+# The server's objects only: --show-only each of its templates that renders with these values.
+fleetlock=()
+for template in deployment configmap service networkpolicy pdb rbac admissionpolicy; do
+    fleetlock+=(--show-only "templates/fleetlock-$template.yaml")
+done
+render rebootcoord-fleetlock.yaml \
+    "rebootcoord FleetLock server for Zincati (Fedora CoreOS): Lease backend, group default, http on port 9729 of Service rebootcoord-fleetlock." \
+    --set fleetlock.enabled=true "${fleetlock[@]}"

@@ -43,3 +43,25 @@ def test_each_manifest_is_complete(name: str, privileged: bool) -> None:
     assert {"ServiceAccount", "Role", "ClusterRole", "DaemonSet", "ConfigMap", "Service"} <= kinds
     ds = next(d for d in docs if d["kind"] == "DaemonSet")
     assert ds["spec"]["template"]["spec"]["containers"][0]["securityContext"]["privileged"] is privileged
+
+
+def test_the_fleetlock_manifest_holds_the_server_alone() -> None:
+    """deploy/rebootcoord-fleetlock.yaml: the FleetLock server's objects, to apply beside either
+    agent manifest (or alone). Its Namespace is theirs, label for label, so that applying one file
+    after another never changes it."""
+    docs = [d for d in yaml.safe_load_all((DEPLOY / "rebootcoord-fleetlock.yaml").read_text()) if d]
+    agents = [d for d in yaml.safe_load_all((DEPLOY / "rebootcoord.yaml").read_text()) if d]
+    assert docs[0] == agents[0]
+    components = {(d["metadata"].get("labels") or {}).get("app.kubernetes.io/component") for d in docs[1:]}
+    assert components == {"fleetlock-server"}
+    kinds = {d["kind"] for d in docs}
+    assert "DaemonSet" not in kinds
+    assert {"ServiceAccount", "Role", "ClusterRole", "Deployment", "ConfigMap", "Service"} <= kinds
+    names = {(d["kind"], d["metadata"]["name"]) for d in docs} & {
+        (d["kind"], d["metadata"]["name"]) for d in agents
+    }
+    assert names == {("Namespace", "rebootcoord")}, "no object of the agents' manifest is replaced"
+    deployment = next(d for d in docs if d["kind"] == "Deployment")
+    (container,) = deployment["spec"]["template"]["spec"]["containers"]
+    assert container["securityContext"]["privileged"] is False
+    assert container["args"][0] == "fleetlock-server"

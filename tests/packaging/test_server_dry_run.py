@@ -162,7 +162,9 @@ def deploy_namespace(kube_cluster: KubeCluster) -> Iterator[str]:
         kube_cluster.kubectl("delete", "namespace", "rebootcoord", "--wait=false")
 
 
-@pytest.mark.parametrize("name", ["rebootcoord.yaml", "rebootcoord-signal.yaml"])
+@pytest.mark.parametrize(
+    "name", ["rebootcoord.yaml", "rebootcoord-signal.yaml", "rebootcoord-fleetlock.yaml"]
+)
 def test_deploy_manifests_pass_server_side_dry_run(
     kube_cluster: KubeCluster, deploy_namespace: str, name: str
 ) -> None:
