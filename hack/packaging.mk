@@ -63,8 +63,10 @@ checkov: $(CHECKOV_VENV)/.installed testbin
 # The bundle for hosts without Kubernetes (docs/hosts.md): the wheels of rebootcoord and of its
 # dependencies for this Python and machine, the systemd units, the example configs and
 # deploy/systemd/install.sh, as $(SYSTEMD_DIST)/rebootcoord-<version>-systemd-<cpXY>-<arch>.tar.gz.
-# The dependencies' wheels come from PyPI (or pip's cache and PIP_FIND_LINKS).
-SYSTEMD_DIST ?= dist
+# The dependencies' wheels come from PyPI (or pip's cache and PIP_FIND_LINKS). The hosts' Python
+# may differ from ours: SYSTEMD_PYTHON=python3.12 builds wheels for 3.12 (that Python needs pip).
+SYSTEMD_DIST   ?= dist
+SYSTEMD_PYTHON ?= $(PY)
 .PHONY: systemd-bundle
 systemd-bundle: install
-	PYTHON=$(PY) hack/systemd/build-bundle.sh $(SYSTEMD_DIST)
+	PYTHON=$(SYSTEMD_PYTHON) hack/systemd/build-bundle.sh $(SYSTEMD_DIST)

@@ -49,6 +49,13 @@ if [ $venv = yes ]; then
         die "no rebootcoord wheel in $wheels: run it from a bundle built by \`make systemd-bundle\`, or pass --wheels"
     "$python" -c 'import sys, venv; sys.exit(sys.version_info < (3, 11))' 2>/dev/null ||
         die "$python: Python >= 3.11 with its venv module is needed (found: $("$python" -V 2>&1 || echo none))"
+    # The wheels of C extensions are for one Python and machine: say so before pip fails to match.
+    if [ -f "$wheels/../PYTHON_TAG" ]; then
+        want=$(cat "$wheels/../PYTHON_TAG")
+        have=$("$python" -c 'import platform, sys; print(f"cp{sys.version_info[0]}{sys.version_info[1]}-{platform.machine()}")')
+        [ "$want" = "$have" ] ||
+            die "the bundle is for $want, $python is $have: build one with make systemd-bundle SYSTEMD_PYTHON=<that python>"
+    fi
 
     # Built beside the old one and swapped in whole, so a running service never imports from a
     # half-written tree. Paths written into the tree (script shebangs, bytecode) are the final
@@ -63,8 +70,11 @@ if [ $venv = yes ]; then
     # As in the image (Dockerfile): the kubernetes client's asyncio twin and aiohttp, which only it
     # uses, go (~70 MB); so do pip and setuptools: an upgrade builds a new tree from a new bundle.
     rm -rf "$stage"/lib/python3*/site-packages/kubernetes/aio
-    "$stage/bin/python" -m pip uninstall --quiet --yes aiohttp aiohttp-retry aiosignal aiohappyeyeballs \
-        frozenlist multidict yarl propcache pip setuptools
+    unneeded=$("$stage/bin/python" -m pip list --disable-pip-version-check --format=freeze | sed 's/==.*//; s/_/-/g' |
+        grep -ixE 'aiohttp|aiohttp-retry|aiosignal|aiohappyeyeballs|frozenlist|multidict|yarl|propcache|pip|setuptools' ||
+        true)
+    # shellcheck disable=SC2086 # one package name per word
+    "$stage/bin/python" -m pip uninstall --quiet --yes $unneeded
     rm -f "$stage"/bin/activate* "$stage"/bin/Activate.ps1
     for script in "$stage"/bin/*; do
         [ -f "$script" ] && [ ! -L "$script" ] && head -c 2 "$script" | grep -q '^#!' &&

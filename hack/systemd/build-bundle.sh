@@ -36,6 +36,7 @@ for f in install.sh rebootcoord-agent.service rebootcoord-fleetlock.service agen
 done
 chmod 0755 "$bundle/install.sh"
 printf '%s\n' "$version" >"$bundle/VERSION"
+printf '%s\n' "$tag" >"$bundle/PYTHON_TAG"  # install.sh refuses another Python or machine
 
 tar -C "$work" --sort=name --owner=0 --group=0 --numeric-owner -czf "$out/$name.tar.gz.tmp" "$name"
 mv "$out/$name.tar.gz.tmp" "$out/$name.tar.gz"

@@ -13,6 +13,7 @@ from __future__ import annotations
 import http.client
 import json
 import os
+import platform
 import re
 import shutil
 import signal
@@ -104,11 +105,13 @@ def test_the_units_say_what_the_hosts_rely_on(unit: Path, key: str, value: str) 
     assert value in unit_settings(unit).get(key, []), f"{unit.name}: {key}={value}"
 
 
-def test_the_agent_writes_its_events_into_its_state_directory() -> None:
-    """ProtectSystem=strict leaves only /var/lib/<StateDirectory> writable."""
-    state = unit_settings(AGENT_UNIT)["StateDirectory"][0]
+def test_the_agent_writes_only_into_its_state_directory() -> None:
+    """ProtectSystem=strict leaves only /var/lib/<StateDirectory> writable: the events file and the
+    FleetLock backend's holder record (its default) go there."""
+    state = Path("/var/lib") / unit_settings(AGENT_UNIT)["StateDirectory"][0]
     events = yaml.safe_load((SYSTEMD / "agent.yaml").read_text())["events_file"]
-    assert Path(events).parent == Path("/var/lib") / state
+    assert Path(events).parent == state
+    assert Path(KEYS["fleetlock_state_dir"].default) == state
 
 
 @pytest.mark.skipif(SYSTEMD_ANALYZE is None, reason="systemd-analyze is not installed")
@@ -178,6 +181,9 @@ def test_install_without_a_bundle_says_what_is_missing(tmp_path: Path) -> None:
     (wheels / "rebootcoord-0-py3-none-any.whl").touch()
     old = install("--root", str(tmp_path / "root"), "--wheels", str(wheels), "--python", "false")
     assert old.returncode == 2 and "Python >= 3.11 with its venv module is needed" in old.stderr
+    (tmp_path / "PYTHON_TAG").write_text("cp27-vax\n")  # the bundle's wheels are for another Python
+    other = install("--root", str(tmp_path / "root"), "--wheels", str(wheels), "--python", sys.executable)
+    assert other.returncode == 2 and "the bundle is for cp27-vax" in other.stderr
     assert not (tmp_path / "root").exists(), "nothing is written before the checks pass"
 
 
@@ -268,6 +274,9 @@ def test_the_bundle_holds_every_wheel_the_units_the_configs_and_the_installer(un
         assert (unpacked / name).read_bytes() == (SYSTEMD / name).read_bytes()
     assert os.access(unpacked / "install.sh", os.X_OK)
     assert (unpacked / "VERSION").read_text() == f"{__version__}\n"
+    tag = f"cp{sys.version_info[0]}{sys.version_info[1]}-{platform.machine()}"
+    assert (unpacked / "PYTHON_TAG").read_text() == f"{tag}\n"
+    assert unpacked.name == f"rebootcoord-{__version__}-systemd-{tag}"
 
 
 @bundle_test
