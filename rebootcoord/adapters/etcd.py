@@ -408,6 +408,8 @@ class EtcdWaitQueue:
         key = self.keys.waiters + waiter.id
 
         def put(client: Any) -> None:
+            if not self.background and self._renewed(client, key):
+                return
             try:
                 client.put(key, doc, lease=self._lease_for(client, waiter.id))
             except grpc.RpcError as exc:
@@ -429,6 +431,20 @@ class EtcdWaitQueue:
         else:
             with self._lock:
                 self._leases.pop(waiter.id, None)
+
+    def _renewed(self, client: Any, key: str) -> bool:
+        """A poller's place that is still there, kept by refreshing the lease it is on: no write
+        to etcd's log (a keep-alive is the leader's), where a new lease and a put are two."""
+        _value, meta = client.get(key)
+        if meta is None or not getattr(meta, "lease_id", 0):
+            return False
+        try:
+            responses = _refresher(meta.lease_id)(client)
+        except grpc.RpcError as exc:
+            if _lease_gone(exc):
+                return False
+            raise
+        return bool(responses) and responses[0].TTL > 0
 
     def joined(self, holder: HolderId) -> bool:
         with self._lock:

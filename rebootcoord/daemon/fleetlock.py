@@ -31,7 +31,7 @@ from typing import Any
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from rebootcoord.core.fleetlock import PRE_REBOOT, ClientParams, Refusal, parse_request, refusal
-from rebootcoord.core.semaphore import FLEETLOCK, MANUAL, HolderRecord, Waiter
+from rebootcoord.core.semaphore import FLEETLOCK, MANUAL, GroupView, HolderRecord, Waiter
 from rebootcoord.core.types import Group, HolderId, NodeName, Phase
 from rebootcoord.daemon.group import GroupClient
 from rebootcoord.daemon.httpserve import BoundedHTTPServer
@@ -211,51 +211,64 @@ class FleetLockService:
     def pre_reboot(self, client: ClientParams) -> None:
         node = self._node_of(client)
         gc = self.group(client.group)
-        gc.ensure(self.settings.max_holders)
-        view = gc.read(queue=False)
+        view = gc.read()
+        if view.slots is None and not view.corrupt:
+            gc.ensure(self.settings.max_holders)
+            view = gc.read()
         record = view.records.get(client.id)
         if view.holds(client.id):
             if record is None or record.kind == MANUAL or record.phase not in (Phase.LOCKED, Phase.DRAINING):
                 return  # granted before (or held by airlock's or an operator's hand): recursive
         else:
-            record = self._take(gc, client, node)
+            record = self._take(gc, client, node, view)
         if node is not None and self.directory is not None:
             self._drain(gc, record, node)
         elif record.phase is not Phase.REBOOTING:
             gc.update(record.moved(Phase.REBOOTING, self.clock(), reboot_requested_at=self.clock()))
 
-    def _take(self, gc: GroupClient, client: ClientParams, node: NodeName | None) -> HolderRecord:
+    def _take(
+        self, gc: GroupClient, client: ClientParams, node: NodeName | None, view: GroupView
+    ) -> HolderRecord:
+        """Keep (or take) the client's place in line, and a slot if it is its turn: asked of the
+        store (one compare-and-swap) only when ``view``, read just before, says it may be."""
         now = self.clock()
         gc.join_queue(Waiter(client.id, node or NodeName(client.id), now, 0))
-        boot = self.directory.boot_id(node) if node is not None and self.directory is not None else ""
-        record = HolderRecord(
-            id=client.id,
-            node=node or NodeName(client.id),
-            group=client.group,
-            phase=Phase.LOCKED,
-            boot_id=boot,
-            acquired_at=now,
-            phase_since=now,
-            kind=FLEETLOCK,
-            reason="FleetLock pre-reboot",
-        )
-        if gc.acquire(record) is not None:
-            log.info(
-                "FleetLock client %s (node %s) took a slot of group %s", client.id, record.node, client.group
-            )
-            return record
-        view = gc.read()
+        position = view.queue_position(client.id)
+        if position is None:
+            position = len(view.waiters)  # joined just now: at the end of the line as read
         if view.paused is not None:
             raise refusal(
                 "group_paused", f"group {client.group} is paused by {view.paused.by}: {view.paused.reason}"
             )
+        if view.corrupt:
+            raise view.corrupt[0]
         slots = view.slots
+        if slots is not None and position < slots.free:
+            boot = self.directory.boot_id(node) if node is not None and self.directory is not None else ""
+            record = HolderRecord(
+                id=client.id,
+                node=node or NodeName(client.id),
+                group=client.group,
+                phase=Phase.LOCKED,
+                boot_id=boot,
+                acquired_at=now,
+                phase_since=now,
+                kind=FLEETLOCK,
+                reason="FleetLock pre-reboot",
+            )
+            if gc.acquire(record) is not None:
+                log.info("FleetLock client %s (node %s) took a slot of group %s", client.id, record.node,
+                         client.group)  # fmt: skip
+                return record
+            view = gc.read()  # it was not its turn after all: say where it stands now
+            position = view.queue_position(client.id) or 0
+            slots = view.slots
         held = f"{len(slots.holders)} of {slots.max} slots held" if slots else "no slots"
-        position = view.queue_position(client.id)
-        place = (
-            f"place {position + 1} of {len(view.waiters)} in line" if position is not None else "not in line"
+        line = max(len(view.waiters), position + 1)
+        raise refusal(
+            "no_free_slot",
+            f"{held}; place {position + 1} of {line} in line; kept while the client keeps asking",
         )
-        raise refusal("no_free_slot", f"{held}; {place}; the place is kept while the client keeps asking")
 
     def _drain(self, gc: GroupClient, record: HolderRecord, node: NodeName) -> None:
         assert self.directory is not None
