@@ -4,6 +4,7 @@ a drain that fails. The real API server, kwok nodes, the server as a process."""
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -12,8 +13,9 @@ import pytest
 
 from rebootcoord.adapters.kube.api import Kube
 from rebootcoord.core.fleetlock import app_specific_id
-from rebootcoord.core.types import Group
+from rebootcoord.core.types import Group, Phase
 from rebootcoord.daemon.group import lease_group
+from tests.conftest import wait_for
 from tests.e2e.test_kube_fleet import deploy
 from tests.support.fleetlock import FleetLockClient, FleetLockServer, fleetlock_servers
 from tests.support.kubecluster import KubeTestEnv, wait_for_pdb
@@ -133,3 +135,41 @@ def test_an_id_that_maps_to_no_node_is_refused_unless_configured(
 
 def _config_of(server: FleetLockServer) -> dict[str, Any]:
     return {k: v for k, v in server.config.items() if not k.startswith(("fleetlock_listen", "metrics_"))}
+
+
+def test_a_server_killed_mid_drain_is_finished_by_the_retry_on_another_replica(
+    kube: KubeTestEnv, tmp_path: Path, server: FleetLockServer
+) -> None:
+    target, _spare = kube.create_nodes(2)
+    deploy(kube, "db", 2, pdb={"maxUnavailable": 0}, node=target.name)  # the drain cannot finish yet
+    zincati = app_specific_id(target.machine_id)
+    group = lease_group(Kube(kube.cluster.api_client()), namespace=kube.namespace, group=Group("default"))
+    answers: list[int] = []
+    pending = threading.Thread(
+        target=lambda: answers.append(FleetLockClient(server.base).pre_reboot(zincati).status)
+    )
+    pending.start()
+    try:
+
+        def draining() -> bool:
+            record = group.read(queue=False).record(zincati)
+            return record is not None and record.phase is Phase.DRAINING
+
+        wait_for(draining, timeout=30, what="the drain under way")
+        server.kill()  # kill -9 in the middle of the drain
+        pending.join(30)
+        assert answers == []  # Zincati saw no answer: it asks again later
+        assert node(kube, target.name).spec.unschedulable and holders(kube) == (zincati,)
+        kube.policy.patch_namespaced_pod_disruption_budget(
+            "db", kube.namespace, {"spec": {"maxUnavailable": 1}}
+        )
+        wait_for_pdb(kube.api, kube.namespace, "db", disruptions_allowed=1, timeout=60)
+        with fleetlock_servers(tmp_path / "other", _config_of(server)) as (other,):
+            answer = FleetLockClient(other.base).pre_reboot(zincati)  # the retry, on another replica
+            assert answer.status == 200, answer.body
+            record = group.read(queue=False).record(zincati)
+            assert record is not None and record.phase is Phase.REBOOTING and record.cordoned
+            assert FleetLockClient(other.base).steady_state(zincati).status == 200
+        assert not node(kube, target.name).spec.unschedulable and holders(kube) == ()
+    finally:
+        group.close()
