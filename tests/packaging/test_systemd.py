@@ -172,6 +172,40 @@ def test_the_agent_examples_fleetlock_alternative_loads(tmp_path: Path) -> None:
     assert effective["fleetlock_url"] == "http://fleetlock.example.internal:9729/"
 
 
+DOCS = REPO_ROOT / "docs" / "hosts.md"
+
+
+def docs_block(language: str, first_line: str) -> str:
+    """The fenced block of docs/hosts.md in ``language`` whose first line is ``first_line``."""
+    for found in re.finditer(rf"```{language}\n(.*?)```", DOCS.read_text(), re.S):
+        if found.group(1).startswith(first_line + "\n"):
+            return found.group(1)
+    raise AssertionError(f"no {language} block starting {first_line!r} in {DOCS}")
+
+
+def test_the_zincati_drop_in_points_at_the_servers_port() -> None:
+    zincati = tomllib.loads(docs_block("toml", "# /etc/zincati/config.d/55-updates-strategy.toml"))
+    assert zincati["updates"]["strategy"] == "fleet_lock"
+    base_url = zincati["updates"]["fleet_lock"]["base_url"]
+    port = str(KEYS["fleetlock_listen"].default).rsplit(":", 1)[1]
+    assert re.fullmatch(rf"http://[^/]+:{port}/", base_url), base_url
+    server = yaml.safe_load((SYSTEMD / "fleetlock.yaml").read_text())
+    assert server["fleetlock_listen"].endswith(f":{port}") and "default" in server["fleetlock_groups"]
+
+
+def test_the_flatcar_snippets_leave_the_reboot_to_the_agent() -> None:
+    assert "REBOOT_STRATEGY=off" in docs_block(
+        "sh", "# /etc/flatcar/update.conf (keep GROUP= and SERVER= lines if you have them)"
+    )
+    butane = yaml.safe_load(docs_block("yaml", "variant: flatcar"))
+    (conf,) = butane["storage"]["files"]
+    assert (
+        conf["path"] == "/etc/flatcar/update.conf" and conf["contents"]["inline"] == "REBOOT_STRATEGY=off\n"
+    )
+    assert butane["systemd"]["units"] == [{"name": "locksmithd.service", "mask": True}]
+    assert "locksmithd.service" in unit_settings(AGENT_UNIT)["Conflicts"]
+
+
 def test_install_without_a_bundle_says_what_is_missing(tmp_path: Path) -> None:
     proc = install("--root", str(tmp_path / "root"))
     assert proc.returncode == 2
@@ -370,6 +404,10 @@ def test_systemd_analyze_verify_accepts_the_installed_units(installed: Path, tmp
         ]
         return proc.returncode, "\n".join(ours)
 
+    # with the credentials drop-in docs/hosts.md gives for the server's secret files
+    dropin = root / "etc/systemd/system/rebootcoord-fleetlock.service.d/credentials.conf"
+    dropin.parent.mkdir()
+    dropin.write_text(docs_block("ini", f"# /{dropin.relative_to(root)}"))
     assert verify(*units) == (0, "")
     # The check can fail: a misspelt directive and a missing executable are reported.
     system = root / "etc/systemd/system"
