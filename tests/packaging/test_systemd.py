@@ -244,7 +244,8 @@ def bundle(tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("dist")
     t0 = time.monotonic()
     proc = subprocess.run(
-        ["make", "--no-print-directory", "systemd-bundle", f"SYSTEMD_DIST={out}"],
+        # -o: never reinstall the venv this session runs from (a pyproject.toml newer than it)
+        ["make", "--no-print-directory", "-o", ".venv/.installed", "systemd-bundle", f"SYSTEMD_DIST={out}"],
         cwd=REPO_ROOT,
         capture_output=True,
         text=True,
