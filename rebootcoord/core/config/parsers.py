@@ -13,6 +13,7 @@ from datetime import timedelta, tzinfo
 from typing import Any
 from urllib.parse import urlsplit
 
+from rebootcoord.core.documents import quoted
 from rebootcoord.core.durations import format_duration, parse_duration
 from rebootcoord.core.types import GROUP_RE, HOLDER_ID_RE, Group
 from rebootcoord.core.windows import WindowSpecError
@@ -274,7 +275,7 @@ def p_endpoints(value: object) -> tuple[str, ...]:
         except ValueError:
             port = None
         if parts.scheme not in ("http", "https") or not parts.hostname or port is None:
-            raise Invalid(f'endpoints such as "http://127.0.0.1:2379" (bad: {ep!r})')
+            raise Invalid(f'endpoints such as "http://127.0.0.1:2379" (bad: {quoted(ep)})')
     return endpoints
 
 
@@ -304,7 +305,9 @@ def p_groups(value: object) -> tuple[Group, ...]:
         raise Invalid("a list of group names") from None
     for name in names:
         if not GROUP_RE.match(name):
-            raise Invalid(f"group names of letters, digits, '.' and '-' (FleetLock's rule), not {name!r}")
+            raise Invalid(
+                f"group names of letters, digits, '.' and '-' (FleetLock's rule), not {quoted(name)}"
+            )
     return tuple(Group(n) for n in names)
 
 
@@ -498,7 +501,7 @@ def p_labels(value: object) -> tuple[tuple[str, str], ...]:
     for item in items:
         key, sep, val = item.partition("=")
         if not sep or not re.fullmatch(_LABEL_KEY, key) or not re.fullmatch(_LABEL_VALUE, val):
-            raise Invalid(f'labels as "key=value" (bad: {item!r})')
+            raise Invalid(f'labels as "key=value" (bad: {quoted(item)})')
         out.append((key, val))
     return tuple(out)
 
