@@ -170,6 +170,11 @@ def test_the_fleetlock_server_on_the_real_node(
         assert node["metadata"]["annotations"]["rebootcoord.io/cordoned-by-rebootcoord"] == "true"
         assert node["metadata"]["annotations"]["rebootcoord.io/phase"] == "rebooting"
         assert post(forward.local, context, "pre-reboot", client_id, group) == (200, "ok")  # recursive
+        # rebootctl in the server's pod reads the server's file and uses its rights.
+        status = kube_cluster.kubectl(
+            "exec", "-n", NAMESPACE, name, "--", "rebootctl", "-o", "json", "status"
+        )
+        assert [h["id"] for h in json.loads(status)["holders"]] == [client_id]
 
         assert post(forward.local, context, "steady-state", client_id, group) == (200, "ok")
         assert inst.holders() == []
