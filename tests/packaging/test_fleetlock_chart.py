@@ -10,11 +10,8 @@ in line, steady-state (Ready check, uncordon, release). The audit log is the wit
 
 from __future__ import annotations
 
-import http.client
 import json
-import os
 import subprocess
-import sys
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -29,7 +26,8 @@ from kubernetes.client.exceptions import ApiException
 from rebootcoord.core.config import load_settings
 from rebootcoord.core.fleetlock import app_specific_id
 from tests.packaging.conftest import Render, kinds, only
-from tests.support.cluster import KubeCluster, free_port, wait_for
+from tests.support.cluster import KubeCluster, wait_for
+from tests.support.fleetlock import FleetLockClient, FleetLockServer
 from tests.support.kubecluster import KubeTestEnv, wait_for_pods
 from tests.support.rbac import (
     CHART,
@@ -670,57 +668,6 @@ def test_chart_passes_server_side_dry_run(
 # The real API server: the real server's calls, its rights, its confinement
 
 
-class Server:
-    """``rebootcoord fleetlock-server`` as a process on loopback, with a configuration file."""
-
-    def __init__(self, run_dir: Path, config: dict[str, Any]) -> None:
-        self.port, self.metrics_port = free_port(), free_port()
-        config = {
-            **config,
-            "fleetlock_listen": f"127.0.0.1:{self.port}",
-            "metrics_address": f"127.0.0.1:{self.metrics_port}",
-            "log_format": "text",
-        }
-        path = run_dir / "fleetlock.yaml"
-        path.write_text(yaml.safe_dump(config))
-        self.log_path = run_dir / "fleetlock.log"
-        env = {k: v for k, v in os.environ.items() if not k.startswith("REBOOTCOORD_")}
-        self.process = subprocess.Popen(
-            [sys.executable, "-m", "rebootcoord", "fleetlock-server", "--config", str(path)],
-            stdout=self.log_path.open("wb"), stderr=subprocess.STDOUT, env=env,
-        )  # fmt: skip
-
-    def log(self) -> str:
-        return self.log_path.read_text(errors="replace")
-
-    def healthy(self) -> bool:
-        assert self.process.poll() is None, f"fleetlock-server exited: {self.log()[-3000:]}"
-        try:
-            conn = http.client.HTTPConnection("127.0.0.1", self.metrics_port, timeout=2)
-            conn.request("GET", "/healthz")
-            return conn.getresponse().status == 200
-        except OSError:
-            return False
-
-    def post(self, operation: str, client_id: str, group: str = "default") -> tuple[int, str]:
-        """A FleetLock request as Zincati sends it; (status, kind)."""
-        conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=120)
-        body = json.dumps({"client_params": {"id": client_id, "group": group}})
-        conn.request("POST", f"/v1/{operation}", body=body,
-                     headers={"fleet-lock-protocol": "true", "content-type": "application/json"})  # fmt: skip
-        answer = conn.getresponse()
-        return answer.status, json.loads(answer.read() or b"{}").get("kind", "")
-
-    def stop(self) -> None:
-        if self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(15)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait(5)
-
-
 def _fullname(namespace: str) -> str:
     return f"rc-{namespace}"[:40].rstrip("-")
 
@@ -779,28 +726,33 @@ def test_the_real_server_with_the_charts_rights_and_confinement(
     (web,) = wait_for_pods(kube.api, ns, "app=web", count=1)
 
     config = {**_server_config(objects), "kubeconfig": str(ident.kubeconfig_path), "namespace": ns}
-    server = Server(tmp_path, config)
+    server = FleetLockServer(tmp_path, {**config, "log_format": "text"}).start(timeout=60)
+    client = FleetLockClient(server.base)
+
+    def post(operation: str, client_id: str) -> tuple[int, str]:
+        answer = client.call(operation, client_id)
+        return answer.status, answer.kind
+
     try:
-        wait_for(server.healthy, timeout=60, what="fleetlock-server healthy")
         a, b = app_specific_id(first.machine_id), app_specific_id(second.machine_id)
 
         # 1. pre-reboot: slot, cordon (marked), the pod evicted, events; then 200.
-        assert server.post("pre-reboot", a) == (200, "ok"), server.log()[-3000:]
+        assert post("pre-reboot", a) == (200, "ok"), server.log()[-3000:]
         node = kube.core.read_node(first.name)
         assert node.spec.unschedulable is True
         assert node.metadata.annotations["rebootcoord.io/cordoned-by-rebootcoord"] == "true"
         assert web.metadata.uid not in {p.metadata.uid for p in kube.core.list_namespaced_pod(ns).items}
         # 2. a second client waits for the slot, in line (a waiter Lease), and asks again.
-        assert server.post("pre-reboot", b) == (423, "no_free_slot")
-        assert server.post("pre-reboot", b) == (423, "no_free_slot")
+        assert post("pre-reboot", b) == (423, "no_free_slot")
+        assert post("pre-reboot", b) == (423, "no_free_slot")
         # 3. steady-state: the node Ready, uncordoned, the slot released; the second takes it.
-        assert server.post("steady-state", a) == (200, "ok"), server.log()[-3000:]
+        assert post("steady-state", a) == (200, "ok"), server.log()[-3000:]
         assert not kube.core.read_node(first.name).spec.unschedulable
-        assert server.post("pre-reboot", b) == (200, "ok"), server.log()[-3000:]
-        assert server.post("steady-state", b) == (200, "ok"), server.log()[-3000:]
-        assert server.post("steady-state", b) == (200, "ok")  # idempotent
+        assert post("pre-reboot", b) == (200, "ok"), server.log()[-3000:]
+        assert post("steady-state", b) == (200, "ok"), server.log()[-3000:]
+        assert post("steady-state", b) == (200, "ok")  # idempotent
         # 4. an unknown id is refused before anything is written.
-        assert server.post("pre-reboot", "0" * 32) == (403, "unknown_node")
+        assert post("pre-reboot", "0" * 32) == (403, "unknown_node")
     finally:
         server.stop()
     log = server.log()

@@ -60,11 +60,11 @@ class FleetLockServer:
         self.run_dir.mkdir(parents=True, exist_ok=True)
         self.port = self.port or free_port()
         self.metrics_port = self.metrics_port or free_port()
-        config = {
-            "fleetlock_listen": f"127.0.0.1:{self.port}",
-            "metrics_address": f"127.0.0.1:{self.metrics_port}",
+        config = {  # the ports are this fixture's, whatever the configuration says
             "log_format": "json",
             **self.config,
+            "fleetlock_listen": f"127.0.0.1:{self.port}",
+            "metrics_address": f"127.0.0.1:{self.metrics_port}",
         }
         if config.get("fleetlock_tls_cert_file"):
             self.scheme = "https"
