@@ -1,6 +1,6 @@
 """Run every benchmark; each prints JSON and writes benchmarks/out/.
 
-The last four need `make testbin`; realnode.py also root and `make image`.
+The last five need `make testbin`; realnode.py also root and `make image`.
 The fault campaign is `make faults`.
 """
 
@@ -20,6 +20,7 @@ for script in (
     "controlplane.py",
     "handoff_kube.py",
     "scale.py",
+    "fleetlock.py",
     "realnode.py",
 ):
     print(f"== {script}", flush=True)
