@@ -24,19 +24,23 @@ from pathlib import Path
 import pytest
 
 from rebootcoord.adapters.fleetlock import FleetLockSemaphore
+from rebootcoord.core.fleetlock import app_specific_id
 from rebootcoord.core.semaphore import SemaphoreState, Waiter
 from rebootcoord.core.types import Group, HolderId, NodeName
 from rebootcoord.errors import BackendUnavailable
 from rebootcoord.sim.etcd_server import EtcdServer
 from tests.conftest import wait_for
 from tests.contract.test_semaphore import record
-from tests.support.cluster import free_port
+from tests.support.cluster import free_port, write_kubeconfig
 from tests.support.etcdraw import raw_client, slot_history
 from tests.support.fleetlock import FleetLockClient, fleetlock_servers
+from tests.support.kubecluster import KubeTestEnv, wait_for_pdb, wait_for_pods
 from tests.support.peers import (
     AIRLOCK,
     AIRLOCK_PREFIX,
+    POSEIDON,
     Airlock,
+    PoseidonFleetlock,
     airlock_key,
     needs,
     peer_binary,
@@ -71,6 +75,31 @@ def start_airlock(etcd: EtcdServer, tmp_path: Path, group: str) -> Iterator[Call
     finally:
         for peer in started:
             peer.stop()
+
+
+@pytest.fixture
+def start_poseidon(kube: KubeTestEnv, tmp_path: Path) -> Iterator[Callable[..., PoseidonFleetlock]]:
+    binary = peer_binary(POSEIDON)
+    assert binary is not None  # tests that start it are marked needs(POSEIDON)
+    started: list[PoseidonFleetlock] = []
+
+    def start(kubeconfig: Path | None = None) -> PoseidonFleetlock:
+        peer = PoseidonFleetlock(binary, tmp_path / "poseidon", kube.namespace,
+                                 kubeconfig or kube.cluster.endpoints.kubeconfig)  # fmt: skip
+        started.append(peer)
+        return peer.start()
+
+    try:
+        yield start
+    finally:
+        for peer in started:
+            peer.stop()
+
+
+@pytest.fixture
+def poseidon(start_poseidon: Callable[..., PoseidonFleetlock]) -> PoseidonFleetlock:
+    """poseidon/fleetlock on the test's namespace, with the admin kubeconfig."""
+    return start_poseidon()
 
 
 def adapter(base: str, group: str, holder: str, slots: int, state_root: Path) -> FleetLockSemaphore:
@@ -324,3 +353,183 @@ def test_clients_alternating_between_ours_and_airlock_never_exceed_the_slots(
     assert {name for _, name in grants} == {"airlock", "ours"}, grants
     assert {(s, k) for _, s, k in refusals} <= {(500, "failed_lock"), (423, "no_free_slot")}, refusals
     assert airlock_slots(etcd, group) == SemaphoreState(slots)
+
+
+# -- the agent's adapter against poseidon/fleetlock -------------------------------------------------
+
+
+def lease_holder(kube: KubeTestEnv, group: str = "default") -> str:
+    """poseidon's Lease ``fleetlock-<group>``: its holderIdentity ("" when free)."""
+    lease = kube.coordination.read_namespaced_lease(f"fleetlock-{group}", kube.namespace)
+    return str(lease.spec.holder_identity or "")
+
+
+def unschedulable(kube: KubeTestEnv, node: str) -> bool:
+    return bool(kube.core.read_node(node).spec.unschedulable)
+
+
+@pytest.mark.kube
+@needs(POSEIDON)
+def test_the_adapter_takes_is_refused_while_held_and_releases_on_poseidon(
+    kube: KubeTestEnv, poseidon: PoseidonFleetlock, tmp_path: Path
+) -> None:
+    """With Zincati's ids (the app-specific id of each Node's machine id): a takes the one slot
+    of the group and poseidon cordons a's Node before it answers; b is refused (423
+    ``lock_held``, no exception) while a holds; a's release uncordons its Node and frees the
+    Lease; then b gets it."""
+    node_a, node_b = kube.create_nodes(2)
+    a = adapter(poseidon.base, "default", app_specific_id(node_a.machine_id), 1, tmp_path)
+    b = adapter(poseidon.base, "default", app_specific_id(node_b.machine_id), 1, tmp_path)
+
+    assert isinstance(take(a), int)
+    assert lease_holder(kube) == a.holder
+    assert unschedulable(kube, node_a.name)  # drained before the 200
+
+    assert take(b) is None
+    view = b.read()
+    assert view.slots is not None and view.slots.free == 0
+    answer = FleetLockClient(poseidon.base).pre_reboot(b.holder)
+    assert (answer.status, answer.kind) == (423, "lock_held"), answer.body
+    assert lease_holder(kube) == a.holder
+
+    assert isinstance(a.release(a.holder), int)
+    assert lease_holder(kube) == ""
+    assert not unschedulable(kube, node_a.name)
+
+    assert isinstance(take(b), int)
+    assert lease_holder(kube) == b.holder and unschedulable(kube, node_b.name)
+    assert isinstance(b.release(b.holder), int)
+    assert lease_holder(kube) == "" and not unschedulable(kube, node_b.name)
+
+
+@pytest.mark.kube
+@needs(POSEIDON)
+def test_poseidon_keeps_the_slot_of_an_id_that_is_no_nodes_zincati_id(
+    kube: KubeTestEnv, poseidon: PoseidonFleetlock, tmp_path: Path
+) -> None:
+    """The agent's default holder id is its node name. poseidon grants it (its drain finds no
+    Node and is skipped), but its steady-state uncordons first and fails the release when the id
+    matches no Node: 500 ``internal_error``, the Lease stays held. The adapter reports
+    BackendUnavailable and keeps its record; only Zincati's id releases."""
+    (node,) = kube.create_nodes(1)
+    sem = adapter(poseidon.base, "default", node.name, 1, tmp_path)
+    assert isinstance(take(sem), int)
+    assert lease_holder(kube) == node.name
+    with pytest.raises(BackendUnavailable, match="internal_error"):
+        sem.release(sem.holder)
+    assert lease_holder(kube) == node.name
+    assert sem.read().holds(sem.holder)
+    answer = FleetLockClient(poseidon.base).steady_state(node.name)
+    assert (answer.status, answer.kind) == (500, "internal_error"), answer.body
+
+
+@pytest.mark.kube
+@needs(POSEIDON)
+def test_poseidon_refuses_a_steady_state_from_a_client_that_holds_nothing(
+    kube: KubeTestEnv, poseidon: PoseidonFleetlock, tmp_path: Path
+) -> None:
+    """steady-state from a non-holder while another client holds the Lease: poseidon answers 423
+    ``lock_held`` (ours answers 200), so an agent that no longer needs its reboot and leaves the
+    line gets BackendUnavailable until the holder releases."""
+    node_a, node_b = kube.create_nodes(2)
+    a = adapter(poseidon.base, "default", app_specific_id(node_a.machine_id), 1, tmp_path)
+    b = adapter(poseidon.base, "default", app_specific_id(node_b.machine_id), 1, tmp_path)
+    assert isinstance(take(a), int)
+    assert take(b) is None
+    with pytest.raises(BackendUnavailable, match="423 lock_held"):
+        b.leave_queue(b.holder)
+    assert isinstance(a.release(a.holder), int)
+    b.leave_queue(b.holder)  # free: "reboot lease already unlocked", 200
+    assert lease_holder(kube) == ""
+    assert not unschedulable(kube, node_a.name)
+
+
+@pytest.mark.kube
+@needs(POSEIDON)
+@pytest.mark.parametrize(
+    ("method", "path", "header", "client_id", "client_group", "status", "kind"),
+    [
+        pytest.param("POST", "/v1/pre-reboot", False, '"n"', '"default"', 400, "missing_header",
+                     id="missing_header"),
+        pytest.param("POST", "/v1/pre-reboot", True, "", "", 400, "decode_error", id="decode_error"),
+        pytest.param("POST", "/v1/pre-reboot", True, '""', '"default"', 400, "decode_error",
+                     id="invalid_client_identity-empty"),
+        pytest.param("POST", "/v1/pre-reboot", True, "7", '"default"', 400, "decode_error",
+                     id="invalid_client_identity-not-text"),
+        pytest.param("POST", "/v1/pre-reboot", True, json.dumps("n" * 300), '"default"', 200, "",
+                     id="invalid_client_identity-300-chars-DIFFERS(table: 400 decode_error)"),
+        pytest.param("POST", "/v1/pre-reboot", True, '"n"', '"a/b"', 500, "internal_error",
+                     id="invalid_group-DIFFERS(table: 400 decode_error)"),
+        pytest.param("POST", "/v1/pre-reboot", True, '"n"', '"Workers"', 500, "internal_error",
+                     id="valid-upper-case-group-no-Lease-name"),
+        pytest.param("GET", "/v1/pre-reboot", True, '"n"', '"default"', 405, "method_not_allowed",
+                     id="method_not_allowed"),
+        pytest.param("POST", "/v1/reboot", True, '"n"', '"default"', 404, "", id="not_found-plain-text"),
+    ],
+)  # fmt: skip
+def test_what_poseidon_answers(
+    kube: KubeTestEnv,
+    poseidon: PoseidonFleetlock,
+    method: str,
+    path: str,
+    header: bool,
+    client_id: str,
+    client_group: str,
+    status: int,
+    kind: str,
+) -> None:
+    body = BODY.format(id=client_id, group=client_group) if client_id else "nope"
+    headers = {"fleet-lock-protocol": "true"} if header else {}
+    answer = FleetLockClient(poseidon.base).raw(method, path, body.encode(), headers)
+    assert (answer.status, answer.kind) == (status, kind), answer.body
+    leases = {item.metadata.name: item.spec.holder_identity
+              for item in kube.coordination.list_namespaced_lease(kube.namespace).items}  # fmt: skip
+    assert leases == ({"fleetlock-default": json.loads(client_id)} if status == 200 else {})
+
+
+@pytest.mark.kube
+@needs(POSEIDON)
+def test_poseidon_grants_although_a_pdb_blocks_the_drain(
+    kube: KubeTestEnv, poseidon: PoseidonFleetlock, tmp_path: Path
+) -> None:
+    """The drain is best effort (fleetlock#51): a PodDisruptionBudget refuses the eviction, and
+    poseidon answers 200 all the same -- the Node cordoned, the pod still on it. (Without a PDB
+    it does evict: see the policy/v1beta1 Eviction it sends, which this API server accepts.)"""
+    (node,) = kube.create_nodes(1)
+    labels = {"app": "guarded"}
+    for name, guarded in (("guarded", True), ("free", False)):
+        kube.core.create_namespaced_pod(kube.namespace, {
+            "metadata": {"name": name, "labels": labels if guarded else {}},
+            "spec": {"nodeName": node.name, "containers": [{"name": "c", "image": "registry.invalid/c:1"}]},
+        })  # fmt: skip
+    kube.policy.create_namespaced_pod_disruption_budget(kube.namespace, {
+        "metadata": {"name": "guarded"}, "spec": {"minAvailable": 1, "selector": {"matchLabels": labels}},
+    })  # fmt: skip
+    wait_for_pods(kube.api, kube.namespace, "app=guarded", count=1)
+    wait_for_pdb(kube.api, kube.namespace, "guarded", disruptions_allowed=0)
+
+    sem = adapter(poseidon.base, "default", app_specific_id(node.machine_id), 1, tmp_path)
+    assert isinstance(take(sem), int)
+    assert lease_holder(kube) == sem.holder and unschedulable(kube, node.name)
+    pods = {p.metadata.name for p in kube.core.list_namespaced_pod(kube.namespace).items
+            if p.metadata.deletion_timestamp is None}  # fmt: skip
+    assert pods == {"guarded"}, pods  # "free" evicted; the drain stopped at "guarded"
+    assert "error evicting pod" in poseidon.log()
+
+
+@pytest.mark.kube
+@needs(POSEIDON)
+def test_an_unreachable_api_server_is_backend_unavailable_through_poseidon(
+    kube: KubeTestEnv, start_poseidon: Callable[..., PoseidonFleetlock], tmp_path: Path
+) -> None:
+    """poseidon answers 500 ``internal_error`` when it cannot read its Lease; the adapter reports
+    BackendUnavailable."""
+    kubeconfig = write_kubeconfig(
+        tmp_path / "unreachable.kubeconfig", server=f"https://127.0.0.1:{free_port()}",
+        ca_file=kube.cluster.endpoints.ca_file, token="none", user="nobody",
+    )  # fmt: skip
+    peer = start_poseidon(kubeconfig)
+    answer = FleetLockClient(peer.base).pre_reboot("node-a")
+    assert (answer.status, answer.kind) == (500, "internal_error"), answer.body
+    with pytest.raises(BackendUnavailable, match="internal_error"):
+        take(adapter(peer.base, "default", "node-a", 1, tmp_path))
