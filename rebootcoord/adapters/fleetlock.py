@@ -166,8 +166,10 @@ class FleetLockSemaphore:
         if self._record() is not None:
             return
         status, kind, value = self._post("steady-state")
-        if status != 200:
+        if status >= 500:
             raise BackendUnavailable(f"FleetLock steady-state answered {status} {kind}: {value}")
+        if status != 200:  # poseidon answers a non-holder 423 lock_held: nothing of ours to give back
+            log.debug("FleetLock steady-state, holding nothing, answered %d %s: %s", status, kind, value)
         with self._lock:
             self._joined = self._maybe_in_line = False
 

@@ -71,8 +71,11 @@ class SemaphoreState:
         return SemaphoreState(new_max, self.holders)
 
     def encode(self) -> bytes:
-        """airlock's format exactly: sorted holders, no other field (airlock rewrites what it reads)."""
-        return json.dumps({"total_slots": self.max, "holders": list(self.holders)}).encode()
+        """airlock's format exactly -- Go's encoding/json of its struct: compact, sorted holders, no
+        other field (airlock rewrites what it reads)."""
+        return json.dumps(
+            {"total_slots": self.max, "holders": list(self.holders)}, separators=(",", ":")
+        ).encode()
 
     @classmethod
     def decode(cls, raw: bytes, *, key: str) -> SemaphoreState:

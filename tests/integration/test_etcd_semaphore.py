@@ -50,7 +50,7 @@ def test_ensure_writes_airlocks_document_once(make_semaphore: Make, etcd: EtcdSe
     queue_and_take(sem, "b")
     queue_and_take(sem, "a")
     value, _ = client.get(f"{prefix}/groups/default/v1/semaphore")
-    assert value == b'{"total_slots": 2, "holders": ["a", "b"]}'  # airlock's exact value, sorted
+    assert value == b'{"total_slots":2,"holders":["a","b"]}'  # airlock's exact bytes, sorted
     keys = sorted(meta.key.decode()[len(prefix) :] for _, meta in client.get_prefix(prefix))
     assert keys == [
         "/groups/default/v1/rebootcoord/holders/a",
