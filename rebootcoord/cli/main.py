@@ -126,7 +126,7 @@ def run_agent(args: argparse.Namespace) -> int:
 
 def run_fleetlock_server(args: argparse.Namespace) -> int:
     from rebootcoord.cli.wiring import build_fleetlock_service
-    from rebootcoord.daemon.fleetlock import TlsFiles, start_http
+    from rebootcoord.daemon.fleetlock import TlsFiles, start_http, tls_context
 
     settings = settings_from_args(args)
     fl = settings.fleetlock
@@ -141,20 +141,25 @@ def run_fleetlock_server(args: argparse.Namespace) -> int:
     setup_logging(settings.observability.log_level, settings.observability.log_format)
     stop = threading.Event()
     registry = CollectorRegistry()
+    tls = None
+    if fl.fleetlock_tls_cert_file and fl.fleetlock_tls_key_file:
+        files = TlsFiles(
+            fl.fleetlock_tls_cert_file, fl.fleetlock_tls_key_file, fl.fleetlock_tls_client_ca_file
+        )
+        try:
+            tls = tls_context(files)
+        except OSError as exc:  # ssl.SSLError is an OSError
+            raise UsageError(
+                f"fleetlock_tls_cert_file {files.cert!r}, fleetlock_tls_key_file {files.key!r}, "
+                f"fleetlock_tls_client_ca_file {files.client_ca!r}: cannot be used: {exc}"
+            ) from exc
     service = build_fleetlock_service(settings, stop, registry)
-    tls = (
-        TlsFiles(fl.fleetlock_tls_cert_file, fl.fleetlock_tls_key_file, fl.fleetlock_tls_client_ca_file)
-        if fl.fleetlock_tls_cert_file and fl.fleetlock_tls_key_file
-        else None
-    )
     stoppers = []
     try:
         try:
             stop_http, port = start_http(service, fl.fleetlock_listen, workers=fl.fleetlock_workers, tls=tls)
-        except (OSError, ValueError) as exc:  # ssl.SSLError is an OSError
-            raise UsageError(
-                f"fleetlock_listen {fl.fleetlock_listen!r} (TLS {tls is not None}): {exc}"
-            ) from exc
+        except OSError as exc:
+            raise UsageError(f"fleetlock_listen {fl.fleetlock_listen!r}: {exc}") from exc
         stoppers.append(stop_http)
         if settings.observability.metrics_address:
             try:

@@ -353,23 +353,26 @@ class TlsFiles:
     client_ca: str | None = None
 
 
+def tls_context(tls: TlsFiles) -> ssl.SSLContext:
+    """A server context of TLS 1.2+ with ``tls``'s certificate, requiring client certificates of
+    its CA when it has one. Raises OSError (ssl.SSLError too) for files that cannot be used."""
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    context.load_cert_chain(tls.cert, tls.key)
+    if tls.client_ca:
+        context.load_verify_locations(cafile=tls.client_ca)
+        context.verify_mode = ssl.CERT_REQUIRED
+    return context
+
+
 def start_http(
-    service: FleetLockService, address: str, *, workers: int, tls: TlsFiles | None = None
+    service: FleetLockService, address: str, *, workers: int, tls: ssl.SSLContext | None = None
 ) -> tuple[Callable[[], None], int]:
     """Serve FleetLock on ``address`` (host:port) in background threads: the bounded server of
     daemon/httpserve.py (slow clients never hold a worker; ``workers`` requests answered at once,
-    a drain holding one), bodies bounded, TLS with an optional client CA. Returns (stop, bound
-    port). Raises OSError (ssl.SSLError included) when the address or the TLS files are wrong."""
+    a drain holding one), bodies bounded, TLS when given a context (``tls_context``). Returns
+    (stop, bound port). Raises OSError when the address cannot be bound."""
     from rebootcoord.core.fleetlock import MAX_BODY
-
-    context = None
-    if tls is not None:
-        context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-        context.minimum_version = ssl.TLSVersion.TLSv1_2
-        context.load_cert_chain(tls.cert, tls.key)
-        if tls.client_ca:
-            context.load_verify_locations(cafile=tls.client_ca)
-            context.verify_mode = ssl.CERT_REQUIRED
 
     def handle(method: str, path: str, headers: dict[str, str], body: bytes) -> tuple[str, str, bytes]:
         status, answer = service.handle(method, path, headers, body)
@@ -377,7 +380,7 @@ def start_http(
 
     host, _, port = address.rpartition(":")
     server = BoundedHTTPServer(
-        host.strip("[]") or "0.0.0.0", int(port), handle, workers=workers, max_body=MAX_BODY, tls=context,
+        host.strip("[]") or "0.0.0.0", int(port), handle, workers=workers, max_body=MAX_BODY, tls=tls,
         name="fleetlock",
     ).start()  # fmt: skip
     service.http_alive = server.alive
