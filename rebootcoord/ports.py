@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from typing import Any, Protocol, runtime_checkable
 
 from rebootcoord.core.group import GroupState
-from rebootcoord.core.semaphore import GroupView, HolderRecord, Waiter
+from rebootcoord.core.semaphore import GroupView, HolderRecord, PauseInfo, Waiter
 from rebootcoord.core.types import Group, HolderId, NodeName, PendingReboot, Phase
 
 
@@ -184,6 +184,9 @@ class Semaphore(Protocol):
 
     def reclaim(self, holder: HolderId, expect: HolderRecord) -> bool:
         """Take back ``holder``'s slot if it still holds it with the record ``expect``."""
+
+    def pause(self, info: PauseInfo) -> None:
+        """Pause the group: no new slot until it is resumed (stop the line)."""
 
     def close(self) -> None: ...
 

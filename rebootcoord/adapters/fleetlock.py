@@ -33,7 +33,7 @@ import urllib.request
 from collections.abc import Callable
 from pathlib import Path
 
-from rebootcoord.core.semaphore import GroupView, HolderRecord, SemaphoreState, Waiter
+from rebootcoord.core.semaphore import GroupView, HolderRecord, PauseInfo, SemaphoreState, Waiter
 from rebootcoord.core.types import Group, HolderId, NodeName
 from rebootcoord.errors import BackendUnavailable, CorruptDocument, SlotLost, clipped
 
@@ -224,6 +224,11 @@ class FleetLockSemaphore:
 
     def reclaim(self, holder: HolderId, expect: HolderRecord) -> bool:
         return False  # only the server knows its holders
+
+    def pause(self, info: PauseInfo) -> None:
+        """FleetLock cannot pause a group: say so; the slot this node holds stays held."""
+        log.error("cannot pause group %s through FleetLock (%s): pause it on the server's store with "
+                  "rebootctl pause", self.group, info.reason)  # fmt: skip
 
     def close(self) -> None:
         pass

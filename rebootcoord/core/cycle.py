@@ -13,7 +13,7 @@ from dataclasses import dataclass, replace
 from datetime import timedelta
 
 from rebootcoord.core.documents import described
-from rebootcoord.core.semaphore import MANUAL, GroupView, HolderRecord
+from rebootcoord.core.semaphore import MANUAL, GroupView, HolderRecord, PauseInfo
 from rebootcoord.core.types import Group, HolderId, NodeName, PendingReboot, Phase
 from rebootcoord.core.windows import WindowStatus
 
@@ -31,6 +31,8 @@ class Policy:
     # After an aborted drain the node queues again no sooner than this: a third of the drain
     # timeout, so that a PodDisruptionBudget that blocked it has time to change.
     drain_retry_after: timedelta = timedelta(minutes=5)
+    # Stop the line: post-reboot checks failing this long after the reboot pause the group.
+    pause_group_after: timedelta = timedelta(0)  # 0: never
 
 
 @dataclass(frozen=True)
@@ -156,6 +158,16 @@ class Release:
 
 
 @dataclass(frozen=True)
+class PauseGroup:
+    """Stop the line: this node came back and is not healthy; no other node may start a cycle
+    until an operator resumes the group. ``holder`` notes that this holding did it (once)."""
+
+    info: PauseInfo
+    holder: HolderRecord
+    reason: str
+
+
+@dataclass(frozen=True)
 class Reclaim:
     """Take back the slot of a holder whose node is gone or whose TTL ran out."""
 
@@ -192,6 +204,7 @@ Step = (
     | Abandon
     | Uncordon
     | Reclaim
+    | PauseGroup
 )
 
 
@@ -208,7 +221,7 @@ def step_phase(step: Step) -> Phase | None:
             return Phase.DRAINING
         case Reboot():
             return Phase.REBOOTING
-        case Verify():
+        case Verify() | PauseGroup():
             return Phase.VERIFYING
         case Release() | Abandon() | Uncordon():
             return Phase.RELEASING
@@ -279,6 +292,9 @@ def _holding(s: Snapshot, record: HolderRecord) -> Step:
             return Rest(Phase.REBOOTING, "waiting for the reboot", deadline)
         case Phase.VERIFYING:
             if s.healthy_at is None:
+                stop = _stop_the_line(s, record)
+                if stop is not None:
+                    return stop
                 if s.last_verify_at is not None:
                     next_try = s.last_verify_at + s.policy.verify_interval.total_seconds()
                     if s.now < next_try:
@@ -344,6 +360,25 @@ def _not_holding(s: Snapshot, view: GroupView) -> Step:
     position = view.queue_position(s.holder)
     assert position is not None
     return Rest(Phase.WAITING, f"queue position {position + 1}, {view.slots.free} free slot(s)")
+
+
+def _stop_the_line(s: Snapshot, record: HolderRecord) -> PauseGroup | None:
+    """The node's checks have failed since it came back for longer than ``pause_group_after``:
+    pause the group, once per holding (an operator who resumes it is not overruled)."""
+    after = s.policy.pause_group_after.total_seconds()
+    if after <= 0 or record.paused_group_at is not None or s.last_verify_at is None:
+        return None
+    if s.now - record.phase_since < after:
+        return None
+    reason = (
+        f"post-reboot checks of {s.node} failing for {int(s.now - record.phase_since)}s "
+        f"(pause_group_after {s.policy.pause_group_after}): {record.note or 'failing'}"
+    )
+    return PauseGroup(
+        PauseInfo(by=f"rebootcoord agent on {s.node}", at=s.now, reason=reason[:1000]),
+        replace(record, paused_group_at=s.now),
+        f"stopping the line: {reason}",
+    )
 
 
 def _to_rebooting(record: HolderRecord, now: float) -> HolderRecord:

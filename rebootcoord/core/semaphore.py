@@ -117,6 +117,7 @@ class HolderRecord:
     reboot_requested_at: float | None = None
     note: str = ""  # last failure, for status
     abort_reason: str = ""  # set when a drain failed and the cycle is being undone
+    paused_group_at: float | None = None  # this holding's failed gate paused the group (once)
 
     def encode(self) -> bytes:
         doc = dataclasses.asdict(self)
@@ -143,6 +144,7 @@ class HolderRecord:
                 reboot_requested_at=_opt_float(doc, "reboot_requested_at"),
                 note=_typed(doc, "note", str, ""),
                 abort_reason=_typed(doc, "abort_reason", str, ""),
+                paused_group_at=_opt_float(doc, "paused_group_at"),
             )
         except (KeyError, ValueError, TypeError) as exc:
             raise CorruptDocument(key, f"holder record is malformed: {clipped(str(exc))}") from None

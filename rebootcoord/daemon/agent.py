@@ -36,6 +36,7 @@ from rebootcoord.core.cycle import (
     Drained,
     JoinQueue,
     LeaveQueue,
+    PauseGroup,
     Persist,
     Policy,
     Reboot,
@@ -160,6 +161,7 @@ class Agent:
             lease_ttl=self.s.semaphore.lease_ttl,
             drain_failure=self.s.drain.drain_failure,
             drain_retry_after=self.s.drain.drain_timeout / 3,
+            pause_group_after=self.s.verify.pause_group_after,
         )
 
     # ------------------------------------------------------------------------------------------
@@ -549,6 +551,12 @@ class Agent:
                     self.p.node_ops.uncordon()
                     self._reboot_issued_at = None
                     self._enter(Phase.IDLE, "slot lost; the node is as we found it")
+                case PauseGroup(info=info, holder=record, reason=reason):
+                    sem.pause(info)  # first: repeated after a crash, never lost
+                    sem.update(record)
+                    log.error("%s", reason)
+                    self.p.metrics.fail("group_paused")
+                    self._tell("GroupPaused", f"{reason}; `rebootctl resume` lets the others go on")
                 case Abandon(record=record, reason=reason):
                     log.warning("%s; undoing our cordon and dropping the record", reason)
                     self.p.metrics.fail("slot_lost")

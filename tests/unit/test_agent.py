@@ -179,6 +179,43 @@ def test_a_failed_health_check_keeps_the_slot() -> None:
     assert rig.rebooter.requests == ["boot-1"]
 
 
+def test_a_node_sick_for_pause_group_after_stops_the_line_once() -> None:
+    """Stop the line: checks failing 60 s after the reboot pause the group, with the node and the
+    checks as the reason, once; an operator who resumes is not overruled; healthy, it releases."""
+    rig = Rig(settings={"pause_group_after": "60s"})
+    to_reboot(rig)
+    rig.check.ok = False
+    rig.boot()
+    rig.until(lambda: rig.phase() is Phase.VERIFYING and rig.check.calls, what="the checks run")
+    for _ in range(40):
+        if rig.store.state.paused is not None:
+            break
+        assert rig.clock.now - rig.record().phase_since < 62, "not paused after pause_group_after"  # type: ignore[union-attr]
+        rig.turn(2.0)
+    paused = rig.store.state.paused
+    assert paused is not None and "n1" in paused.by
+    assert "post-reboot checks of n1 failing" in paused.reason and "check: failing" in paused.reason
+    record = rig.record()
+    assert record is not None and record.paused_group_at is not None and rig.holds()
+    assert "warn:GroupPaused" in rig.node.calls and rig.failures("group_paused") == 1
+    rig.semaphore.resume()  # the operator: go on without this node
+    for _ in range(20):
+        rig.turn(5.0)
+    assert rig.store.state.paused is None and rig.failures("group_paused") == 1
+    rig.check.ok = True
+    rig.until(lambda: not rig.holds(), what="the release once the checks pass")
+
+
+def test_pause_group_after_zero_never_pauses() -> None:
+    rig = Rig(settings={"pause_group_after": "0s"})
+    to_reboot(rig)
+    rig.check.ok = False
+    rig.boot()
+    for _ in range(60):
+        rig.turn(10.0)
+    assert rig.store.state.paused is None and rig.holds()
+
+
 def test_the_update_still_pending_after_the_reboot_keeps_the_slot_and_reboots_no_more() -> None:
     rig = Rig()
     to_reboot(rig)

@@ -233,6 +233,12 @@ class VerifySettings:
         timedelta(seconds=30), p_positive_duration, "retry period of failing checks"
     )
     release_delay: timedelta = _key(timedelta(0), p_duration, "hold the slot this long after the checks pass")
+    pause_group_after: timedelta = _key(
+        timedelta(minutes=15),
+        p_duration,
+        "a node whose post-reboot checks still fail this long after its reboot pauses its group, "
+        "with the node and the checks as the reason (stop the line; 0: never)",
+    )
     verify_node_ready: bool = _key(True, p_bool, "after the reboot, the Node must be Ready (Kubernetes)")
     verify_pods_ready: bool = _key(False, p_bool, "after the reboot, the pods on the node must be Ready")
 
