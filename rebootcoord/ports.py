@@ -169,9 +169,10 @@ class Semaphore(Protocol):
         """Call ``on_wake`` once, after ``view``: with ``role`` "slots" when the slots change (the
         head of the line), "ahead" when the waiter ahead leaves. Returns a function that stops it."""
 
-    def acquire(self, record: HolderRecord) -> int | None:
+    def acquire(self, record: HolderRecord, *, zone_limit: int = 0) -> int | None:
         """Take a slot for ``record.id`` with its record, if it is our turn: the revision
-        written, or None when it is not our turn, no slot is free or the group is paused."""
+        written, or None when it is not our turn, no slot is free, the group is paused or --
+        with ``zone_limit`` -- ``record.zone`` has that many holders."""
 
     def update(self, record: HolderRecord) -> None:
         """Write our record if we still hold the slot; raise SlotLost otherwise."""

@@ -184,7 +184,8 @@ class FleetLockSemaphore:
         timer.start()
         return timer.cancel
 
-    def acquire(self, record: HolderRecord) -> int | None:
+    def acquire(self, record: HolderRecord, *, zone_limit: int = 0) -> int | None:
+        """pre-reboot. ``zone_limit`` is not FleetLock's: the server decides (ours by its group)."""
         status, kind, value = self._post("pre-reboot")
         if status == 200:
             self._write(record)

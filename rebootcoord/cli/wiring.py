@@ -153,6 +153,13 @@ def build_host(settings: Settings) -> Host:
     return Host(root=settings.host.host_root, boot_id_file=settings.host.boot_id_file, exec_prefix=prefix)
 
 
+def node_zone(kube: Any, node: str) -> str:
+    """The Node's ``topology.kubernetes.io/zone`` label ("" without one, or without the Node)."""
+    from rebootcoord.adapters.kube.api import node_zone as zone_of
+
+    return zone_of(kube, node)
+
+
 def uses_kubernetes(settings: Settings) -> bool:
     """The Lease backend, or node operations asked for explicitly (an etcd semaphore on Kubernetes)."""
     return settings.semaphore.backend == "kubernetes" or settings.drain.node_ops == "kubernetes"
@@ -169,10 +176,13 @@ def build_agent(settings: Settings, stop: threading.Event, registry: CollectorRe
     blockers: list[Check] = []
     node_ops: NodeOps = NoNodeOps()
     boot_id = host.boot_id
+    zone = settings.identity.zone
     if kube is not None:
         from rebootcoord.adapters.kube.gates import NodeBootId, NodeBudget, NodeReady, PodBlocker, PodsReady
         from rebootcoord.adapters.kube.nodes import KubeNodeOps
 
+        if not zone:
+            zone = node_zone(kube, settings.identity.node)
         if settings.host.boot_id_source == "node":
             boot_id = NodeBootId(kube, settings.identity.node)
         if settings.drain.node_ops != "none":
@@ -233,6 +243,7 @@ def build_agent(settings: Settings, stop: threading.Event, registry: CollectorRe
         blockers=blockers,
         node_ops=node_ops,
         boot_id=boot_id,
+        zone=zone,
     )
     return Agent(parts, stop)
 

@@ -33,6 +33,7 @@ class Policy:
     drain_retry_after: timedelta = timedelta(minutes=5)
     # Stop the line: post-reboot checks failing this long after the reboot pause the group.
     pause_group_after: timedelta = timedelta(0)  # 0: never
+    max_holders_per_zone: int = 0  # 0: no limit
 
 
 @dataclass(frozen=True)
@@ -79,6 +80,7 @@ class Snapshot:
     # How this process's drain of the node ended, in the DRAINING phase.
     drained: Drained | None = None
     policy: Policy = Policy(timedelta(minutes=10), timedelta(seconds=30), timedelta(0))
+    zone: str = ""  # this node's topology zone ("": none)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -340,6 +342,13 @@ def _not_holding(s: Snapshot, view: GroupView) -> Step:
         if stale is not None:
             return stale
     if view.may_take(s.holder):
+        limit = s.policy.max_holders_per_zone
+        if limit > 0 and s.zone and view.zone_holders(s.zone) >= limit:
+            return Rest(
+                Phase.WAITING,
+                f"waits: zone {s.zone} has {view.zone_holders(s.zone)} of {limit} holder(s) "
+                "(max_holders_per_zone)",
+            )
         if not s.gates_fresh:
             return CheckGates()
         return Acquire(
@@ -353,6 +362,7 @@ def _not_holding(s: Snapshot, view: GroupView) -> Step:
                 phase_since=s.now,
                 reason=s.pending.reason,
                 update_key=s.pending.key,
+                zone=s.zone,
             )
         )
     if view.paused is not None:

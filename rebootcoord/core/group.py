@@ -86,9 +86,10 @@ class GroupState:
             return self
         return GroupState(SemaphoreState(1).with_max(max_holders), self.records, self.paused)
 
-    def take(self, record: HolderRecord, *, ahead: int) -> GroupState:
+    def take(self, record: HolderRecord, *, ahead: int, zone_limit: int = 0) -> GroupState:
         """A slot for ``record.id``, with its record, when ``ahead`` earlier waiters leave a free
-        slot for it. Taking again with the same record changes nothing."""
+        slot for it and -- with ``zone_limit`` -- fewer than that many holders are in its zone.
+        Taking again with the same record changes nothing."""
         slots = self._exists()
         if slots.holds(record.id):
             if self.records.get(record.id) == record:
@@ -98,6 +99,12 @@ class GroupState:
             raise GroupPaused(f"the group is paused by {self.paused.by}")
         if slots.free <= ahead:
             raise NoFreeSlot(f"{slots.free} free slot(s) and {ahead} waiter(s) ahead")
+        if zone_limit > 0 and record.zone:
+            in_zone = sum(1 for h, r in self.records.items() if r.zone == record.zone and slots.holds(h))
+            if in_zone >= zone_limit:
+                raise NoFreeSlot(
+                    f"zone {record.zone} has {in_zone} of {zone_limit} holder(s) (max_holders_per_zone)"
+                )
         return GroupState(slots.acquire(record.id), {**self.records, record.id: record}, self.paused)
 
     def update(self, record: HolderRecord) -> GroupState:

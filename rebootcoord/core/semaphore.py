@@ -118,6 +118,7 @@ class HolderRecord:
     note: str = ""  # last failure, for status
     abort_reason: str = ""  # set when a drain failed and the cycle is being undone
     paused_group_at: float | None = None  # this holding's failed gate paused the group (once)
+    zone: str = ""  # the node's topology zone, for max_holders_per_zone ("" : none)
 
     def encode(self) -> bytes:
         doc = dataclasses.asdict(self)
@@ -145,6 +146,7 @@ class HolderRecord:
                 note=_typed(doc, "note", str, ""),
                 abort_reason=_typed(doc, "abort_reason", str, ""),
                 paused_group_at=_opt_float(doc, "paused_group_at"),
+                zone=_typed(doc, "zone", str, ""),
             )
         except (KeyError, ValueError, TypeError) as exc:
             raise CorruptDocument(key, f"holder record is malformed: {clipped(str(exc))}") from None
@@ -235,6 +237,10 @@ class GroupView:
             if waiter.id == holder:
                 return i
         return None
+
+    def zone_holders(self, zone: str) -> int:
+        """Holders whose record says they are in ``zone``."""
+        return sum(1 for h, r in self.records.items() if r.zone == zone and self.holds(h))
 
     def may_take(self, holder: HolderId) -> bool:
         """Our turn: a free slot, not paused, and no earlier waiter that the free slots cannot cover."""

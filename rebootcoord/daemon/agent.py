@@ -119,6 +119,7 @@ class AgentParts:
     blockers: Sequence[Check] = ()  # pre-acquire gates
     boot_id: Callable[[], str] | None = None  # default: the host's boot ID file
     clock: Callable[[], float] = time.time
+    zone: str = ""  # the node's topology zone (max_holders_per_zone)
 
 
 class Agent:
@@ -162,6 +163,7 @@ class Agent:
             drain_failure=self.s.drain.drain_failure,
             drain_retry_after=self.s.drain.drain_timeout / 3,
             pause_group_after=self.s.verify.pause_group_after,
+            max_holders_per_zone=self.s.semaphore.max_holders_per_zone,
         )
 
     # ------------------------------------------------------------------------------------------
@@ -285,6 +287,7 @@ class Agent:
             gates_fresh=gates_fresh,
             drained=self._drained,
             policy=self._policy,
+            zone=self.p.zone,
         )
 
     def _needs_view(self, view: GroupView | None, now: float) -> bool:
@@ -523,7 +526,7 @@ class Agent:
                     self._check_blockers(now, fresh=True)
                     self._gates_fresh = True
                 case Acquire(record=record):
-                    revision = sem.acquire(record)
+                    revision = sem.acquire(record, zone_limit=self._policy.max_holders_per_zone)
                     if revision is not None:
                         self._phase = None  # force the event even if a stale view said locked
                         self._enter(Phase.LOCKED, record.reason, rev=revision)

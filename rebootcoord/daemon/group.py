@@ -112,14 +112,14 @@ class GroupClient:
 
     # -- holders --------------------------------------------------------------------------------
 
-    def acquire(self, record: HolderRecord) -> int | None:
+    def acquire(self, record: HolderRecord, *, zone_limit: int = 0) -> int | None:
         """Take a slot if it is our turn; the revision written, or None (not our turn, no slot,
         paused). Taking again with the same record answers the revision read."""
         ahead = self._ahead(record.id)
         if ahead is None:
             ahead = 1 << 30  # not in line: only a slot already ours with this record answers
         try:
-            applied = self.apply(lambda s: s.take(record, ahead=ahead))
+            applied = self.apply(lambda s: s.take(record, ahead=ahead, zone_limit=zone_limit))
         except (NoFreeSlot, GroupPaused):
             return None
         if applied.changed:

@@ -31,10 +31,14 @@ HOLDERS = [HolderId(f"n{i}") for i in range(6)]
 PHASES = [Phase.LOCKED, Phase.DRAINING, Phase.REBOOTING, Phase.VERIFYING, Phase.RELEASING]
 
 
+ZONES = {h: "abc"[i // 2] for i, h in enumerate(HOLDERS)}  # two nodes per zone
+ZONE_LIMIT = 1
+
+
 def record(
-    holder: HolderId, phase: Phase = Phase.LOCKED, at: float = 1.0, kind: str = "agent"
+    holder: HolderId, phase: Phase = Phase.LOCKED, at: float = 1.0, kind: str = "agent", zone: str = ""
 ) -> HolderRecord:
-    return HolderRecord(holder, NodeName(holder), Group("g"), phase, "b0", at, at, kind=kind)
+    return HolderRecord(holder, NodeName(holder), Group("g"), phase, "b0", at, at, kind=kind, zone=zone)
 
 
 class GroupMachine(RuleBasedStateMachine):
@@ -67,9 +71,10 @@ class GroupMachine(RuleBasedStateMachine):
     def take(self, holder: HolderId, ahead: int) -> None:
         self.clock += 1
         before = self.state
-        new = record(holder, at=self.clock)
+        new = record(holder, at=self.clock, zone=ZONES[holder])
+        in_zone = sum(1 for h, r in before.records.items() if r.zone == new.zone and before.holds(h))
         try:
-            after = before.take(new, ahead=ahead)
+            after = before.take(new, ahead=ahead, zone_limit=ZONE_LIMIT)
         except NoSemaphore:
             assert before.slots is None
             return
@@ -78,10 +83,11 @@ class GroupMachine(RuleBasedStateMachine):
             return
         except NoFreeSlot:
             assert before.slots is not None
-            assert before.slots.free <= ahead or before.holds(holder)
+            assert before.slots.free <= ahead or before.holds(holder) or in_zone >= ZONE_LIMIT
             return
         assert before.slots is not None and before.slots.free > ahead and before.paused is None
-        assert after.take(new, ahead=ahead) is after  # taking again with the same record
+        assert in_zone < ZONE_LIMIT
+        assert after.take(new, ahead=ahead, zone_limit=ZONE_LIMIT) is after  # the same record again
         self.state = after
 
     @rule(holder=st.sampled_from(HOLDERS), phase=st.sampled_from(PHASES))
@@ -154,6 +160,12 @@ class GroupMachine(RuleBasedStateMachine):
         slots = self.state.slots
         if slots is not None:
             assert len(slots.holders) <= slots.max
+
+    @invariant()
+    def never_more_holders_in_a_zone_than_its_limit(self) -> None:
+        for zone in set(ZONES.values()):
+            held = [h for h, r in self.state.records.items() if r.zone == zone and self.state.holds(h)]
+            assert len(held) <= ZONE_LIMIT, (zone, held)
 
     @invariant()
     def no_record_without_its_slot(self) -> None:

@@ -64,6 +64,21 @@ def node_pods(kube: Kube, node: str, label_selector: str = "") -> list[dict[str,
     return list(doc.get("items") or [])
 
 
+ZONE_LABEL = "topology.kubernetes.io/zone"
+
+
+def node_zone(kube: Kube, node: str) -> str:
+    """The Node's zone label, read once at start ("" without one, or without the Node)."""
+    try:
+        found = kube.get(f"/api/v1/nodes/{path_segment(node)}")
+    except NotFound:
+        return ""
+    except BackendUnavailable as exc:
+        log.warning("cannot read the zone of Node %s: %s (max_holders_per_zone counts it in none)", node, exc)
+        return ""
+    return str(((found.get("metadata") or {}).get("labels") or {}).get(ZONE_LABEL, ""))
+
+
 def pod_name(pod: dict[str, Any]) -> str:
     """``namespace/name``, as kubectl prints it."""
     return f"{pod['metadata']['namespace']}/{pod['metadata']['name']}"

@@ -66,6 +66,12 @@ class Identity:
     node_name: str = _key("", p_str, "this node's name (default: $NODE_NAME, else the hostname)")
     holder_id: str = _key("", p_holder_id, "id in the semaphore (default: node_name)")
     group: Group = _key(Group("default"), p_group, "the reboot group sharing one budget")
+    zone: str = _key(
+        "",
+        p_str,
+        "this node's zone for max_holders_per_zone (default on Kubernetes: the Node's "
+        "topology.kubernetes.io/zone label)",
+    )
 
     @property
     def holder(self) -> HolderId:
@@ -84,6 +90,11 @@ class SemaphoreSettings:
         "etcd", p_enum("etcd", "kubernetes", "fleetlock"), "semaphore backend (fleetlock: a FleetLock server)"
     )
     max_holders: int = _key(1, p_int(1, MAX_SLOTS), "slots of the group, used when the semaphore is created")
+    max_holders_per_zone: int = _key(
+        0,
+        p_int(0, MAX_SLOTS),
+        "at most this many holders in one zone at once, checked with the slot (0: no limit)",
+    )
     waiter_ttl: timedelta = _key(
         timedelta(seconds=30),
         p_waiter_ttl,
