@@ -88,6 +88,13 @@ def mask_urls(value: Any) -> Any:
     return value
 
 
+def masked_url(url: str) -> str:
+    """A URL whose every part may be a secret (apprise's ``slack://TokenA/TokenB/TokenC``: the
+    "host" is a token) shown by its scheme alone: ``slack://********``."""
+    scheme, sep, _rest = url.partition("://")
+    return f"{scheme}://********" if sep and scheme.isascii() and scheme.isalnum() else "********"
+
+
 class ConfigError(RebootcoordError):
     """The configuration is invalid. Carries every problem found, not only the first."""
 

@@ -121,7 +121,8 @@ _SECRET_NAME = re.compile(r"pass|secret|token|credential|private", re.IGNORECASE
 
 def _masked(problem: Problem) -> Problem:
     """A problem as it may be printed: a secret's value masked, and the password of any URL."""
-    fld = KEYS.get(problem.key)
+    # notify_urls[2] or notify_templates.done: the key's own metadata says whether it is secret
+    fld = KEYS.get(re.split(r"[\[.]", problem.key, maxsplit=1)[0])
     secret = fld.metadata["secret"] if fld is not None else bool(_SECRET_NAME.search(problem.key))
     if secret and problem.value is not None:
         return dataclasses.replace(problem, value=MASK)

@@ -3,6 +3,7 @@ by the loader) -> a typed value, or ``Invalid`` saying what was expected. Pure."
 
 from __future__ import annotations
 
+import dataclasses
 import difflib
 import re
 import signal
@@ -15,6 +16,7 @@ from urllib.parse import urlsplit
 
 from rebootcoord.core.documents import quoted
 from rebootcoord.core.durations import format_duration, parse_duration
+from rebootcoord.core.notices import EVENTS, TemplateError, Templates, check_template
 from rebootcoord.core.types import GROUP_RE, HOLDER_ID_RE, Group
 from rebootcoord.core.windows import WindowSpecError
 
@@ -532,3 +534,63 @@ def p_opt_url(value: object) -> str:
 def p_grace(value: object) -> int:
     """Seconds of termination grace for evicted pods; -1 keeps each pod's own."""
     return p_int(-1, 86400)(value)
+
+
+# ----------------------------------------------------------------------------------------------
+# Notifications (rebootcoord.core.notices; sent through apprise by rebootcoord.adapters.notify)
+
+_APPRISE_URL = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://\S*$")
+# From env and flags: URLs apart by spaces or by commas before the next scheme, as apprise's own
+# list syntax, so that a comma inside a URL (mailto://...?to=a@x,b@x) stays in it.
+_URL_SPLIT = re.compile(r"\s+|,\s*(?=[A-Za-z][A-Za-z0-9+.-]*://)")
+
+
+def p_notify_urls(value: object) -> tuple[str, ...]:
+    """apprise URLs (json://host/path, slack://..., mailto://...). Only the form is checked here;
+    whether apprise knows the service is asked when the notifier is built. A URL's value is never
+    echoed: most carry a token or a password."""
+    if value is None:
+        return ()
+    if isinstance(value, str):
+        value = [v for v in _URL_SPLIT.split(value.strip()) if v]
+    if not isinstance(value, list | tuple):
+        raise Invalid("a list of apprise URLs, such as [json://hooks.example.com/reboots]")
+    for i, url in enumerate(value):
+        if not isinstance(url, str) or not _APPRISE_URL.match(url):
+            raise Invalid(
+                "an apprise URL (service://..., such as json://host/path or slack://tokens; no spaces)",
+                f"notify_urls[{i}]",
+                url,
+            )
+    return tuple(value)
+
+
+def p_notify_events(value: object) -> tuple[str, ...]:
+    """Events to notify, as a list or comma-separated; kept in cycle order, each once."""
+    names = p_str_list(value) if isinstance(value, str | list | tuple) else None
+    if names is None:
+        raise Invalid("a list of events among " + ", ".join(EVENTS))
+    for name in names:
+        if name not in EVENTS:
+            hint = difflib.get_close_matches(name, EVENTS, n=1)
+            extra = f" (did you mean {hint[0]!r}?)" if hint else ""
+            raise Invalid(f"events among {', '.join(EVENTS)}{extra}, not {quoted(name)}")
+    return tuple(e for e in EVENTS if e in names)
+
+
+def p_notify_templates(value: object) -> Templates:
+    """Message templates by event, over the defaults (events left out keep theirs)."""
+    if value is None:
+        return Templates()
+    if not isinstance(value, Mapping):
+        raise Invalid('a mapping of event to template, such as {done: "{node} is back"}')
+    _only(value, set(EVENTS), "notify_templates")
+    for event, template in value.items():
+        key = f"notify_templates.{event}"
+        if not isinstance(template, str):
+            raise Invalid("a template text", key, template)
+        try:
+            check_template(template)
+        except TemplateError as exc:
+            raise Invalid(str(exc), key, template) from None
+    return dataclasses.replace(Templates(), **{str(k): v for k, v in value.items()})

@@ -21,6 +21,9 @@ from rebootcoord.core.config.parsers import (
     p_holder_id,
     p_labels,
     p_namespace,
+    p_notify_events,
+    p_notify_templates,
+    p_notify_urls,
     p_opt_str,
     p_opt_url,
     p_poll_ttl,
@@ -35,6 +38,7 @@ from rebootcoord.core.config.parsers import (
     p_zone,
 )
 from rebootcoord.core.config.settings import KEYS, env_name, plain
+from rebootcoord.core.notices import EVENTS
 
 _DURATION = {
     "type": ["string", "number"],
@@ -139,6 +143,17 @@ _SCHEMAS: dict[Callable[[object], Any], dict[str, Any]] = {
     p_regex: {"type": "string"},
     p_opt_url: {"type": "string", "pattern": r"^(https?://.+)?$"},
     p_grace: {"type": "integer", "minimum": -1, "maximum": 86400},
+    # A list, or from env text several URLs apart by spaces (apprise's list syntax).
+    p_notify_urls: {
+        "type": ["array", "string", "null"],
+        "items": {"type": "string", "pattern": r"^[A-Za-z][A-Za-z0-9+.-]*://\S*$"},
+    },
+    p_notify_events: {"type": ["array", "string"], "items": {"enum": list(EVENTS)}},
+    p_notify_templates: {
+        "type": ["object", "null"],
+        "additionalProperties": False,
+        "properties": {event: {"type": "string", "minLength": 1} for event in EVENTS},
+    },
 }
 
 

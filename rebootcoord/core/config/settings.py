@@ -32,6 +32,9 @@ from rebootcoord.core.config.parsers import (
     p_int,
     p_labels,
     p_namespace,
+    p_notify_events,
+    p_notify_templates,
+    p_notify_urls,
     p_opt_str,
     p_opt_url,
     p_poll_ttl,
@@ -45,10 +48,11 @@ from rebootcoord.core.config.parsers import (
     p_zone,
 )
 from rebootcoord.core.durations import format_duration
+from rebootcoord.core.notices import EVENTS, Templates
 from rebootcoord.core.semaphore import MAX_SLOTS
 from rebootcoord.core.types import Group, HolderId, NodeName
 from rebootcoord.core.windows import Schedule
-from rebootcoord.errors import mask_urls
+from rebootcoord.errors import mask_urls, masked_url
 
 ENV_PREFIX = "REBOOTCOORD_"
 ENV_CONFIG_FILE = "REBOOTCOORD_CONFIG"
@@ -312,6 +316,36 @@ class ObservabilitySettings:
 
 
 @dataclass(frozen=True)
+class NotifySettings:
+    """Messages to people about this node's cycle, through apprise (Slack, Teams, Matrix, email,
+    a generic webhook...). Sent in the background: a notification never holds up a cycle."""
+
+    notify_urls: tuple[str, ...] = _key(
+        (),
+        p_notify_urls,
+        "apprise URLs to notify (json://host/path, slack://..., mailto://...); empty: none. They "
+        "carry tokens: --print-config shows only their schemes",
+        secret=True,
+    )
+    notify_events: tuple[str, ...] = _key(
+        EVENTS,
+        p_notify_events,
+        "the events notified: drain, reboot, done (back healthy, slot given back), failure (drain, "
+        "reboot or post-reboot checks), paused (this node paused its group)",
+    )
+    notify_templates: Templates = _key(
+        Templates(),
+        p_notify_templates,
+        "message per event, over the defaults; fields {event} {node} {group} {phase} {reason} {boot_id}",
+    )
+    notify_timeout: timedelta = _key(
+        timedelta(seconds=10),
+        p_positive_duration,
+        "one notification gives up after this (connect, then answer)",
+    )
+
+
+@dataclass(frozen=True)
 class Settings:
     """The agent's effective configuration: one frozen section per concern (as kopf's
     OperatorSettings). The sections' field metadata is the schema."""
@@ -329,6 +363,7 @@ class Settings:
     drain: DrainSettings = field(default_factory=DrainSettings)
     gates: GateSettings = field(default_factory=GateSettings)
     observability: ObservabilitySettings = field(default_factory=ObservabilitySettings)
+    notify: NotifySettings = field(default_factory=NotifySettings)
 
     @classmethod
     def from_keys(cls, values: Mapping[str, Any]) -> Settings:
@@ -373,8 +408,8 @@ def to_plain(settings: Settings, *, mask_secrets: bool = True) -> dict[str, Any]
     out: dict[str, Any] = {}
     for name, fld in KEYS.items():
         value = settings.value(name)
-        if fld.metadata["secret"] and value is not None and mask_secrets:
-            out[name] = MASK
+        if fld.metadata["secret"] and value and mask_secrets:
+            out[name] = [masked_url(v) for v in value] if isinstance(value, tuple) else MASK
         else:
             out[name] = mask_urls(plain(value)) if mask_secrets else plain(value)
     return out
