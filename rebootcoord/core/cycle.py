@@ -34,6 +34,8 @@ class Policy:
     # Stop the line: post-reboot checks failing this long after the reboot pause the group.
     pause_group_after: timedelta = timedelta(0)  # 0: never
     max_holders_per_zone: int = 0  # 0: no limit
+    # Window fit: a cycle is started only when this much of the window is left (0: never checked).
+    expected_cycle: timedelta = timedelta(0)
 
 
 @dataclass(frozen=True)
@@ -416,6 +418,14 @@ def _blocked(s: Snapshot) -> tuple[str, float | None] | None:
         next_open = s.window.next_open.timestamp() if s.window.next_open else None
         when = s.window.next_open.isoformat() if s.window.next_open else "never"
         return f"outside the maintenance window (next opens {when})", next_open
+    expected = s.policy.expected_cycle.total_seconds()
+    if expected > 0 and s.window.closes_at is not None and s.now + expected > s.window.closes_at.timestamp():
+        closes = s.window.closes_at
+        return (
+            f"waits: next window (a cycle takes {s.policy.expected_cycle} (expected_cycle) and the "
+            f"window closes at {closes.isoformat()}, in {int(closes.timestamp() - s.now)}s)",
+            closes.timestamp(),
+        )
     if s.blockers:
         return "blocked: " + "; ".join(s.blockers), _later(s)
     return None

@@ -164,6 +164,7 @@ class Agent:
             drain_retry_after=self.s.drain.drain_timeout / 3,
             pause_group_after=self.s.verify.pause_group_after,
             max_holders_per_zone=self.s.semaphore.max_holders_per_zone,
+            expected_cycle=self.s.windows.expected_cycle,
         )
 
     # ------------------------------------------------------------------------------------------

@@ -300,3 +300,17 @@ def test_a_slot_is_taken_only_right_after_a_fresh_look_at_the_gates() -> None:
     assert isinstance(decide(snap(gv(waiters=["me"]), gates_fresh=True)), Acquire)
     blocked = snap(gv(waiters=["me"]), gates_fresh=True, blockers=("alert firing",))
     assert isinstance(decide(blocked), LeaveQueue)
+
+
+def test_window_fit_a_cycle_that_cannot_finish_before_the_window_closes_waits_for_the_next() -> None:
+    policy = replace(POLICY, expected_cycle=timedelta(minutes=20))
+    closes = datetime.fromtimestamp(NOW + 10 * 60, UTC)  # 10 minutes left
+    step = decide(snap(gv(waiters=[ME]), window=WindowStatus(True, closes, None), policy=policy))
+    assert isinstance(step, LeaveQueue) and "waits: next window" in step.reason
+    assert "expected_cycle" in step.reason
+    step = decide(snap(gv(), window=WindowStatus(True, closes, None), policy=policy))
+    assert isinstance(step, Rest) and step.wake_at == closes.timestamp() and step.phase is Phase.PENDING
+    roomy = datetime.fromtimestamp(NOW + 30 * 60, UTC)  # 30 minutes left: it fits
+    assert isinstance(decide(snap(gv(), window=WindowStatus(True, roomy, None), policy=policy)), JoinQueue)
+    off = replace(policy, expected_cycle=timedelta(0))
+    assert isinstance(decide(snap(gv(), window=WindowStatus(True, closes, None), policy=off)), JoinQueue)

@@ -217,6 +217,12 @@ class WindowSettings:
 
     windows: tuple[object, ...] = _key((), p_windows_raw, "maintenance windows; none means always")
     time_zone: str = _key("UTC", p_zone, "IANA zone of windows without their own")
+    expected_cycle: timedelta = _key(
+        timedelta(minutes=15),
+        p_duration,
+        "a slot is taken only when this much time is left in the window (drain, reboot, checks); "
+        "0: any time the window is open",
+    )
     schedule: Schedule = field(default=Schedule(), metadata={"derived": True})
 
 
