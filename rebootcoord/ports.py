@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from typing import Any, Protocol, runtime_checkable
 
 from rebootcoord.core.group import GroupState
+from rebootcoord.core.notices import Notice
 from rebootcoord.core.semaphore import GroupView, HolderRecord, PauseInfo, Waiter
 from rebootcoord.core.types import Group, HolderId, NodeName, PendingReboot, Phase
 
@@ -208,3 +209,17 @@ class NodeDirectory(Protocol):
 
     def verify(self, node: NodeName) -> tuple[CheckResult, ...]:
         """After the reboot: the configured checks of the Node (Ready, its pods Ready)."""
+
+
+class Notifier(Protocol):
+    """Tells people about the cycle (Slack, Teams, Matrix, email, a webhook: apprise's services).
+
+    ``notify`` hands a notice over and returns at once: it never waits for a receiver and never
+    raises, so a notification cannot hold up or break a cycle. What becomes of it (sent, failed,
+    dropped for a full queue) is the adapter's to log and count."""
+
+    def notify(self, notice: Notice) -> None: ...
+
+    def close(self, timeout: float) -> None:
+        """Send what is queued for at most ``timeout`` seconds, then stop (the agent is leaving:
+        a reboot's notice is sent before the host goes down)."""

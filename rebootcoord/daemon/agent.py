@@ -22,6 +22,7 @@ from rebootcoord.core.config import (
     DetectionSettings,
     DrainSettings,
     Identity,
+    NotifySettings,
     RebootSettings,
     SemaphoreSettings,
     Settings,
@@ -51,6 +52,7 @@ from rebootcoord.core.cycle import (
     step_phase,
 )
 from rebootcoord.core.documents import described
+from rebootcoord.core.notices import render
 from rebootcoord.core.semaphore import AGENT, GroupView, HolderRecord, Waiter
 from rebootcoord.core.types import HolderId, PendingReboot, Phase
 from rebootcoord.daemon.events import EventLog
@@ -68,9 +70,17 @@ from rebootcoord.errors import (
     RebootError,
     SlotLost,
 )
-from rebootcoord.ports import Check, Detector, Finalizer, NodeOps, Rebooter, Semaphore
+from rebootcoord.ports import Check, Detector, Finalizer, NodeOps, Notifier, Rebooter, Semaphore
 
 log = logging.getLogger(__name__)
+
+#: The Warning Events (``_tell``) that people are notified of, and as which event.
+NOTIFIED_WARNINGS = {
+    "DrainFailed": "failure",
+    "RebootFailed": "failure",
+    "HealthCheckFailed": "failure",
+    "GroupPaused": "paused",
+}
 
 #: A waiting agent's watch wakes it when its turn may have come; it reads the group this often
 #: anyway, in case a watch could not tell (a store that lost it without an error).
@@ -89,6 +99,7 @@ class AgentSettings:
     reboot: RebootSettings
     verify: VerifySettings
     drain: DrainSettings
+    notify: NotifySettings
 
     @classmethod
     def of(cls, s: Settings) -> AgentSettings:
@@ -100,6 +111,7 @@ class AgentSettings:
             reboot=s.reboot,
             verify=s.verify,
             drain=s.drain,
+            notify=s.notify,
         )
 
 
@@ -119,6 +131,7 @@ class AgentParts:
     blockers: Sequence[Check] = ()  # pre-acquire gates
     boot_id: Callable[[], str] | None = None  # default: the host's boot ID file
     clock: Callable[[], float] = time.time
+    notifier: Notifier | None = None  # None: notify_urls is empty
     zone: str = ""  # the node's topology zone (max_holders_per_zone)
 
 
@@ -486,6 +499,10 @@ class Agent:
                 },
             )
             self._tell_the_node(self._phase, phase, reason)
+            if phase in (Phase.DRAINING, Phase.REBOOTING):
+                # Why the node reboots (the update), not the step that moved it on.
+                why = self._pending.reason if self._pending is not None else reason
+                self._notify("drain" if phase is Phase.DRAINING else "reboot", why, phase)
         elif reason != self._reason:
             log.debug("phase %s: %s", phase.value, reason)
         self._phase = phase
@@ -603,11 +620,29 @@ class Agent:
         self._drained = Drained(record.acquired_at)
 
     def _tell(self, reason: str, message: str) -> None:
-        """A Warning Event on the Node, best effort."""
+        """A Warning Event on the Node, best effort; people are notified of those that say a
+        cycle failed or the group was paused."""
+        if reason in NOTIFIED_WARNINGS:
+            self._notify(NOTIFIED_WARNINGS[reason], message, self._phase or Phase.IDLE)
         try:
             self.p.node_ops.announce(self._phase or Phase.IDLE, message, warning=True, event_reason=reason)
         except (BackendUnavailable, NodeOperationError, ApiError) as exc:
             log.warning("cannot record %s on the node: %s", reason, exc)
+
+    def _notify(self, event: str, reason: str, phase: Phase) -> None:
+        """Hand a notice to the notifier, which sends it in the background: never a wait."""
+        if self.p.notifier is None or event not in self.s.notify.notify_events:
+            return
+        notice = render(
+            self.s.notify.notify_templates,
+            event,
+            node=self.s.identity.node_name,
+            group=self.s.identity.group,
+            phase=phase.value,
+            reason=reason,
+            boot_id=self._boot_id_or_unknown(),
+        )
+        self.p.notifier.notify(notice)
 
     def _reboot(self, record: HolderRecord, now: float) -> None:
         # Last look before the point of no return: do we still hold the slot?
@@ -631,6 +666,7 @@ class Agent:
         except RebootError as exc:
             self.p.metrics.fail("reboot_failed")
             log.error("%s", exc)
+            self._tell("RebootFailed", str(exc))
             self.p.semaphore.update(replace(record, note=str(exc)))
 
     def _finalized(self) -> bool:
@@ -662,6 +698,9 @@ class Agent:
         self._healthy_at = now
 
     def _release(self, record: HolderRecord, reason: str, retry_not_before: float | None) -> None:
+        # Back healthy: released from verifying (or from releasing, which only a healthy node
+        # enters), not an abort that gives the slot back before any reboot.
+        done = record.phase in (Phase.VERIFYING, Phase.RELEASING) and not record.abort_reason
         if record.cordoned:
             self.p.node_ops.uncordon()
         if retry_not_before is not None:
@@ -678,6 +717,8 @@ class Agent:
         self._healthy_at = None
         self._detected_at = None  # look again: a new update may be waiting
         self._enter(Phase.IDLE, "slot released", rev=revision)
+        if done:
+            self._notify("done", reason or "healthy after reboot; slot given back", Phase.RELEASING)
 
 
 def _was(current: Phase | None, phase: Phase) -> bool:

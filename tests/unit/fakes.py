@@ -13,6 +13,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 
 from rebootcoord.core.group import GroupState
+from rebootcoord.core.notices import Notice
 from rebootcoord.core.semaphore import Waiter
 from rebootcoord.core.types import Group, HolderId, NodeName, PendingReboot, Phase
 from rebootcoord.daemon.group import GroupClient
@@ -113,6 +114,23 @@ class FakeCheck:
     def check(self) -> CheckResult:
         self.calls += 1
         return CheckResult(self.ok, self.name, "" if self.ok else self.detail)
+
+
+@dataclass
+class FakeNotifier:
+    """Records each notice handed over; sends nothing (the real one: tests/integration/test_notify.py)."""
+
+    notices: list[Notice] = field(default_factory=list)
+    closed: bool = False
+
+    def notify(self, notice: Notice) -> None:
+        self.notices.append(notice)
+
+    def close(self, timeout: float) -> None:
+        self.closed = True
+
+    def events(self) -> list[str]:
+        return [n.event for n in self.notices]
 
 
 @dataclass

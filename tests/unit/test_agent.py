@@ -28,6 +28,7 @@ from rebootcoord.daemon.agent import Agent, AgentParts, AgentSettings
 from rebootcoord.daemon.events import EventLog
 from rebootcoord.daemon.group import GroupClient
 from rebootcoord.daemon.metrics import Metrics
+from rebootcoord.ports import Notifier
 from tests.unit.fakes import (
     FakeCheck,
     FakeClock,
@@ -58,6 +59,7 @@ class Rig:
     blocker: FakeCheck = field(default_factory=lambda: FakeCheck(name="blocker"))
     rebooter: FakeRebooter = field(default_factory=FakeRebooter)
     registry: CollectorRegistry = field(default_factory=CollectorRegistry)
+    notifier: Notifier | None = None
     agent: Agent | None = None
     steps: list[Step] = field(default_factory=list)
 
@@ -96,6 +98,7 @@ class Rig:
             node_ops=self.node,
             boot_id=self.host.boot_id,
             clock=self.clock,
+            notifier=self.notifier,
         )
         self.agent = Agent(parts, threading.Event())
         self.agent.connect()
