@@ -121,6 +121,9 @@ def run_agent(args: argparse.Namespace) -> int:
     finally:
         if stop_metrics:
             stop_metrics()
+        if agent.p.notifier is not None:
+            # A reboot stops the agent: its notice, queued just before, goes out first.
+            agent.p.notifier.close(agent.s.notify.notify_timeout.total_seconds())
         agent.p.semaphore.close()
 
 

@@ -25,7 +25,7 @@ from rebootcoord.daemon.fleetlock import FleetLockService
 from rebootcoord.daemon.group import GroupClient
 from rebootcoord.daemon.metrics import Metrics
 from rebootcoord.errors import UsageError
-from rebootcoord.ports import Check, NodeOps, Semaphore
+from rebootcoord.ports import Check, NodeOps, Notifier, Semaphore
 
 
 def connect_kube(
@@ -165,12 +165,34 @@ def uses_kubernetes(settings: Settings) -> bool:
     return settings.semaphore.backend == "kubernetes" or settings.drain.node_ops == "kubernetes"
 
 
+def build_notifier(settings: Settings, metrics: Metrics) -> Notifier | None:
+    """apprise behind the Notifier port, when notify_urls names any service (apprise is not even
+    imported otherwise). Raises ConfigError for a URL apprise cannot use: exit 2 at the start."""
+    if not settings.notify.notify_urls:
+        return None
+    from rebootcoord.adapters.notify import OUTCOMES, AppriseNotifier
+
+    for event in settings.notify.notify_events:
+        for outcome in OUTCOMES:
+            metrics.notifications.labels(event, outcome)  # zero series from the start
+
+    def count(event: str, outcome: str) -> None:
+        metrics.notifications.labels(event, outcome).inc()
+
+    return AppriseNotifier(
+        settings.notify.notify_urls,
+        timeout=settings.notify.notify_timeout.total_seconds(),
+        on_outcome=count,
+    )
+
+
 def build_agent(settings: Settings, stop: threading.Event, registry: CollectorRegistry) -> Agent:
     host = build_host(settings)
     metrics = Metrics(registry, node=settings.identity.node_name, group=settings.identity.group)
     metrics.info.labels(
         __version__, settings.identity.node_name, settings.identity.group, settings.semaphore.backend
     ).set(1)
+    notifier = build_notifier(settings, metrics)  # first: a bad URL fails before any connection
     kube = connect_kube(settings, stop=stop) if uses_kubernetes(settings) else None
     checks: list[Check] = list(build_checks(settings.verify.health_checks, host))
     blockers: list[Check] = []
@@ -244,6 +266,7 @@ def build_agent(settings: Settings, stop: threading.Event, registry: CollectorRe
         node_ops=node_ops,
         boot_id=boot_id,
         zone=zone,
+        notifier=notifier,
     )
     return Agent(parts, stop)
 

@@ -108,6 +108,13 @@ class Metrics:
             "Compare-and-swap writes that lost a race (HTTP 409, failed etcd txn)",
             registry=registry,
         )
+        self.notifications = Counter(
+            f"{ns}_notifications",
+            "Notifications by event and outcome, one per URL: sent, failed (the service refused, "
+            "or did not answer in notify_timeout), dropped (the queue was full, or the agent stopped)",
+            ["event", "outcome"],
+            registry=registry,
+        )
         self.phase_seconds = Histogram(
             f"{ns}_phase_seconds",
             "Seconds spent per phase",

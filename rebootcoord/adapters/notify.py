@@ -1,0 +1,244 @@
+"""Notifications through apprise: the only module that imports it (an import-linter contract).
+
+Why apprise: one well-kept library (pure Python, BSD licensed, released steadily since 2017)
+speaks Slack, Microsoft Teams, Matrix, email, Discord, Telegram, ntfy, generic JSON, form and
+XML webhooks and a hundred more services behind one URL syntax, so an operator configures a
+service with a URL and rebootcoord carries no client per chat system (kured's ``--notify-url``
+relies on shoutrrr, the Go library of the same idea, and its URLs look alike).
+
+Owns: a bounded queue and one background thread that sends each notice to every URL, each request
+bounded by ``timeout``; the outcome of each (sent, failed, dropped) handed to ``on_outcome`` for
+the metric; a failure logged with the URL named by its place (``notify_urls[0]``) and apprise's
+service name. Never: waits for a receiver in the caller's thread, raises into it, or logs a URL
+or any part of one -- apprise's own log lines (and urllib3's) have the URLs' parts masked.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import threading
+import time
+from collections import deque
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import parse_qsl, unquote
+
+from rebootcoord.core.config import MASK
+from rebootcoord.core.notices import Notice
+from rebootcoord.errors import ConfigError, Problem, masked_url
+
+log = logging.getLogger(__name__)
+
+#: Notices waiting to be sent; more are dropped (and counted): a receiver that hangs costs
+#: memory for this many, never a blocked cycle. A cycle makes three to five.
+QUEUE_SIZE = 64
+SENT, FAILED, DROPPED = "sent", "failed", "dropped"
+OUTCOMES = (SENT, FAILED, DROPPED)
+#: The loggers whose lines may quote what a service was sent to (apprise's connection errors,
+#: urllib3's retries). Every apprise plugin logs through "apprise".
+_QUOTING_LOGGERS = ("apprise", "urllib3.connectionpool", "urllib3.util.retry")
+
+
+def _ignore(_event: str, _outcome: str) -> None:
+    return None
+
+
+@dataclass(frozen=True)
+class _Target:
+    name: str  # "notify_urls[0] (JSON)": how a log line names it
+    service: Any  # apprise.Apprise holding this one URL
+
+
+class AppriseNotifier:
+    """The Notifier port over apprise. Raises ConfigError, naming every URL apprise cannot use
+    by its place in notify_urls, when it is built: a bad URL fails the start, not a cycle."""
+
+    def __init__(
+        self,
+        urls: Sequence[str],
+        *,
+        timeout: float,
+        on_outcome: Callable[[str, str], None] = _ignore,
+        queue_size: int = QUEUE_SIZE,
+    ) -> None:
+        import apprise
+
+        self._apprise = apprise
+        self._on_outcome = on_outcome
+        self._size = queue_size
+        self._mask = _SecretMask(urls)
+        for name in _QUOTING_LOGGERS:
+            logging.getLogger(name).addFilter(self._mask)
+        asset = apprise.AppriseAsset(app_id="rebootcoord", app_desc="rebootcoord reboot coordinator")
+        targets: list[_Target] = []
+        problems: list[Problem] = []
+        for i, url in enumerate(urls):
+            service = apprise.Apprise.instantiate(url, asset=asset)
+            if service is None:
+                problems.append(
+                    Problem(
+                        f"notify_urls[{i}]",
+                        masked_url(url),
+                        "a URL of a service apprise knows, with the parts that service needs "
+                        "(apprise's documentation lists each service's URL)",
+                    )
+                )
+                continue
+            _bound(service, url, timeout)
+            one = apprise.Apprise(asset=asset)
+            one.add(service)
+            targets.append(_Target(f"notify_urls[{i}] ({service.service_name})", one))
+        if problems:
+            self._unfilter()
+            raise ConfigError(problems)
+        self._targets = tuple(targets)
+        self._cond = threading.Condition()
+        self._pending: deque[Notice] = deque()
+        self._busy = False
+        self._closed = False
+        self._thread = threading.Thread(target=self._run, name="rebootcoord-notify", daemon=True)
+        self._thread.start()
+
+    # the port
+
+    def notify(self, notice: Notice) -> None:
+        with self._cond:
+            accepted = not self._closed and len(self._pending) < self._size
+            if accepted:
+                self._pending.append(notice)
+                self._cond.notify_all()
+        if not accepted:
+            log.warning(
+                "notification %s dropped: %d are waiting to be sent (a receiver slow or down)",
+                notice.event,
+                self._size,
+            )
+            self._count(notice.event, DROPPED, len(self._targets))
+
+    def close(self, timeout: float) -> None:
+        end = time.monotonic() + timeout
+        with self._cond:
+            self._closed = True
+            self._cond.notify_all()
+            while self._pending or self._busy:
+                left = end - time.monotonic()
+                if left <= 0:
+                    break
+                self._cond.wait(left)
+            unsent = list(self._pending)
+            self._pending.clear()
+        for notice in unsent:
+            self._count(notice.event, DROPPED, len(self._targets))
+        if unsent:
+            log.warning("%d notification(s) not sent: the agent is stopping", len(unsent))
+        self._thread.join(max(0.0, end - time.monotonic()))
+        if not self._thread.is_alive():
+            self._unfilter()  # else a request still running may log: its lines stay masked
+
+    # the sending thread
+
+    def _run(self) -> None:
+        while True:
+            with self._cond:
+                while not self._pending and not self._closed:
+                    self._cond.wait()
+                if not self._pending:
+                    return
+                notice = self._pending.popleft()
+                self._busy = True
+            try:
+                for target in self._targets:
+                    self._send(target, notice)
+            finally:
+                with self._cond:
+                    self._busy = False
+                    self._cond.notify_all()
+
+    def _send(self, target: _Target, notice: Notice) -> None:
+        why = "the line of apprise before this one says why"
+        try:
+            ok = bool(
+                target.service.notify(
+                    body=notice.body,
+                    title=notice.title,
+                    notify_type=self._apprise.NotifyType(notice.severity.value),
+                )
+            )
+        except Exception as exc:  # noqa: BLE001 -- a plugin's bug must not end the sending thread
+            ok, why = False, self._mask.hide(f"{type(exc).__name__}: {exc}")
+        if not ok:
+            log.warning("notification %s to %s failed (%s)", notice.event, target.name, why)
+        self._count(notice.event, SENT if ok else FAILED)
+
+    def _count(self, event: str, outcome: str, times: int = 1) -> None:
+        for _ in range(times):
+            try:
+                self._on_outcome(event, outcome)
+            except Exception:  # a metric must not end the sending thread
+                log.exception("counting a notification failed")
+
+    def _unfilter(self) -> None:
+        for name in _QUOTING_LOGGERS:
+            logging.getLogger(name).removeFilter(self._mask)
+
+
+def _bound(service: Any, url: str, timeout: float) -> None:
+    """Each request of the service gives up after ``timeout`` (connect, then read), unless the
+    URL sets apprise's own ``cto``/``rto``."""
+    query = dict(parse_qsl(url.partition("?")[2]))
+    if "cto" not in query:
+        service.socket_connect_timeout = timeout
+    if "rto" not in query:
+        service.socket_read_timeout = timeout
+
+
+# Where an apprise URL's parts end: any of its parts may be a token ("slack://TokenA/TokenB/TokenC",
+# "tgram://bot_token/chat_id"), its host included.
+_SEPARATORS = re.compile(r"[/:@?&=#,;\s]+")
+#: Parts shorter than this are not masked: they would mask common words, and hold no secret.
+_MIN_SECRET = 4
+_PORT = re.compile(r"^[0-9]{1,5}$")  # a port is no secret, and masking it would hide every port
+
+
+def secret_parts(url: str) -> set[str]:
+    """Every part of an apprise URL but its scheme and its query's names, as written and
+    percent-decoded: user, password, host, each path segment, each query value."""
+    rest = url.partition("://")[2] or url
+    base, _, query = rest.partition("?")
+    pieces = _SEPARATORS.split(base)
+    for _name, value in parse_qsl(query, keep_blank_values=True):
+        pieces += _SEPARATORS.split(value)
+    return {
+        form
+        for piece in pieces
+        for form in (piece, unquote(piece))
+        if len(form) >= _MIN_SECRET and not _PORT.match(form)
+    }
+
+
+class _SecretMask(logging.Filter):
+    """A log filter that masks every part of the URLs it was given in a record's message."""
+
+    def __init__(self, urls: Iterable[str]) -> None:
+        super().__init__()
+        parts = sorted({p for url in urls for p in secret_parts(url)}, key=len, reverse=True)
+        self._pattern = re.compile("|".join(map(re.escape, parts))) if parts else None
+
+    def hide(self, text: str) -> str:
+        return self._pattern.sub(MASK, text) if self._pattern is not None else text
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if self._pattern is None:
+            return True
+        message = record.getMessage()
+        changed = False
+        if record.exc_info:
+            # A traceback may quote a URL: its text joins the message, masked like it.
+            message += "\n" + logging.Formatter().formatException(record.exc_info)
+            record.exc_info, record.exc_text, changed = None, None, True
+        masked = self.hide(message)
+        if changed or masked != message:
+            record.msg, record.args = masked, None
+        return True
