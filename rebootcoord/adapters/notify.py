@@ -6,11 +6,12 @@ XML webhooks and a hundred more services behind one URL syntax, so an operator c
 service with a URL and rebootcoord carries no client per chat system (kured's ``--notify-url``
 relies on shoutrrr, the Go library of the same idea, and its URLs look alike).
 
-Owns: a bounded queue and one background thread that sends each notice to every URL, each request
-bounded by ``timeout``; the outcome of each (sent, failed, dropped) handed to ``on_outcome`` for
-the metric; a failure logged with the URL named by its place (``notify_urls[0]``) and apprise's
-service name. Never: waits for a receiver in the caller's thread, raises into it, or logs a URL
-or any part of one -- apprise's own log lines (and urllib3's) have the URLs' parts masked.
+Owns: per URL, a bounded queue and a background thread that sends it each notice (a service that
+hangs delays no other), each request bounded by ``timeout``; the outcome of each (sent, failed,
+dropped) handed to ``on_outcome`` for the metric; a failure logged with the URL named by its
+place (``notify_urls[0]``) and apprise's service name. Never: waits for a receiver in the
+caller's thread, raises into it, or logs a URL or any part of one -- apprise's own log lines (and
+urllib3's) have the URLs' parts masked.
 """
 
 from __future__ import annotations
@@ -21,7 +22,6 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass
 from typing import Any
 from urllib.parse import parse_qsl, unquote
 
@@ -31,8 +31,8 @@ from rebootcoord.errors import ConfigError, Problem, masked_url
 
 log = logging.getLogger(__name__)
 
-#: Notices waiting to be sent; more are dropped (and counted): a receiver that hangs costs
-#: memory for this many, never a blocked cycle. A cycle makes three to five.
+#: Notices waiting to be sent to one URL; more are dropped (and counted): a receiver that hangs
+#: costs memory for this many, never a blocked cycle. A cycle makes three to five.
 QUEUE_SIZE = 64
 SENT, FAILED, DROPPED = "sent", "failed", "dropped"
 OUTCOMES = (SENT, FAILED, DROPPED)
@@ -45,15 +45,10 @@ def _ignore(_event: str, _outcome: str) -> None:
     return None
 
 
-@dataclass(frozen=True)
-class _Target:
-    name: str  # "notify_urls[0] (JSON)": how a log line names it
-    service: Any  # apprise.Apprise holding this one URL
-
-
 class AppriseNotifier:
-    """The Notifier port over apprise. Raises ConfigError, naming every URL apprise cannot use
-    by its place in notify_urls, when it is built: a bad URL fails the start, not a cycle."""
+    """The Notifier port over apprise: one sender (queue and thread) per URL, so that a service
+    that hangs delays no other. Raises ConfigError, naming every URL apprise cannot use by its
+    place in notify_urls, when it is built: a bad URL fails the start, not a cycle."""
 
     def __init__(
         self,
@@ -65,14 +60,11 @@ class AppriseNotifier:
     ) -> None:
         import apprise
 
-        self._apprise = apprise
-        self._on_outcome = on_outcome
-        self._size = queue_size
         self._mask = _SecretMask(urls)
         for name in _QUOTING_LOGGERS:
             logging.getLogger(name).addFilter(self._mask)
         asset = apprise.AppriseAsset(app_id="rebootcoord", app_desc="rebootcoord reboot coordinator")
-        targets: list[_Target] = []
+        services: list[tuple[str, Any]] = []
         problems: list[Problem] = []
         for i, url in enumerate(urls):
             service = apprise.Apprise.instantiate(url, asset=asset)
@@ -89,21 +81,85 @@ class AppriseNotifier:
             _bound(service, url, timeout)
             one = apprise.Apprise(asset=asset)
             one.add(service)
-            targets.append(_Target(f"notify_urls[{i}] ({service.service_name})", one))
+            services.append((f"notify_urls[{i}] ({service.service_name})", one))
         if problems:
             self._unfilter()
             raise ConfigError(problems)
-        self._targets = tuple(targets)
+        count = _Counter(on_outcome)
+        send = _Send(apprise.NotifyType, self._mask)
+        self._senders = tuple(_Sender(name, one, send, count, queue_size) for name, one in services)
+
+    def notify(self, notice: Notice) -> None:
+        for sender in self._senders:
+            sender.offer(notice)
+
+    def close(self, timeout: float) -> None:
+        end = time.monotonic() + timeout
+        for sender in self._senders:
+            sender.stop()
+        done = [sender.finish(end) for sender in self._senders]
+        if all(done):
+            self._unfilter()  # else a request still running may log: its lines stay masked
+
+    def _unfilter(self) -> None:
+        for name in _QUOTING_LOGGERS:
+            logging.getLogger(name).removeFilter(self._mask)
+
+
+class _Counter:
+    """``on_outcome``, which must never end a sending thread."""
+
+    def __init__(self, on_outcome: Callable[[str, str], None]) -> None:
+        self._on_outcome = on_outcome
+
+    def __call__(self, event: str, outcome: str) -> None:
+        try:
+            self._on_outcome(event, outcome)
+        except Exception:
+            log.exception("counting a notification failed")
+
+
+class _Send:
+    """One notice to one apprise service: True when it took it."""
+
+    def __init__(self, notify_type: Any, mask: _SecretMask) -> None:
+        self._notify_type = notify_type
+        self._mask = mask
+
+    def __call__(self, name: str, service: Any, notice: Notice) -> bool:
+        why = "the line of apprise before this one says why"
+        try:
+            ok = bool(
+                service.notify(
+                    body=notice.body,
+                    title=notice.title,
+                    notify_type=self._notify_type(notice.severity.value),
+                )
+            )
+        except Exception as exc:  # noqa: BLE001 -- a plugin's bug must not end the sending thread
+            ok, why = False, self._mask.hide(f"{type(exc).__name__}: {exc}")
+        if not ok:
+            log.warning("notification %s to %s failed (%s)", notice.event, name, why)
+        return ok
+
+
+class _Sender:
+    """One URL's bounded queue and the thread that empties it."""
+
+    def __init__(self, name: str, service: Any, send: _Send, count: _Counter, size: int) -> None:
+        self.name = name
+        self._service = service
+        self._send = send
+        self._count = count
+        self._size = size
         self._cond = threading.Condition()
         self._pending: deque[Notice] = deque()
         self._busy = False
         self._closed = False
-        self._thread = threading.Thread(target=self._run, name="rebootcoord-notify", daemon=True)
+        self._thread = threading.Thread(target=self._run, name=f"rebootcoord-notify-{name}", daemon=True)
         self._thread.start()
 
-    # the port
-
-    def notify(self, notice: Notice) -> None:
+    def offer(self, notice: Notice) -> None:
         with self._cond:
             accepted = not self._closed and len(self._pending) < self._size
             if accepted:
@@ -111,17 +167,24 @@ class AppriseNotifier:
                 self._cond.notify_all()
         if not accepted:
             log.warning(
-                "notification %s dropped: %d are waiting to be sent (a receiver slow or down)",
+                "notification %s to %s dropped: %s",
                 notice.event,
-                self._size,
+                self.name,
+                "the agent is stopping"
+                if self._closed
+                else f"{self._size} wait to be sent (it is slow or down)",
             )
-            self._count(notice.event, DROPPED, len(self._targets))
+            self._count(notice.event, DROPPED)
 
-    def close(self, timeout: float) -> None:
-        end = time.monotonic() + timeout
+    def stop(self) -> None:
         with self._cond:
             self._closed = True
             self._cond.notify_all()
+
+    def finish(self, end: float) -> bool:
+        """Wait until what was queued is sent, or ``end``; drop (and count) what is left. True
+        when the thread is done."""
+        with self._cond:
             while self._pending or self._busy:
                 left = end - time.monotonic()
                 if left <= 0:
@@ -130,14 +193,11 @@ class AppriseNotifier:
             unsent = list(self._pending)
             self._pending.clear()
         for notice in unsent:
-            self._count(notice.event, DROPPED, len(self._targets))
+            self._count(notice.event, DROPPED)
         if unsent:
-            log.warning("%d notification(s) not sent: the agent is stopping", len(unsent))
+            log.warning("%d notification(s) to %s not sent: the agent is stopping", len(unsent), self.name)
         self._thread.join(max(0.0, end - time.monotonic()))
-        if not self._thread.is_alive():
-            self._unfilter()  # else a request still running may log: its lines stay masked
-
-    # the sending thread
+        return not self._thread.is_alive()
 
     def _run(self) -> None:
         while True:
@@ -149,39 +209,12 @@ class AppriseNotifier:
                 notice = self._pending.popleft()
                 self._busy = True
             try:
-                for target in self._targets:
-                    self._send(target, notice)
+                ok = self._send(self.name, self._service, notice)
+                self._count(notice.event, SENT if ok else FAILED)
             finally:
                 with self._cond:
                     self._busy = False
                     self._cond.notify_all()
-
-    def _send(self, target: _Target, notice: Notice) -> None:
-        why = "the line of apprise before this one says why"
-        try:
-            ok = bool(
-                target.service.notify(
-                    body=notice.body,
-                    title=notice.title,
-                    notify_type=self._apprise.NotifyType(notice.severity.value),
-                )
-            )
-        except Exception as exc:  # noqa: BLE001 -- a plugin's bug must not end the sending thread
-            ok, why = False, self._mask.hide(f"{type(exc).__name__}: {exc}")
-        if not ok:
-            log.warning("notification %s to %s failed (%s)", notice.event, target.name, why)
-        self._count(notice.event, SENT if ok else FAILED)
-
-    def _count(self, event: str, outcome: str, times: int = 1) -> None:
-        for _ in range(times):
-            try:
-                self._on_outcome(event, outcome)
-            except Exception:  # a metric must not end the sending thread
-                log.exception("counting a notification failed")
-
-    def _unfilter(self) -> None:
-        for name in _QUOTING_LOGGERS:
-            logging.getLogger(name).removeFilter(self._mask)
 
 
 def _bound(service: Any, url: str, timeout: float) -> None:

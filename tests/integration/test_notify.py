@@ -5,14 +5,9 @@ costs the cycle nothing, its failures are counted; no part of a URL's secrets re
 
 from __future__ import annotations
 
-import http.server
-import json
 import logging
-import socket
-import threading
-import urllib.parse
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import pytest
@@ -26,6 +21,7 @@ from rebootcoord.core.notices import Severity, Templates, render
 from rebootcoord.daemon.metrics import Metrics
 from rebootcoord.ports import Notifier
 from tests.conftest import wait_for
+from tests.support.webhook import Receiver, Stuck, closed_port, hanging, receiving
 from tests.unit.test_agent import UPDATE, Rig, to_reboot
 
 PASSWORD = "pw-Hunter2xyz"
@@ -33,70 +29,16 @@ TOKEN = "T0kenInThePath"
 QUERY_TOKEN = "qT0kenInTheQuery"
 
 
-@dataclass
-class Receiver:
-    """A webhook on loopback: every request's path, headers and body, as it came."""
-
-    server: http.server.ThreadingHTTPServer
-    got: list[dict[str, Any]] = field(default_factory=list)
-    cond: threading.Condition = field(default_factory=threading.Condition)
-
-    @property
-    def port(self) -> int:
-        return int(self.server.server_address[1])
-
-    def wait(self, count: int) -> list[dict[str, Any]]:
-        with self.cond:
-            assert self.cond.wait_for(lambda: len(self.got) >= count, timeout=30), self.got
-            return list(self.got)
-
-
 @pytest.fixture
 def receiver() -> Iterator[Receiver]:
-    holder: list[Receiver] = []
-
-    class Handler(http.server.BaseHTTPRequestHandler):
-        def do_POST(self) -> None:
-            body = self.rfile.read(int(self.headers.get("Content-Length", 0))).decode()
-            kind = self.headers.get("Content-Type", "")
-            data = json.loads(body) if "json" in kind else dict(urllib.parse.parse_qsl(body))
-            entry = {"path": self.path, "auth": self.headers.get("Authorization"), "data": data}
-            self.send_response(200)
-            self.end_headers()
-            with holder[0].cond:
-                holder[0].got.append(entry)
-                holder[0].cond.notify_all()
-
-        def log_message(self, format: str, *args: Any) -> None:
-            pass
-
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    holder.append(Receiver(server))
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    yield holder[0]
-    server.shutdown()
-    server.server_close()
+    with receiving() as r:
+        yield r
 
 
 @pytest.fixture
-def hanging_port() -> Iterator[int]:
-    """A port that takes connections and never answers (a receiver stuck)."""
-    sock = socket.socket()
-    sock.bind(("127.0.0.1", 0))
-    sock.listen(64)  # never accepted: the kernel completes the handshake, nobody reads or answers
-    yield sock.getsockname()[1]
-    sock.close()
-
-
-@pytest.fixture
-def closed_port() -> int:
-    """A port nobody listens on (a receiver down)."""
-    sock = socket.socket()
-    sock.bind(("127.0.0.1", 0))
-    port = int(sock.getsockname()[1])
-    sock.close()
-    return port
+def stuck() -> Iterator[Stuck]:
+    with hanging() as receiver:
+        yield receiver
 
 
 def secret_url(port: int, scheme: str = "json") -> str:
@@ -177,13 +119,12 @@ def test_a_form_webhook_gets_the_same_notice(receiver: Receiver) -> None:
 @pytest.mark.parametrize("receiver_state", ["down", "hanging"])
 def test_a_receiver_down_or_hanging_costs_the_cycle_nothing_and_is_counted(
     receiver_state: str,
-    closed_port: int,
-    hanging_port: int,
+    stuck: Stuck,
     receiver: Receiver,
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     caplog.set_level(logging.DEBUG)  # apprise's and urllib3's most talkative lines too
-    bad = closed_port if receiver_state == "down" else hanging_port
+    bad = closed_port() if receiver_state == "down" else stuck.port
     w = wired([secret_url(bad), secret_url(receiver.port, "form")], notify_timeout="1s")
     rig = cycle(w.notifier)
     # The cycle is over: the slot given back, the reboot asked once, whatever the receiver does.
@@ -202,10 +143,20 @@ def test_a_receiver_down_or_hanging_costs_the_cycle_nothing_and_is_counted(
         assert secret not in log_text
 
 
-def test_a_full_queue_drops_and_counts_and_never_waits(hanging_port: int) -> None:
+def test_a_service_that_hangs_delays_no_other(stuck: Stuck, receiver: Receiver) -> None:
+    w = wired([secret_url(stuck.port), secret_url(receiver.port)], notify_timeout="5m")
+    cycle(w.notifier)
+    assert [g["data"]["title"].split()[-1] for g in receiver.wait(3)] == ["drain", "reboot", "done"]
+    assert stuck.connections == 1, "the stuck service is still in its first request"
+    assert w.count("drain", "failed") == 0
+    w.notifier.close(0)  # the agent stops: what waits for the stuck service is dropped, counted
+    assert [w.count(e, "dropped") for e in ("drain", "reboot", "done")] == [0, 1, 1]
+
+
+def test_a_full_queue_drops_and_counts_and_never_waits(stuck: Stuck) -> None:
     outcomes: list[tuple[str, str]] = []
     notifier = AppriseNotifier(
-        [f"json://127.0.0.1:{hanging_port}/x"],
+        [f"json://127.0.0.1:{stuck.port}/x"],
         timeout=30,  # the first notice is stuck in its request for the whole test
         queue_size=1,
         on_outcome=lambda e, o: outcomes.append((e, o)),
@@ -215,7 +166,7 @@ def test_a_full_queue_drops_and_counts_and_never_waits(hanging_port: int) -> Non
         return render(Templates(), event, node="n1", group="g", phase="p", reason="r", boot_id="b")
 
     notifier.notify(notice("drain"))  # taken by the sending thread, which hangs on it
-    wait_for(lambda: not notifier._pending, what="the first notice taken")
+    wait_for(lambda: stuck.connections == 1, what="the first notice in its request")
     notifier.notify(notice("reboot"))  # waits in the queue
     notifier.notify(notice("done"))  # the queue is full: dropped at once
     assert outcomes == [("done", "dropped")]
