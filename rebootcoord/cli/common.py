@@ -183,5 +183,5 @@ def setup_logging(level: str, fmt: str) -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
-    for noisy in ("kubernetes", "urllib3", "grpc"):
+    for noisy in ("kubernetes", "urllib3", "grpc", "apprise"):  # apprise: a line per message sent
         logging.getLogger(noisy).setLevel(logging.WARNING)
