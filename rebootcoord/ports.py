@@ -47,6 +47,9 @@ class CheckResult:
     ok: bool
     name: str
     detail: str = ""
+    # Why not, in one CamelCase word, when a gate names it (PDBBlocked): the reason of the Event
+    # and the metric label that report a gate holding the node back ("": RebootBlocked).
+    reason: str = ""
 
 
 class Check(Protocol):

@@ -56,7 +56,7 @@ from rebootcoord.core.notices import render
 from rebootcoord.core.semaphore import AGENT, GroupView, HolderRecord, Waiter
 from rebootcoord.core.types import HolderId, PendingReboot, Phase
 from rebootcoord.daemon.events import EventLog
-from rebootcoord.daemon.metrics import Heartbeat, Metrics
+from rebootcoord.daemon.metrics import GATE_BLOCKED, Heartbeat, Metrics
 from rebootcoord.errors import (
     AccessDenied,
     ApiError,
@@ -70,7 +70,16 @@ from rebootcoord.errors import (
     RebootError,
     SlotLost,
 )
-from rebootcoord.ports import Check, Detector, Finalizer, NodeOps, Notifier, Rebooter, Semaphore
+from rebootcoord.ports import (
+    Check,
+    CheckResult,
+    Detector,
+    Finalizer,
+    NodeOps,
+    Notifier,
+    Rebooter,
+    Semaphore,
+)
 
 log = logging.getLogger(__name__)
 
@@ -161,7 +170,9 @@ class Agent:
         self._gone: tuple[HolderId, ...] = ()
         self._gone_checked_at = 0.0
         self._blockers: tuple[str, ...] = ()
+        self._blocking: tuple[CheckResult, ...] = ()  # the failing results behind _blockers
         self._blockers_at: float | None = None
+        self._told_blocked: frozenset[str] = frozenset()  # the gates' reasons last reported
         self._boot_id = parts.boot_id or parts.host.boot_id
         self._last_error = ""
         self._decided_at = 0.0
@@ -263,6 +274,7 @@ class Agent:
             self._enter(phase, getattr(step, "reason", ""), rev=snapshot.view.revision)
         elif phase is not None:
             self._enter(phase, getattr(step, "reason", "") or _describe(step))
+        self._report_blocked(self._blocking if snapshot.blockers else ())
         if not isinstance(step, Rest):
             self._carry_out(step, now)
         return step
@@ -379,11 +391,24 @@ class Agent:
             or self._blockers_at is None
             or now >= self._blockers_at + self.s.detection.check_interval.total_seconds()
         ):
-            self._blockers = tuple(
-                f"{r.name}: {r.detail}" for r in (b.check() for b in self.p.blockers) if not r.ok
-            )
+            self._blocking = tuple(r for r in (b.check() for b in self.p.blockers) if not r.ok)
+            self._blockers = tuple(f"{r.reason or r.name}: {r.detail}" for r in self._blocking)
             self._blockers_at = now
         return self._blockers
+
+    def _report_blocked(self, blocking: tuple[CheckResult, ...]) -> None:
+        """A gate that starts holding the node back says so once: a Warning Event named after its
+        reason (PDBBlocked), which also puts the reason on the Node's annotation; and
+        ``rebootcoord_blocked{reason}`` is 1 while it holds."""
+        reasons: dict[str, CheckResult] = {}
+        for result in blocking:
+            reasons.setdefault(result.reason or GATE_BLOCKED, result)
+        for reason in sorted(reasons.keys() - self._told_blocked):
+            result = reasons[reason]
+            self._tell(reason, f"blocked: {result.reason or result.name}: {result.detail}")
+        for reason in self._told_blocked | reasons.keys():
+            self.p.metrics.blocked.labels(reason).set(1 if reason in reasons else 0)
+        self._told_blocked = frozenset(reasons)
 
     def _gone_holders(self, view: GroupView, now: float) -> tuple[HolderId, ...]:
         """Holders whose Node is gone, looked up only by the first waiter of a full group."""

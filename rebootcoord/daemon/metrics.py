@@ -27,6 +27,9 @@ FAILURE_REASONS = (
     "slot_lost",
     "slot_reclaimed",
 )
+#: The reasons the agent's gates give for holding a node back; each has a series from the start.
+BLOCKED_REASONS = ("PDBBlocked", "RebootBlocked")
+GATE_BLOCKED = "RebootBlocked"  # a gate that names no reason of its own
 PHASE_BUCKETS = (0.1, 0.5, 1, 5, 15, 60, 300, 900, 1800, 3600, 4 * 3600, 24 * 3600)
 
 
@@ -83,6 +86,13 @@ class Metrics:
             "1 while post-reboot checks fail (the slot stays held)",
             registry=registry,
         )
+        self.blocked = Gauge(
+            f"{ns}_blocked",
+            "1 while a gate keeps this node from taking a slot, by the reason the gate gives "
+            f"(PDBBlocked; {GATE_BLOCKED} for gates that name none)",
+            ["reason"],
+            registry=registry,
+        )
         self.next_window = Gauge(
             f"{ns}_next_window_open_timestamp_seconds",
             "When the next maintenance window opens",
@@ -127,6 +137,8 @@ class Metrics:
             self.phase_seconds.labels(phase.value)  # zero series from the start, not after a first change
         for reason in FAILURE_REASONS:
             self.failures.labels(reason)
+        for reason in BLOCKED_REASONS:
+            self.blocked.labels(reason).set(0)
         self.slot_held.labels(node, group).set(0)
         self.reboot_required.labels(node).set(0)
         self.health_failing.set(0)

@@ -109,11 +109,12 @@ class FakeCheck:
     name: str = "check"
     ok: bool = True
     detail: str = "failing"
+    reason: str = ""
     calls: int = 0
 
     def check(self) -> CheckResult:
         self.calls += 1
-        return CheckResult(self.ok, self.name, "" if self.ok else self.detail)
+        return CheckResult(self.ok, self.name, "" if self.ok else self.detail, "" if self.ok else self.reason)
 
 
 @dataclass

@@ -413,6 +413,37 @@ def test_a_gate_that_closes_after_its_cached_answer_still_stops_the_slot() -> No
     assert any(type(s).__name__ == "CheckGates" for s in rig.steps)
 
 
+def test_a_gate_holding_the_node_back_tells_its_reason_once_in_an_event_and_a_metric() -> None:
+    rig = Rig()
+    rig.blocker.ok, rig.blocker.reason, rig.blocker.detail = False, "PDBBlocked", "ns/web allows 0"
+
+    def blocked(reason: str) -> float | None:
+        return rig.registry.get_sample_value("rebootcoord_blocked", {"reason": reason})
+
+    assert blocked("PDBBlocked") == 0  # a series from the start
+    for _ in range(6):
+        rig.turn()
+    assert not rig.holds() and "cordon" not in rig.node.calls
+    assert rig.node.calls.count("warn:PDBBlocked") == 1  # once, not on every check
+    assert blocked("PDBBlocked") == 1 and blocked("RebootBlocked") == 0
+    rest = rig.steps[-1]
+    assert isinstance(rest, Rest) and rest.reason == "blocked: PDBBlocked: ns/web allows 0"
+    rig.blocker.ok = True
+    to_reboot(rig)
+    assert blocked("PDBBlocked") == 0
+
+
+def test_a_gate_naming_no_reason_is_reported_as_reboot_blocked() -> None:
+    rig = Rig()
+    rig.blocker.ok = False
+    for _ in range(3):
+        rig.turn()
+    assert rig.node.calls.count("warn:RebootBlocked") == 1
+    assert rig.registry.get_sample_value("rebootcoord_blocked", {"reason": "RebootBlocked"}) == 1
+    rest = rig.steps[-1]
+    assert isinstance(rest, Rest) and rest.reason == "blocked: blocker: failing"
+
+
 def test_a_max_holders_unlike_the_groups_is_told_once_and_in_a_metric(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
