@@ -200,7 +200,14 @@ def build_agent(settings: Settings, stop: threading.Event, registry: CollectorRe
     boot_id = host.boot_id
     zone = settings.identity.zone
     if kube is not None:
-        from rebootcoord.adapters.kube.gates import NodeBootId, NodeBudget, NodeReady, PodBlocker, PodsReady
+        from rebootcoord.adapters.kube.gates import (
+            NodeBootId,
+            NodeBudget,
+            NodeReady,
+            PdbPrecheck,
+            PodBlocker,
+            PodsReady,
+        )
         from rebootcoord.adapters.kube.nodes import KubeNodeOps
 
         if not zone:
@@ -223,6 +230,9 @@ def build_agent(settings: Settings, stop: threading.Event, registry: CollectorRe
             blockers.append(
                 NodeBudget(kube, settings.gates.max_unavailable_nodes, settings.gates.group_node_selector)
             )
+        if settings.drain.node_ops != "none" and settings.gates.pdb_precheck:
+            # The pods this node's drain would evict, with the drain's own options.
+            blockers.append(PdbPrecheck(kube, settings.identity.node, drain_options(settings)))
     if settings.gates.prometheus_url:
         from rebootcoord.adapters.prometheus import FiringAlerts
 

@@ -19,7 +19,7 @@ from tests.support.rbac import ChartIdentity, chart_identity
 # Agent settings that decide which API calls the agent makes, hence which rights the chart grants.
 RBAC_KEYS = (
     "backend", "node_ops", "verify_node_ready", "verify_pods_ready", "max_unavailable_nodes",
-    "boot_id_source", "blocking_pod_selector",
+    "boot_id_source", "blocking_pod_selector", "pdb_precheck",
 )  # fmt: skip
 
 

@@ -116,6 +116,7 @@ def _cluster_rules(objects: list[dict[str, Any]]) -> dict[str, list[str]]:
 
 
 NODE_OPS_OFF = {"node_ops": "none"}
+PDB_LIST = {"poddisruptionbudgets": ["list"]}  # the PDB pre-check (pdb_precheck, on by default)
 
 
 @pytest.mark.parametrize(
@@ -123,15 +124,31 @@ NODE_OPS_OFF = {"node_ops": "none"}
     [
         pytest.param(
             {},
-            {"nodes": ["get", "patch"], "pods": ["list"], "pods/eviction": ["create"]},
+            {"nodes": ["get", "patch"], "pods": ["list"], "pods/eviction": ["create"], **PDB_LIST},
             True,
             id="defaults",
         ),
         pytest.param(
             {"max_unavailable_nodes": 0},
-            {"nodes": ["get", "list", "patch"], "pods": ["list"], "pods/eviction": ["create"]},
+            {"nodes": ["get", "list", "patch"], "pods": ["list"], "pods/eviction": ["create"], **PDB_LIST},
             True,
             id="budget-gate-lists-nodes",
+        ),
+        pytest.param(
+            {"pdb_precheck": False},
+            {"nodes": ["get", "patch"], "pods": ["list"], "pods/eviction": ["create"]},
+            True,
+            id="no-pdb-precheck-no-budgets",
+        ),
+        pytest.param(
+            {"backend": "etcd", "etcd_endpoints": ["http://etcd:2379"], "node_ops": "kubernetes"},
+            {"nodes": ["get", "patch"], "pods": ["list"], "pods/eviction": ["create"], **PDB_LIST},
+            True,
+            id="etcd-backend-kubernetes-drain-pdb-precheck",
+        ),
+        # No drain, no pre-check of the drain: the key alone asks for nothing.
+        pytest.param(
+            NODE_OPS_OFF | {"pdb_precheck": True}, {"nodes": ["get"]}, False, id="pdb-precheck-no-drain"
         ),
         pytest.param(NODE_OPS_OFF, {"nodes": ["get"]}, False, id="no-node-ops-ready-check-reads-the-node"),
         pytest.param(NODE_OPS_OFF | {"verify_node_ready": False}, {}, False, id="no-node-ops-no-check"),

@@ -402,7 +402,12 @@ def _cluster_rules(objects: list[dict[str, Any]]) -> dict[str, list[str]]:
         pytest.param({"backend": "etcd", "etcd_endpoints": ["http://etcd:2379"]}, {}, set(), id="etcd-only"),
         # The agents' gates are theirs: the server lists no more for them.
         pytest.param(
-            {"max_unavailable_nodes": 1, "blocking_pod_selector": "app=db", "verify_node_ready": False},
+            {
+                "max_unavailable_nodes": 1,
+                "blocking_pod_selector": "app=db",
+                "verify_node_ready": False,
+                "pdb_precheck": True,
+            },
             {"nodes": ["get", "list", "patch"], "pods": ["list"], "pods/eviction": ["create"]},
             {"rebootcoord-fleetlock", "rebootcoord-fleetlock-events"},
             id="agent-gates",

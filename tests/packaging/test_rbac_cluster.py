@@ -27,7 +27,8 @@ def ident(kube: KubeTestEnv) -> Iterator[ChartIdentity]:
         yield identity
 
 
-# Every gate on: the budget gate adds `list nodes` to the defaults' rules.
+# Every gate on: the budget gate adds `list nodes` to the defaults' rules (which have the PDB
+# pre-check's `list poddisruptionbudgets`).
 ALL_GATES = {"config": {"max_unavailable_nodes": 1}}
 
 
@@ -66,10 +67,11 @@ def _agents_calls_are_allowed_and_nothing_else(kube: KubeTestEnv, ident: ChartId
     )
     wait_for_pods(kube.api, ns, "app=web", count=1)
     assert ident.username == f"system:serviceaccount:{ns}:{ident.service_account}"
-    assert len(ident.rules) == 13  # 7 lease verbs, events create, nodes get/list/patch, pods list, eviction
+    # 7 lease verbs, events create, nodes get/list/patch, pods list, eviction, PDBs list
+    assert len(ident.rules) == 14
 
     api = ident.api_client()
-    coordination, core = k8s.CoordinationV1Api(api), k8s.CoreV1Api(api)
+    coordination, core, policy = k8s.CoordinationV1Api(api), k8s.CoreV1Api(api), k8s.PolicyV1Api(api)
 
     # 1. The semaphore: the Lease verbs alone.
     lease = coordination.create_namespaced_lease(
@@ -104,6 +106,7 @@ def _agents_calls_are_allowed_and_nothing_else(kube: KubeTestEnv, ident: ChartId
     core.patch_node(node.name, {"spec": {"unschedulable": None}})
     pods = core.list_pod_for_all_namespaces(field_selector=f"spec.nodeName={node.name}").items
     assert [p.metadata.name for p in pods] == ["web"]
+    policy.list_pod_disruption_budget_for_all_namespaces()  # the PDB pre-check: every namespace at once
     core.create_namespaced_pod_eviction(
         "web",
         ns,
@@ -122,10 +125,12 @@ def _agents_calls_are_allowed_and_nothing_else(kube: KubeTestEnv, ident: ChartId
     _forbidden(lambda: k8s.AppsV1Api(api).list_namespaced_daemon_set(ns))
     _forbidden(lambda: _watch(core.list_node))
     _forbidden(lambda: core.read_namespaced_pod("web", ns))
+    _forbidden(lambda: policy.read_namespaced_pod_disruption_budget("web", ns))
     denied = {(r.verb, r.api_group, r.resource, r.namespace) for r in ident.denied_requests()}
     assert denied == {
         ("watch", "", "nodes", None),
         ("get", "", "pods", ns),
+        ("get", "policy", "poddisruptionbudgets", ns),
         ("list", "", "secrets", ns),
         ("delete", "", "nodes", None),
         ("patch", "", "pods", ns),
@@ -155,6 +160,9 @@ def test_kubectl_as_the_service_account(kube: KubeTestEnv, ident: ChartIdentity)
     for verb in ("list", "watch", "update", "delete"):  # list: only with the budget gate on
         assert not can_i(verb, "nodes", None)
     assert can_i("list", "pods", None) and not can_i("get", "pods", None)
+    assert can_i("list", "poddisruptionbudgets.policy", None)  # the PDB pre-check, on by default
+    for verb in ("get", "watch", "create", "update", "delete"):
+        assert not can_i(verb, "poddisruptionbudgets.policy", None)
     assert can_i("create", "pods/eviction", "default") and not can_i("create", "pods", "default")
     assert not can_i("delete", "pods", "default") and not can_i("get", "secrets")
 
@@ -168,8 +176,10 @@ def test_rbac_follows_the_configuration(kube: KubeTestEnv) -> None:
     values = {"config": {"backend": "etcd", "etcd_endpoints": ["http://etcd:2379"], "node_ops": "kubernetes"}}
     with chart_identity(kube.cluster, kube.namespace, values=values) as ident:
         assert not any(g.resource == "leases" for g in ident.rules)
-        assert {g.resource for g in ident.rules} == {"events", "nodes", "pods", "pods/eviction"}
-        assert len(ident.rules) == 5  # events create, nodes get/patch, pods list, eviction
+        assert {g.resource for g in ident.rules} == {
+            "events", "nodes", "pods", "pods/eviction", "poddisruptionbudgets"
+        }  # fmt: skip
+        assert len(ident.rules) == 6  # events create, nodes get/patch, pods list, eviction, PDBs list
         _forbidden(lambda: k8s.CoordinationV1Api(ident.api_client()).list_namespaced_lease(kube.namespace))
         assert [r.resource for r in ident.denied_requests()] == ["leases"]
 

@@ -125,7 +125,8 @@ The server's API calls for its configuration, in JSON, as rebootcoord/cli/wiring
     labels, the taint), list its pods, evict them, events about it; the Ready check after the
     reboot reads the Node, verify_pods_ready lists its pods
 The agents' rules for the same configuration, plus nodes list (an agent reads its own Node by
-name), less what the server does not do: it has no gates (budget, blocking pods) of its own.
+name), less what the server does not do: it has no gates (budget, blocking pods, the PDB
+pre-check) of its own.
 */}}
 {{- define "rebootcoord.fleetlock.apiCalls" -}}
 {{- $cfg := include "rebootcoord.fleetlock.configFile" . | fromYaml }}

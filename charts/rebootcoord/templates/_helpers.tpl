@@ -99,11 +99,13 @@ for explicitly (rebootcoord/cli/wiring.py: uses_kubernetes). */}}
 
 {{/*
 The agent's API calls for this configuration, as rebootcoord/cli/wiring.py builds its parts, in
-JSON: {"leases": bool, "events": bool, "nodes": [verbs], "pods": [verbs], "evictions": bool}.
+JSON: {"leases": bool, "events": bool, "nodes": [verbs], "pods": [verbs], "evictions": bool,
+"pdbs": bool}.
   node operations (node_ops not none): read and patch the Node, list its pods, evict them, events
   verify_node_ready / boot_id_source node: read the Node
   verify_pods_ready, blocking_pod_selector: list the node's pods
   max_unavailable_nodes >= 0 (the budget gate): list the nodes
+  pdb_precheck (default true) with node operations: list the PodDisruptionBudgets, cluster-wide
 */}}
 {{- define "rebootcoord.apiCalls" -}}
 {{- $cfg := .Values.config }}
@@ -121,7 +123,10 @@ JSON: {"leases": bool, "events": bool, "nodes": [verbs], "pods": [verbs], "evict
 {{- if $nodeOps }}{{ $nodes = append $nodes "patch" }}{{ end }}
 {{- $pods := list }}
 {{- if and $kube (or $nodeOps $cfg.verify_pods_ready $cfg.blocking_pod_selector) }}{{ $pods = append $pods "list" }}{{ end }}
-{{- dict "leases" (eq (default "etcd" $cfg.backend) "kubernetes") "events" $nodeOps "nodes" $nodes "pods" $pods "evictions" $nodeOps | toJson }}
+{{- $pdbPrecheck := true }}
+{{- if hasKey $cfg "pdb_precheck" }}{{ $pdbPrecheck = $cfg.pdb_precheck }}{{ end }}
+{{- $pdbs := and $nodeOps $pdbPrecheck }}
+{{- dict "leases" (eq (default "etcd" $cfg.backend) "kubernetes") "events" $nodeOps "nodes" $nodes "pods" $pods "evictions" $nodeOps "pdbs" $pdbs | toJson }}
 {{- end }}
 
 {{/* The host directories the sentinel detectors read, each mounted read-only under host_root. */}}

@@ -295,7 +295,7 @@ class DrainSettings:
 
 @dataclass(frozen=True)
 class GateSettings:
-    """What blocks taking a slot: pods, alerts, too many nodes down."""
+    """What blocks taking a slot: pods, alerts, too many nodes down, a PodDisruptionBudget."""
 
     blocking_pod_selector: str = _key("", p_selector, "pods on this node matching it block the reboot")
     prometheus_url: str = _key("", p_opt_url, "Prometheus whose firing alerts block the reboot")
@@ -309,6 +309,12 @@ class GateSettings:
         "take no slot while more nodes of the group are NotReady or cordoned (-1: off)",
     )
     group_node_selector: str = _key("", p_selector, "label selector of the group's nodes (budget gate)")
+    pdb_precheck: bool = _key(
+        True,
+        p_bool,
+        "take no slot while a PodDisruptionBudget covering a pod the drain would evict allows no "
+        "disruption (PDBBlocked; Kubernetes node operations)",
+    )
 
 
 @dataclass(frozen=True)
