@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import threading
 import time
+import urllib.request
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -22,6 +23,7 @@ from rebootcoord.sim.fleet import Fleet
 from tests.conftest import wait_for
 from tests.e2e.conftest import agent_log
 from tests.support.checks import kube_report
+from tests.support.cluster import free_port
 from tests.support.eventgate import EventGate
 from tests.support.kubecluster import KubeTestEnv, wait_for_deployment, wait_for_pdb
 from tests.support.rbac import ChartIdentity
@@ -156,7 +158,8 @@ def test_unsatisfiable_pdb_times_out_the_drain_and_aborts_cleanly(
     (node,) = [n.name for n in kube.create_nodes(1)]
     deploy(kube, "stuck", 2, pdb={"minAvailable": 2}, node=node)  # no disruption is ever allowed
     wait_for_pdb(kube.api, kube.namespace, "stuck", disruptions_allowed=0, timeout=60)
-    fleet = kube_fleet([node], agent_config={"drain_timeout": "8s"})
+    # Without the pre-check, which would keep the node from ever starting this drain.
+    fleet = kube_fleet([node], agent_config={"drain_timeout": "8s", "pdb_precheck": False})
     sem = fleet.semaphore
     with fleet:
         wait_for(lambda: "drain failed" in agent_log(fleet, node), timeout=120, what="the drain to fail")
@@ -173,6 +176,79 @@ def test_unsatisfiable_pdb_times_out_the_drain_and_aborts_cleanly(
                                       f"involvedObject.name={node},reason=DrainFailed")  # fmt: skip
         assert "DrainFailed" in events
     assert "queuing again after" in agent_log(fleet, node)
+
+
+def test_pdb_precheck_leaves_a_blocked_node_uncordoned_until_its_budget_allows(
+    kube: KubeTestEnv, kube_fleet: Callable[..., Fleet]
+) -> None:
+    """A node whose pods a PodDisruptionBudget allowing no disruption covers takes no slot and is
+    never cordoned; it says PDBBlocked (phase reason, annotation, Event, metric) while a node whose
+    pod no budget covers reboots. When the budget allows one again, the blocked node goes through."""
+    guarded, free = (n.name for n in kube.create_nodes(2))
+    deploy(kube, "guarded", 2, pdb={"minAvailable": 2}, node=guarded)
+    deploy(kube, "loose", 1, pdb=None, node=free)  # evicted too, but no budget covers it
+    wait_for_pdb(kube.api, kube.namespace, "guarded", disruptions_allowed=0, timeout=60)
+    fleet = kube_fleet([guarded, free], max_holders=2)  # a free slot for each: only the PDB stops it
+    port = free_port()
+    fleet.node_config[guarded] = {"metrics_address": f"127.0.0.1:{port}"}
+
+    def blocked_metric() -> float | None:
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as response:
+                text = response.read().decode()
+        except OSError:
+            return None
+        for line in text.splitlines():
+            if line.startswith('rebootcoord_blocked{reason="PDBBlocked"}'):
+                return float(line.rsplit(" ", 1)[1])
+        return None
+
+    identity: ChartIdentity = fleet.identity  # type: ignore[attr-defined]
+
+    def pdb_lists() -> int:
+        return sum(1 for r in identity.requests(settle=False) if r.resource == "poddisruptionbudgets")
+
+    def pdb_events() -> str:
+        return kube.cluster.kubectl("get", "events", "-n", "default", "--field-selector",
+                                    f"involvedObject.name={guarded},reason=PDBBlocked")  # fmt: skip
+
+    with fleet:
+        with ClusterWatch(kube, [guarded]) as watch:
+            wait_for(lambda: fleet.nodes[free].reboots == 1, timeout=120, what="the free node to reboot")
+            wait_for(lambda: not fleet.semaphore.read().holds(HolderId(free)), timeout=60, what="its release")
+            wait_for(lambda: blocked_metric() == 1, timeout=30, what="rebootcoord_blocked PDBBlocked 1")
+            wait_for(lambda: "PDBBlocked" in pdb_events(), timeout=30, what="a PDBBlocked Event")
+            # Still held back over more looks at the budgets (check_interval 1s), a slot free:
+            # the free node is idle now, so each list of the budgets is the guarded node's.
+            looks = pdb_lists()
+            wait_for(
+                lambda: pdb_lists() >= looks + 3 or watch.max_cordoned > 0,
+                timeout=60,
+                interval=1.0,
+                what="more looks at the budgets",
+            )
+        assert watch.samples > 0 and watch.max_cordoned == 0  # never cordoned while the budget says no
+        assert fleet.nodes[guarded].reboots == 0
+        assert not fleet.semaphore.read().holds(HolderId(guarded))
+        annotations = kube.core.read_node(guarded).metadata.annotations or {}
+        assert annotations.get("rebootcoord.io/phase") == "pending", annotations
+        reason = annotations.get("rebootcoord.io/reason", "")
+        assert "PDBBlocked" in reason and f"{kube.namespace}/guarded allows 0 disruptions" in reason
+        pods = kube.core.list_namespaced_pod(kube.namespace, label_selector="app=guarded").items
+        assert len(pods) == 2 and all(p.spec.node_name == guarded for p in pods)  # untouched
+        # The budget allows one again: the blocked node drains (evict one, 429 for the other until
+        # its replacement is Ready) and reboots.
+        kube.policy.patch_namespaced_pod_disruption_budget(
+            "guarded", kube.namespace, {"spec": {"minAvailable": 1}}
+        )
+        wait_for(fleet.done, timeout=240, interval=0.5, what="the blocked node to reboot")
+    assert {n.reboots for n in fleet.nodes.values()} == {1}
+    assert not fleet.violations, fleet.violations
+    assert not kube.core.read_node(guarded).spec.unschedulable
+    report = kube_report(fleet, kube.cluster, kube.namespace)
+    assert report.ok, report.problems
+    listed = [r for r in identity.requests() if r.resource == "poddisruptionbudgets"]
+    assert listed and all(r.verb == "list" and r.namespace is None and not r.denied for r in listed)
 
 
 def test_blocking_pod_holds_its_node_back(kube: KubeTestEnv, kube_fleet: Callable[..., Fleet]) -> None:
@@ -224,7 +300,10 @@ def test_agent_killed_mid_drain_resumes(kube: KubeTestEnv, kube_fleet: Callable[
     (target,) = [n.name for n in kube.create_nodes(1)]
     deploy(kube, "pair", 2, pdb={"minAvailable": 2}, node=target)
     wait_for_pdb(kube.api, kube.namespace, "pair", disruptions_allowed=0, timeout=60)
-    fleet = kube_fleet([target], agent_config={"events_file": "{node_dir}/events.fifo"})
+    # No pre-check: the drain must start while the budget says no, to be killed mid-way.
+    fleet = kube_fleet(
+        [target], agent_config={"events_file": "{node_dir}/events.fifo", "pdb_precheck": False}
+    )
     node_dir = fleet.nodes[target].dir
     os.makedirs(node_dir, exist_ok=True)
     gate = EventGate(os.path.join(node_dir, "events.fifo"))
