@@ -85,6 +85,7 @@ class FleetLockServer:
             if self.healthy():
                 return self
             time.sleep(0.05)
+        self.kill()  # not left running behind a failed test
         raise RuntimeError(f"fleetlock-server not healthy after {timeout}s: {self.log()[-3000:]}")
 
     def healthy(self) -> bool:
