@@ -35,7 +35,7 @@ from pathlib import Path
 
 from rebootcoord.core.semaphore import GroupView, HolderRecord, PauseInfo, SemaphoreState, Waiter
 from rebootcoord.core.types import Group, HolderId, NodeName
-from rebootcoord.errors import BackendUnavailable, CorruptDocument, SlotLost, clipped
+from rebootcoord.errors import BackendUnavailable, SlotLost, clipped
 
 log = logging.getLogger(__name__)
 
@@ -131,12 +131,7 @@ class FleetLockSemaphore:
             return None
         except OSError as exc:
             raise BackendUnavailable(f"cannot read the holder record {self.state}: {exc}") from exc
-        try:
-            return HolderRecord.decode(raw, key=str(self.state))
-        except CorruptDocument:
-            raise
-        except ValueError as exc:
-            raise CorruptDocument(str(self.state), str(exc)) from None
+        return HolderRecord.decode(raw, key=str(self.state))  # CorruptDocument for anything malformed
 
     def _write(self, record: HolderRecord) -> None:
         self.state.parent.mkdir(parents=True, exist_ok=True)

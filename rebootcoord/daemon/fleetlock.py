@@ -282,6 +282,10 @@ class FleetLockService:
                 ops.cordon()
             ops.announce(Phase.DRAINING, f"FleetLock client {record.id}: draining before its reboot")
             ops.drain(self.stop)
+            if self.metrics:
+                self.metrics.drains.labels("ok").inc()
+            now = self.clock()
+            gc.update(record.moved(Phase.REBOOTING, now, reboot_requested_at=now))
         except SlotLost:
             self._undo(ops, record, "")
             raise refusal(
@@ -293,16 +297,6 @@ class FleetLockService:
             self._undo(ops, record, str(exc))
             gc.release(record.id)
             raise refusal("drain_failed", f"node {node}: {exc}") from None
-        if self.metrics:
-            self.metrics.drains.labels("ok").inc()
-        now = self.clock()
-        try:
-            gc.update(record.moved(Phase.REBOOTING, now, reboot_requested_at=now))
-        except SlotLost:
-            self._undo(ops, record, "")
-            raise refusal(
-                "slot_lost", f"{record.id} lost its slot (unlocked by an operator) during the drain"
-            ) from None
         ops.announce(Phase.REBOOTING, f"FleetLock client {record.id} may reboot: node drained")
 
     def _undo(self, ops: Any, record: HolderRecord, why: str) -> None:
