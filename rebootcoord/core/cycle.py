@@ -345,11 +345,11 @@ def _not_holding(s: Snapshot, view: GroupView) -> Step:
             return stale
     if view.may_take(s.holder):
         limit = s.policy.max_holders_per_zone
-        if limit > 0 and s.zone and view.zone_holders(s.zone) >= limit:
+        in_zone = view.zone_holders(s.zone) if limit > 0 and s.zone else 0
+        if limit > 0 and in_zone >= limit:
             return Rest(
                 Phase.WAITING,
-                f"waits: zone {s.zone} has {view.zone_holders(s.zone)} of {limit} holder(s) "
-                "(max_holders_per_zone)",
+                f"waits: zone {s.zone} has {in_zone} of {limit} holder(s) (max_holders_per_zone)",
             )
         if not s.gates_fresh:
             return CheckGates()

@@ -24,7 +24,15 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
-from rebootcoord.core.semaphore import MANUAL, GroupView, HolderRecord, PauseInfo, SemaphoreState, Waiter
+from rebootcoord.core.semaphore import (
+    MANUAL,
+    GroupView,
+    HolderRecord,
+    PauseInfo,
+    SemaphoreState,
+    Waiter,
+    zone_holders,
+)
 from rebootcoord.core.types import Group, HolderId, Phase
 from rebootcoord.errors import (
     CorruptDocument,
@@ -100,7 +108,7 @@ class GroupState:
         if slots.free <= ahead:
             raise NoFreeSlot(f"{slots.free} free slot(s) and {ahead} waiter(s) ahead")
         if zone_limit > 0 and record.zone:
-            in_zone = sum(1 for h, r in self.records.items() if r.zone == record.zone and slots.holds(h))
+            in_zone = zone_holders(slots, self.records, record.zone)
             if in_zone >= zone_limit:
                 raise NoFreeSlot(
                     f"zone {record.zone} has {in_zone} of {zone_limit} holder(s) (max_holders_per_zone)"

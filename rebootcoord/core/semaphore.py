@@ -210,6 +210,11 @@ class PauseInfo:
             return cls("?", 0.0, "unreadable pause marker (still paused)")
 
 
+def zone_holders(slots: SemaphoreState | None, records: Mapping[HolderId, HolderRecord], zone: str) -> int:
+    """Holders of ``slots`` whose record says they are in ``zone`` (max_holders_per_zone)."""
+    return sum(1 for h, r in records.items() if r.zone == zone and slots is not None and slots.holds(h))
+
+
 @dataclass(frozen=True)
 class GroupView:
     """Everything the backend knows about one group, at one revision. A pure value."""
@@ -239,8 +244,7 @@ class GroupView:
         return None
 
     def zone_holders(self, zone: str) -> int:
-        """Holders whose record says they are in ``zone``."""
-        return sum(1 for h, r in self.records.items() if r.zone == zone and self.holds(h))
+        return zone_holders(self.slots, self.records, zone)
 
     def may_take(self, holder: HolderId) -> bool:
         """Our turn: a free slot, not paused, and no earlier waiter that the free slots cannot cover."""
