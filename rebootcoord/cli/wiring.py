@@ -67,23 +67,43 @@ def build_semaphore(
             "backend: got 'fleetlock', which only the agent speaks; rebootctl needs the store the "
             "FleetLock server uses (backend etcd or kubernetes, as the server is configured)"
         )
+    return group_opener(settings, ttl=ttl, retry_for=retry_for, kube=kube, owner=owner, stop=stop)(
+        settings.identity.group
+    )
+
+
+def group_opener(
+    settings: Settings,
+    *,
+    ttl: float,
+    background: bool = True,
+    retry_for: float = 30.0,
+    kube: Any = None,
+    owner: Any = None,
+    stop: threading.Event | None = None,
+) -> Callable[[Group], GroupClient]:
+    """Opens a group's GroupClient on the configured backend, every group on one connection.
+    ``ttl``: a waiter's place; ``background``: this process keeps its places alive (an agent),
+    else each join keeps a place ``ttl`` from then (the FleetLock server's pollers)."""
     if settings.semaphore.backend == "kubernetes":
         from rebootcoord.adapters.kube.lease import LeaseGroupStore, LeaseWaitQueue
 
-        kube = kube or connect_kube(settings, retry_for=retry_for, role="rebootctl")
+        api = kube or connect_kube(settings, retry_for=retry_for, role="rebootctl")
         namespace = kube_namespace(settings)
-        return GroupClient(
-            LeaseGroupStore(kube, namespace=namespace, group=settings.identity.group),
-            LeaseWaitQueue(kube, namespace=namespace, group=settings.identity.group, ttl=ttl, owner=owner),
+        return lambda group: GroupClient(
+            LeaseGroupStore(api, namespace=namespace, group=group),
+            LeaseWaitQueue(
+                api, namespace=namespace, group=group, ttl=ttl, owner=owner, background=background
+            ),
             stop=stop,
         )
     from rebootcoord.adapters.etcd import EtcdGroupStore, EtcdWaitQueue
 
     conn = etcd_connection(settings, retry_for=retry_for, stop=stop)
     prefix = settings.etcd.etcd_key_prefix
-    return GroupClient(
-        EtcdGroupStore(conn, prefix=prefix, group=settings.identity.group),
-        EtcdWaitQueue(conn, prefix=prefix, group=settings.identity.group, ttl=ttl),
+    return lambda group: GroupClient(
+        EtcdGroupStore(conn, prefix=prefix, group=group),
+        EtcdWaitQueue(conn, prefix=prefix, group=group, ttl=ttl, background=background),
         stop=stop,
     )
 
@@ -297,33 +317,7 @@ def build_fleetlock_service(
         if uses_kubernetes(settings)
         else None
     )
-    open_group: Callable[[Group], GroupClient]
-    if backend == "kubernetes":
-        from rebootcoord.adapters.kube.lease import LeaseGroupStore, LeaseWaitQueue
-
-        namespace = kube_namespace(settings)
-        lease_kube = kube
-
-        def open_group(group: Group) -> GroupClient:
-            assert lease_kube is not None
-            return GroupClient(
-                LeaseGroupStore(lease_kube, namespace=namespace, group=group),
-                LeaseWaitQueue(lease_kube, namespace=namespace, group=group, ttl=ttl, background=False),
-                stop=stop,
-            )
-    else:
-        from rebootcoord.adapters.etcd import EtcdGroupStore, EtcdWaitQueue
-
-        conn = etcd_connection(settings, retry_for=5.0, stop=stop)
-        prefix = settings.etcd.etcd_key_prefix
-
-        def open_group(group: Group) -> GroupClient:
-            return GroupClient(
-                EtcdGroupStore(conn, prefix=prefix, group=group),
-                EtcdWaitQueue(conn, prefix=prefix, group=group, ttl=ttl, background=False),
-                stop=stop,
-            )
-
+    open_group = group_opener(settings, ttl=ttl, background=False, retry_for=5.0, kube=kube, stop=stop)
     directory = None
     if kube is not None and settings.drain.node_ops != "none":
         from rebootcoord.adapters.kube.directory import KubeNodeDirectory
