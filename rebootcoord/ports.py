@@ -11,8 +11,9 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol, runtime_checkable
 
-from rebootcoord.core.group import GroupState
+from rebootcoord.core.group import Ending, GroupState
 from rebootcoord.core.notices import Notice
+from rebootcoord.core.rollout import WavePlan
 from rebootcoord.core.semaphore import GroupView, HolderRecord, PauseInfo, Waiter
 from rebootcoord.core.types import Group, HolderId, NodeName, PendingReboot, Phase
 
@@ -173,21 +174,25 @@ class Semaphore(Protocol):
         """Call ``on_wake`` once, after ``view``: with ``role`` "slots" when the slots change (the
         head of the line), "ahead" when the waiter ahead leaves. Returns a function that stops it."""
 
-    def acquire(self, record: HolderRecord, *, zone_limit: int = 0) -> int | None:
+    def acquire(
+        self, record: HolderRecord, *, zone_limit: int = 0, plan: WavePlan | None = None
+    ) -> int | None:
         """Take a slot for ``record.id`` with its record, if it is our turn: the revision
-        written, or None when it is not our turn, no slot is free, the group is paused or --
-        with ``zone_limit`` -- ``record.zone`` has that many holders."""
+        written, or None when it is not our turn, no slot is free, the group is paused, --
+        with ``zone_limit`` -- ``record.zone`` has that many holders, or the rollout in progress
+        (or the one ``plan`` would start) lets no node through now."""
 
     def update(self, record: HolderRecord) -> None:
         """Write our record if we still hold the slot; raise SlotLost otherwise."""
 
-    def release(self, holder: HolderId) -> int | None:
-        """Give the slot back and drop the record; the revision written. Idempotent (None)."""
+    def release(self, holder: HolderId, ending: Ending | None = None) -> int | None:
+        """Give the slot back and drop the record, the cycle into the group's history as
+        ``ending`` says; the revision written. Idempotent (None)."""
 
     def drop_record(self, holder: HolderId) -> None:
         """Remove a record whose slot is gone (Abandon)."""
 
-    def reclaim(self, holder: HolderId, expect: HolderRecord) -> bool:
+    def reclaim(self, holder: HolderId, expect: HolderRecord, ending: Ending | None = None) -> bool:
         """Take back ``holder``'s slot if it still holds it with the record ``expect``."""
 
     def pause(self, info: PauseInfo) -> None:

@@ -31,6 +31,7 @@ from etcd3 import etcdrpc
 from rebootcoord.adapters.retry import retrying as retrying_for
 from rebootcoord.core.documents import load_json, quoted
 from rebootcoord.core.group import GroupState
+from rebootcoord.core.rollout import Ledger
 from rebootcoord.core.semaphore import HolderRecord, PauseInfo, SemaphoreState, Waiter
 from rebootcoord.core.types import Group, HolderId, NodeName
 from rebootcoord.errors import AccessDenied, BackendUnavailable, Conflict, CorruptDocument
@@ -228,6 +229,7 @@ class _Keys:
     <p>/groups/<group>/v1/rebootcoord/holders/<id>  our holder record (phase, boot ID, ...)
     <p>/groups/<group>/v1/rebootcoord/paused        present while the group is paused
     <p>/groups/<group>/v1/rebootcoord/waiters/<id>  a place in the queue, on a lease
+    <p>/groups/<group>/v1/rebootcoord/ledger        the rollout in waves and the history
     """
 
     def __init__(self, prefix: str, group: Group) -> None:
@@ -236,16 +238,19 @@ class _Keys:
         self.records = self.base + "rebootcoord/holders/"
         self.waiters = self.base + "rebootcoord/waiters/"
         self.pause = self.base + "rebootcoord/paused"
+        self.ledger = self.base + "rebootcoord/ledger"
 
 
 @dataclass(frozen=True)
 class EtcdVersion:
     """A read's revision and what a write must find unchanged: the mod revisions of the
-    semaphore key and of the pause marker (0: absent), and the state read (to write its diff)."""
+    semaphore key, of the pause marker and of the ledger (0: absent), and the state read (to
+    write its diff)."""
 
     revision: int
     slots_mod: int
     pause_mod: int
+    ledger_mod: int
     state: GroupState = field(compare=False, repr=False)
 
 
@@ -272,23 +277,32 @@ class EtcdGroupStore:
 
         def fetch(client: Any) -> tuple[int, list[list[_Kv]]]:
             t = client.transactions
-            gets = [t.get(k.slots), t.get(k.records, range_end=_prefix_end(k.records)), t.get(k.pause)]
+            gets = [
+                t.get(k.slots),
+                t.get(k.records, range_end=_prefix_end(k.records)),
+                t.get(k.pause),
+                t.get(k.ledger),
+            ]
             _, revision, ranges = _txn(client, [], gets)
             return revision, ranges
 
-        revision, (slots_kvs, record_kvs, pause_kvs) = self.conn.call(fetch)
+        revision, (slots_kvs, record_kvs, pause_kvs, ledger_kvs) = self.conn.call(fetch)
         slots_kv = slots_kvs[0] if slots_kvs else None
         pause_kv = pause_kvs[0] if pause_kvs else None
-        state = self._state(slots_kv, record_kvs, pause_kv)
+        ledger_kv = ledger_kvs[0] if ledger_kvs else None
+        state = self._state(slots_kv, record_kvs, pause_kv, ledger_kv)
         version = EtcdVersion(
             revision,
             slots_kv.mod_revision if slots_kv else 0,
             pause_kv.mod_revision if pause_kv else 0,
+            ledger_kv.mod_revision if ledger_kv else 0,
             state,
         )
         return state, version
 
-    def _state(self, slots_kv: _Kv | None, record_kvs: list[_Kv], pause_kv: _Kv | None) -> GroupState:
+    def _state(
+        self, slots_kv: _Kv | None, record_kvs: list[_Kv], pause_kv: _Kv | None, ledger_kv: _Kv | None
+    ) -> GroupState:
         k = self.keys
         corrupt: list[CorruptDocument] = []
         slots = None
@@ -308,7 +322,13 @@ class EtcdGroupStore:
             else:
                 records[decoded.id] = decoded
         paused = PauseInfo.decode(pause_kv.value) if pause_kv is not None else None
-        return GroupState(slots, records, paused, tuple(corrupt))
+        ledger = Ledger()
+        if ledger_kv is not None:
+            try:
+                ledger = Ledger.decode(ledger_kv.value, key=k.ledger)
+            except CorruptDocument as exc:
+                corrupt.append(exc)
+        return GroupState(slots, records, paused, tuple(corrupt), ledger)
 
     def _record(self, key: str, kv: _Kv) -> HolderRecord | CorruptDocument:
         """Decoded once per (key, mod revision): a group of many holders is read often."""
@@ -335,6 +355,7 @@ class EtcdGroupStore:
             compare = [
                 t.mod(k.slots) == expect.slots_mod if expect.slots_mod else t.version(k.slots) == 0,
                 t.mod(k.pause) == expect.pause_mod if expect.pause_mod else t.version(k.pause) == 0,
+                t.mod(k.ledger) == expect.ledger_mod if expect.ledger_mod else t.version(k.ledger) == 0,
                 t.mod(k.records, range_end=_prefix_end(k.records)) < expect.revision + 1,
             ]
             ops: list[Any] = []
@@ -346,6 +367,8 @@ class EtcdGroupStore:
             ops.extend(t.delete(k.records + holder) for holder in old.records if holder not in new.records)
             if new.paused != old.paused:
                 ops.append(t.put(k.pause, new.paused.encode()) if new.paused else t.delete(k.pause))
+            if new.ledger != old.ledger:
+                ops.append(t.put(k.ledger, new.ledger.encode()))
             ok, revision, _ = _txn(client, compare, ops)
             if not ok:
                 raise Conflict(f"group {self.group} changed since revision {expect.revision}")

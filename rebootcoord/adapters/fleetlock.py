@@ -33,6 +33,8 @@ import urllib.request
 from collections.abc import Callable
 from pathlib import Path
 
+from rebootcoord.core.group import Ending
+from rebootcoord.core.rollout import WavePlan
 from rebootcoord.core.semaphore import GroupView, HolderRecord, PauseInfo, SemaphoreState, Waiter
 from rebootcoord.core.types import Group, HolderId, NodeName
 from rebootcoord.errors import BackendUnavailable, SlotLost, clipped
@@ -179,8 +181,11 @@ class FleetLockSemaphore:
         timer.start()
         return timer.cancel
 
-    def acquire(self, record: HolderRecord, *, zone_limit: int = 0) -> int | None:
-        """pre-reboot. ``zone_limit`` is not FleetLock's: the server decides (ours by its group)."""
+    def acquire(
+        self, record: HolderRecord, *, zone_limit: int = 0, plan: WavePlan | None = None
+    ) -> int | None:
+        """pre-reboot. ``zone_limit`` and ``plan`` are not FleetLock's: the server decides (ours
+        by its group's zones and waves)."""
         status, kind, value = self._post("pre-reboot")
         if status == 200:
             self._write(record)
@@ -203,7 +208,8 @@ class FleetLockSemaphore:
             raise SlotLost(f"{record.id} has no holder record in {self.state}")
         self._write(record)
 
-    def release(self, holder: HolderId) -> int | None:
+    def release(self, holder: HolderId, ending: Ending | None = None) -> int | None:
+        """steady-state (the server writes its history)."""
         if self._record() is None:
             return None
         status, kind, value = self._post("steady-state")
@@ -218,7 +224,7 @@ class FleetLockSemaphore:
         with contextlib.suppress(FileNotFoundError):
             self.state.unlink()
 
-    def reclaim(self, holder: HolderId, expect: HolderRecord) -> bool:
+    def reclaim(self, holder: HolderId, expect: HolderRecord, ending: Ending | None = None) -> bool:
         return False  # only the server knows its holders
 
     def pause(self, info: PauseInfo) -> None:

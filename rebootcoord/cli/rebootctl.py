@@ -26,7 +26,8 @@ from rebootcoord.cli.common import (
 )
 from rebootcoord.cli.wiring import build_semaphore
 from rebootcoord.core.config import KEYS, Settings
-from rebootcoord.core.group import BUSY_PHASES
+from rebootcoord.core.group import BUSY_PHASES, Ending
+from rebootcoord.core.rollout import UNLOCKED, Cycle
 from rebootcoord.core.semaphore import MANUAL, GroupView, HolderRecord, PauseInfo
 from rebootcoord.core.types import HOLDER_ID_RE, HolderId, NodeName, Phase
 from rebootcoord.errors import HolderBusy, UsageError
@@ -66,6 +67,10 @@ def parser() -> argparse.ArgumentParser:
     pause = sub.add_parser("pause", help="agents take no new slots until resume")
     pause.add_argument("--reason", default="")
     sub.add_parser("resume", help="let agents take slots again")
+    history = sub.add_parser(
+        "history", help="the group's last cycles: node, start, time per phase, outcome, reason"
+    )
+    history.add_argument("--limit", type=int, default=20, help="show the last N cycles (default 20)")
     return p
 
 
@@ -111,7 +116,8 @@ def _run(args: argparse.Namespace, settings: Settings, sem: Any) -> int:
             print(f"locked: {holder} holds a slot of group {settings.identity.group}")
         case "unlock":
             try:
-                record = sem.unlock(HolderId(args.id), force=args.force)
+                ending = Ending(UNLOCKED, time.time(), f"unlocked by {who}")
+                record = sem.unlock(HolderId(args.id), force=args.force, ending=ending)
             except HolderBusy as exc:
                 print(f"rebootctl: refused: {exc}", file=sys.stderr)
                 print(f"rebootctl: `rebootctl unlock --force {args.id}` would free it: {_forced(exc.record)}",
@@ -133,6 +139,12 @@ def _run(args: argparse.Namespace, settings: Settings, sem: Any) -> int:
         case "resume":
             sem.resume()
             print(f"group {settings.identity.group} resumed")
+        case "history":
+            if args.limit < 1:
+                raise UsageError(f"--limit {args.limit}: expected a number of cycles of at least 1")
+            view = sem.read(queue=False)
+            _print_history(view, args.output, args.limit)
+            return EXIT_CORRUPT if view.corrupt else EXIT_OK
     return EXIT_OK
 
 
@@ -175,6 +187,7 @@ def status_doc(view: GroupView, now: float | None = None) -> dict[str, Any]:
                 "cordoned_by_us": record.cordoned,
                 "reason": record.reason,
                 "note": record.note,
+                "wave": record.wave + 1 if record.rollout else None,
             }
         )
     orphans = sorted(set(view.records) - set(view.slots.holders if view.slots else ()))
@@ -196,9 +209,79 @@ def status_doc(view: GroupView, now: float | None = None) -> dict[str, Any]:
             for i, w in enumerate(view.waiters)
         ],
         "orphaned_records": orphans,
+        "rollout": rollout_doc(view, now),
         "corrupt": [str(c) for c in view.corrupt],
         "revision": view.revision,
     }
+
+
+def rollout_doc(view: GroupView, now: float) -> dict[str, Any] | None:
+    """The rollout in progress, as the wave rules see it now (core.rollout), or None."""
+    r = view.rollout(now)
+    if r is None:
+        return None  # none, or it ended: the next slot starts a new one
+    admitted = view.admission(None, now)
+    state = "open" if admitted.ok else admitted.reason
+    return {
+        "id": r.id,
+        "started_at": r.started_at,
+        "waves": [str(w) for w in r.plan.sizes],
+        "soak_seconds": r.plan.soak,
+        "current_wave": r.current + 1,
+        "through": r.through,
+        "state": state,
+        "opened": [
+            {
+                "wave": i + 1,
+                "opened_at": w.opened_at,
+                "quota": w.quota,
+                "done": w.done,
+                "drain_failures": w.failures,
+                "last_done_at": w.last_done_at,
+            }
+            for i, w in enumerate(r.waves)
+        ],
+    }
+
+
+def history_doc(view: GroupView, limit: int) -> list[dict[str, Any]]:
+    return [_cycle(c) for c in view.ledger.history[-limit:]]
+
+
+def _cycle(c: Cycle) -> dict[str, Any]:
+    return {
+        "node": c.node,
+        "id": c.id,
+        "kind": c.kind,
+        "started_at": c.started_at,
+        "ended_at": c.ended_at,
+        "seconds": round(c.seconds, 1),
+        "phase_seconds": {p: round(t, 1) for p, t in c.phase_seconds().items()},
+        "outcome": c.outcome,
+        "reason": c.reason,
+        "wave": c.wave,
+        "zone": c.zone,
+    }
+
+
+def _print_history(view: GroupView, output: str, limit: int) -> None:
+    doc: dict[str, Any] = {"group": view.group, "cycles": history_doc(view, limit)}
+    if output == "json":
+        print(json.dumps(doc, indent=2))
+        return
+    if output == "yaml":
+        print(yaml.safe_dump(doc, sort_keys=False), end="")
+        return
+    if not doc["cycles"]:
+        print(f"group {view.group}: no cycles recorded yet")
+        return
+    rows = [["NODE", "STARTED", "TOOK", "PHASES", "OUTCOME", "WAVE", "REASON"]]
+    for c in doc["cycles"]:
+        phases = ", ".join(f"{p} {_age(t)}" for p, t in c["phase_seconds"].items())
+        started = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(c["started_at"]))
+        wave = c["wave"].rsplit("/", 1)[-1] if c["wave"] else "-"
+        rows.append([c["node"], started, _age(c["seconds"]), phases, c["outcome"], wave, c["reason"][:80]])
+    print(_table(rows))
 
 
 SHOWN_PROBLEMS = 10  # corrupted documents listed in the table output
@@ -245,6 +328,16 @@ def _print_status(view: GroupView, output: str) -> None:
         ]
     )
     print(_table(rows))
+    if doc["paused"] is not None and doc["paused"]["reason"]:
+        print(f"paused: {printable(doc['paused']['reason'])}")
+    if doc["rollout"] is not None:
+        r = doc["rollout"]
+        wave = r["opened"][-1]
+        quota = "the rest" if wave["quota"] is None else f"{wave['quota']} in all"
+        print(
+            f"rollout {r['id']}: wave {r['current_wave']} of {len(r['waves'])} ({', '.join(r['waves'])}), "
+            f"{r['through']} node(s) through, this wave lets {quota}; {printable(r['state'])}"
+        )
     if doc["holders"]:
         print()
         hrows = [["HOLDER", "NODE", "PHASE", "AGE", "IN PHASE", "NOTE"]]

@@ -13,6 +13,7 @@ from dataclasses import dataclass, replace
 from datetime import timedelta
 
 from rebootcoord.core.documents import described
+from rebootcoord.core.rollout import WavePlan
 from rebootcoord.core.semaphore import MANUAL, GroupView, HolderRecord, PauseInfo
 from rebootcoord.core.types import Group, HolderId, NodeName, PendingReboot, Phase
 from rebootcoord.core.windows import WindowStatus
@@ -34,8 +35,10 @@ class Policy:
     # Stop the line: post-reboot checks failing this long after the reboot pause the group.
     pause_group_after: timedelta = timedelta(0)  # 0: never
     max_holders_per_zone: int = 0  # 0: no limit
-    # Window fit: a cycle is started only when this much of the window is left (0: never checked).
+    # Window fit: a cycle is started only when this much of the window is left (0: never checked);
+    # once the group has a history, the p90 of its last healthy cycles stands in for it.
     expected_cycle: timedelta = timedelta(0)
+    waves: WavePlan | None = None  # a rollout in waves (None: none, unless one is in progress)
 
 
 @dataclass(frozen=True)
@@ -351,6 +354,9 @@ def _not_holding(s: Snapshot, view: GroupView) -> Step:
                 Phase.WAITING,
                 f"waits: zone {s.zone} has {in_zone} of {limit} holder(s) (max_holders_per_zone)",
             )
+        admitted = view.admission(s.policy.waves, s.now)
+        if not admitted.ok:
+            return Rest(Phase.WAITING, admitted.reason, admitted.wake_at)
         if not s.gates_fresh:
             return CheckGates()
         return Acquire(
@@ -418,12 +424,13 @@ def _blocked(s: Snapshot) -> tuple[str, float | None] | None:
         next_open = s.window.next_open.timestamp() if s.window.next_open else None
         when = s.window.next_open.isoformat() if s.window.next_open else "never"
         return f"outside the maintenance window (next opens {when})", next_open
-    expected = s.policy.expected_cycle.total_seconds()
-    if expected > 0 and s.window.closes_at is not None and s.now + expected > s.window.closes_at.timestamp():
+    default = s.policy.expected_cycle.total_seconds()
+    expected, source = s.view.ledger.expected_cycle(default) if s.view is not None else (default, "")
+    if default > 0 and s.window.closes_at is not None and s.now + expected > s.window.closes_at.timestamp():
         closes = s.window.closes_at
         return (
-            f"waits: next window (a cycle takes {s.policy.expected_cycle} (expected_cycle) and the "
-            f"window closes at {closes.isoformat()}, in {int(closes.timestamp() - s.now)}s)",
+            f"waits: next window (a cycle takes {timedelta(seconds=round(expected))} ({source}) and "
+            f"the window closes at {closes.isoformat()}, in {int(closes.timestamp() - s.now)}s)",
             closes.timestamp(),
         )
     if s.blockers:

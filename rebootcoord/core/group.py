@@ -16,14 +16,19 @@ nothing to do (asking again changes nothing), or raises a refusal:
 ``CorruptDocument`` a stored document is not what rebootcoord or airlock writes
 ==================  ==============================================================
 
+The slots, the records, the pause marker and the *ledger* (the rollout in waves and the history,
+:mod:`rebootcoord.core.rollout`) change together: a slot taken in a wave, or given back with its
+cycle written into the history, is one write.
+
 Nothing here performs I/O or reads the clock.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
+from rebootcoord.core.rollout import DRAIN_FAILED, REBOOTED, Cycle, Ledger, Rollout, WavePlan, finished_in
 from rebootcoord.core.semaphore import (
     MANUAL,
     GroupView,
@@ -31,6 +36,7 @@ from rebootcoord.core.semaphore import (
     PauseInfo,
     SemaphoreState,
     Waiter,
+    admission,
     zone_holders,
 )
 from rebootcoord.core.types import Group, HolderId, Phase
@@ -50,15 +56,25 @@ BUSY_PHASES = frozenset({Phase.LOCKED, Phase.DRAINING, Phase.REBOOTING, Phase.VE
 
 
 @dataclass(frozen=True)
+class Ending:
+    """How a holding ended, for the history and the rollout: an outcome of core.rollout."""
+
+    outcome: str
+    at: float
+    reason: str = ""
+
+
+@dataclass(frozen=True)
 class GroupState:
-    """One group as a store keeps it: the slots (airlock's document), our holders' records and
-    the pause marker. ``corrupt`` names documents that could not be read: every change is refused
-    while there are any, so that nothing guesses a repair."""
+    """One group as a store keeps it: the slots (airlock's document), our holders' records,
+    the pause marker and the ledger. ``corrupt`` names documents that could not be read: every
+    change is refused while there are any, so that nothing guesses a repair."""
 
     slots: SemaphoreState | None = None
     records: Mapping[HolderId, HolderRecord] = field(default_factory=dict)
     paused: PauseInfo | None = None
     corrupt: tuple[CorruptDocument, ...] = ()
+    ledger: Ledger = field(default_factory=Ledger)
 
     def holds(self, holder: HolderId) -> bool:
         return self.slots is not None and self.slots.holds(holder)
@@ -73,6 +89,7 @@ class GroupState:
             paused=self.paused,
             corrupt=self.corrupt,
             revision=revision,
+            ledger=self.ledger,
         )
 
     # -- transitions ------------------------------------------------------------------------
@@ -92,12 +109,22 @@ class GroupState:
         self._intact()
         if self.slots is not None:
             return self
-        return GroupState(SemaphoreState(1).with_max(max_holders), self.records, self.paused)
+        return replace(self, slots=SemaphoreState(1).with_max(max_holders))
 
-    def take(self, record: HolderRecord, *, ahead: int, zone_limit: int = 0) -> GroupState:
+    def take(
+        self,
+        record: HolderRecord,
+        *,
+        ahead: int,
+        zone_limit: int = 0,
+        plan: WavePlan | None = None,
+        waiting: int = 0,
+    ) -> GroupState:
         """A slot for ``record.id``, with its record, when ``ahead`` earlier waiters leave a free
-        slot for it and -- with ``zone_limit`` -- fewer than that many holders are in its zone.
-        Taking again with the same record changes nothing."""
+        slot for it, -- with ``zone_limit`` -- fewer than that many holders are in its zone, and
+        the rollout in progress (or the one ``plan`` starts) lets it through now (``waiting``:
+        the queue's length; ``record.acquired_at`` is now). Taking again with the same record
+        changes nothing."""
         slots = self._exists()
         if slots.holds(record.id):
             if self.records.get(record.id) == record:
@@ -113,7 +140,19 @@ class GroupState:
                 raise NoFreeSlot(
                     f"zone {record.zone} has {in_zone} of {zone_limit} holder(s) (max_holders_per_zone)"
                 )
-        return GroupState(slots.acquire(record.id), {**self.records, record.id: record}, self.paused)
+        admitted = admission(
+            slots, self.records, self.ledger, plan, waiting=max(waiting, 1), now=record.acquired_at
+        )
+        if not admitted.ok:
+            raise NoFreeSlot(admitted.reason)
+        ledger = self.ledger
+        if admitted.rollout is not None:
+            record = replace(record, rollout=admitted.rollout.id, wave=admitted.wave)
+        if admitted.rollout != ledger.rollout:
+            ledger = replace(ledger, rollout=admitted.rollout)
+        return replace(
+            self, slots=slots.acquire(record.id), records={**self.records, record.id: record}, ledger=ledger
+        )
 
     def update(self, record: HolderRecord) -> GroupState:
         """Our record (a phase change) while we hold the slot."""
@@ -122,19 +161,50 @@ class GroupState:
             raise SlotLost(f"{record.id} no longer holds a slot")
         if self.records[record.id] == record:
             return self
-        return GroupState(self.slots, {**self.records, record.id: record}, self.paused)
+        return replace(self, records={**self.records, record.id: record})
 
-    def release(self, holder: HolderId) -> GroupState:
-        """The slot and the record given back. Idempotent."""
+    def release(self, holder: HolderId, ending: Ending | None = None) -> GroupState:
+        """The slot and the record given back, the cycle written into the history (``ending``:
+        how it ended) and counted in its wave. Idempotent."""
         self._intact()
         if not self.holds(holder) and holder not in self.records:
             return self
         slots = (
             self.slots.release(holder) if self.slots is not None and self.slots.holds(holder) else self.slots
         )
-        return GroupState(slots, {h: r for h, r in self.records.items() if h != holder}, self.paused)
+        records = {h: r for h, r in self.records.items() if h != holder}
+        record = self.records.get(holder)
+        if record is None or ending is None:
+            return replace(self, slots=slots, records=records)
+        return replace(self, slots=slots, records=records)._ended(record, ending)
 
-    def unlock(self, holder: HolderId, *, force: bool = False) -> GroupState:
+    def _ended(self, record: HolderRecord, ending: Ending) -> GroupState:
+        ledger, paused = self.ledger, self.paused
+        rollout = ledger.rollout
+        wave = ""
+        if record.rollout and rollout is not None and record.rollout == rollout.id:
+            wave = f"{rollout.id}/{record.wave + 1}"
+            if ending.outcome in (REBOOTED, DRAIN_FAILED):
+                rollout = finished_in(
+                    rollout, record.wave, record.rollout, ok=ending.outcome == REBOOTED, at=ending.at
+                )
+                ledger = replace(ledger, rollout=rollout)
+                paused = paused or _too_many_failures(rollout, record, ending)
+        cycle = Cycle(
+            id=record.id,
+            node=record.node,
+            kind=record.kind,
+            started_at=record.acquired_at,
+            ended_at=ending.at,
+            outcome=ending.outcome,
+            reason=(ending.reason or record.abort_reason or record.note)[:500],
+            phases=record.phases(),
+            wave=wave,
+            zone=record.zone,
+        )
+        return replace(self, ledger=ledger.recorded(cycle), paused=paused)
+
+    def unlock(self, holder: HolderId, *, force: bool = False, ending: Ending | None = None) -> GroupState:
         """An operator's release: refused for an id that holds nothing, and -- unless ``force`` --
         for an agent in the middle of its cycle (locked, draining, rebooting, verifying): its
         slot freed, another node could go down while this one is still down or cordoned."""
@@ -149,15 +219,15 @@ class GroupState:
                 "node drain and reboot while this one may still be down or cordoned",
                 record,
             )
-        return self.release(holder)
+        return self.release(holder, ending)
 
-    def reclaim(self, holder: HolderId, expect: HolderRecord) -> GroupState:
+    def reclaim(self, holder: HolderId, expect: HolderRecord, ending: Ending | None = None) -> GroupState:
         """Take back a stale holder's slot, only if it still holds it with the record ``expect``."""
         self._intact()
         current = self.records.get(holder)
         if not self.holds(holder) or current is None or current.acquired_at != expect.acquired_at:
             raise NotHolder(f"{holder!r} holds the slot again since, or not at all; not reclaimed")
-        return self.release(holder)
+        return self.release(holder, ending)
 
     def drop_record(self, holder: HolderId) -> GroupState:
         """Remove a record that outlived its slot."""
@@ -166,14 +236,14 @@ class GroupState:
             return self
         if self.holds(holder):
             raise HoldsAgain(f"{holder} holds a slot again; its record stays")
-        return GroupState(self.slots, {h: r for h, r in self.records.items() if h != holder}, self.paused)
+        return replace(self, records={h: r for h, r in self.records.items() if h != holder})
 
     def lock(self, record: HolderRecord) -> GroupState:
         """An operator takes a slot by hand (a manual record): no queue, no pause check."""
         slots = self._exists()
         if slots.holds(record.id):
             raise NoFreeSlot(f"{record.id!r} already holds a slot")
-        return GroupState(slots.acquire(record.id), {**self.records, record.id: record}, self.paused)
+        return replace(self, slots=slots.acquire(record.id), records={**self.records, record.id: record})
 
     def with_max(self, new_max: int) -> GroupState:
         """A new number of slots: never below 1 or the current holders. Creates the semaphore."""
@@ -181,16 +251,31 @@ class GroupState:
         slots = (self.slots or SemaphoreState(1)).with_max(new_max)
         if self.slots is not None and slots.max == self.slots.max:
             return self
-        return GroupState(slots, self.records, self.paused)
+        return replace(self, slots=slots)
 
     def pause(self, info: PauseInfo) -> GroupState:
         self._intact()
         if self.paused == info:
             return self
-        return GroupState(self.slots, self.records, info)
+        return replace(self, paused=info)
 
     def resume(self) -> GroupState:
         self._intact()
         if self.paused is None:
             return self
-        return GroupState(self.slots, self.records, None)
+        return replace(self, paused=None)
+
+
+def _too_many_failures(rollout: Rollout | None, record: HolderRecord, ending: Ending) -> PauseInfo | None:
+    """Stop the line when drains failed ``drain_failures`` times in the node's wave."""
+    if rollout is None or ending.outcome != DRAIN_FAILED or rollout.plan.drain_failures <= 0:
+        return None
+    wave = rollout.waves[record.wave]
+    if wave.failures < rollout.plan.drain_failures:
+        return None
+    reason = (
+        f"{wave.failures} drains failed in {rollout.label(record.wave)} (wave_drain_failures "
+        f"{rollout.plan.drain_failures}); the last on node {record.node}: "
+        f"{ending.reason or record.abort_reason}"
+    )
+    return PauseInfo(by=f"rebootcoord rollout {rollout.id}", at=ending.at, reason=reason[:1000])

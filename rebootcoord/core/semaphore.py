@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from rebootcoord.core.documents import load_json, load_object, quoted
+from rebootcoord.core.rollout import Admission, Ledger, Rollout, WavePlan, admit, in_progress
 from rebootcoord.core.types import Group, HolderId, NodeName, Phase
 from rebootcoord.errors import CorruptDocument, InvalidMax, NoFreeSlot, NotHolder, clipped
 
@@ -119,10 +120,15 @@ class HolderRecord:
     abort_reason: str = ""  # set when a drain failed and the cycle is being undone
     paused_group_at: float | None = None  # this holding's failed gate paused the group (once)
     zone: str = ""  # the node's topology zone, for max_holders_per_zone ("" : none)
+    rollout: str = ""  # the rollout this holding is part of ("": none) and its wave (0-based)
+    wave: int = 0
+    # The phases entered after LOCKED, with when (for the history's time per phase).
+    timeline: tuple[tuple[str, float], ...] = ()
 
     def encode(self) -> bytes:
         doc = dataclasses.asdict(self)
         doc["phase"] = self.phase.value
+        doc["timeline"] = [list(t) for t in self.timeline]
         return json.dumps(doc, sort_keys=True).encode()
 
     @classmethod
@@ -147,6 +153,9 @@ class HolderRecord:
                 abort_reason=_typed(doc, "abort_reason", str, ""),
                 paused_group_at=_opt_float(doc, "paused_group_at"),
                 zone=_typed(doc, "zone", str, ""),
+                rollout=_typed(doc, "rollout", str, ""),
+                wave=_typed(doc, "wave", int, 0),
+                timeline=tuple((str(p), float(t)) for p, t in _typed(doc, "timeline", list, [])),
             )
         except (KeyError, ValueError, TypeError) as exc:
             raise CorruptDocument(key, f"holder record is malformed: {clipped(str(exc))}") from None
@@ -155,9 +164,16 @@ class HolderRecord:
         return record
 
     def moved(self, phase: Phase, now: float, **changes: Any) -> HolderRecord:
-        return dataclasses.replace(self, phase=phase, phase_since=now, **changes)
+        timeline = (*self.timeline, (phase.value, now))[-MAX_TIMELINE:]
+        return dataclasses.replace(self, phase=phase, phase_since=now, timeline=timeline, **changes)
+
+    def phases(self) -> tuple[tuple[str, float], ...]:
+        """Every phase of this holding with when it was entered, from the slot's taking."""
+        return ((Phase.LOCKED.value, self.acquired_at), *self.timeline)
 
 
+#: Phase changes kept in a record: a cycle has five; the rest are repeats after crashes.
+MAX_TIMELINE = 16
 _MISSING = object()
 
 
@@ -215,6 +231,26 @@ def zone_holders(slots: SemaphoreState | None, records: Mapping[HolderId, Holder
     return sum(1 for h, r in records.items() if r.zone == zone and slots is not None and slots.holds(h))
 
 
+def in_flight(slots: SemaphoreState | None, records: Mapping[HolderId, HolderRecord], rollout: str) -> int:
+    """Holders of ``slots`` whose record says they took their slot in ``rollout``."""
+    return sum(1 for h, r in records.items() if rollout and r.rollout == rollout and slots and slots.holds(h))
+
+
+def admission(
+    slots: SemaphoreState | None,
+    records: Mapping[HolderId, HolderRecord],
+    ledger: Ledger,
+    plan: WavePlan | None,
+    *,
+    waiting: int,
+    now: float,
+) -> Admission:
+    """The rollout's answer to one more node taking a slot (see core.rollout.admit)."""
+    rollout = ledger.rollout
+    busy = in_flight(slots, records, rollout.id) if rollout is not None else 0
+    return admit(rollout, plan, in_flight=busy, waiting=waiting, now=now)
+
+
 @dataclass(frozen=True)
 class GroupView:
     """Everything the backend knows about one group, at one revision. A pure value."""
@@ -226,9 +262,19 @@ class GroupView:
     paused: PauseInfo | None = None
     corrupt: tuple[CorruptDocument, ...] = ()
     revision: int = 0
+    ledger: Ledger = field(default_factory=Ledger)
 
     def holds(self, holder: HolderId) -> bool:
         return self.slots is not None and self.slots.holds(holder)
+
+    def admission(self, plan: WavePlan | None, now: float) -> Admission:
+        return admission(self.slots, self.records, self.ledger, plan, waiting=len(self.waiters), now=now)
+
+    def rollout(self, now: float) -> Rollout | None:
+        """The rollout in progress (None: none, or it has ended)."""
+        r = self.ledger.rollout
+        busy = in_flight(self.slots, self.records, r.id) if r is not None else 0
+        return in_progress(r, in_flight=busy, now=now)
 
     def record(self, holder: HolderId) -> HolderRecord | None:
         return self.records.get(holder)

@@ -52,7 +52,9 @@ from rebootcoord.core.cycle import (
     step_phase,
 )
 from rebootcoord.core.documents import described
+from rebootcoord.core.group import Ending
 from rebootcoord.core.notices import render
+from rebootcoord.core.rollout import ABORTED, DRAIN_FAILED, REBOOTED, RECLAIMED
 from rebootcoord.core.semaphore import AGENT, GroupView, HolderRecord, Waiter
 from rebootcoord.core.types import HolderId, PendingReboot, Phase
 from rebootcoord.daemon.events import EventLog
@@ -189,6 +191,7 @@ class Agent:
             pause_group_after=self.s.verify.pause_group_after,
             max_holders_per_zone=self.s.semaphore.max_holders_per_zone,
             expected_cycle=self.s.windows.expected_cycle,
+            waves=self.s.semaphore.wave_plan,
         )
 
     # ------------------------------------------------------------------------------------------
@@ -569,14 +572,16 @@ class Agent:
                     self._check_blockers(now, fresh=True)
                     self._gates_fresh = True
                 case Acquire(record=record):
-                    revision = sem.acquire(record, zone_limit=self._policy.max_holders_per_zone)
+                    revision = sem.acquire(
+                        record, zone_limit=self._policy.max_holders_per_zone, plan=self._policy.waves
+                    )
                     if revision is not None:
                         self._phase = None  # force the event even if a stale view said locked
                         self._enter(Phase.LOCKED, record.reason, rev=revision)
                     else:
                         self._woken = True  # refused: the view that said our turn is stale
                 case Reclaim(record=record, reason=reason):
-                    if sem.reclaim(record.id, record):
+                    if sem.reclaim(record.id, record, Ending(RECLAIMED, now, reason)):
                         log.warning("reclaimed the slot of %s: %s", record.id, reason)
                         self.p.metrics.fail("slot_reclaimed")
                 case Persist(record=record):
@@ -735,7 +740,8 @@ class Agent:
                 reason,
                 datetime.fromtimestamp(retry_not_before, UTC).isoformat(timespec="seconds"),
             )
-        revision = self.p.semaphore.release(record.id)
+        outcome = REBOOTED if done else DRAIN_FAILED if record.abort_reason else ABORTED
+        revision = self.p.semaphore.release(record.id, Ending(outcome, self.p.clock(), reason))
         self._drained = None
         self._reboot_issued_at = None
         self._last_verify_at = None

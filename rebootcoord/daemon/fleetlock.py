@@ -31,6 +31,8 @@ from typing import Any
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from rebootcoord.core.fleetlock import PRE_REBOOT, ClientParams, Refusal, parse_request, refusal
+from rebootcoord.core.group import Ending
+from rebootcoord.core.rollout import DRAIN_FAILED, REBOOTED, WavePlan
 from rebootcoord.core.semaphore import FLEETLOCK, MANUAL, GroupView, HolderRecord, Waiter
 from rebootcoord.core.types import Group, HolderId, NodeName, Phase
 from rebootcoord.daemon.group import GroupClient
@@ -58,6 +60,7 @@ class ServerSettings:
     groups: tuple[Group, ...] = ()  # served groups; empty: any
     unknown_id: str = "refuse"  # "refuse" or "grant" (without node operations)
     lease_names: bool = False  # the Lease backend: ids and groups must fit Lease names
+    waves: WavePlan | None = None  # a rollout in waves this server starts (it follows any in progress)
 
 
 class ServerMetrics:
@@ -256,7 +259,7 @@ class FleetLockService:
                 kind=FLEETLOCK,
                 reason="FleetLock pre-reboot",
             )
-            if gc.acquire(record) is not None:
+            if gc.acquire(record, plan=self.settings.waves) is not None:
                 log.info("FleetLock client %s (node %s) took a slot of group %s", client.id, record.node,
                          client.group)  # fmt: skip
                 return record
@@ -265,9 +268,11 @@ class FleetLockService:
             slots = view.slots
         held = f"{len(slots.holders)} of {slots.max} slots held" if slots else "no slots"
         line = max(len(view.waiters), position + 1)
+        admitted = view.admission(self.settings.waves, now)
+        wave = "" if admitted.ok else f"; {admitted.reason}"
         raise refusal(
             "no_free_slot",
-            f"{held}; place {position + 1} of {line} in line; kept while the client keeps asking",
+            f"{held}{wave}; place {position + 1} of {line} in line; kept while the client keeps asking",
         )
 
     def _drain(self, gc: GroupClient, record: HolderRecord, node: NodeName) -> None:
@@ -295,7 +300,7 @@ class FleetLockService:
             if self.metrics:
                 self.metrics.drains.labels("failed").inc()
             self._undo(ops, record, str(exc))
-            gc.release(record.id)
+            gc.release(record.id, Ending(DRAIN_FAILED, self.clock(), f"drain failed: {exc}"))
             raise refusal("drain_failed", f"node {node}: {exc}") from None
         ops.announce(Phase.REBOOTING, f"FleetLock client {record.id} may reboot: node drained")
 
@@ -321,7 +326,7 @@ class FleetLockService:
         node = record.node if record is not None and record.kind == FLEETLOCK else None
         if node is not None and self.directory is not None and self.directory.find(client.id) == node:
             self._verify(gc, record, node)  # type: ignore[arg-type]
-        gc.release(client.id)
+        gc.release(client.id, Ending(REBOOTED, self.clock(), "FleetLock steady-state"))
         log.info("FleetLock client %s released its slot of group %s", client.id, client.group)
 
     def _verify(self, gc: GroupClient, record: HolderRecord, node: NodeName) -> None:

@@ -18,7 +18,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from rebootcoord.core.group import GroupState
+from rebootcoord.core.group import Ending, GroupState
+from rebootcoord.core.rollout import WavePlan
 from rebootcoord.core.semaphore import GroupView, HolderRecord, PauseInfo, Waiter
 from rebootcoord.core.types import Group, HolderId
 from rebootcoord.errors import Conflict, GroupPaused, Interrupted, NoFreeSlot, NotHolder
@@ -112,41 +113,41 @@ class GroupClient:
 
     # -- holders --------------------------------------------------------------------------------
 
-    def acquire(self, record: HolderRecord, *, zone_limit: int = 0) -> int | None:
+    def acquire(
+        self, record: HolderRecord, *, zone_limit: int = 0, plan: WavePlan | None = None
+    ) -> int | None:
         """Take a slot if it is our turn; the revision written, or None (not our turn, no slot,
-        paused). Taking again with the same record answers the revision read."""
-        ahead = self._ahead(record.id)
-        if ahead is None:
-            ahead = 1 << 30  # not in line: only a slot already ours with this record answers
+        paused, the rollout's wave full). Taking again with the same record answers the revision
+        read."""
+        waiters = self.queue.waiters()
+        ahead = next((i for i, w in enumerate(waiters) if w.id == record.id), 1 << 30)
+        # (not in line: only a slot already ours with this record answers)
         try:
-            applied = self.apply(lambda s: s.take(record, ahead=ahead, zone_limit=zone_limit))
+            applied = self.apply(
+                lambda s: s.take(record, ahead=ahead, zone_limit=zone_limit, plan=plan, waiting=len(waiters))
+            )
         except (NoFreeSlot, GroupPaused):
             return None
         if applied.changed:
             self.queue.leave(record.id)  # taken: the one behind us is woken
         return applied.revision
 
-    def _ahead(self, holder: HolderId) -> int | None:
-        for i, waiter in enumerate(self.queue.waiters()):
-            if waiter.id == holder:
-                return i
-        return None
-
     def update(self, record: HolderRecord) -> None:
         self.apply(lambda s: s.update(record))
 
-    def release(self, holder: HolderId) -> int | None:
-        """Give the slot back and drop the record; the revision written (None: nothing to give)."""
-        applied = self.apply(lambda s: s.release(holder))
+    def release(self, holder: HolderId, ending: Ending | None = None) -> int | None:
+        """Give the slot back and drop the record, the cycle into the history with ``ending``;
+        the revision written (None: nothing to give)."""
+        applied = self.apply(lambda s: s.release(holder, ending))
         self.queue.leave(holder)
         return applied.revision if applied.changed else None
 
     def drop_record(self, holder: HolderId) -> None:
         self.apply(lambda s: s.drop_record(holder))
 
-    def reclaim(self, holder: HolderId, expect: HolderRecord) -> bool:
+    def reclaim(self, holder: HolderId, expect: HolderRecord, ending: Ending | None = None) -> bool:
         try:
-            self.apply(lambda s: s.reclaim(holder, expect))
+            self.apply(lambda s: s.reclaim(holder, expect, ending))
         except NotHolder:
             return False
         return True
@@ -156,8 +157,10 @@ class GroupClient:
     def lock(self, holder: HolderId, record: HolderRecord) -> None:
         self.apply(lambda s: s.lock(record))
 
-    def unlock(self, holder: HolderId, *, force: bool = False) -> HolderRecord | None:
-        applied = self.apply(lambda s: s.unlock(holder, force=force))
+    def unlock(
+        self, holder: HolderId, *, force: bool = False, ending: Ending | None = None
+    ) -> HolderRecord | None:
+        applied = self.apply(lambda s: s.unlock(holder, force=force, ending=ending))
         self.queue.leave(holder)
         return applied.before.records.get(holder)
 

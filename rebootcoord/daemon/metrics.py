@@ -9,6 +9,7 @@ from collections.abc import Callable
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.exposition import choose_encoder
 
+from rebootcoord.core.rollout import REBOOTED
 from rebootcoord.core.semaphore import GroupView
 from rebootcoord.core.types import Phase
 from rebootcoord.daemon.httpserve import BoundedHTTPServer
@@ -66,6 +67,27 @@ class Metrics:
         self.slots_held = Gauge(f"{ns}_slots_held", "Slots held in the group", ["group"], registry=registry)
         self.waiters = Gauge(f"{ns}_waiters", "Agents queued for a slot", ["group"], registry=registry)
         self.paused = Gauge(f"{ns}_group_paused", "1 while the group is paused", ["group"], registry=registry)
+        self.rollout_wave = Gauge(
+            f"{ns}_rollout_wave",
+            "The open wave of the group's rollout, from 1 (0: no rollout in progress)",
+            ["group"],
+            registry=registry,
+        )
+        self.rollout_waves = Gauge(
+            f"{ns}_rollout_waves", "Waves of the rollout in progress (0: none)", ["group"], registry=registry
+        )
+        self.rollout_through = Gauge(
+            f"{ns}_rollout_nodes_through",
+            "Nodes of the rollout in progress back healthy so far",
+            ["group"],
+            registry=registry,
+        )
+        self.last_cycle = Gauge(
+            f"{ns}_group_last_cycle_seconds",
+            "How long the group's last healthy cycle took, slot taken to slot given back (history)",
+            ["group"],
+            registry=registry,
+        )
         self.max_mismatch = Gauge(
             f"{ns}_max_holders_mismatch",
             "1 while the group's stored max differs from this agent's max_holders (the stored one "
@@ -156,6 +178,13 @@ class Metrics:
             self.slots_held.labels(self.group).set(len(view.slots.holders))
         self.waiters.labels(self.group).set(len(view.waiters))
         self.paused.labels(self.group).set(1 if view.paused else 0)
+        rollout = view.rollout(time.time())
+        self.rollout_wave.labels(self.group).set(rollout.current + 1 if rollout else 0)
+        self.rollout_waves.labels(self.group).set(len(rollout.plan.sizes) if rollout else 0)
+        self.rollout_through.labels(self.group).set(rollout.through if rollout else 0)
+        healthy = [c for c in view.ledger.history if c.outcome == REBOOTED]
+        if healthy:
+            self.last_cycle.labels(self.group).set(healthy[-1].seconds)
 
     def fail(self, reason: str) -> None:
         self.failures.labels(reason).inc()

@@ -15,7 +15,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from rebootcoord.adapters.etcd import EtcdGroupStore, _decode_waiter, _Kv
-from rebootcoord.adapters.kube.lease import ANN_PAUSED, ANN_RECORDS, ANN_SLOTS, LeaseGroupStore
+from rebootcoord.adapters.kube.lease import ANN_LEDGER, ANN_PAUSED, ANN_RECORDS, ANN_SLOTS, LeaseGroupStore
 from rebootcoord.core.documents import MAX_DEPTH, load_json
 from rebootcoord.core.group import GroupState
 from rebootcoord.core.semaphore import HolderRecord, PauseInfo, SemaphoreState, Waiter
@@ -64,12 +64,15 @@ def _decoders() -> dict[str, Any]:
     def etcd_group(raw: bytes) -> GroupState:
         k = etcd.keys
         return etcd._state(
-            _Kv(k.slots, raw, 1, 1), [_Kv(k.records + "n1", raw, 2, 2)], _Kv(k.pause, raw, 3, 3)
+            _Kv(k.slots, raw, 1, 1),
+            [_Kv(k.records + "n1", raw, 2, 2)],
+            _Kv(k.pause, raw, 3, 3),
+            _Kv(k.ledger, raw, 4, 4),
         )
 
     def lease_group(raw: bytes) -> GroupState:
         text = raw.decode("utf-8", "replace")
-        annotations = {ANN_SLOTS: text, ANN_RECORDS: text, ANN_PAUSED: text}
+        annotations = {ANN_SLOTS: text, ANN_RECORDS: text, ANN_PAUSED: text, ANN_LEDGER: text}
         return lease._decode({"metadata": {"name": "x", "resourceVersion": "", "annotations": annotations}})
 
     return {
@@ -77,7 +80,7 @@ def _decoders() -> dict[str, Any]:
         "holder record": lambda raw: HolderRecord.decode(raw, key="k"),
         "pause marker": PauseInfo.decode,
         "waiter entry": lambda raw: _decode_waiter(raw, holder="n1", order=1),
-        "etcd group (all three keys)": etcd_group,
+        "etcd group (all four keys)": etcd_group,
         "Lease annotations": lease_group,
     }
 

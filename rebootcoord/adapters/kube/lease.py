@@ -8,6 +8,7 @@ holders, so ``kubectl get lease`` shows who is rebooting::
       rebootcoord.io/semaphore: {"total_slots": N, "holders": [sorted ids]}   (airlock's format)
       rebootcoord.io/holders:   {"<id>": <holder record>, ...}
       rebootcoord.io/paused:    {"by": ..., "at": ..., "reason": ...}           (while paused)
+      rebootcoord.io/ledger:    {"rollout": {...}, "history": [...]}             (core.rollout)
     spec.holderIdentity: "node-a,node-b"
 
 A write replaces the Lease with the resourceVersion that was read: the API server answers 409
@@ -37,6 +38,7 @@ from typing import Any
 from rebootcoord.adapters.kube.api import Gone, Kube, NotFound, micro_time, parse_time, path_segment
 from rebootcoord.core.documents import load_object, quoted
 from rebootcoord.core.group import GroupState
+from rebootcoord.core.rollout import Ledger
 from rebootcoord.core.semaphore import HolderRecord, PauseInfo, SemaphoreState, Waiter
 from rebootcoord.core.types import Group, HolderId, NodeName
 from rebootcoord.errors import BackendUnavailable, Conflict, CorruptDocument
@@ -46,6 +48,7 @@ log = logging.getLogger(__name__)
 ANN_SLOTS = "rebootcoord.io/semaphore"
 ANN_RECORDS = "rebootcoord.io/holders"
 ANN_PAUSED = "rebootcoord.io/paused"
+ANN_LEDGER = "rebootcoord.io/ledger"
 ANN_NODE = "rebootcoord.io/node"
 LABEL_GROUP = "rebootcoord.io/group"
 LABEL_ROLE = "rebootcoord.io/role"
@@ -134,7 +137,13 @@ class LeaseGroupStore:
             records = self._records(annotations, where)
         except CorruptDocument as exc:
             return GroupState(None, {}, paused, (exc,))
-        return GroupState(slots, records, paused)
+        try:
+            raw_ledger = annotations.get(ANN_LEDGER)
+            key = f"{where} annotation {ANN_LEDGER}"
+            ledger = Ledger.decode(str(raw_ledger).encode(), key=key) if raw_ledger else Ledger()
+        except CorruptDocument as exc:
+            return GroupState(slots, records, paused, (exc,))
+        return GroupState(slots, records, paused, (), ledger)
 
     def _records(self, annotations: dict[str, Any], where: str) -> dict[HolderId, HolderRecord]:
         raw = load_object(str(annotations.get(ANN_RECORDS) or "{}"), f"{where} annotation {ANN_RECORDS}")
@@ -167,6 +176,10 @@ class LeaseGroupStore:
             annotations.pop(ANN_PAUSED, None)
         else:
             annotations[ANN_PAUSED] = new.paused.encode().decode()
+        if new.ledger.empty:
+            annotations.pop(ANN_LEDGER, None)
+        else:
+            annotations[ANN_LEDGER] = new.ledger.encode().decode()
         return annotations
 
     def _create(self, new: GroupState) -> int:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import itertools
 import re
 import signal
 import zoneinfo
@@ -17,6 +18,7 @@ from urllib.parse import urlsplit
 from rebootcoord.core.documents import quoted
 from rebootcoord.core.durations import format_duration, parse_duration
 from rebootcoord.core.notices import EVENTS, TemplateError, Templates, check_template
+from rebootcoord.core.rollout import WaveSize
 from rebootcoord.core.types import GROUP_RE, HOLDER_ID_RE, Group
 from rebootcoord.core.windows import WindowSpecError
 
@@ -311,6 +313,32 @@ def p_groups(value: object) -> tuple[Group, ...]:
                 f"group names of letters, digits, '.' and '-' (FleetLock's rule), not {quoted(name)}"
             )
     return tuple(Group(n) for n in names)
+
+
+def p_waves(value: object) -> tuple[WaveSize, ...]:
+    """Cumulative wave sizes: counts of nodes or percentages, growing, as a list or
+    comma-separated ("1,10%,50%,100%"). Empty: no waves."""
+    if isinstance(value, str):
+        value = [v.strip() for v in value.split(",") if v.strip()]
+    expected = 'a list of growing wave sizes, node counts or percentages, such as [1, "10%", "50%", "100%"]'
+    if value is None:
+        return ()
+    if not isinstance(value, list | tuple) or len(value) > 20:
+        raise Invalid(expected + " (at most 20)")
+    sizes: list[WaveSize] = []
+    for item in value:
+        if isinstance(item, bool) or not isinstance(item, int | str):
+            raise Invalid(expected)
+        try:
+            sizes.append(WaveSize.parse(str(item)))
+        except ValueError:
+            raise Invalid(f"{expected}; {quoted(item)} is neither a count (1 or more) nor 1%-100%") from None
+    for a, b in itertools.pairwise(sizes):
+        if a.percent == b.percent and b.value <= a.value:
+            raise Invalid(f"{expected}; {a} then {b} does not grow")
+    if sizes and sizes[-1] != WaveSize(100, percent=True):
+        raise Invalid(f'{expected}; the last wave must be "100%" (every node of the rollout)')
+    return tuple(sizes)
 
 
 def p_holder_id(value: object) -> str:

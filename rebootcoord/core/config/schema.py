@@ -34,6 +34,7 @@ from rebootcoord.core.config.parsers import (
     p_str,
     p_str_list,
     p_waiter_ttl,
+    p_waves,
     p_windows_raw,
     p_zone,
 )
@@ -127,6 +128,10 @@ _SCHEMAS: dict[Callable[[object], Any], dict[str, Any]] = {
     },
     p_address: {"type": "string", "pattern": r"^([^:]*:[0-9]{1,5})?$"},
     p_group: {"type": "string", "pattern": r"^[a-zA-Z0-9.-]+$"},
+    p_waves: {
+        "type": ["array", "string", "null"],
+        "items": {"oneOf": [{"type": "integer", "minimum": 1}, {"type": "string", "pattern": r"^[0-9]+%?$"}]},
+    },
     p_groups: {"type": ["array", "string"], "items": {"type": "string", "pattern": r"^[a-zA-Z0-9.-]+$"}},
     p_holder_id: {"type": "string", "pattern": r"^([A-Za-z0-9][A-Za-z0-9._:-]{0,252})?$"},
     p_detectors: {

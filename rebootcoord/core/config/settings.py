@@ -44,11 +44,13 @@ from rebootcoord.core.config.parsers import (
     p_signal,
     p_str,
     p_waiter_ttl,
+    p_waves,
     p_windows_raw,
     p_zone,
 )
 from rebootcoord.core.durations import format_duration
 from rebootcoord.core.notices import EVENTS, Templates
+from rebootcoord.core.rollout import WavePlan, WaveSize
 from rebootcoord.core.semaphore import MAX_SLOTS
 from rebootcoord.core.types import Group, HolderId, NodeName
 from rebootcoord.core.windows import Schedule
@@ -107,6 +109,24 @@ class SemaphoreSettings:
     lease_ttl: timedelta = _key(
         timedelta(0), p_duration, "Lease backend: reclaim a slot held longer than this (0: never)"
     )
+    waves: tuple[WaveSize, ...] = _key(
+        (),
+        p_waves,
+        'reboot a rollout in waves of these cumulative sizes, such as [1, "10%", "50%", "100%"]: '
+        "a wave opens when every node of the last is back healthy and soaked (empty: no waves)",
+    )
+    wave_soak: timedelta = _key(
+        timedelta(minutes=10), p_duration, "how long a wave's last node stays healthy before the next opens"
+    )
+    wave_drain_failures: int = _key(
+        3, p_int(0, 1000), "drains failing this many times in one wave pause the group (0: never)"
+    )
+
+    @property
+    def wave_plan(self) -> WavePlan | None:
+        if not self.waves:
+            return None
+        return WavePlan(self.waves, self.wave_soak.total_seconds(), self.wave_drain_failures)
 
 
 @dataclass(frozen=True)
@@ -431,6 +451,8 @@ def plain(value: Any) -> Any:
     """A value in the file's own format, so that --print-config output loads back."""
     if isinstance(value, DetectorSpec | CheckSpec):
         return value.plain()
+    if isinstance(value, WaveSize):
+        return str(value) if value.percent else value.value
     if (
         isinstance(value, tuple)
         and value

@@ -1,0 +1,386 @@
+"""A group's rollout and history as plain values: the *ledger* beside the slots. No I/O, no clock.
+
+The ledger is one document per group (etcd: ``.../rebootcoord/ledger``; Lease: an annotation),
+changed only by the transitions of :mod:`rebootcoord.core.group`, in the same compare-and-swap
+as the slot they go with. It holds:
+
+- the **rollout** in progress, when the group reboots in waves (``waves: [1, "10%", "50%",
+  "100%"]``, ``wave_soak: 10m``). The rules, in full:
+
+  * A rollout starts when a node takes a slot, its configuration has waves, and no rollout is in
+    progress. The starter's waves, soak and drain-failure limit are written into the rollout;
+    every agent and the FleetLock server follow the document, whatever their own configuration.
+  * Wave sizes are *cumulative*: "10%" lets nodes through until 10 % of the rollout's nodes have
+    been through it. A wave's size is fixed when the wave opens, as a share of the rollout's
+    nodes known then: those through, those holding a slot of it and those waiting in the queue.
+    A number is a count of nodes. Each wave lets at least one more node through than the last.
+  * A node that becomes pending later waits in the queue like any other and is counted when the
+    next wave opens; once the last wave is open it simply goes (``max_holders`` still caps it).
+  * Wave *k+1* opens only when every node that took a slot in wave *k* came back healthy and gave
+    its slot back, and ``wave_soak`` has passed since the last of them did. A node whose checks
+    fail keeps its slot (and stops the line), so the next wave never opens over it.
+  * A drain that fails ``wave_drain_failures`` times in one wave pauses the group.
+  * The rollout ends when its last wave is open, no node holds a slot of it, and ``wave_soak``
+    has passed since the last one gave it back. The next node to take a slot starts a new one.
+
+- the **history**: the last :data:`HISTORY_SIZE` cycles (node, start, time per phase, outcome,
+  reason), newest last; the expected length of a cycle (window fit) is the p90 of the last
+  healthy ones.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, replace
+from typing import Any
+
+from rebootcoord.core.documents import load_object, quoted
+from rebootcoord.core.types import HolderId, NodeName
+from rebootcoord.errors import CorruptDocument
+
+#: Cycles kept in the history. A Lease's annotations total 256 KiB; 100 entries are ~40 KiB.
+HISTORY_SIZE = 100
+#: Healthy cycles the p90 is taken over, and how many it needs before it replaces the default.
+P90_OVER = 20
+P90_AFTER = 3
+
+# Outcomes of a cycle in the history.
+REBOOTED = "rebooted"  # came back healthy and gave the slot back
+DRAIN_FAILED = "drain_failed"  # the drain failed; the node was uncordoned and the slot given back
+ABORTED = "aborted"  # gave the slot back before rebooting for another reason
+UNLOCKED = "unlocked"  # an operator released it (rebootctl unlock)
+RECLAIMED = "reclaimed"  # its node vanished or it held the slot past the TTL
+OUTCOMES = (REBOOTED, DRAIN_FAILED, ABORTED, UNLOCKED, RECLAIMED)
+
+
+@dataclass(frozen=True)
+class WaveSize:
+    """One entry of ``waves``: a cumulative count of nodes, or a percentage of the rollout."""
+
+    value: int
+    percent: bool = False
+
+    def nodes(self, members: int) -> int:
+        return math.ceil(self.value * members / 100) if self.percent else self.value
+
+    def __str__(self) -> str:
+        return f"{self.value}%" if self.percent else str(self.value)
+
+    @classmethod
+    def parse(cls, text: str) -> WaveSize:
+        """ "10%" or "3"; ValueError otherwise (the config loader names the key)."""
+        text = text.strip()
+        percent = text.endswith("%")
+        digits = text[:-1].strip() if percent else text
+        if not digits.isdigit() or len(digits) > 6:
+            raise ValueError(text)
+        value = int(digits)
+        if value < 1 or (percent and value > 100):
+            raise ValueError(text)
+        return cls(value, percent)
+
+
+@dataclass(frozen=True)
+class WavePlan:
+    """The configured waves (the agent's or the server's), written into a rollout it starts."""
+
+    sizes: tuple[WaveSize, ...]
+    soak: float  # seconds
+    drain_failures: int = 3  # a drain failing this many times in a wave pauses the group (0: never)
+
+
+@dataclass(frozen=True)
+class Wave:
+    """An open wave: when it opened, how many of the rollout's nodes it lets through in all
+    (None: the last wave, no limit), how many came through it and how many drains failed."""
+
+    opened_at: float
+    quota: int | None
+    done: int = 0
+    failures: int = 0
+    last_done_at: float | None = None
+
+
+@dataclass(frozen=True)
+class Rollout:
+    id: str
+    started_at: float
+    plan: WavePlan
+    waves: tuple[Wave, ...]  # opened so far; the last is the current one
+
+    @property
+    def current(self) -> int:
+        return len(self.waves) - 1
+
+    @property
+    def through(self) -> int:
+        return sum(w.done for w in self.waves)
+
+    @property
+    def last(self) -> bool:
+        return len(self.waves) >= len(self.plan.sizes)
+
+    def label(self, index: int | None = None) -> str:
+        i = self.current if index is None else index
+        return f"wave {i + 1} of {len(self.plan.sizes)} ({self.plan.sizes[i]})"
+
+
+@dataclass(frozen=True)
+class Admission:
+    """What the rollout says to a node that would take a slot now. ``rollout`` is the rollout
+    to write (started, or with a wave opened) and ``wave`` the wave the node goes in; refused:
+    ``reason`` and when to look again (``wake_at``, None: when something changes)."""
+
+    ok: bool
+    rollout: Rollout | None = None
+    wave: int = 0
+    reason: str = ""
+    wake_at: float | None = None
+
+
+def admit(
+    rollout: Rollout | None,
+    plan: WavePlan | None,
+    *,
+    in_flight: int,
+    waiting: int,
+    now: float,
+) -> Admission:
+    """May one more node take a slot in the rollout now? ``in_flight``: the rollout's nodes that
+    hold a slot; ``waiting``: nodes in the queue (the asker among them). Pure and total: the same
+    rule for decide() (to rest) and for take() (in the compare-and-swap)."""
+    if rollout is not None and _ended(rollout, in_flight, now):
+        rollout = None
+    if rollout is None:
+        if plan is None or not plan.sizes:
+            return Admission(True)
+        members = max(1, waiting + in_flight)
+        first = Wave(opened_at=now, quota=_quota(plan, 0, members, 0))
+        rollout = Rollout(id=_rollout_id(now), started_at=now, plan=plan, waves=(first,))
+        return Admission(True, rollout, 0, f"starts a rollout in {rollout.label(0)}")
+    while True:
+        wave = rollout.waves[-1]
+        if wave.quota is None or rollout.through + in_flight < wave.quota:
+            return Admission(True, rollout, rollout.current)
+        nxt = f"wave {rollout.current + 2} of {len(rollout.plan.sizes)}"
+        if in_flight > 0:
+            return Admission(
+                False,
+                reason=f"waits: {nxt} opens when the {in_flight} node(s) still in {rollout.label()} "
+                "are back healthy",
+            )
+        opens_at = (wave.last_done_at or wave.opened_at) + rollout.plan.soak
+        if now < opens_at:
+            return Admission(
+                False,
+                reason=f"waits: {nxt} opens after {rollout.label()} soaks, in {math.ceil(opens_at - now)}s",
+                wake_at=opens_at,
+            )
+        members = rollout.through + waiting
+        index = len(rollout.waves)
+        opened = Wave(opened_at=opens_at, quota=_quota(rollout.plan, index, members, rollout.through))
+        rollout = replace(rollout, waves=(*rollout.waves, opened))
+
+
+def in_progress(rollout: Rollout | None, *, in_flight: int, now: float) -> Rollout | None:
+    """``rollout`` unless it has ended (its next node would start a new one)."""
+    return None if rollout is None or _ended(rollout, in_flight, now) else rollout
+
+
+def _quota(plan: WavePlan, index: int, members: int, through: int) -> int | None:
+    if index >= len(plan.sizes) - 1:
+        return None  # the last wave: every node left
+    return max(plan.sizes[index].nodes(members), through + 1)
+
+
+def _ended(rollout: Rollout, in_flight: int, now: float) -> bool:
+    if not rollout.last or in_flight > 0:
+        return False
+    wave = rollout.waves[-1]
+    return now >= (wave.last_done_at or wave.opened_at) + rollout.plan.soak
+
+
+def _rollout_id(now: float) -> str:
+    return f"r{int(now * 1000)}"
+
+
+def finished_in(
+    rollout: Rollout | None, wave: int, rollout_id: str, *, ok: bool, at: float
+) -> Rollout | None:
+    """The rollout once a node of ``wave`` gave its slot back: counted through when ``ok``, else
+    as a failed drain. Holdings of another rollout (or none) change nothing."""
+    if rollout is None or rollout.id != rollout_id or not 0 <= wave < len(rollout.waves):
+        return rollout
+    w = rollout.waves[wave]
+    w = replace(w, done=w.done + 1, last_done_at=at) if ok else replace(w, failures=w.failures + 1)
+    return replace(rollout, waves=(*rollout.waves[:wave], w, *rollout.waves[wave + 1 :]))
+
+
+# -- history ------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Cycle:
+    """One cycle in the history: a holding of a slot from its start to its end."""
+
+    id: HolderId
+    node: NodeName
+    kind: str
+    started_at: float
+    ended_at: float
+    outcome: str
+    reason: str = ""
+    phases: tuple[tuple[str, float], ...] = ()  # (phase, entered at), in order
+    wave: str = ""  # "r…/2": the rollout and its wave (1-based), "" outside a rollout
+    zone: str = ""
+
+    @property
+    def seconds(self) -> float:
+        return max(0.0, self.ended_at - self.started_at)
+
+    def phase_seconds(self) -> dict[str, float]:
+        """Time spent in each phase (the last one ends with the cycle)."""
+        out: dict[str, float] = {}
+        ends = [t for _, t in self.phases[1:]] + [self.ended_at]
+        for (phase, since), end in zip(self.phases, ends, strict=True):
+            out[phase] = out.get(phase, 0.0) + max(0.0, end - since)
+        return out
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "node": self.node,
+            "kind": self.kind,
+            "started_at": self.started_at,
+            "ended_at": self.ended_at,
+            "outcome": self.outcome,
+            "reason": self.reason,
+            "phases": [[p, t] for p, t in self.phases],
+            "wave": self.wave,
+            "zone": self.zone,
+        }
+
+    @classmethod
+    def from_json(cls, doc: Any, key: str) -> Cycle:
+        if not isinstance(doc, dict):
+            raise CorruptDocument(key, f"a history entry must be an object, got {quoted(doc)}")
+        try:
+            phases = tuple((str(p), float(t)) for p, t in doc.get("phases", []))
+            return cls(
+                id=HolderId(_str(doc["id"])),
+                node=NodeName(_str(doc["node"])),
+                kind=_str(doc.get("kind", "")),
+                started_at=_num(doc["started_at"]),
+                ended_at=_num(doc["ended_at"]),
+                outcome=_str(doc["outcome"]),
+                reason=_str(doc.get("reason", "")),
+                phases=phases,
+                wave=_str(doc.get("wave", "")),
+                zone=_str(doc.get("zone", "")),
+            )
+        except (KeyError, TypeError, ValueError) as exc:
+            raise CorruptDocument(key, f"a history entry is malformed: {quoted(str(exc))}") from None
+
+
+def _str(value: object) -> str:
+    if not isinstance(value, str):
+        raise TypeError(f"expected a string, got {value!r}")
+    return value
+
+
+def _num(value: object) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise TypeError(f"expected a number, got {value!r}")
+    return float(value)
+
+
+def p90(seconds: Iterable[float]) -> float:
+    """The 90th percentile, nearest rank (of 10 cycles: the 9th shortest)."""
+    ordered = sorted(seconds)
+    if not ordered:
+        raise ValueError("no values")
+    return ordered[max(0, math.ceil(0.9 * len(ordered)) - 1)]
+
+
+# -- the ledger -----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Ledger:
+    rollout: Rollout | None = None
+    history: tuple[Cycle, ...] = ()
+
+    @property
+    def empty(self) -> bool:
+        return self.rollout is None and not self.history
+
+    def recorded(self, cycle: Cycle) -> Ledger:
+        return replace(self, history=(*self.history, cycle)[-HISTORY_SIZE:])
+
+    def expected_cycle(self, default: float) -> tuple[float, str]:
+        """Seconds a cycle is expected to take, and where the figure comes from."""
+        healthy = [c.seconds for c in self.history if c.outcome == REBOOTED][-P90_OVER:]
+        if len(healthy) < P90_AFTER:
+            return default, "expected_cycle"
+        return p90(healthy), f"p90 of the group's last {len(healthy)} cycles"
+
+    def encode(self) -> bytes:
+        doc: dict[str, Any] = {"history": [c.to_json() for c in self.history]}
+        if self.rollout is not None:
+            r = self.rollout
+            doc["rollout"] = {
+                "id": r.id,
+                "started_at": r.started_at,
+                "waves_spec": [str(s) for s in r.plan.sizes],
+                "soak": r.plan.soak,
+                "drain_failures": r.plan.drain_failures,
+                "waves": [
+                    {
+                        "opened_at": w.opened_at,
+                        "quota": w.quota,
+                        "done": w.done,
+                        "failures": w.failures,
+                        "last_done_at": w.last_done_at,
+                    }
+                    for w in r.waves
+                ],
+            }
+        return json.dumps(doc, sort_keys=True, separators=(",", ":")).encode()
+
+    @classmethod
+    def decode(cls, raw: bytes, *, key: str) -> Ledger:
+        doc = load_object(raw, key)
+        history = doc.get("history", [])
+        if not isinstance(history, list):
+            raise CorruptDocument(key, f"history must be a list, got {quoted(history)}")
+        cycles = tuple(Cycle.from_json(c, key) for c in history[-HISTORY_SIZE:])
+        raw_rollout = doc.get("rollout")
+        return cls(_rollout(raw_rollout, key) if raw_rollout is not None else None, cycles)
+
+
+def _rollout(doc: object, key: str) -> Rollout:
+    try:
+        if not isinstance(doc, Mapping):
+            raise TypeError(f"expected an object, got {doc!r}")
+        sizes = tuple(WaveSize.parse(_str(s)) for s in doc["waves_spec"])
+        plan = WavePlan(sizes, _num(doc["soak"]), int(_num(doc.get("drain_failures", 3))))
+        waves = []
+        for w in doc["waves"]:
+            quota = w.get("quota")
+            last = w.get("last_done_at")
+            waves.append(
+                Wave(
+                    opened_at=_num(w["opened_at"]),
+                    quota=None if quota is None else int(_num(quota)),
+                    done=int(_num(w.get("done", 0))),
+                    failures=int(_num(w.get("failures", 0))),
+                    last_done_at=None if last is None else _num(last),
+                )
+            )
+        if not sizes or not waves or len(waves) > len(sizes):
+            raise ValueError(f"{len(waves)} open wave(s) of {len(sizes)}")
+        return Rollout(_str(doc["id"]), _num(doc["started_at"]), plan, tuple(waves))
+    except (KeyError, TypeError, ValueError, AttributeError) as exc:
+        raise CorruptDocument(key, f"the rollout is malformed: {quoted(str(exc))}") from None
