@@ -127,8 +127,9 @@ class GroupState:
         changes nothing."""
         slots = self._exists()
         if slots.holds(record.id):
-            if self.records.get(record.id) == record:
-                return self
+            held = self.records.get(record.id)
+            if held is not None and replace(held, rollout=record.rollout, wave=record.wave) == record:
+                return self  # the same record (the wave it was given aside)
             raise NoFreeSlot(f"{record.id!r} already holds a slot")
         if self.paused is not None:
             raise GroupPaused(f"the group is paused by {self.paused.by}")
