@@ -13,8 +13,7 @@ from typing import Any, Protocol, runtime_checkable
 
 from rebootcoord.core.group import Ending, GroupState
 from rebootcoord.core.notices import Notice
-from rebootcoord.core.rollout import WavePlan
-from rebootcoord.core.semaphore import GroupView, HolderRecord, PauseInfo, Waiter
+from rebootcoord.core.semaphore import NO_LIMITS, GroupView, HolderRecord, Limits, PauseInfo, Waiter
 from rebootcoord.core.types import Group, HolderId, NodeName, PendingReboot, Phase
 
 
@@ -156,8 +155,9 @@ class Semaphore(Protocol):
 
     group: Group
 
-    def ensure(self, max_holders: int) -> None:
-        """Create the group's semaphore with ``max_holders`` slots if it does not exist."""
+    def ensure(self, max_holders: int, *, member: HolderId | None = None, now: float = 0.0) -> None:
+        """Create the group's semaphore with ``max_holders`` slots if it does not exist; with
+        ``member``, note that it belongs to the group (max_unavailable_percent)."""
 
     def read(self, *, queue: bool = True) -> GroupView:
         """A fresh view of the group (and its queue, unless ``queue`` is False)."""
@@ -174,13 +174,10 @@ class Semaphore(Protocol):
         """Call ``on_wake`` once, after ``view``: with ``role`` "slots" when the slots change (the
         head of the line), "ahead" when the waiter ahead leaves. Returns a function that stops it."""
 
-    def acquire(
-        self, record: HolderRecord, *, zone_limit: int = 0, plan: WavePlan | None = None
-    ) -> int | None:
+    def acquire(self, record: HolderRecord, *, limits: Limits = NO_LIMITS) -> int | None:
         """Take a slot for ``record.id`` with its record, if it is our turn: the revision
-        written, or None when it is not our turn, no slot is free, the group is paused, --
-        with ``zone_limit`` -- ``record.zone`` has that many holders, or the rollout in progress
-        (or the one ``plan`` would start) lets no node through now."""
+        written, or None when it is not our turn, no slot is free, the group is paused, or
+        ``limits`` (the zone's, the group's, the rollout's) let no node through now."""
 
     def update(self, record: HolderRecord) -> None:
         """Write our record if we still hold the slot; raise SlotLost otherwise."""

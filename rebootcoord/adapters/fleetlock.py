@@ -34,8 +34,15 @@ from collections.abc import Callable
 from pathlib import Path
 
 from rebootcoord.core.group import Ending
-from rebootcoord.core.rollout import WavePlan
-from rebootcoord.core.semaphore import GroupView, HolderRecord, PauseInfo, SemaphoreState, Waiter
+from rebootcoord.core.semaphore import (
+    NO_LIMITS,
+    GroupView,
+    HolderRecord,
+    Limits,
+    PauseInfo,
+    SemaphoreState,
+    Waiter,
+)
 from rebootcoord.core.types import Group, HolderId, NodeName
 from rebootcoord.errors import BackendUnavailable, SlotLost, clipped
 
@@ -107,7 +114,7 @@ class FleetLockSemaphore:
 
     # -- the Semaphore port -----------------------------------------------------------------------
 
-    def ensure(self, max_holders: int) -> None:
+    def ensure(self, max_holders: int, *, member: HolderId | None = None, now: float = 0.0) -> None:
         """Nothing to create: the server owns its groups."""
 
     def read(self, *, queue: bool = True) -> GroupView:
@@ -181,11 +188,8 @@ class FleetLockSemaphore:
         timer.start()
         return timer.cancel
 
-    def acquire(
-        self, record: HolderRecord, *, zone_limit: int = 0, plan: WavePlan | None = None
-    ) -> int | None:
-        """pre-reboot. ``zone_limit`` and ``plan`` are not FleetLock's: the server decides (ours
-        by its group's zones and waves)."""
+    def acquire(self, record: HolderRecord, *, limits: Limits = NO_LIMITS) -> int | None:
+        """pre-reboot. ``limits`` are not FleetLock's: the server decides (ours by its own)."""
         status, kind, value = self._post("pre-reboot")
         if status == 200:
             self._write(record)

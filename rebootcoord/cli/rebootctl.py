@@ -28,7 +28,7 @@ from rebootcoord.cli.wiring import build_semaphore
 from rebootcoord.core.config import KEYS, Settings
 from rebootcoord.core.group import BUSY_PHASES, Ending
 from rebootcoord.core.rollout import UNLOCKED, Cycle
-from rebootcoord.core.semaphore import MANUAL, GroupView, HolderRecord, PauseInfo
+from rebootcoord.core.semaphore import MANUAL, NO_LIMITS, GroupView, HolderRecord, PauseInfo
 from rebootcoord.core.types import HOLDER_ID_RE, HolderId, NodeName, Phase
 from rebootcoord.errors import HolderBusy, UsageError
 
@@ -195,6 +195,7 @@ def status_doc(view: GroupView, now: float | None = None) -> dict[str, Any]:
         "group": view.group,
         "max": view.slots.max if view.slots else None,
         "held": len(view.slots.holders) if view.slots else 0,
+        "members": view.ledger.group_size(now),
         "paused": None
         if view.paused is None
         else {"by": view.paused.by, "at": view.paused.at, "reason": view.paused.reason},
@@ -220,7 +221,7 @@ def rollout_doc(view: GroupView, now: float) -> dict[str, Any] | None:
     r = view.rollout(now)
     if r is None:
         return None  # none, or it ended: the next slot starts a new one
-    admitted = view.admission(None, now)
+    admitted = view.admission(NO_LIMITS, now)
     state = "open" if admitted.ok else admitted.reason
     return {
         "id": r.id,

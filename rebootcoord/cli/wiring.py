@@ -332,7 +332,7 @@ def build_fleetlock_service(
             groups=settings.fleetlock.fleetlock_groups,
             unknown_id=settings.fleetlock.fleetlock_unknown_id,
             lease_names=backend == "kubernetes",
-            waves=settings.semaphore.wave_plan,
+            limits=settings.semaphore.limits,
         ),
         directory=directory,
         metrics=ServerMetrics(registry),

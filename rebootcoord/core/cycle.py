@@ -13,8 +13,7 @@ from dataclasses import dataclass, replace
 from datetime import timedelta
 
 from rebootcoord.core.documents import described
-from rebootcoord.core.rollout import WavePlan
-from rebootcoord.core.semaphore import MANUAL, GroupView, HolderRecord, PauseInfo
+from rebootcoord.core.semaphore import MANUAL, NO_LIMITS, GroupView, HolderRecord, Limits, PauseInfo
 from rebootcoord.core.types import Group, HolderId, NodeName, PendingReboot, Phase
 from rebootcoord.core.windows import WindowStatus
 
@@ -34,11 +33,11 @@ class Policy:
     drain_retry_after: timedelta = timedelta(minutes=5)
     # Stop the line: post-reboot checks failing this long after the reboot pause the group.
     pause_group_after: timedelta = timedelta(0)  # 0: never
-    max_holders_per_zone: int = 0  # 0: no limit
     # Window fit: a cycle is started only when this much of the window is left (0: never checked);
     # once the group has a history, the p90 of its last healthy cycles stands in for it.
     expected_cycle: timedelta = timedelta(0)
-    waves: WavePlan | None = None  # a rollout in waves (None: none, unless one is in progress)
+    # The zone's and the group's budgets and the waves (a rollout in progress rules anyway).
+    limits: Limits = NO_LIMITS
 
 
 @dataclass(frozen=True)
@@ -347,14 +346,7 @@ def _not_holding(s: Snapshot, view: GroupView) -> Step:
         if stale is not None:
             return stale
     if view.may_take(s.holder):
-        limit = s.policy.max_holders_per_zone
-        in_zone = view.zone_holders(s.zone) if limit > 0 and s.zone else 0
-        if limit > 0 and in_zone >= limit:
-            return Rest(
-                Phase.WAITING,
-                f"waits: zone {s.zone} has {in_zone} of {limit} holder(s) (max_holders_per_zone)",
-            )
-        admitted = view.admission(s.policy.waves, s.now)
+        admitted = view.admission(s.policy.limits, s.now, zone=s.zone)
         if not admitted.ok:
             return Rest(Phase.WAITING, admitted.reason, admitted.wake_at)
         if not s.gates_fresh:

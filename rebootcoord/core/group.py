@@ -28,16 +28,17 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 
-from rebootcoord.core.rollout import DRAIN_FAILED, REBOOTED, Cycle, Ledger, Rollout, WavePlan, finished_in
+from rebootcoord.core.rollout import DRAIN_FAILED, REBOOTED, Cycle, Ledger, Rollout, finished_in
 from rebootcoord.core.semaphore import (
     MANUAL,
+    NO_LIMITS,
     GroupView,
     HolderRecord,
+    Limits,
     PauseInfo,
     SemaphoreState,
     Waiter,
     admission,
-    zone_holders,
 )
 from rebootcoord.core.types import Group, HolderId, Phase
 from rebootcoord.errors import (
@@ -116,15 +117,13 @@ class GroupState:
         record: HolderRecord,
         *,
         ahead: int,
-        zone_limit: int = 0,
-        plan: WavePlan | None = None,
+        limits: Limits = NO_LIMITS,
         waiting: int = 0,
     ) -> GroupState:
         """A slot for ``record.id``, with its record, when ``ahead`` earlier waiters leave a free
-        slot for it, -- with ``zone_limit`` -- fewer than that many holders are in its zone, and
-        the rollout in progress (or the one ``plan`` starts) lets it through now (``waiting``:
-        the queue's length; ``record.acquired_at`` is now). Taking again with the same record
-        changes nothing."""
+        slot for it and ``limits`` -- its zone's, the group's, the rollout's -- let it through now
+        (``waiting``: the queue's length; ``record.acquired_at`` is now). The taker becomes a
+        member of the group. Taking again with the same record changes nothing."""
         slots = self._exists()
         if slots.holds(record.id):
             held = self.records.get(record.id)
@@ -135,18 +134,13 @@ class GroupState:
             raise GroupPaused(f"the group is paused by {self.paused.by}")
         if slots.free <= ahead:
             raise NoFreeSlot(f"{slots.free} free slot(s) and {ahead} waiter(s) ahead")
-        if zone_limit > 0 and record.zone:
-            in_zone = zone_holders(slots, self.records, record.zone)
-            if in_zone >= zone_limit:
-                raise NoFreeSlot(
-                    f"zone {record.zone} has {in_zone} of {zone_limit} holder(s) (max_holders_per_zone)"
-                )
+        now = record.acquired_at
+        ledger = self.ledger.heard_of(record.id, now)
         admitted = admission(
-            slots, self.records, self.ledger, plan, waiting=max(waiting, 1), now=record.acquired_at
+            slots, self.records, ledger, limits, zone=record.zone, waiting=max(waiting, 1), now=now
         )
         if not admitted.ok:
             raise NoFreeSlot(admitted.reason)
-        ledger = self.ledger
         if admitted.rollout is not None:
             record = replace(record, rollout=admitted.rollout.id, wave=admitted.wave)
         if admitted.rollout != ledger.rollout:
@@ -154,6 +148,13 @@ class GroupState:
         return replace(
             self, slots=slots.acquire(record.id), records={**self.records, record.id: record}, ledger=ledger
         )
+
+    def heard_of(self, member: HolderId, now: float) -> GroupState:
+        """``member`` belongs to the group (max_unavailable_percent counts the members); the
+        same state while its entry is fresh."""
+        self._intact()
+        ledger = self.ledger.heard_of(member, now)
+        return self if ledger is self.ledger else replace(self, ledger=ledger)
 
     def update(self, record: HolderRecord) -> GroupState:
         """Our record (a phase change) while we hold the slot."""
@@ -203,7 +204,8 @@ class GroupState:
             wave=wave,
             zone=record.zone,
         )
-        return replace(self, ledger=ledger.recorded(cycle), paused=paused)
+        ledger = ledger.recorded(cycle).heard_of(record.id, ending.at)
+        return replace(self, ledger=ledger, paused=paused)
 
     def unlock(self, holder: HolderId, *, force: bool = False, ending: Ending | None = None) -> GroupState:
         """An operator's release: refused for an id that holds nothing, and -- unless ``force`` --

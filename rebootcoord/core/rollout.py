@@ -23,6 +23,11 @@ as the slot they go with. It holds:
   * The rollout ends when its last wave is open, no node holds a slot of it, and ``wave_soak``
     has passed since the last one gave it back. The next node to take a slot starts a new one.
 
+- the **members**: every node of the group, with when it last said so (an agent when it starts
+  and every few days, anyone when it takes a slot), for ``max_unavailable_percent``. A node
+  not heard of for :data:`MEMBER_TTL` is forgotten: a member that is gone only ever makes the
+  group look smaller, which allows fewer slots, never more.
+
 - the **history**: the last :data:`HISTORY_SIZE` cycles (node, start, time per phase, outcome,
   reason), newest last; the expected length of a cycle (window fit) is the p90 of the last
   healthy ones.
@@ -33,7 +38,7 @@ from __future__ import annotations
 import json
 import math
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from rebootcoord.core.documents import load_object, quoted
@@ -42,6 +47,11 @@ from rebootcoord.errors import CorruptDocument
 
 #: Cycles kept in the history. A Lease's annotations total 256 KiB; 100 entries are ~40 KiB.
 HISTORY_SIZE = 100
+#: A member not heard of this long is no longer counted (seconds: 14 days); it says so again
+#: after half of it.
+MEMBER_TTL = 14 * 86400.0
+#: The most members kept (the group's MAX_SLOTS): beyond, the oldest are forgotten.
+MAX_MEMBERS = 10_000
 #: Healthy cycles the p90 is taken over, and how many it needs before it replaces the default.
 P90_OVER = 20
 P90_AFTER = 3
@@ -184,6 +194,11 @@ def admit(
         rollout = replace(rollout, waves=(*rollout.waves, opened))
 
 
+def unavailable_limit(percent: int, members: int) -> int:
+    """The holders ``max_unavailable_percent`` allows in a group of ``members``: at least one."""
+    return max(1, percent * members // 100)
+
+
 def in_progress(rollout: Rollout | None, *, in_flight: int, now: float) -> Rollout | None:
     """``rollout`` unless it has ended (its next node would start a new one)."""
     return None if rollout is None or _ended(rollout, in_flight, now) else rollout
@@ -311,10 +326,26 @@ def p90(seconds: Iterable[float]) -> float:
 class Ledger:
     rollout: Rollout | None = None
     history: tuple[Cycle, ...] = ()
+    members: Mapping[HolderId, float] = field(default_factory=dict)  # id -> last heard of
 
     @property
     def empty(self) -> bool:
-        return self.rollout is None and not self.history
+        return self.rollout is None and not self.history and not self.members
+
+    def group_size(self, now: float) -> int:
+        """The members heard of within MEMBER_TTL."""
+        return sum(1 for seen in self.members.values() if now - seen < MEMBER_TTL)
+
+    def heard_of(self, member: HolderId, now: float) -> Ledger:
+        """``member`` is in the group now; the same ledger while its entry is fresh (less than
+        half MEMBER_TTL old), and members not heard of for MEMBER_TTL are forgotten."""
+        seen = self.members.get(member)
+        if seen is not None and 0 <= now - seen < MEMBER_TTL / 2:
+            return self
+        alive = {m: t for m, t in self.members.items() if now - t < MEMBER_TTL and m != member}
+        if len(alive) >= MAX_MEMBERS:
+            alive = dict(sorted(alive.items(), key=lambda kv: kv[1])[-(MAX_MEMBERS - 1) :])
+        return replace(self, members={**alive, member: now})
 
     def recorded(self, cycle: Cycle) -> Ledger:
         return replace(self, history=(*self.history, cycle)[-HISTORY_SIZE:])
@@ -328,6 +359,8 @@ class Ledger:
 
     def encode(self) -> bytes:
         doc: dict[str, Any] = {"history": [c.to_json() for c in self.history]}
+        if self.members:
+            doc["members"] = dict(self.members)
         if self.rollout is not None:
             r = self.rollout
             doc["rollout"] = {
@@ -357,7 +390,16 @@ class Ledger:
             raise CorruptDocument(key, f"history must be a list, got {quoted(history)}")
         cycles = tuple(Cycle.from_json(c, key) for c in history[-HISTORY_SIZE:])
         raw_rollout = doc.get("rollout")
-        return cls(_rollout(raw_rollout, key) if raw_rollout is not None else None, cycles)
+        members = doc.get("members", {})
+        if not isinstance(members, dict) or not all(
+            isinstance(t, int | float) and not isinstance(t, bool) for t in members.values()
+        ):
+            raise CorruptDocument(key, f"members must map ids to times, got {quoted(members)}")
+        return cls(
+            _rollout(raw_rollout, key) if raw_rollout is not None else None,
+            cycles,
+            {HolderId(m): float(t) for m, t in members.items()},
+        )
 
 
 def _rollout(doc: object, key: str) -> Rollout:

@@ -19,7 +19,15 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from rebootcoord.core.documents import load_json, load_object, quoted
-from rebootcoord.core.rollout import Admission, Ledger, Rollout, WavePlan, admit, in_progress
+from rebootcoord.core.rollout import (
+    Admission,
+    Ledger,
+    Rollout,
+    WavePlan,
+    admit,
+    in_progress,
+    unavailable_limit,
+)
 from rebootcoord.core.types import Group, HolderId, NodeName, Phase
 from rebootcoord.errors import CorruptDocument, InvalidMax, NoFreeSlot, NotHolder, clipped
 
@@ -236,19 +244,51 @@ def in_flight(slots: SemaphoreState | None, records: Mapping[HolderId, HolderRec
     return sum(1 for h, r in records.items() if rollout and r.rollout == rollout and slots and slots.holds(h))
 
 
+@dataclass(frozen=True)
+class Limits:
+    """What a slot must also fit, beyond being free and our turn: the zone's budget
+    (``max_holders_per_zone``), the group's (``max_unavailable_percent`` of its members) and the
+    rollout's waves (the one in progress, or the one ``waves`` starts). 0 and None: no limit."""
+
+    per_zone: int = 0
+    unavailable_percent: int = 0
+    waves: WavePlan | None = None
+
+
+NO_LIMITS = Limits()
+
+
 def admission(
     slots: SemaphoreState | None,
     records: Mapping[HolderId, HolderRecord],
     ledger: Ledger,
-    plan: WavePlan | None,
+    limits: Limits,
     *,
+    zone: str,
     waiting: int,
     now: float,
 ) -> Admission:
-    """The rollout's answer to one more node taking a slot (see core.rollout.admit)."""
+    """The budgets' answer to one more node (of ``zone``) taking a slot now: the one rule that
+    take() applies in the compare-and-swap and decide() rests on."""
+    held = len(slots.holders) if slots is not None else 0
+    if limits.per_zone > 0 and zone:
+        in_zone = zone_holders(slots, records, zone)
+        if in_zone >= limits.per_zone:
+            return Admission(
+                False, reason=f"waits: zone {zone} has {in_zone} of {limits.per_zone} holder(s) "
+                "(max_holders_per_zone)",
+            )  # fmt: skip
+    if limits.unavailable_percent > 0:
+        size = ledger.group_size(now)
+        allowed = unavailable_limit(limits.unavailable_percent, size)
+        if held >= allowed:
+            return Admission(
+                False, reason=f"waits: {held} of the group's {size} node(s) are rebooting, "
+                f"{limits.unavailable_percent}% allows {allowed} (max_unavailable_percent)",
+            )  # fmt: skip
     rollout = ledger.rollout
     busy = in_flight(slots, records, rollout.id) if rollout is not None else 0
-    return admit(rollout, plan, in_flight=busy, waiting=waiting, now=now)
+    return admit(rollout, limits.waves, in_flight=busy, waiting=waiting, now=now)
 
 
 @dataclass(frozen=True)
@@ -267,8 +307,10 @@ class GroupView:
     def holds(self, holder: HolderId) -> bool:
         return self.slots is not None and self.slots.holds(holder)
 
-    def admission(self, plan: WavePlan | None, now: float) -> Admission:
-        return admission(self.slots, self.records, self.ledger, plan, waiting=len(self.waiters), now=now)
+    def admission(self, limits: Limits, now: float, *, zone: str = "") -> Admission:
+        return admission(
+            self.slots, self.records, self.ledger, limits, zone=zone, waiting=len(self.waiters), now=now
+        )
 
     def rollout(self, now: float) -> Rollout | None:
         """The rollout in progress (None: none, or it has ended)."""

@@ -189,9 +189,8 @@ class Agent:
             drain_failure=self.s.drain.drain_failure,
             drain_retry_after=self.s.drain.drain_timeout / 3,
             pause_group_after=self.s.verify.pause_group_after,
-            max_holders_per_zone=self.s.semaphore.max_holders_per_zone,
             expected_cycle=self.s.windows.expected_cycle,
-            waves=self.s.semaphore.wave_plan,
+            limits=self.s.semaphore.limits,
         )
 
     # ------------------------------------------------------------------------------------------
@@ -255,7 +254,9 @@ class Agent:
             try:
                 with contextlib.suppress(CorruptDocument):
                     # it exists: the read reports it, and the loop waits for an operator
-                    self.p.semaphore.ensure(self.s.semaphore.max_holders)
+                    self.p.semaphore.ensure(
+                        self.s.semaphore.max_holders, member=self.s.identity.holder, now=self.p.clock()
+                    )
                 self._read_view()
                 return
             except AccessDenied:
@@ -572,9 +573,7 @@ class Agent:
                     self._check_blockers(now, fresh=True)
                     self._gates_fresh = True
                 case Acquire(record=record):
-                    revision = sem.acquire(
-                        record, zone_limit=self._policy.max_holders_per_zone, plan=self._policy.waves
-                    )
+                    revision = sem.acquire(record, limits=self._policy.limits)
                     if revision is not None:
                         self._phase = None  # force the event even if a stale view said locked
                         self._enter(Phase.LOCKED, record.reason, rev=revision)

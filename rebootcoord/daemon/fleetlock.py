@@ -32,8 +32,8 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from rebootcoord.core.fleetlock import PRE_REBOOT, ClientParams, Refusal, parse_request, refusal
 from rebootcoord.core.group import Ending
-from rebootcoord.core.rollout import DRAIN_FAILED, REBOOTED, WavePlan
-from rebootcoord.core.semaphore import FLEETLOCK, MANUAL, GroupView, HolderRecord, Waiter
+from rebootcoord.core.rollout import DRAIN_FAILED, REBOOTED
+from rebootcoord.core.semaphore import FLEETLOCK, MANUAL, NO_LIMITS, GroupView, HolderRecord, Limits, Waiter
 from rebootcoord.core.types import Group, HolderId, NodeName, Phase
 from rebootcoord.daemon.group import GroupClient
 from rebootcoord.daemon.httpserve import BoundedHTTPServer
@@ -60,7 +60,7 @@ class ServerSettings:
     groups: tuple[Group, ...] = ()  # served groups; empty: any
     unknown_id: str = "refuse"  # "refuse" or "grant" (without node operations)
     lease_names: bool = False  # the Lease backend: ids and groups must fit Lease names
-    waves: WavePlan | None = None  # a rollout in waves this server starts (it follows any in progress)
+    limits: Limits = NO_LIMITS  # zone, group and waves budgets (a rollout in progress rules anyway)
 
 
 class ServerMetrics:
@@ -259,7 +259,7 @@ class FleetLockService:
                 kind=FLEETLOCK,
                 reason="FleetLock pre-reboot",
             )
-            if gc.acquire(record, plan=self.settings.waves) is not None:
+            if gc.acquire(record, limits=self.settings.limits) is not None:
                 log.info("FleetLock client %s (node %s) took a slot of group %s", client.id, record.node,
                          client.group)  # fmt: skip
                 return record
@@ -268,7 +268,7 @@ class FleetLockService:
             slots = view.slots
         held = f"{len(slots.holders)} of {slots.max} slots held" if slots else "no slots"
         line = max(len(view.waiters), position + 1)
-        admitted = view.admission(self.settings.waves, now)
+        admitted = view.admission(self.settings.limits, now)
         wave = "" if admitted.ok else f"; {admitted.reason}"
         raise refusal(
             "no_free_slot",

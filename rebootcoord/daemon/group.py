@@ -19,8 +19,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from rebootcoord.core.group import Ending, GroupState
-from rebootcoord.core.rollout import WavePlan
-from rebootcoord.core.semaphore import GroupView, HolderRecord, PauseInfo, Waiter
+from rebootcoord.core.semaphore import NO_LIMITS, GroupView, HolderRecord, Limits, PauseInfo, Waiter
 from rebootcoord.core.types import Group, HolderId
 from rebootcoord.errors import Conflict, GroupPaused, Interrupted, NoFreeSlot, NotHolder
 from rebootcoord.ports import GroupStore, WaitQueue
@@ -87,8 +86,13 @@ class GroupClient:
         waiters = self.queue.waiters() if queue else ()
         return state.view(self.group, waiters, revision=_revision(version))
 
-    def ensure(self, max_holders: int) -> None:
-        self.apply(lambda s: s.created(max_holders))
+    def ensure(self, max_holders: int, *, member: HolderId | None = None, now: float = 0.0) -> None:
+        """The semaphore created if need be, and ``member`` heard of (at ``now``) in the group."""
+        self.apply(
+            lambda s: (
+                s.created(max_holders) if member is None else s.created(max_holders).heard_of(member, now)
+            )
+        )
 
     # -- the queue ----------------------------------------------------------------------------
 
@@ -113,9 +117,7 @@ class GroupClient:
 
     # -- holders --------------------------------------------------------------------------------
 
-    def acquire(
-        self, record: HolderRecord, *, zone_limit: int = 0, plan: WavePlan | None = None
-    ) -> int | None:
+    def acquire(self, record: HolderRecord, *, limits: Limits = NO_LIMITS) -> int | None:
         """Take a slot if it is our turn; the revision written, or None (not our turn, no slot,
         paused, the rollout's wave full). Taking again with the same record answers the revision
         read."""
@@ -123,9 +125,7 @@ class GroupClient:
         ahead = next((i for i, w in enumerate(waiters) if w.id == record.id), 1 << 30)
         # (not in line: only a slot already ours with this record answers)
         try:
-            applied = self.apply(
-                lambda s: s.take(record, ahead=ahead, zone_limit=zone_limit, plan=plan, waiting=len(waiters))
-            )
+            applied = self.apply(lambda s: s.take(record, ahead=ahead, limits=limits, waiting=len(waiters)))
         except (NoFreeSlot, GroupPaused):
             return None
         if applied.changed:

@@ -63,3 +63,20 @@ def test_one_holder_per_zone_on_the_lease(kube: KubeTestEnv, kube_fleet: Callabl
     most, most_in_zone = zone_peaks(history, zone_of)
     assert most_in_zone == 1
     assert most >= 2
+
+
+def test_max_unavailable_percent_on_etcd(tmp_path: Path, etcd: EtcdServer, prefix: str) -> None:
+    """Six agents in a group of six slots, max_unavailable_percent 34: two at a time (34 % of the
+    six members the agents registered when they started), never three."""
+    fleet = Fleet(
+        str(tmp_path / "fleet"), nodes=6, endpoint=etcd.endpoint, max_holders=6, reboot_seconds=1.0,
+        agent_config={"etcd_key_prefix": prefix, "max_unavailable_percent": 34},
+    )  # fmt: skip
+    with fleet:
+        wait_for(fleet.done, timeout=300, interval=0.5, what="every node rebooted and released")
+        members = fleet.semaphore.read(queue=False).ledger.members
+    assert not fleet.violations, fleet.violations
+    assert sorted(members) == sorted(fleet.nodes)
+    history = etcd_group_history(etcd.endpoint, prefix=prefix, group="default", since=fleet.start_revision)
+    most = max(len(v.holders) for v in history)
+    assert most == 2

@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, rule
 
 from rebootcoord.core.group import BUSY_PHASES, GroupState
-from rebootcoord.core.semaphore import AGENT, MANUAL, HolderRecord, PauseInfo, SemaphoreState
+from rebootcoord.core.semaphore import AGENT, MANUAL, HolderRecord, Limits, PauseInfo, SemaphoreState
 from rebootcoord.core.types import Group, HolderId, NodeName, Phase
 from rebootcoord.errors import (
     CorruptDocument,
@@ -33,6 +33,8 @@ PHASES = [Phase.LOCKED, Phase.DRAINING, Phase.REBOOTING, Phase.VERIFYING, Phase.
 
 ZONES = {h: "abc"[i // 2] for i, h in enumerate(HOLDERS)}  # two nodes per zone
 ZONE_LIMIT = 1
+PERCENT = 50  # max_unavailable_percent: of the members, the nodes that ever took a slot here
+LIMITS = Limits(per_zone=ZONE_LIMIT, unavailable_percent=PERCENT)
 
 
 def record(
@@ -73,8 +75,12 @@ class GroupMachine(RuleBasedStateMachine):
         before = self.state
         new = record(holder, at=self.clock, zone=ZONES[holder])
         in_zone = sum(1 for h, r in before.records.items() if r.zone == new.zone and before.holds(h))
+        members = len({*before.ledger.members, holder})
+        group_full = before.slots is not None and len(before.slots.holders) >= max(
+            1, PERCENT * members // 100
+        )
         try:
-            after = before.take(new, ahead=ahead, zone_limit=ZONE_LIMIT)
+            after = before.take(new, ahead=ahead, limits=LIMITS)
         except NoSemaphore:
             assert before.slots is None
             return
@@ -83,11 +89,11 @@ class GroupMachine(RuleBasedStateMachine):
             return
         except NoFreeSlot:
             assert before.slots is not None
-            assert before.slots.free <= ahead or before.holds(holder) or in_zone >= ZONE_LIMIT
+            assert before.slots.free <= ahead or before.holds(holder) or in_zone >= ZONE_LIMIT or group_full
             return
         assert before.slots is not None and before.slots.free > ahead and before.paused is None
-        assert in_zone < ZONE_LIMIT
-        assert after.take(new, ahead=ahead, zone_limit=ZONE_LIMIT) is after  # the same record again
+        assert in_zone < ZONE_LIMIT and not group_full
+        assert after.take(new, ahead=ahead, limits=LIMITS) is after  # the same record again
         self.state = after
 
     @rule(holder=st.sampled_from(HOLDERS), phase=st.sampled_from(PHASES))
@@ -166,6 +172,14 @@ class GroupMachine(RuleBasedStateMachine):
         for zone in set(ZONES.values()):
             held = [h for h, r in self.state.records.items() if r.zone == zone and self.state.holds(h)]
             assert len(held) <= ZONE_LIMIT, (zone, held)
+
+    @invariant()
+    def never_more_holders_than_the_groups_percentage(self) -> None:
+        slots, members = self.state.slots, len(self.state.ledger.members)
+        takers = [h for h, r in self.state.records.items() if r.kind != MANUAL and self.state.holds(h)]
+        if slots is not None and takers:
+            # operators' locks ignore every budget; the agents' slots never exceed it
+            assert len(takers) <= max(1, PERCENT * members // 100), (takers, members)
 
     @invariant()
     def no_record_without_its_slot(self) -> None:

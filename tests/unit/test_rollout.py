@@ -20,6 +20,7 @@ from rebootcoord.core.group import Ending, GroupState
 from rebootcoord.core.rollout import (
     DRAIN_FAILED,
     HISTORY_SIZE,
+    MEMBER_TTL,
     REBOOTED,
     UNLOCKED,
     Cycle,
@@ -29,7 +30,7 @@ from rebootcoord.core.rollout import (
     admit,
     p90,
 )
-from rebootcoord.core.semaphore import HolderRecord, Waiter
+from rebootcoord.core.semaphore import HolderRecord, Limits, Waiter
 from rebootcoord.core.types import Group, HolderId, NodeName, PendingReboot, Phase
 from rebootcoord.core.windows import WindowStatus
 from rebootcoord.errors import CorruptDocument, GroupPaused, NoFreeSlot
@@ -44,7 +45,7 @@ def rec(holder: str, at: float, zone: str = "") -> HolderRecord:
 def take(
     state: GroupState, holder: str, at: float, *, waiting: int, plan: WavePlan | None = PLAN
 ) -> GroupState:
-    return state.take(rec(holder, at), ahead=0, plan=plan, waiting=waiting)
+    return state.take(rec(holder, at), ahead=0, limits=Limits(waves=plan), waiting=waiting)
 
 
 def done(state: GroupState, holder: str, at: float, outcome: str = REBOOTED) -> GroupState:
@@ -150,8 +151,8 @@ def test_the_rollout_is_the_starters_and_ends_after_its_last_wave_soaks() -> Non
 def test_taking_again_with_the_same_record_changes_nothing_in_a_rollout() -> None:
     state = GroupState().created(2)
     record = rec("n0", 0.0)
-    after = state.take(record, ahead=0, plan=PLAN, waiting=1)
-    assert after.take(record, ahead=0, plan=PLAN, waiting=1) is after
+    after = state.take(record, ahead=0, limits=Limits(waves=PLAN), waiting=1)
+    assert after.take(record, ahead=0, limits=Limits(waves=PLAN), waiting=1) is after
 
 
 # -- the history --------------------------------------------------------------------------------
@@ -318,6 +319,36 @@ class WaveMachine(RuleBasedStateMachine):
 
 WaveMachine.TestCase.settings = settings(max_examples=200, stateful_step_count=50, deadline=None)
 test_wave_machine = WaveMachine.TestCase
+
+
+def test_max_unavailable_percent_counts_the_members_heard_of() -> None:
+    limits = Limits(unavailable_percent=25)
+    state = GroupState().created(10)
+    for i in range(8):
+        state = state.heard_of(HolderId(f"n{i}"), 0.0)  # eight agents started
+    assert state.heard_of(HolderId("n0"), 10.0) is state  # fresh: no write
+    state = state.take(rec("n0", 1.0), ahead=0, limits=limits, waiting=8)
+    state = state.take(rec("n1", 2.0), ahead=0, limits=limits, waiting=7)
+    with pytest.raises(NoFreeSlot, match=r"2 of the group's 8 node\(s\) are rebooting, 25% allows 2"):
+        state.take(rec("n2", 3.0), ahead=0, limits=limits, waiting=6)
+    # Fourteen days on, only the two who took a slot are still heard of: one at a time.
+    later = MEMBER_TTL + 5.0
+    state = state.release(HolderId("n0"), Ending(REBOOTED, later)).release(
+        HolderId("n1"), Ending(REBOOTED, later)
+    )
+    assert state.ledger.group_size(later) == 2
+    state = state.take(rec("n2", later), ahead=0, limits=limits, waiting=6)
+    with pytest.raises(NoFreeSlot, match="allows 1"):
+        state.take(rec("n3", later + 1), ahead=0, limits=limits, waiting=5)
+
+
+def test_a_zone_full_refuses_in_take_and_in_the_view_alike() -> None:
+    limits = Limits(per_zone=1)
+    state = GroupState().created(3).take(rec("a1", 0.0, zone="a"), ahead=0, limits=limits)
+    with pytest.raises(NoFreeSlot, match="zone a has 1 of 1"):
+        state.take(rec("a2", 1.0, zone="a"), ahead=0, limits=limits)
+    view = state.view(Group("g"))
+    assert not view.admission(limits, 1.0, zone="a").ok and view.admission(limits, 1.0, zone="b").ok
 
 
 def test_admit_without_waves_or_rollout_lets_anyone_through() -> None:

@@ -51,7 +51,7 @@ from rebootcoord.core.config.parsers import (
 from rebootcoord.core.durations import format_duration
 from rebootcoord.core.notices import EVENTS, Templates
 from rebootcoord.core.rollout import WavePlan, WaveSize
-from rebootcoord.core.semaphore import MAX_SLOTS
+from rebootcoord.core.semaphore import MAX_SLOTS, Limits
 from rebootcoord.core.types import Group, HolderId, NodeName
 from rebootcoord.core.windows import Schedule
 from rebootcoord.errors import mask_urls, masked_url
@@ -109,6 +109,12 @@ class SemaphoreSettings:
     lease_ttl: timedelta = _key(
         timedelta(0), p_duration, "Lease backend: reclaim a slot held longer than this (0: never)"
     )
+    max_unavailable_percent: int = _key(
+        0,
+        p_int(0, 100),
+        "at most this percentage of the group's nodes rebooting at once, and at least one; the "
+        "nodes are those heard of in the last 14 days (0: no limit)",
+    )
     waves: tuple[WaveSize, ...] = _key(
         (),
         p_waves,
@@ -127,6 +133,11 @@ class SemaphoreSettings:
         if not self.waves:
             return None
         return WavePlan(self.waves, self.wave_soak.total_seconds(), self.wave_drain_failures)
+
+    @property
+    def limits(self) -> Limits:
+        """The budgets a slot must fit (zone, group, waves), for the agent and the server."""
+        return Limits(self.max_holders_per_zone, self.max_unavailable_percent, self.wave_plan)
 
 
 @dataclass(frozen=True)
