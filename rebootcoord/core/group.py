@@ -157,11 +157,14 @@ class GroupState:
         return self if ledger is self.ledger else replace(self, ledger=ledger)
 
     def update(self, record: HolderRecord) -> GroupState:
-        """Our record (a phase change) while we hold the slot."""
+        """Our record (a phase change) while we hold the slot. The rollout and wave stay those
+        take() gave it: a holder writing a record it built before the take cannot drop them."""
         self._intact()
         if not self.holds(record.id) or record.id not in self.records:
             raise SlotLost(f"{record.id} no longer holds a slot")
-        if self.records[record.id] == record:
+        held = self.records[record.id]
+        record = replace(record, rollout=held.rollout, wave=held.wave)
+        if held == record:
             return self
         return replace(self, records={**self.records, record.id: record})
 

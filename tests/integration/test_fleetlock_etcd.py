@@ -17,7 +17,9 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from rebootcoord.adapters.etcd import EtcdConnection, EtcdGroupStore, EtcdOptions
 from rebootcoord.core.fleetlock import KINDS
+from rebootcoord.core.types import Group
 from rebootcoord.sim.etcd_server import EtcdServer
 from tests.conftest import wait_for
 from tests.support.certs import make_pki
@@ -332,3 +334,36 @@ def test_idle_and_slow_connections_do_not_keep_clients_out(server: FleetLockServ
     finally:
         for s in idle:
             s.close()
+
+
+def test_zincati_clients_follow_the_rollouts_waves_and_land_in_its_history(
+    tmp_path: Path, config: dict[str, object], etcd: EtcdServer, prefix: str
+) -> None:
+    """The server starts a rollout in waves like an agent: the canary first; no one else until
+    it is back (steady-state) and soaked; each cycle written into the group's history."""
+    waves = {"max_holders": 3, "waves": [1, "100%"], "wave_soak": "2s"}
+    with fleetlock_servers(tmp_path, {**config, **waves}) as (server,):
+        client = FleetLockClient(server.base)
+        assert client.pre_reboot("canary").status == 200
+        refused = client.pre_reboot("node-b")
+        assert refused.kind == "no_free_slot" and "wave 2 of 2 opens when the 1 node(s)" in refused.value
+        assert client.steady_state("canary").status == 200
+        soaking = client.pre_reboot("node-b")
+        assert soaking.kind == "no_free_slot" and "soaks" in soaking.value
+        wait_for(lambda: client.pre_reboot("node-b").status == 200, timeout=20, interval=0.3,
+                 what="wave 2 open after the soak")  # fmt: skip
+        assert client.pre_reboot("node-c").status == 200  # the last wave: side by side
+        for node in ("node-b", "node-c"):
+            assert client.steady_state(node).status == 200
+    conn = EtcdConnection(EtcdOptions(endpoints=(etcd.endpoint,)))
+    try:
+        state, _ = EtcdGroupStore(conn, prefix=prefix, group=Group("default")).read()
+    finally:
+        conn.close()
+    cycles = state.ledger.history
+    assert [(c.id, c.kind, c.outcome, c.wave.split("/")[-1]) for c in cycles] == [
+        ("canary", "fleetlock", "rebooted", "1"),
+        ("node-b", "fleetlock", "rebooted", "2"),
+        ("node-c", "fleetlock", "rebooted", "2"),
+    ]
+    assert cycles[1].started_at >= cycles[0].ended_at + 2.0

@@ -358,3 +358,14 @@ def test_admit_without_waves_or_rollout_lets_anyone_through() -> None:
 def test_a_history_entry_of_an_unknown_shape_is_refused() -> None:
     with pytest.raises(CorruptDocument):
         Cycle.from_json({"id": 1, "node": "n", "started_at": 0, "ended_at": 1, "outcome": "x"}, "k")
+
+
+def test_a_holder_cannot_drop_the_wave_its_slot_was_taken_in() -> None:
+    """The FleetLock server moved its record on from the one it built before the take: the wave
+    stays, and the rollout still counts the canary in flight."""
+    state = take(GroupState().created(3), "n0", 0.0, waiting=3)
+    built = rec("n0", 0.0)  # without the rollout take() gave it
+    state = state.update(built.moved(Phase.REBOOTING, 1.0))
+    assert state.records[HolderId("n0")].rollout == state.ledger.rollout.id  # type: ignore[union-attr]
+    with pytest.raises(NoFreeSlot, match="opens when the 1 node"):
+        take(state, "n1", 2.0, waiting=2)
