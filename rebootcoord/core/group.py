@@ -207,7 +207,9 @@ class GroupState:
             wave=wave,
             zone=record.zone,
         )
-        ledger = ledger.recorded(cycle).heard_of(record.id, ending.at)
+        ledger = ledger.recorded(cycle)
+        if record.kind != MANUAL:  # an operator's lock is no node of the group
+            ledger = ledger.heard_of(record.id, ending.at)
         return replace(self, ledger=ledger, paused=paused)
 
     def unlock(self, holder: HolderId, *, force: bool = False, ending: Ending | None = None) -> GroupState:

@@ -185,6 +185,62 @@ def test_rebootctl_unlock_refuses_an_agent_mid_cycle_without_force(etcd: EtcdSer
         sem.close()
 
 
+def test_rebootctl_history_and_the_rollout_in_status(etcd: EtcdServer, prefix: str) -> None:
+    """Cycles written by the transitions (a healthy one with its phases, an operator's unlock) and
+    a rollout in progress, as an operator reads them in each output format."""
+    from rebootcoord.core.rollout import WavePlan, WaveSize
+    from rebootcoord.core.semaphore import HolderRecord, Limits, Waiter
+    from rebootcoord.core.types import Group, HolderId, NodeName, Phase
+    from rebootcoord.daemon.group import etcd_group
+
+    limits = Limits(waves=WavePlan((WaveSize(1), WaveSize(100, percent=True)), soak=600.0))
+    sem = etcd_group((etcd.endpoint,), prefix=prefix, group=Group("default"), waiter_ttl=30.0)
+    try:
+        sem.ensure(2)
+        now = time.time() - 100
+        me, node = HolderId("node-a"), NodeName("node-a")
+        sem.join_queue(Waiter(me, node, now, 0))
+        assert sem.acquire(
+            HolderRecord(me, node, Group("default"), Phase.LOCKED, "b1", now, now), limits=limits
+        )
+        record = sem.read().records[me]
+        for phase, at in (
+            (Phase.DRAINING, now + 2),
+            (Phase.REBOOTING, now + 10),
+            (Phase.VERIFYING, now + 70),
+        ):
+            record = record.moved(phase, at)
+            sem.update(record)
+        assert ctl(etcd, prefix, "history").stdout.startswith("group default: no cycles")
+        from rebootcoord.core.group import Ending
+
+        sem.release(me, Ending("rebooted", now + 80, "healthy after reboot"))
+        assert ctl(etcd, prefix, "lock", "ops-1").returncode == 0
+        assert ctl(etcd, prefix, "unlock", "ops-1").returncode == 0
+    finally:
+        sem.close()
+    table = ctl(etcd, prefix, "history")
+    assert table.returncode == 0, table.stderr
+    lines = table.stdout.splitlines()
+    assert lines[0].split() == ["NODE", "STARTED", "TOOK", "PHASES", "OUTCOME", "WAVE", "REASON"]
+    assert "locked 2s, draining 8s, rebooting 60s, verifying 10s" in lines[1] and "rebooted" in lines[1]
+    assert "unlocked" in lines[2] and "unlocked by rebootctl@" in lines[2]
+    cycles = json.loads(ctl(etcd, prefix, "-o", "json", "history").stdout)["cycles"]
+    assert [c["outcome"] for c in cycles] == ["rebooted", "unlocked"]
+    assert cycles[0]["seconds"] == 80.0 and cycles[0]["wave"].endswith("/1")
+    assert (
+        yaml.safe_load(ctl(etcd, prefix, "-o", "yaml", "history", "--limit", "1").stdout)["cycles"][0][
+            "outcome"
+        ]
+        == "unlocked"
+    )
+    assert ctl(etcd, prefix, "history", "--limit", "0").returncode == 2
+    status = ctl(etcd, prefix, "status").stdout
+    assert "wave 1 of 2 (1, 100%), 1 node(s) through" in status and "soaks, in" in status
+    doc = json.loads(ctl(etcd, prefix, "-o", "json", "status").stdout)
+    assert doc["rollout"]["current_wave"] == 1 and doc["members"] == 1
+
+
 def test_rebootctl_unreachable_backend_exits_3() -> None:
     done = run(
         "rebootcoord.cli.rebootctl", "--etcd-endpoints", "http://127.0.0.1:1", "--etcd-timeout", "0.3s",
