@@ -740,7 +740,10 @@ class Agent:
                 datetime.fromtimestamp(retry_not_before, UTC).isoformat(timespec="seconds"),
             )
         outcome = REBOOTED if done else DRAIN_FAILED if record.abort_reason else ABORTED
-        revision = self.p.semaphore.release(record.id, Ending(outcome, self.p.clock(), reason))
+        ended_at = self.p.clock()
+        revision = self.p.semaphore.release(record.id, Ending(outcome, ended_at, reason))
+        if outcome == DRAIN_FAILED and record.rollout:
+            self._told_if_we_paused(ended_at)
         self._drained = None
         self._reboot_issued_at = None
         self._last_verify_at = None
@@ -749,6 +752,17 @@ class Agent:
         self._enter(Phase.IDLE, "slot released", rev=revision)
         if done:
             self._notify("done", reason or "healthy after reboot; slot given back", Phase.RELEASING)
+
+
+    def _told_if_we_paused(self, ended_at: float) -> None:
+        """Our failed drain was the one too many in its wave: the release paused the group (the
+        core's rule, in the same write). Say so as stop-the-line does."""
+        paused = self.p.semaphore.read(queue=False).paused
+        if paused is None or paused.at != ended_at or self.s.identity.node_name not in paused.reason:
+            return
+        log.error("stopping the line: %s", paused.reason)
+        self.p.metrics.fail("group_paused")
+        self._tell("GroupPaused", f"{paused.reason}; `rebootctl resume` lets the others go on")
 
 
 def _was(current: Phase | None, phase: Phase) -> bool:

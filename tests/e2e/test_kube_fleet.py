@@ -178,6 +178,38 @@ def test_unsatisfiable_pdb_times_out_the_drain_and_aborts_cleanly(
     assert "queuing again after" in agent_log(fleet, node)
 
 
+def test_drains_failing_in_a_wave_pause_the_group(
+    kube: KubeTestEnv, kube_fleet: Callable[..., Fleet]
+) -> None:
+    """Stop the line on failed drains: the canary's wave sees two drains fail (a budget that
+    never allows a disruption), and the second failure pauses the group in the same write that
+    gives the slot back; GroupPaused is told on the node; no node rebooted, none left cordoned."""
+    nodes = [n.name for n in kube.create_nodes(2)]
+    for node in nodes:
+        deploy(kube, f"stuck-{node}", 1, pdb={"minAvailable": 1}, node=node)
+        wait_for_pdb(kube.api, kube.namespace, f"stuck-{node}", disruptions_allowed=0, timeout=60)
+    fleet = kube_fleet(nodes, agent_config={
+        "drain_timeout": "4s", "pdb_precheck": False, "waves": [1, "100%"], "wave_drain_failures": 2,
+    })  # fmt: skip
+    sem = fleet.semaphore
+    with fleet:
+        wait_for(lambda: sem.read(queue=False).paused is not None, timeout=180, interval=0.5,
+                 what="the group paused by the second failed drain")  # fmt: skip
+        paused = sem.read(queue=False).paused
+        assert paused is not None and "2 drains failed in wave 1 of 2 (1)" in paused.reason
+        view = sem.read(queue=False)
+        assert [c.outcome for c in view.ledger.history] == ["drain_failed", "drain_failed"]
+        culprit = view.ledger.history[-1].node
+        assert f"node {culprit}" in paused.reason
+        events = kube.cluster.kubectl("get", "events", "-n", "default", "--field-selector",
+                                      f"involvedObject.name={culprit},reason=GroupPaused")  # fmt: skip
+        assert "GroupPaused" in events
+        time.sleep(3)
+        assert not sem.read(queue=False).slots.holders  # type: ignore[union-attr]
+        assert all(fleet.nodes[n].reboots == 0 for n in nodes)
+        assert not any(kube.core.read_node(n).spec.unschedulable for n in nodes)
+
+
 def test_pdb_precheck_leaves_a_blocked_node_uncordoned_until_its_budget_allows(
     kube: KubeTestEnv, kube_fleet: Callable[..., Fleet]
 ) -> None:
