@@ -392,6 +392,7 @@ def chart_schema() -> dict[str, Any]:
                             "slotHeldTooLong": _alert("a node holds a slot too long"),
                             "rebootRequiredTooLong": _alert("a node needs a reboot for too long"),
                             "backendDown": _alert("an agent cannot reach the semaphore backend"),
+                            "groupPaused": _alert("a group stays paused while nodes wait"),
                         },
                     },
                     "extraRules": _objects("more Prometheus rules, appended to the group", ()),
