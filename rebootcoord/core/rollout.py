@@ -21,7 +21,10 @@ as the slot they go with. It holds:
     fail keeps its slot (and stops the line), so the next wave never opens over it.
   * A drain that fails ``wave_drain_failures`` times in one wave pauses the group.
   * The rollout ends when its last wave is open, no node holds a slot of it, and ``wave_soak``
-    has passed since the last one gave it back. The next node to take a slot starts a new one.
+    has passed since the last one gave it back -- or, whatever its wave, when no node holds a
+    slot of it and none opened a wave or came back in it for ``rollout_expiry`` (the nodes that
+    needed the update are through; a node pending later needs another). The next node to take a
+    slot starts a new one.
 
 - the **members**: every node of the group, with when it last said so (an agent when it starts
   and every few days, anyone when it takes a slot), for ``max_unavailable_percent``. A node
@@ -99,6 +102,7 @@ class WavePlan:
     sizes: tuple[WaveSize, ...]
     soak: float  # seconds
     drain_failures: int = 3  # a drain failing this many times in a wave pauses the group (0: never)
+    expiry: float = 7 * 86400.0  # a rollout idle this long ends (seconds; 0: only by its last wave)
 
 
 @dataclass(frozen=True)
@@ -211,10 +215,13 @@ def _quota(plan: WavePlan, index: int, members: int, through: int) -> int | None
 
 
 def _ended(rollout: Rollout, in_flight: int, now: float) -> bool:
-    if not rollout.last or in_flight > 0:
+    if in_flight > 0:
         return False
+    latest = max(max(w.opened_at, w.last_done_at or 0.0) for w in rollout.waves)
+    if rollout.plan.expiry > 0 and now >= latest + rollout.plan.expiry:
+        return True
     wave = rollout.waves[-1]
-    return now >= (wave.last_done_at or wave.opened_at) + rollout.plan.soak
+    return rollout.last and now >= (wave.last_done_at or wave.opened_at) + rollout.plan.soak
 
 
 def _rollout_id(now: float) -> str:
@@ -369,6 +376,7 @@ class Ledger:
                 "waves_spec": [str(s) for s in r.plan.sizes],
                 "soak": r.plan.soak,
                 "drain_failures": r.plan.drain_failures,
+                "expiry": r.plan.expiry,
                 "waves": [
                     {
                         "opened_at": w.opened_at,
@@ -407,7 +415,9 @@ def _rollout(doc: object, key: str) -> Rollout:
         if not isinstance(doc, Mapping):
             raise TypeError(f"expected an object, got {doc!r}")
         sizes = tuple(WaveSize.parse(_str(s)) for s in doc["waves_spec"])
-        plan = WavePlan(sizes, _num(doc["soak"]), int(_num(doc.get("drain_failures", 3))))
+        plan = WavePlan(
+            sizes, _num(doc["soak"]), int(_num(doc.get("drain_failures", 3))), _num(doc.get("expiry", 0))
+        )
         waves = []
         for w in doc["waves"]:
             quota = w.get("quota")

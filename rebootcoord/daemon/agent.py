@@ -753,12 +753,15 @@ class Agent:
         if done:
             self._notify("done", reason or "healthy after reboot; slot given back", Phase.RELEASING)
 
-
     def _told_if_we_paused(self, ended_at: float) -> None:
         """Our failed drain was the one too many in its wave: the release paused the group (the
         core's rule, in the same write). Say so as stop-the-line does."""
         paused = self.p.semaphore.read(queue=False).paused
-        if paused is None or paused.at != ended_at or self.s.identity.node_name not in paused.reason:
+        if (
+            paused is None
+            or paused.at != ended_at
+            or f"on node {self.s.identity.node_name}: " not in paused.reason
+        ):
             return
         log.error("stopping the line: %s", paused.reason)
         self.p.metrics.fail("group_paused")

@@ -32,7 +32,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from rebootcoord.core.fleetlock import PRE_REBOOT, ClientParams, Refusal, parse_request, refusal
 from rebootcoord.core.group import Ending
-from rebootcoord.core.rollout import DRAIN_FAILED, REBOOTED
+from rebootcoord.core.rollout import ABORTED, DRAIN_FAILED, REBOOTED
 from rebootcoord.core.semaphore import FLEETLOCK, MANUAL, NO_LIMITS, GroupView, HolderRecord, Limits, Waiter
 from rebootcoord.core.types import Group, HolderId, NodeName, Phase
 from rebootcoord.daemon.group import GroupClient
@@ -324,12 +324,16 @@ class FleetLockService:
         if record is not None and record.kind == MANUAL:
             return  # an operator's lock under this id: only rebootctl unlock frees it
         node = record.node if record is not None and record.kind == FLEETLOCK else None
-        if node is not None and self.directory is not None and self.directory.find(client.id) == node:
-            self._verify(gc, record, node)  # type: ignore[arg-type]
-        gc.release(client.id, Ending(REBOOTED, self.clock(), "FleetLock steady-state"))
+        ending = Ending(REBOOTED, self.clock(), "FleetLock steady-state")
+        ours = node is not None and self.directory is not None and self.directory.find(client.id) == node
+        if ours and not self._verify(gc, record, node):  # type: ignore[arg-type]
+            # Back without a reboot: not through its wave, not a cycle for the p90.
+            ending = Ending(ABORTED, self.clock(), "FleetLock steady-state: the node did not reboot")
+        gc.release(client.id, ending)
         log.info("FleetLock client %s released its slot of group %s", client.id, client.group)
 
-    def _verify(self, gc: GroupClient, record: HolderRecord, node: NodeName) -> None:
+    def _verify(self, gc: GroupClient, record: HolderRecord, node: NodeName) -> bool:
+        """The Node's checks pass (else a refusal, the slot held); whether it rebooted."""
         assert self.directory is not None
         failed = [r for r in self.directory.verify(node) if not r.ok]
         ops = self.directory.node_ops(node)
@@ -343,6 +347,7 @@ class FleetLockService:
             ops.uncordon()
         reason = f"FleetLock client {record.id} is back" + ("" if rebooted else " (it did not reboot)")
         ops.announce(Phase.IDLE, reason + ": uncordoned, slot released")
+        return rebooted
 
 
 @dataclass(frozen=True)

@@ -369,3 +369,21 @@ def test_a_holder_cannot_drop_the_wave_its_slot_was_taken_in() -> None:
     assert state.records[HolderId("n0")].rollout == state.ledger.rollout.id  # type: ignore[union-attr]
     with pytest.raises(NoFreeSlot, match="opens when the 1 node"):
         take(state, "n1", 2.0, waiting=2)
+
+
+def test_a_rollout_idle_for_its_expiry_ends_whatever_its_wave() -> None:
+    """Two nodes needed the update and went through waves 1 and 2; weeks later the next update
+    starts with a canary again, not in the old rollout's wave 3 (16 of 30 at once)."""
+    plan = replace(PLAN, expiry=86400.0)
+    state = GroupState().created(3)
+    state = done(take(state, "n0", 0.0, waiting=30, plan=plan), "n0", 10.0)
+    state = done(take(state, "n1", 100.0, waiting=29, plan=plan), "n1", 110.0)
+    old = state.ledger.rollout
+    assert old is not None and old.current == 1
+    still = take(state, "n2", 50_000.0, waiting=28, plan=plan)  # within a day: the same rollout
+    assert still.records[HolderId("n2")].rollout == old.id
+    later = take(state, "n2", 200_000.0, waiting=30, plan=plan)
+    rollout = later.ledger.rollout
+    assert rollout is not None and rollout.id != old.id and rollout.current == 0
+    with pytest.raises(NoFreeSlot):
+        take(later, "n3", 200_001.0, waiting=29, plan=plan)  # the new canary's wave is full

@@ -127,12 +127,23 @@ class SemaphoreSettings:
     wave_drain_failures: int = _key(
         3, p_int(0, 1000), "drains failing this many times in one wave pause the group (0: never)"
     )
+    rollout_expiry: timedelta = _key(
+        timedelta(days=7),
+        p_duration,
+        "a rollout in which no node held a slot, opened a wave or came back for this long ends; the "
+        "next node starts a new one with the first wave (0: only its last wave ends it)",
+    )
 
     @property
     def wave_plan(self) -> WavePlan | None:
         if not self.waves:
             return None
-        return WavePlan(self.waves, self.wave_soak.total_seconds(), self.wave_drain_failures)
+        return WavePlan(
+            self.waves,
+            self.wave_soak.total_seconds(),
+            self.wave_drain_failures,
+            self.rollout_expiry.total_seconds(),
+        )
 
     @property
     def limits(self) -> Limits:
