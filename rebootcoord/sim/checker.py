@@ -27,6 +27,8 @@ The invariants, each with the name a violation is reported under:
 ``end_state``        every node ends idle (no slot, no record, its last phase idle) and
                      schedulable unless someone else cordoned it
 ``traceback``        no traceback in an agent's log
+``max_per_zone``     with a zone budget (max_holders_per_zone), the holders whose record names
+                     one zone never exceed it, at any revision
 ``holders_in_events`` without a backend history, the holding intervals of the event log never
                      overlap beyond the max (the weaker, older check)
 ``history``          the history is whole: every node that booted appears among the holders (an
@@ -47,6 +49,7 @@ from typing import Any
 HOLDING = {"locked", "draining", "rebooting", "verifying", "releasing"}
 INVARIANTS = (
     "max_holders",
+    "max_per_zone",
     "boot_with_slot",
     "release",
     "one_reboot",
@@ -100,6 +103,7 @@ class RunLog:
     agent_logs: Mapping[str, str] = field(default_factory=dict)
     precordoned: frozenset[str] = frozenset()
     max_holders: int | None = None  # for the event-log check when there is no history
+    max_per_zone: int | None = None  # the zone budget (None: none); judged from the history
     finished: bool = True  # False: the run timed out; end-state is not judged
 
 
@@ -107,6 +111,7 @@ class RunLog:
 class Report:
     violations: list[Violation] = field(default_factory=list)
     max_holders: int = 0  # most holders at once (history, else the event log)
+    max_zone_holders: dict[str, int] = field(default_factory=dict)  # zone -> most at once (history)
     by_revision: bool = True
     reboots: dict[str, int] = field(default_factory=dict)  # node -> boots seen
     cycles: dict[str, list[tuple[float, float]]] = field(default_factory=dict)  # (locked ts, idle ts)
@@ -362,8 +367,10 @@ def _check_history(run: RunLog, report: Report) -> None:
             )
         )
     most = 0
+    told: set[tuple[str, frozenset[str]]] = set()
     for v in run.history:
         most = max(most, len(v.holders))
+        _check_zones(run, report, v, told)
         if v.total is not None and len(v.holders) > v.total:
             report.violations.append(
                 Violation(
@@ -373,6 +380,30 @@ def _check_history(run: RunLog, report: Report) -> None:
                 )
             )
     report.max_holders = most
+
+
+def _check_zones(run: RunLog, report: Report, v: Version, told: set[tuple[str, frozenset[str]]]) -> None:
+    """The holders of ``v`` per zone, from their records (a holder without a zone counts in none);
+    one violation per zone and set of holders over its budget (``told``: those reported)."""
+    zones: dict[str, list[str]] = defaultdict(list)
+    for holder in v.holders:
+        zone = (v.records.get(holder) or {}).get("zone")
+        if isinstance(zone, str) and zone:
+            zones[zone].append(holder)
+    for zone, holders in zones.items():
+        report.max_zone_holders[zone] = max(report.max_zone_holders.get(zone, 0), len(holders))
+        if run.max_per_zone is not None and len(holders) > run.max_per_zone:
+            if (zone, frozenset(holders)) in told:
+                continue
+            told.add((zone, frozenset(holders)))
+            report.violations.append(
+                Violation(
+                    "max_per_zone",
+                    ",".join(sorted(holders)),
+                    f"{len(holders)} holders in zone {zone} above max_holders_per_zone "
+                    f"{run.max_per_zone} from revision {v.rev}",
+                )
+            )
 
 
 def _holding_at(history: Sequence[Version], node: str, rev: int) -> Version | None:

@@ -5,6 +5,8 @@ the agent is configured with), ``boot_id`` (the agent's boot_id_file) and a rebo
 (``python -m rebootcoord.sim.hostctl``) that asks this simulator for a reboot over a Unix socket.
 A reboot stops the agent (SIGTERM, then SIGKILL, as a shutdown would), waits ``reboot_seconds``,
 applies the update (removes the sentinel), writes a new boot ID and starts the agent again.
+A host whose application is broken (``break_app``) has a marker file under its root
+(:data:`APP_BROKEN`); a health check (:func:`app_check`, the same on every node) fails on it.
 
 The agents are configured exactly like real ones; nothing in the agent knows it is simulated.
 At each reboot request the simulator checks in the backend that the node holds a slot, and
@@ -46,6 +48,15 @@ from rebootcoord.sim.checker import NodeVersion, RunLog, Version, read_jsonl
 from rebootcoord.sim.procs import orphan_proof
 
 log = logging.getLogger(__name__)
+
+#: Under a simulated host's root: present, the host's application is broken (see app_check).
+APP_BROKEN = os.path.join("var", "lib", "sim-app", "broken")
+
+
+def app_check(name: str = "app") -> dict[str, Any]:
+    """A post-reboot command check of the simulated application, for ``health_checks``: it fails
+    on a host with the :data:`APP_BROKEN` marker (``{root}`` is each node's host root)."""
+    return {"type": "command", "name": name, "argv": ["test", "!", "-e", "{root}/" + APP_BROKEN]}
 
 
 @dataclass
@@ -244,6 +255,14 @@ class Fleet:
             fh.write("*** System restart required ***\n")
         node.update = update
         self.host_event("armed", name, update=update)
+
+    def break_app(self, name: str) -> None:
+        """The node's application is broken: :func:`app_check` fails on it (after its reboot too)."""
+        path = os.path.join(self.nodes[name].root, APP_BROKEN)
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        with open(path, "w", encoding="utf-8") as fh:
+            fh.write("broken by the simulator\n")
+        self.note_fault("app_broken", name)
 
     def hold_reboots(self, hold: bool = True) -> None:
         """Hold every host between a reboot request and going down (True), or let them go."""
@@ -551,6 +570,7 @@ class Fleet:
             agent_logs=logs,
             precordoned=precordoned,
             max_holders=self.max_holders,
+            max_per_zone=int(self.agent_config.get("max_holders_per_zone") or 0) or None,
             finished=finished,
         )
 

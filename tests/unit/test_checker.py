@@ -176,6 +176,14 @@ def overlapping_events(run: RunLog) -> RunLog:
     return replace(run, agent_events=agent, history=None, node_history=None, max_holders=1)
 
 
+def two_in_a_zone(run: RunLog, zones: tuple[str, str] = ("z1", "z1")) -> RunLog:
+    """a and b hold at once (two slots) with one holder allowed per zone."""
+    history = list(run.history or [])
+    records = {"a": rec("draining", zone=zones[0]), "b": rec("locked", 2.0, zone=zones[1])}
+    history[2] = replace(history[2], total=2, holders=frozenset({"a", "b"}), records=records)
+    return replace(run, history=history, max_per_zone=1)
+
+
 def foreign_history(run: RunLog) -> RunLog:
     """A history of another group (or none at all): every other check would pass vacuously."""
     return replace(run, history=[Version(10, 1)])
@@ -184,6 +192,7 @@ def foreign_history(run: RunLog) -> RunLog:
 BROKEN = [
     pytest.param(foreign_history, "history", id="a-history-without-the-nodes"),
     pytest.param(two_holders, "max_holders", id="more-holders-than-slots"),
+    pytest.param(two_in_a_zone, "max_per_zone", id="more-holders-in-a-zone-than-its-budget"),
     pytest.param(boot_after_release, "boot_with_slot", id="boot-after-the-release"),
     pytest.param(request_without_slot, "boot_with_slot", id="reboot-request-without-a-slot"),
     pytest.param(release_in_between, "boot_with_slot", id="slot-released-between-request-and-boot"),
@@ -207,6 +216,13 @@ def test_each_broken_invariant_is_reported_by_name(
 ) -> None:
     report = check_run(breaks(good()))
     assert invariant in report.by_invariant(), report.problems
+
+
+def test_holders_of_two_zones_fit_one_per_zone() -> None:
+    report = check_run(two_in_a_zone(good(), ("z1", "z2")))
+    assert "max_per_zone" not in report.by_invariant(), report.problems
+    assert report.max_zone_holders == {"z1": 1, "z2": 1}
+    assert check_run(good()).max_zone_holders == {}  # records without a zone count in none
 
 
 def test_an_abort_that_left_the_node_as_found_passes() -> None:
