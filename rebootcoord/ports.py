@@ -212,6 +212,9 @@ class NodeDirectory(Protocol):
     def boot_id(self, node: NodeName) -> str:
         """The boot the Node's kubelet reports now ("" when it reports none)."""
 
+    def zone(self, node: NodeName) -> str:
+        """The Node's topology zone ("" without one), for max_holders_per_zone."""
+
     def verify(self, node: NodeName) -> tuple[CheckResult, ...]:
         """After the reboot: the configured checks of the Node (Ready, its pods Ready)."""
 

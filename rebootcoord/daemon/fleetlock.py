@@ -247,7 +247,9 @@ class FleetLockService:
             raise view.corrupt[0]
         slots = view.slots
         if slots is not None and position < slots.free:
-            boot = self.directory.boot_id(node) if node is not None and self.directory is not None else ""
+            known = node is not None and self.directory is not None
+            boot = self.directory.boot_id(node) if known else ""  # type: ignore[union-attr, arg-type]
+            zone = self.directory.zone(node) if known else ""  # type: ignore[union-attr, arg-type]
             record = HolderRecord(
                 id=client.id,
                 node=node or NodeName(client.id),
@@ -258,6 +260,7 @@ class FleetLockService:
                 phase_since=now,
                 kind=FLEETLOCK,
                 reason="FleetLock pre-reboot",
+                zone=zone,
             )
             if gc.acquire(record, limits=self.settings.limits) is not None:
                 log.info("FleetLock client %s (node %s) took a slot of group %s", client.id, record.node,

@@ -40,6 +40,14 @@ def server(kube: KubeTestEnv, tmp_path: Path) -> Iterator[FleetLockServer]:
         yield one
 
 
+def group_view(kube: KubeTestEnv) -> Any:
+    group = lease_group(Kube(kube.cluster.api_client()), namespace=kube.namespace, group=Group("default"))
+    try:
+        return group.read(queue=False)
+    finally:
+        group.close()
+
+
 def holders(kube: KubeTestEnv) -> tuple[str, ...]:
     group = lease_group(Kube(kube.cluster.api_client()), namespace=kube.namespace, group=Group("default"))
     try:
@@ -82,6 +90,7 @@ def test_zincati_is_drained_before_its_grant_and_released_only_when_its_node_is_
     assert found.spec.unschedulable and found.metadata.annotations[CORDONED] == "true"
     assert not before & pods_on(kube, first.name, "web")  # every pod it had was evicted
     assert holders(kube) == (zincati,)
+    assert group_view(kube).record(zincati).zone == first.zone  # counted in its Node's zone
     assert {"Draining", "Rebooting"} <= set(events(kube, first.name))
     assert client.pre_reboot(zincati).status == 200  # recursive: no second drain needed
     other = client.pre_reboot(app_specific_id(second.machine_id))
@@ -99,6 +108,8 @@ def test_zincati_is_drained_before_its_grant_and_released_only_when_its_node_is_
     assert not found.spec.unschedulable and CORDONED not in (found.metadata.annotations or {})
     assert holders(kube) == ()
     assert "SlotReleased" in events(kube, first.name)
+    (cycle,) = group_view(kube).ledger.history
+    assert (cycle.node, cycle.outcome, cycle.zone) == (first.name, "rebooted", first.zone)
     assert client.pre_reboot(app_specific_id(second.machine_id)).status == 200  # next in line
 
 

@@ -15,7 +15,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from rebootcoord.adapters.kube.api import Kube, NotFound, path_segment
+from rebootcoord.adapters.kube.api import ZONE_LABEL, Kube, NotFound, path_segment
 from rebootcoord.adapters.kube.gates import PodsReady, is_ready
 from rebootcoord.adapters.kube.nodes import DrainOptions, KubeNodeOps
 from rebootcoord.core.fleetlock import app_specific_id
@@ -83,6 +83,10 @@ class KubeNodeDirectory:
     def boot_id(self, node: NodeName) -> str:
         found = self._node(node) or {}
         return str(((found.get("status") or {}).get("nodeInfo") or {}).get("bootID") or "")
+
+    def zone(self, node: NodeName) -> str:
+        found = self._node(node) or {}
+        return str(((found.get("metadata") or {}).get("labels") or {}).get(ZONE_LABEL, ""))
 
     def verify(self, node: NodeName) -> tuple[CheckResult, ...]:
         found = self._node(node)
