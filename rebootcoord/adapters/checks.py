@@ -26,7 +26,9 @@ class CommandCheck:
         if result.returncode == 0:
             return CheckResult(True, self.name)
         detail = (result.stderr.strip() or result.stdout.strip())[:200]
-        return CheckResult(False, self.name, f"exited {result.returncode}: {detail}")
+        return CheckResult(
+            False, self.name, f"exited {result.returncode}" + (f": {detail}" if detail else "")
+        )
 
 
 @dataclass

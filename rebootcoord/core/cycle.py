@@ -13,6 +13,7 @@ from dataclasses import dataclass, replace
 from datetime import timedelta
 
 from rebootcoord.core.documents import described
+from rebootcoord.core.durations import format_duration
 from rebootcoord.core.semaphore import MANUAL, NO_LIMITS, GroupView, HolderRecord, Limits, PauseInfo
 from rebootcoord.core.types import Group, HolderId, NodeName, PendingReboot, Phase
 from rebootcoord.core.windows import WindowStatus
@@ -382,7 +383,7 @@ def _stop_the_line(s: Snapshot, record: HolderRecord) -> PauseGroup | None:
         return None
     reason = (
         f"post-reboot checks of {s.node} failing for {int(s.now - record.phase_since)}s "
-        f"(pause_group_after {s.policy.pause_group_after}): {record.note or 'failing'}"
+        f"(pause_group_after {format_duration(s.policy.pause_group_after)}): {record.note or 'failing'}"
     )
     return PauseGroup(
         PauseInfo(by=f"rebootcoord agent on {s.node}", at=s.now, reason=reason[:1000]),
@@ -420,8 +421,9 @@ def _blocked(s: Snapshot) -> tuple[str, float | None] | None:
     expected, source = s.view.ledger.expected_cycle(default) if s.view is not None else (default, "")
     if default > 0 and s.window.closes_at is not None and s.now + expected > s.window.closes_at.timestamp():
         closes = s.window.closes_at
+        takes = format_duration(timedelta(seconds=round(expected)))
         return (
-            f"waits: next window (a cycle takes {timedelta(seconds=round(expected))} ({source}) and "
+            f"waits: next window (a cycle takes {takes} ({source}) and "
             f"the window closes at {closes.isoformat()}, in {int(closes.timestamp() - s.now)}s)",
             closes.timestamp(),
         )

@@ -239,7 +239,7 @@ def test_window_fit_uses_the_p90_of_the_groups_cycles_once_it_has_three() -> Non
     state = done(take(state, "n2", 5000.0, waiting=1, plan=None), "n2", 6400.0)
     step = decide(_snapshot(state.view(Group("g"), waiter), now, closes_in=600))
     assert "waits: next window" in getattr(step, "reason", "")  # it leaves the queue, or rests
-    assert "p90 of the group's last 3 cycles" in step.reason and "0:23:20" in step.reason
+    assert "p90 of the group's last 3 cycles" in step.reason and "23m20s" in step.reason
 
 
 # -- the promise, under random sequences ---------------------------------------------------------------
