@@ -313,8 +313,8 @@ def chart_schema() -> dict[str, Any]:
                     "create": {"type": "boolean"},
                     "confine": {
                         "enum": ["auto", True, False, "true", "false"],
-                        "description": "the ValidatingAdmissionPolicy that confines the agent to its own Node "
-                        "and its group's Leases: auto (where served), true, false",
+                        "description": "the ValidatingAdmissionPolicy that confines the agent to its own "
+                        "Node and its group's Leases: auto (where served), true, false",
                     },
                 },
             },
