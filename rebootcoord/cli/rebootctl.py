@@ -267,11 +267,7 @@ def _cycle(c: Cycle) -> dict[str, Any]:
 
 def _print_history(view: GroupView, output: str, limit: int) -> None:
     doc: dict[str, Any] = {"group": view.group, "cycles": history_doc(view, limit)}
-    if output == "json":
-        print(json.dumps(doc, indent=2))
-        return
-    if output == "yaml":
-        print(yaml.safe_dump(doc, sort_keys=False), end="")
+    if _printed_as_data(doc, output):
         return
     if not doc["cycles"]:
         print(f"group {view.group}: no cycles recorded yet")
@@ -309,13 +305,18 @@ def _age(seconds: float | None) -> str:
     return f"{s // 86400}d"
 
 
-def _print_status(view: GroupView, output: str) -> None:
-    doc = status_doc(view)
+def _printed_as_data(doc: dict[str, Any], output: str) -> bool:
+    """``-o json`` and ``-o yaml``: the document as it is; False for the table."""
     if output == "json":
         print(json.dumps(doc, indent=2))
-        return
-    if output == "yaml":
+    elif output == "yaml":
         print(yaml.safe_dump(doc, sort_keys=False), end="")
+    return output in ("json", "yaml")
+
+
+def _print_status(view: GroupView, output: str) -> None:
+    doc = status_doc(view)
+    if _printed_as_data(doc, output):
         return
     rows = [["GROUP", "MAX", "HELD", "WAITING", "PAUSED"]]
     paused = "no" if doc["paused"] is None else f"yes, by {doc['paused']['by']}"

@@ -331,9 +331,6 @@ class GroupView:
                 return i
         return None
 
-    def zone_holders(self, zone: str) -> int:
-        return zone_holders(self.slots, self.records, zone)
-
     def may_take(self, holder: HolderId) -> bool:
         """Our turn: a free slot, not paused, and no earlier waiter that the free slots cannot cover."""
         if self.slots is None or self.paused is not None or self.corrupt:
