@@ -14,6 +14,7 @@ import json
 import subprocess
 import uuid
 from collections.abc import Iterator
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -23,8 +24,11 @@ import yaml
 from kubernetes import client as k8s
 from kubernetes.client.exceptions import ApiException
 
+from rebootcoord.adapters.kube.api import Kube
+from rebootcoord.adapters.kube.nodes import ANN_CORDONED, KubeNodeOps
 from rebootcoord.core.config import load_settings
 from rebootcoord.core.fleetlock import app_specific_id
+from rebootcoord.core.types import NodeName, Phase
 from tests.packaging.conftest import Render, kinds, only
 from tests.support.cluster import KubeCluster, wait_for
 from tests.support.fleetlock import FleetLockClient, FleetLockServer
@@ -714,9 +718,7 @@ def test_the_real_server_with_the_charts_rights_and_confinement(
     core, coordination = k8s.CoreV1Api(api), k8s.CoordinationV1Api(api)
     first, second, operators = kube.create_nodes(3)
 
-    # The policy is in force once the API server has compiled it: wait for its first denial.
-    wait_for(lambda: _try_denied(lambda: core.patch_node(first.name, _probe_label())),
-             timeout=60, what="the server's admission policy to take effect")  # fmt: skip
+    _wait_in_force(core, first.name)
 
     # A workload on the first node, managed by a controller, as a drain expects.
     kube.apps.create_namespaced_replica_set(ns, {
@@ -804,6 +806,12 @@ def test_the_real_server_with_the_charts_rights_and_confinement(
     coordination.create_namespaced_lease(ns, _lease("rebootcoord-default.w.someone"))
 
 
+def _wait_in_force(core: k8s.CoreV1Api, node: str) -> None:
+    """The policy is in force once the API server has compiled it: wait for its first denial."""
+    wait_for(lambda: _try_denied(lambda: core.patch_node(node, _probe_label())),
+             timeout=60, what="the server's admission policy to take effect")  # fmt: skip
+
+
 def _try_denied(call: Any) -> bool:
     try:
         call()
@@ -814,3 +822,110 @@ def _try_denied(call: Any) -> bool:
 
 def _lease(name: str) -> k8s.V1Lease:
     return k8s.V1Lease(metadata=k8s.V1ObjectMeta(name=name), spec=k8s.V1LeaseSpec(holder_identity="x"))
+
+
+# ----------------------------------------------------------------------------------------------
+# The real API server: the cordon marker, with the server's token
+#
+# The marker says "this cordon is rebootcoord's" and is what lets the token lift a cordon. Were
+# it free like any rebootcoord.io/ annotation, the token could mark an operator's cordon, then lift
+# it. It is set only with a cordon of a schedulable Node, and removed only with the uncordon or
+# from a schedulable Node.
+
+
+def _marker(value: str | None) -> dict[str, Any]:
+    return {"metadata": {"annotations": {ANN_CORDONED: value}}}
+
+
+UNCORDON: dict[str, Any] = {"spec": {"unschedulable": None}}
+
+
+def _cordon_and_marker(kube: KubeTestEnv, node: str) -> tuple[bool, str | None]:
+    found = kube.core.read_node(node)
+    return bool(found.spec.unschedulable), (found.metadata.annotations or {}).get(ANN_CORDONED)
+
+
+def _server_node_ops(ident: ChartIdentity, node: str) -> KubeNodeOps:
+    """The product's node operations (the patches the server sends), with the server's token."""
+    return KubeNodeOps(Kube(ident.api_client()), NodeName(node))
+
+
+def test_the_servers_token_cannot_mark_an_operators_cordon_and_lift_it(
+    kube: KubeTestEnv, server_identity: tuple[ChartIdentity, list[dict[str, Any]]]
+) -> None:
+    ident, _ = server_identity
+    core = k8s.CoreV1Api(ident.api_client())
+    (node,) = kube.create_nodes(1)
+    _wait_in_force(core, node.name)
+    kube.cluster.kubectl("cordon", node.name)  # an operator's cordon: no marker
+    assert _cordon_and_marker(kube, node.name) == (True, None)
+
+    claim = (
+        "only in the change that cordons a schedulable Node, so that it never claims a cordon it did not"
+        f" make; refused on Node {node.name}, cordoned already"
+    )
+    lift = f"the cordon of Node {node.name} is not marked, so it is someone else's and stays"
+    for what, patch, message in [
+        ("mark it (the first half of the trick)", _marker("true"), claim),
+        ("mark it with the node operations' cordon", {"spec": {"unschedulable": True}, **_marker("true")},
+         claim),
+        ("uncordon it (the second half)", UNCORDON, lift),
+        ("uncordon and mark it in one patch", {**UNCORDON, **_marker("true")}, lift),
+        ("the node operations' uncordon", {**UNCORDON, **_marker(None)}, lift),
+    ]:  # fmt: skip
+        assert message in _denied(partial(core.patch_node, node.name, patch)), what
+        assert _cordon_and_marker(kube, node.name) == (True, None), what
+    # Their own annotations the node operations still write on it.
+    _server_node_ops(ident, node.name).announce(Phase.WAITING, "an operator's cordon: not ours to lift")
+    assert _cordon_and_marker(kube, node.name) == (True, None)
+
+
+def test_the_servers_token_cannot_unmark_a_cordon_it_keeps(
+    kube: KubeTestEnv, server_identity: tuple[ChartIdentity, list[dict[str, Any]]]
+) -> None:
+    ident, _ = server_identity
+    core = k8s.CoreV1Api(ident.api_client())
+    (node,) = kube.create_nodes(1)
+    _wait_in_force(core, node.name)
+    _server_node_ops(ident, node.name).cordon()
+    assert _cordon_and_marker(kube, node.name) == (True, "true")
+
+    disowned = f"Node {node.name} stays cordoned, and its cordon would pass for someone else's"
+    for what, patch in [
+        ("remove the marker", _marker(None)),
+        ("change it", _marker("false")),
+        ("remove it, cordoning again", {"spec": {"unschedulable": True}, **_marker(None)}),
+    ]:
+        assert disowned in _denied(partial(core.patch_node, node.name, patch)), what
+        assert _cordon_and_marker(kube, node.name) == (True, "true"), what
+
+
+def test_the_node_operations_cycle_passes_with_the_servers_token(
+    kube: KubeTestEnv, server_identity: tuple[ChartIdentity, list[dict[str, Any]]]
+) -> None:
+    ident, _ = server_identity
+    node, stale = kube.create_nodes(2)
+    _wait_in_force(k8s.CoreV1Api(ident.api_client()), node.name)
+    ops = _server_node_ops(ident, node.name)
+
+    ops.cordon()  # a schedulable node: cordon and marker in one patch
+    assert _cordon_and_marker(kube, node.name) == (True, "true") and ops.cordoned_by_us()
+    ops.cordon()  # again, as a pre-reboot asked again: nothing changes
+    ops.announce(Phase.DRAINING, "draining before its reboot")
+    ops.set_waiting_taint(True)
+    ops.set_waiting_taint(False)
+    ops.announce(Phase.REBOOTING, "may reboot: node drained")
+    ops.uncordon()  # the uncordon and the marker's removal in one patch
+    assert _cordon_and_marker(kube, node.name) == (False, None)
+    ops.uncordon()  # again, on a schedulable node: nothing to lift
+    ops.announce(Phase.IDLE, "back: uncordoned, slot released")
+    assert _cordon_and_marker(kube, node.name) == (False, None)
+
+    # An operator lifts our cordon by hand (kubectl uncordon leaves the marker): the stale marker
+    # may be cleaned up from the schedulable node.
+    stale_ops = _server_node_ops(ident, stale.name)
+    stale_ops.cordon()
+    kube.cluster.kubectl("uncordon", stale.name)
+    assert _cordon_and_marker(kube, stale.name) == (False, "true")
+    k8s.CoreV1Api(ident.api_client()).patch_node(stale.name, _marker(None))
+    assert _cordon_and_marker(kube, stale.name) == (False, None)
