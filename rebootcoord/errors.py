@@ -12,11 +12,13 @@ only the composition roots in ``rebootcoord.cli`` turn exceptions into exit code
     ├── SemaphoreError              a refused semaphore operation (permanent, not retried)
     │   ├── NoSemaphore             the group's semaphore does not exist yet
     │   ├── NoFreeSlot              every slot is held, or earlier waiters come first
+    │   │   └── StoreFull           the group's stored documents would outgrow their store
     │   ├── GroupPaused             an operator paused the group
     │   ├── NotHolder               the id holds no slot (unlock of an unknown holder)
     │   ├── InvalidMax              a max that is < 1 or below the current number of holders
     │   ├── HoldsAgain              a record to drop belongs to a holder that holds a slot again
     │   ├── HolderBusy              unlock of an agent mid-cycle without --force
+    │   ├── IdInUse                 an id whose record or place is another kind's (an agent's)
     │   └── SlotLost                our holder record vanished (an operator unlocked us)
     ├── Conflict                    a compare-and-swap lost a race (retryable: read again)
     ├── BackendUnavailable          the backend cannot be reached (retryable, with backoff)
@@ -132,6 +134,11 @@ class NoFreeSlot(SemaphoreError):
     """Every slot of the group is held, or earlier waiters come first."""
 
 
+class StoreFull(NoFreeSlot):
+    """A slot refused because the group's stored documents would outgrow what its store holds
+    (a Lease's annotations, an etcd request): nothing was written. Releases are never refused."""
+
+
 class GroupPaused(SemaphoreError):
     """An operator paused the group: no new slot is given."""
 
@@ -150,6 +157,11 @@ class HolderBusy(SemaphoreError):
     def __init__(self, message: str, record: object) -> None:
         super().__init__(message)
         self.record = record
+
+
+class IdInUse(SemaphoreError):
+    """The id's holder record or place in line belongs to another kind of holder (an agent, an
+    operator's lock): a FleetLock request never takes it over."""
 
 
 class InvalidMax(SemaphoreError):

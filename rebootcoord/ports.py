@@ -100,6 +100,8 @@ class GroupStore(Protocol):
     """
 
     group: Group
+    #: Bytes of the group's documents this store holds (core.bounds); 0: no limit.
+    capacity: int
 
     def read(self) -> tuple[GroupState, Any]:
         """The state and an opaque version to write against (its ``revision``: the backend's)."""
@@ -198,25 +200,38 @@ class Semaphore(Protocol):
     def close(self) -> None: ...
 
 
+@dataclass(frozen=True)
+class NodeFacts:
+    """What the FleetLock server reads of a client's Node before it takes a slot for it."""
+
+    boot_id: str = ""  # the boot its kubelet reports now ("" : none)
+    zone: str = ""  # its topology zone ("" : none), for max_holders_per_zone
+    cordoned_by_us: bool = False  # unschedulable by our cordon (its mark)
+
+
 class NodeDirectory(Protocol):
     """The FleetLock server's view of the cluster's Nodes: which Node a client is, and what may be
     done to it. Kubernetes: the client id is matched with each Node's status.nodeInfo.machineID."""
 
     def find(self, client_id: HolderId) -> NodeName | None:
-        """The Node of ``client_id`` (its machine's app-specific id for Zincati, its machine id or
-        its Node name), or None when no Node matches."""
+        """The Node of ``client_id`` (its machine's app-specific id for Zincati, or its machine
+        id; its Node name only where the operator allowed it), or None when no Node matches."""
 
     def node_ops(self, node: NodeName) -> NodeOps:
         """Cordon, drain (PDB-aware), uncordon, announce on ``node``, as the agent does."""
 
-    def boot_id(self, node: NodeName) -> str:
-        """The boot the Node's kubelet reports now ("" when it reports none)."""
-
-    def zone(self, node: NodeName) -> str:
-        """The Node's topology zone ("" without one), for max_holders_per_zone."""
+    def facts(self, node: NodeName) -> NodeFacts:
+        """The Node's boot, zone and our cordon, in one read."""
 
     def verify(self, node: NodeName) -> tuple[CheckResult, ...]:
         """After the reboot: the configured checks of the Node (Ready, its pods Ready)."""
+
+
+class GroupCatalog(Protocol):
+    """The groups a store holds (the FleetLock server's bound on the groups it creates)."""
+
+    def count(self, limit: int) -> int:
+        """How many groups exist, counted up to ``limit``."""
 
 
 class Notifier(Protocol):

@@ -18,7 +18,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, TypeVar
 from urllib.parse import urlsplit
 
@@ -29,12 +29,14 @@ import grpc
 from etcd3 import etcdrpc
 
 from rebootcoord.adapters.retry import retrying as retrying_for
+from rebootcoord.core.bounds import ETCD_CAPACITY
 from rebootcoord.core.documents import load_json, quoted
+from rebootcoord.core.fleetlock import place_ttl
 from rebootcoord.core.group import GroupState
-from rebootcoord.core.rollout import Ledger
-from rebootcoord.core.semaphore import HolderRecord, PauseInfo, SemaphoreState, Waiter
+from rebootcoord.core.rollout import Cycle, Ledger, decode_members
+from rebootcoord.core.semaphore import AGENT, FLEETLOCK, HolderRecord, PauseInfo, SemaphoreState, Waiter
 from rebootcoord.core.types import Group, HolderId, NodeName
-from rebootcoord.errors import AccessDenied, BackendUnavailable, Conflict, CorruptDocument
+from rebootcoord.errors import AccessDenied, BackendUnavailable, Conflict, CorruptDocument, IdInUse
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -229,7 +231,13 @@ class _Keys:
     <p>/groups/<group>/v1/rebootcoord/holders/<id>  our holder record (phase, boot ID, ...)
     <p>/groups/<group>/v1/rebootcoord/paused        present while the group is paused
     <p>/groups/<group>/v1/rebootcoord/waiters/<id>  a place in the queue, on a lease
-    <p>/groups/<group>/v1/rebootcoord/ledger        the rollout in waves and the history
+    <p>/groups/<group>/v1/rebootcoord/ledger        the rollout in waves (core.rollout)
+    <p>/groups/<group>/v1/rebootcoord/members       the group's members: {"<id>": last heard of}
+    <p>/groups/<group>/v1/rebootcoord/history/<k>   one cycle of the history per key (Cycle.key)
+
+    The history has a key per cycle, so that a release writes its own entry, not the history;
+    a ledger written before members and history had keys of their own (both inside it) is read
+    as well, and moved out at the next write.
     """
 
     def __init__(self, prefix: str, group: Group) -> None:
@@ -239,19 +247,25 @@ class _Keys:
         self.waiters = self.base + "rebootcoord/waiters/"
         self.pause = self.base + "rebootcoord/paused"
         self.ledger = self.base + "rebootcoord/ledger"
+        self.members = self.base + "rebootcoord/members"
+        self.history = self.base + "rebootcoord/history/"
 
 
 @dataclass(frozen=True)
 class EtcdVersion:
     """A read's revision and what a write must find unchanged: the mod revisions of the
-    semaphore key, of the pause marker and of the ledger (0: absent), and the state read (to
-    write its diff)."""
+    semaphore key, of the pause marker, of the ledger and of the members (0: absent), and the
+    state read (to write its diff), with the history keys it was read from and whether the
+    ledger still held what now has keys of its own (``legacy``)."""
 
     revision: int
     slots_mod: int
     pause_mod: int
     ledger_mod: int
-    state: GroupState = field(compare=False, repr=False)
+    members_mod: int = 0
+    state: GroupState = field(default_factory=GroupState, compare=False, repr=False)
+    history_keys: frozenset[str] = field(default=frozenset(), compare=False, repr=False)
+    legacy: bool = field(default=False, compare=False)
 
 
 class EtcdGroupStore:
@@ -264,12 +278,19 @@ class EtcdGroupStore:
     orphan that nothing could write back. airlock's own writes compare the key's version.
     """
 
-    def __init__(self, conn: EtcdConnection, *, prefix: str, group: Group) -> None:
+    capacity = ETCD_CAPACITY
+
+    def __init__(
+        self, conn: EtcdConnection, *, prefix: str, group: Group, owns_connection: bool = True
+    ) -> None:
+        """``owns_connection``: close ``conn`` with this store (False: it is shared by other
+        groups, and whoever made it closes it)."""
         self.conn = conn
         self.group = group
         self.keys = _Keys(prefix, group)
+        self.owns_connection = owns_connection
         self.conflicts = 0
-        self._decoded: dict[str, tuple[int, HolderRecord | CorruptDocument]] = {}
+        self._decoded: dict[str, tuple[int, Any]] = {}
         self._lock = threading.Lock()
 
     def read(self) -> tuple[GroupState, EtcdVersion]:
@@ -282,27 +303,49 @@ class EtcdGroupStore:
                 t.get(k.records, range_end=_prefix_end(k.records)),
                 t.get(k.pause),
                 t.get(k.ledger),
+                t.get(k.members),
+                t.get(k.history, range_end=_prefix_end(k.history)),
             ]
             _, revision, ranges = _txn(client, [], gets)
             return revision, ranges
 
-        revision, (slots_kvs, record_kvs, pause_kvs, ledger_kvs) = self.conn.call(fetch)
+        revision, (slots_kvs, record_kvs, pause_kvs, ledger_kvs, member_kvs, history_kvs) = self.conn.call(
+            fetch
+        )
         slots_kv = slots_kvs[0] if slots_kvs else None
         pause_kv = pause_kvs[0] if pause_kvs else None
         ledger_kv = ledger_kvs[0] if ledger_kvs else None
-        state = self._state(slots_kv, record_kvs, pause_kv, ledger_kv)
+        members_kv = member_kvs[0] if member_kvs else None
+        state, legacy = self._state(
+            slots_kv,
+            record_kvs=record_kvs,
+            pause_kv=pause_kv,
+            ledger_kv=ledger_kv,
+            members_kv=members_kv,
+            history_kvs=history_kvs,
+        )
         version = EtcdVersion(
             revision,
             slots_kv.mod_revision if slots_kv else 0,
             pause_kv.mod_revision if pause_kv else 0,
             ledger_kv.mod_revision if ledger_kv else 0,
+            members_kv.mod_revision if members_kv else 0,
             state,
+            frozenset(kv.key[len(k.history) :] for kv in history_kvs),
+            legacy,
         )
         return state, version
 
     def _state(
-        self, slots_kv: _Kv | None, record_kvs: list[_Kv], pause_kv: _Kv | None, ledger_kv: _Kv | None
-    ) -> GroupState:
+        self,
+        slots_kv: _Kv | None,
+        *,
+        record_kvs: list[_Kv],
+        pause_kv: _Kv | None,
+        ledger_kv: _Kv | None,
+        members_kv: _Kv | None,
+        history_kvs: list[_Kv],
+    ) -> tuple[GroupState, bool]:
         k = self.keys
         corrupt: list[CorruptDocument] = []
         slots = None
@@ -322,30 +365,48 @@ class EtcdGroupStore:
             else:
                 records[decoded.id] = decoded
         paused = PauseInfo.decode(pause_kv.value) if pause_kv is not None else None
-        ledger = Ledger()
-        if ledger_kv is not None:
-            try:
+        ledger, legacy = Ledger(), False
+        try:
+            if ledger_kv is not None:
                 ledger = Ledger.decode(ledger_kv.value, key=k.ledger)
-            except CorruptDocument as exc:
-                corrupt.append(exc)
-        return GroupState(slots, records, paused, tuple(corrupt), ledger)
+                legacy = bool(ledger.history or ledger.members)
+            members = dict(ledger.members)
+            if members_kv is not None:
+                members.update(self._decoded_once(members_kv, _members))
+            history = {c.key: c for c in ledger.history}
+            for kv in history_kvs:
+                cycle = self._decoded_once(kv, _cycle)
+                history[kv.key[len(k.history) :]] = cycle
+            ledger = replace(ledger, members=members, history=tuple(history[key] for key in sorted(history)))
+        except CorruptDocument as exc:
+            corrupt.append(exc)
+        return GroupState(slots, records, paused, tuple(corrupt), ledger), legacy
 
     def _record(self, key: str, kv: _Kv) -> HolderRecord | CorruptDocument:
-        """Decoded once per (key, mod revision): a group of many holders is read often."""
-        with self._lock:
-            cached = self._decoded.get(key)
-        if cached is not None and cached[0] == kv.mod_revision:
-            return cached[1]
-        result: HolderRecord | CorruptDocument
         try:
-            result = HolderRecord.decode(kv.value, key=key)
+            return self._decoded_once(kv, HolderRecord.decode)
         except CorruptDocument as exc:
-            result = exc
+            return exc
+
+    def _decoded_once(self, kv: _Kv, decode: Callable[..., T]) -> T:
+        """``decode(value, key=...)``, once per (key, mod revision): a group is read often, its
+        records and history entries change rarely. A CorruptDocument is raised again each time."""
         with self._lock:
-            if len(self._decoded) > 10_000:
-                self._decoded.clear()
-            self._decoded[key] = (kv.mod_revision, result)
-        return result
+            cached = self._decoded.get(kv.key)
+        if cached is None or cached[0] != kv.mod_revision:
+            result: Any
+            try:
+                result = decode(kv.value, key=kv.key)
+            except CorruptDocument as exc:
+                result = exc
+            cached = (kv.mod_revision, result)
+            with self._lock:
+                if len(self._decoded) > 10_000:
+                    self._decoded.clear()
+                self._decoded[kv.key] = cached
+        if isinstance(cached[1], CorruptDocument):
+            raise cached[1]
+        return cached[1]  # type: ignore[no-any-return]
 
     def write(self, new: GroupState, *, expect: EtcdVersion) -> int:
         old, k = expect.state, self.keys
@@ -356,7 +417,9 @@ class EtcdGroupStore:
                 t.mod(k.slots) == expect.slots_mod if expect.slots_mod else t.version(k.slots) == 0,
                 t.mod(k.pause) == expect.pause_mod if expect.pause_mod else t.version(k.pause) == 0,
                 t.mod(k.ledger) == expect.ledger_mod if expect.ledger_mod else t.version(k.ledger) == 0,
+                t.mod(k.members) == expect.members_mod if expect.members_mod else t.version(k.members) == 0,
                 t.mod(k.records, range_end=_prefix_end(k.records)) < expect.revision + 1,
+                t.mod(k.history, range_end=_prefix_end(k.history)) < expect.revision + 1,
             ]
             ops: list[Any] = []
             if new.slots != old.slots and new.slots is not None:
@@ -367,8 +430,17 @@ class EtcdGroupStore:
             ops.extend(t.delete(k.records + holder) for holder in old.records if holder not in new.records)
             if new.paused != old.paused:
                 ops.append(t.put(k.pause, new.paused.encode()) if new.paused else t.delete(k.pause))
-            if new.ledger != old.ledger:
-                ops.append(t.put(k.ledger, new.ledger.encode()))
+            if new.ledger.rollout != old.ledger.rollout or expect.legacy:
+                ops.append(t.put(k.ledger, new.ledger.encode_rollout()))
+            if new.ledger.members != old.ledger.members or (expect.legacy and new.ledger.members):
+                ops.append(t.put(k.members, new.ledger.encode_members()))
+            kept = {c.key: c for c in new.ledger.history}
+            ops.extend(
+                t.put(k.history + key, cycle.encoded)
+                for key, cycle in kept.items()
+                if key not in expect.history_keys
+            )
+            ops.extend(t.delete(k.history + key) for key in expect.history_keys if key not in kept)
             ok, revision, _ = _txn(client, compare, ops)
             if not ok:
                 raise Conflict(f"group {self.group} changed since revision {expect.revision}")
@@ -387,7 +459,40 @@ class EtcdGroupStore:
         ).start()
 
     def close(self) -> None:
-        self.conn.close()
+        if self.owns_connection:
+            self.conn.close()
+
+
+class EtcdGroupCatalog:
+    """The GroupCatalog on etcd: the groups under ``<prefix>/groups/``, found by a skip scan --
+    one key per group, then past all of its keys -- so counting N groups reads N keys, however
+    many keys each group has."""
+
+    def __init__(self, conn: EtcdConnection, *, prefix: str) -> None:
+        self.conn = conn
+        self.base = f"{prefix.strip('/')}/groups/"
+
+    def count(self, limit: int) -> int:
+        def scan(client: Any) -> int:
+            found, start, end = 0, self.base, _prefix_end(self.base)
+            while found < limit:
+                response = client.get_range_response(start, end, limit=1, keys_only=True)
+                if not response.kvs:
+                    break
+                group = response.kvs[0].key.decode()[len(self.base) :].split("/", 1)[0]
+                found += 1
+                start = _prefix_end(f"{self.base}{group}/")
+            return found
+
+        return self.conn.call(scan)
+
+
+def _members(raw: bytes, *, key: str) -> dict[HolderId, float]:
+    return decode_members(load_json(raw, key), key)
+
+
+def _cycle(raw: bytes, *, key: str) -> Cycle:
+    return Cycle.from_json(load_json(raw, key), key)
 
 
 class EtcdWaitQueue:
@@ -401,8 +506,9 @@ class EtcdWaitQueue:
         self, conn: EtcdConnection, *, prefix: str, group: Group, ttl: float, background: bool = True
     ) -> None:
         """``background``: keep this process's places alive (an agent); without it (the FleetLock
-        server, whose clients poll) each join puts the place on a fresh lease of ``ttl``, so the
-        place lives ``ttl`` after the client's last request, whichever replica answered it."""
+        server, whose clients poll) each join keeps the place for about one and a half of the
+        client's own poll intervals (core.fleetlock.place_ttl), at most ``ttl``, whichever
+        replica answered it."""
         self.conn = conn
         self.background = background
         self.group = group
@@ -427,12 +533,13 @@ class EtcdWaitQueue:
         return tuple(sorted(found, key=lambda w: w.order))
 
     def join(self, waiter: Waiter) -> None:
-        doc = json.dumps({"id": waiter.id, "node": waiter.node, "since": waiter.since}).encode()
         key = self.keys.waiters + waiter.id
+        if not self.background:
+            self.conn.call(lambda client: self._poll(client, key, waiter))
+            return
+        doc = _encode_waiter(waiter)
 
         def put(client: Any) -> None:
-            if not self.background and self._renewed(client, key):
-                return
             try:
                 client.put(key, doc, lease=self._lease_for(client, waiter.id))
             except grpc.RpcError as exc:
@@ -445,29 +552,56 @@ class EtcdWaitQueue:
                     self._leases.pop(waiter.id, None)
                 client.put(key, doc, lease=self._lease_for(client, waiter.id))
 
-        if not self.background:
-            with self._lock:
-                self._leases.pop(waiter.id, None)  # a fresh lease: the place lives ttl from now
         self.conn.call(put)  # also when we think the place ours: the agent asks only when it is not
-        if self.background:
-            self._start_keepalive()
-        else:
-            with self._lock:
-                self._leases.pop(waiter.id, None)
+        self._start_keepalive()
 
-    def _renewed(self, client: Any, key: str) -> bool:
-        """A poller's place that is still there, kept by refreshing the lease it is on: no write
-        to etcd's log (a keep-alive is the leader's), where a new lease and a put are two."""
-        _value, meta = client.get(key)
-        if meta is None or not getattr(meta, "lease_id", 0):
-            return False
-        try:
-            responses = _refresher(meta.lease_id)(client)
-        except grpc.RpcError as exc:
-            if _lease_gone(exc):
-                return False
-            raise
-        return bool(responses) and responses[0].TTL > 0
+    def _poll(self, client: Any, key: str, waiter: Waiter) -> None:
+        """A polling client's place (the FleetLock server's): created at the end of the line on
+        a lease of ``place_ttl``, or kept -- its lease refreshed, no write to etcd's log -- and
+        its lease's TTL fitted to the client's own poll interval (the time since its last poll
+        is what the lease had run down). A place of another kind (an agent's) is never taken
+        over: IdInUse. Every put is guarded, so a place that changed meanwhile is not
+        overwritten."""
+        for _ in range(3):
+            value, meta = client.get(key)
+            if meta is None:
+                lease = client.lease(place_ttl(None, self.ttl))
+                ok, _, _ = _txn(
+                    client,
+                    [client.transactions.create(key) == 0],
+                    [client.transactions.put(key, _encode_waiter(waiter), lease=lease.id)],
+                )
+                if ok:
+                    return
+                client.revoke_lease(lease.id)
+                continue
+            kind = _decode_waiter(value, holder=waiter.id, order=0).kind
+            if kind != waiter.kind:
+                raise IdInUse(f"{waiter.id!r} has a place in line as {_a(kind)}, not as {_a(waiter.kind)}")
+            old_lease = int(getattr(meta, "lease_id", 0) or 0)
+            info = _lease_info(client, old_lease) if old_lease else None
+            if info is not None and info.TTL > 0:
+                ttl = place_ttl(info.grantedTTL - info.TTL, self.ttl)
+                if abs(ttl - info.grantedTTL) <= max(1, info.grantedTTL // 4):
+                    responses = _refresher(old_lease)(client)
+                    if responses and responses[0].TTL > 0:
+                        return
+                    continue  # it expired just now: queue again
+            else:
+                ttl = place_ttl(None, self.ttl)
+            lease = client.lease(ttl)
+            ok, _, _ = _txn(
+                client,
+                [client.transactions.mod(key) == int(meta.mod_revision)],
+                [client.transactions.put(key, value, lease=lease.id)],  # a put keeps the place
+            )
+            if ok:
+                if old_lease:
+                    with contextlib.suppress(grpc.RpcError):
+                        client.revoke_lease(old_lease)
+                return
+            client.revoke_lease(lease.id)
+        raise Conflict(f"the place of {waiter.id!r} in line kept changing")
 
     def joined(self, holder: HolderId) -> bool:
         with self._lock:
@@ -624,15 +758,46 @@ def _revoker(lease_id: int) -> Callable[[Any], Any]:
     return lambda client: client.revoke_lease(lease_id)
 
 
+def _encode_waiter(waiter: Waiter) -> bytes:
+    """A place's value: its node, since when, whose (the id is the key's last segment)."""
+    doc = {"node": waiter.node, "since": waiter.since, "kind": waiter.kind}
+    return json.dumps(doc, ensure_ascii=False, separators=(",", ":")).encode()
+
+
 def _decode_waiter(raw: bytes, *, holder: str, order: int) -> Waiter:
     try:
         doc = load_json(raw, "waiter")
+        kind = doc.get("kind", AGENT)
         return Waiter(
-            HolderId(holder), NodeName(str(doc.get("node", holder))[:253]), float(doc.get("since", 0)), order
+            HolderId(holder),
+            NodeName(str(doc.get("node", holder))[:253]),
+            float(doc.get("since", 0)),
+            order,
+            kind if kind in (AGENT, FLEETLOCK) else AGENT,
         )
     except (CorruptDocument, ValueError, TypeError, AttributeError, OverflowError):
-        # A waiter key is only a place in line; a bad one still holds its place.
+        # A waiter key is only a place in line; a bad one still holds its place (an agent's:
+        # nothing that speaks FleetLock takes it over).
         return Waiter(HolderId(holder), NodeName(holder), 0.0, order)
+
+
+def _a(kind: str) -> str:
+    return "an agent" if kind == AGENT else "a FleetLock client"
+
+
+def _lease_info(client: Any, lease_id: int) -> Any:
+    """The lease's remaining and granted TTL (None: it is gone)."""
+    try:
+        return client.leasestub.LeaseTimeToLive(
+            etcdrpc.LeaseTimeToLiveRequest(ID=lease_id, keys=False),
+            client.timeout,
+            credentials=client.call_credentials,
+            metadata=client.metadata,
+        )
+    except grpc.RpcError as exc:
+        if _lease_gone(exc):
+            return None
+        raise
 
 
 def replay(conn: EtcdConnection, prefix: str, *, since: int = 1) -> list[tuple[int, str, bytes | None]]:

@@ -8,6 +8,7 @@ nothing to do (asking again changes nothing), or raises a refusal:
 ==================  ==============================================================
 ``NoSemaphore``     the group's semaphore does not exist yet
 ``NoFreeSlot``      every slot is held, or earlier waiters come first
+``StoreFull``       a slot whose holder's record could outgrow the store (core.bounds)
 ``GroupPaused``     an operator paused the group: no new slot
 ``SlotLost``        the holder's slot or record is gone (an operator unlocked it)
 ``NotHolder``       the id holds no slot (unlock), or holds it again since (reclaim)
@@ -28,8 +29,10 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 
+from rebootcoord.core.bounds import HISTORY_BYTES, MAX_RECORD_BYTES, MEMBERS_BYTES
 from rebootcoord.core.rollout import DRAIN_FAILED, REBOOTED, Cycle, Ledger, Rollout, finished_in
 from rebootcoord.core.semaphore import (
+    AGENT,
     MANUAL,
     NO_LIMITS,
     GroupView,
@@ -50,6 +53,7 @@ from rebootcoord.errors import (
     NoSemaphore,
     NotHolder,
     SlotLost,
+    StoreFull,
 )
 
 #: Phases in which an unlock needs --force: the node is cordoned, draining, down or just back.
@@ -79,6 +83,28 @@ class GroupState:
 
     def holds(self, holder: HolderId) -> bool:
         return self.slots is not None and self.slots.holds(holder)
+
+    def footprint(self) -> int:
+        """The most this state can take once stored: the slots, the pause marker and the rollout
+        as they are, the history and the members at their bounds, and every holder's record at
+        the most a record can grow to (core.bounds)."""
+        return (
+            (len(self.slots.encode()) if self.slots is not None else 0)
+            + (len(self.paused.encode()) if self.paused is not None else 0)
+            + len(self.ledger.encode_rollout())
+            + HISTORY_BYTES
+            + MEMBERS_BYTES
+            + len(self.records) * MAX_RECORD_BYTES
+        )
+
+    def _fits(self, capacity: int, holder: HolderId) -> None:
+        """Refuse a new holder whose record the store could not hold (``capacity`` 0: any)."""
+        if capacity > 0 and self.footprint() > capacity:
+            raise StoreFull(
+                f"no room for {holder!r}: with its record the group's documents could take "
+                f"{self.footprint()} bytes, more than the {capacity} its store holds; nothing "
+                "was written (a release or `rebootctl unlock` frees room)"
+            )
 
     def view(self, group: Group, waiters: tuple[Waiter, ...] = (), revision: int = 0) -> GroupView:
         """What decide() reads: this state with the queue the wait queue gives."""
@@ -119,11 +145,15 @@ class GroupState:
         ahead: int,
         limits: Limits = NO_LIMITS,
         waiting: int = 0,
+        capacity: int = 0,
+        member: bool = True,
     ) -> GroupState:
         """A slot for ``record.id``, with its record, when ``ahead`` earlier waiters leave a free
         slot for it and ``limits`` -- its zone's, the group's, the rollout's -- let it through now
-        (``waiting``: the queue's length; ``record.acquired_at`` is now). The taker becomes a
-        member of the group. Taking again with the same record changes nothing."""
+        (``waiting``: the queue's length; ``record.acquired_at`` is now), and the store
+        (``capacity`` bytes) could hold every record at its largest. With ``member``, the taker
+        becomes a member of the group. Taking again with the same record changes nothing."""
+        record = record.bounded()
         slots = self._exists()
         if slots.holds(record.id):
             held = self.records.get(record.id)
@@ -135,7 +165,7 @@ class GroupState:
         if slots.free <= ahead:
             raise NoFreeSlot(f"{slots.free} free slot(s) and {ahead} waiter(s) ahead")
         now = record.acquired_at
-        ledger = self.ledger.heard_of(record.id, now)
+        ledger = self.ledger.heard_of(record.id, now) if member else self.ledger
         admitted = admission(
             slots, self.records, ledger, limits, zone=record.zone, waiting=max(waiting, 1), now=now
         )
@@ -145,9 +175,11 @@ class GroupState:
             record = replace(record, rollout=admitted.rollout.id, wave=admitted.wave)
         if admitted.rollout != ledger.rollout:
             ledger = replace(ledger, rollout=admitted.rollout)
-        return replace(
+        taken = replace(
             self, slots=slots.acquire(record.id), records={**self.records, record.id: record}, ledger=ledger
         )
+        taken._fits(capacity, record.id)
+        return taken
 
     def heard_of(self, member: HolderId, now: float) -> GroupState:
         """``member`` belongs to the group (max_unavailable_percent counts the members); the
@@ -163,7 +195,7 @@ class GroupState:
         if not self.holds(record.id) or record.id not in self.records:
             raise SlotLost(f"{record.id} no longer holds a slot")
         held = self.records[record.id]
-        record = replace(record, rollout=held.rollout, wave=held.wave)
+        record = replace(record, rollout=held.rollout, wave=held.wave).bounded()
         if held == record:
             return self
         return replace(self, records={**self.records, record.id: record})
@@ -202,13 +234,15 @@ class GroupState:
             started_at=record.acquired_at,
             ended_at=ending.at,
             outcome=ending.outcome,
-            reason=(ending.reason or record.abort_reason or record.note)[:500],
+            reason=ending.reason or record.abort_reason or record.note,
             phases=record.phases(),
             wave=wave,
             zone=record.zone,
         )
         ledger = ledger.recorded(cycle)
-        if record.kind != MANUAL:  # an operator's lock is no node of the group
+        if record.kind == AGENT or record.id in ledger.members:
+            # An operator's lock is no node of the group; a FleetLock client is one only when its
+            # id stands for something real (take()'s ``member``).
             ledger = ledger.heard_of(record.id, ending.at)
         return replace(self, ledger=ledger, paused=paused)
 
@@ -246,12 +280,15 @@ class GroupState:
             raise HoldsAgain(f"{holder} holds a slot again; its record stays")
         return replace(self, records={h: r for h, r in self.records.items() if h != holder})
 
-    def lock(self, record: HolderRecord) -> GroupState:
+    def lock(self, record: HolderRecord, *, capacity: int = 0) -> GroupState:
         """An operator takes a slot by hand (a manual record): no queue, no pause check."""
+        record = record.bounded()
         slots = self._exists()
         if slots.holds(record.id):
             raise NoFreeSlot(f"{record.id!r} already holds a slot")
-        return replace(self, slots=slots.acquire(record.id), records={**self.records, record.id: record})
+        locked = replace(self, slots=slots.acquire(record.id), records={**self.records, record.id: record})
+        locked._fits(capacity, record.id)
+        return locked
 
     def with_max(self, new_max: int) -> GroupState:
         """A new number of slots: never below 1 or the current holders. Creates the semaphore."""

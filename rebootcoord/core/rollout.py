@@ -31,30 +31,42 @@ as the slot they go with. It holds:
   not heard of for :data:`MEMBER_TTL` is forgotten: a member that is gone only ever makes the
   group look smaller, which allows fewer slots, never more.
 
-- the **history**: the last :data:`HISTORY_SIZE` cycles (node, start, time per phase, outcome,
-  reason), newest last; the expected length of a cycle (window fit) is the p90 of the last
-  healthy ones.
+  Only nodes whose id stands for something real become members: agents, and FleetLock clients
+  whose id maps to a Node or is bound to their certificate. An id anyone may send would let
+  anyone grow the group on paper, and its budget with it.
+
+- the **history**: the last cycles (node, start, time per phase, outcome, reason), newest last,
+  at most ``HISTORY_SIZE`` of them in ``HISTORY_BYTES`` (core.bounds); the expected length of a
+  cycle (window fit) is the p90 of the last healthy ones.
+
+Members and history are bounded in bytes as well as in count: the oldest go first.
 """
 
 from __future__ import annotations
 
+import functools
+import hashlib
 import json
 import math
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any
 
+from rebootcoord.core.bounds import (
+    HISTORY_BYTES,
+    HISTORY_SIZE,
+    MAX_MEMBERS,
+    MAX_TEXT_BYTES,
+    MEMBERS_BYTES,
+    clip_utf8,
+)
 from rebootcoord.core.documents import load_object, quoted
 from rebootcoord.core.types import HolderId, NodeName
 from rebootcoord.errors import CorruptDocument
 
-#: Cycles kept in the history. A Lease's annotations total 256 KiB; 100 entries are ~40 KiB.
-HISTORY_SIZE = 100
 #: A member not heard of this long is no longer counted (seconds: 14 days); it says so again
-#: after half of it.
+#: after half of it. How many members are kept, and in how many bytes: core.bounds.
 MEMBER_TTL = 14 * 86400.0
-#: The most members kept (the group's MAX_SLOTS): beyond, the oldest are forgotten.
-MAX_MEMBERS = 10_000
 #: Healthy cycles the p90 is taken over, and how many it needs before it replaces the default.
 P90_OVER = 20
 P90_AFTER = 3
@@ -262,6 +274,18 @@ class Cycle:
     def seconds(self) -> float:
         return max(0.0, self.ended_at - self.started_at)
 
+    @functools.cached_property
+    def encoded(self) -> bytes:
+        """This entry as stored (compact, sorted keys): its bytes count in HISTORY_BYTES."""
+        return json.dumps(self.to_json(), sort_keys=True, separators=(",", ":")).encode()
+
+    @functools.cached_property
+    def key(self) -> str:
+        """A name for this entry that sorts as the history does (etcd keeps one key per entry):
+        when it ended, in milliseconds, and a digest of who and when it started."""
+        digest = hashlib.sha256(f"{self.id}\0{self.started_at!r}".encode("utf-8", "surrogatepass"))
+        return f"{max(0, int(self.ended_at * 1000)):016d}-{digest.hexdigest()[:12]}"
+
     def phase_seconds(self) -> dict[str, float]:
         """Time spent in each phase (the last one ends with the cycle)."""
         out: dict[str, float] = {}
@@ -345,17 +369,46 @@ class Ledger:
 
     def heard_of(self, member: HolderId, now: float) -> Ledger:
         """``member`` is in the group now; the same ledger while its entry is fresh (less than
-        half MEMBER_TTL old), and members not heard of for MEMBER_TTL are forgotten."""
+        half MEMBER_TTL old). Members not heard of for MEMBER_TTL are forgotten, and the oldest
+        beyond MAX_MEMBERS or MEMBERS_BYTES: a forgotten member only makes the group look
+        smaller (fewer slots, never more)."""
         seen = self.members.get(member)
         if seen is not None and 0 <= now - seen < MEMBER_TTL / 2:
             return self
-        alive = {m: t for m, t in self.members.items() if now - t < MEMBER_TTL and m != member}
-        if len(alive) >= MAX_MEMBERS:
-            alive = dict(sorted(alive.items(), key=lambda kv: kv[1])[-(MAX_MEMBERS - 1) :])
-        return replace(self, members={**alive, member: now})
+        alive = sorted(
+            ((m, t) for m, t in self.members.items() if now - t < MEMBER_TTL and m != member),
+            key=lambda kv: kv[1],
+        )
+        kept: list[tuple[HolderId, float]] = [(member, now)]
+        size = _member_bytes(member, now)
+        for m, t in reversed(alive):  # newest first
+            size += _member_bytes(m, t)
+            if len(kept) >= MAX_MEMBERS or size > MEMBERS_BYTES:
+                break
+            kept.append((m, t))
+        return replace(self, members=dict(reversed(kept)))
 
     def recorded(self, cycle: Cycle) -> Ledger:
-        return replace(self, history=(*self.history, cycle)[-HISTORY_SIZE:])
+        """The history with ``cycle`` last (its reason cut to MAX_TEXT_BYTES), the oldest
+        entries dropped beyond HISTORY_SIZE or HISTORY_BYTES."""
+        cycle = replace(cycle, reason=clip_utf8(cycle.reason, MAX_TEXT_BYTES))
+        kept = [cycle]
+        size = len(cycle.encoded)
+        for old in reversed(self.history):
+            size += len(old.encoded) + 1
+            if len(kept) >= HISTORY_SIZE or size > HISTORY_BYTES:
+                break
+            kept.append(old)
+        return replace(self, history=tuple(reversed(kept)))
+
+    @functools.cached_property
+    def size(self) -> int:
+        """Bytes of the ledger once stored (as one document; etcd stores its parts apart)."""
+        return (
+            len(self.encode_rollout())
+            + sum(len(c.encoded) + 1 for c in self.history)
+            + sum(_member_bytes(m, t) for m, t in self.members.items())
+        )
 
     def expected_cycle(self, default: float) -> tuple[float, str]:
         """Seconds a cycle is expected to take, and where the figure comes from."""
@@ -365,30 +418,22 @@ class Ledger:
         return p90(healthy), f"p90 of the group's last {len(healthy)} cycles"
 
     def encode(self) -> bytes:
+        """The whole ledger as one document (a Lease's annotation)."""
         doc: dict[str, Any] = {"history": [c.to_json() for c in self.history]}
         if self.members:
             doc["members"] = dict(self.members)
         if self.rollout is not None:
-            r = self.rollout
-            doc["rollout"] = {
-                "id": r.id,
-                "started_at": r.started_at,
-                "waves_spec": [str(s) for s in r.plan.sizes],
-                "soak": r.plan.soak,
-                "drain_failures": r.plan.drain_failures,
-                "expiry": r.plan.expiry,
-                "waves": [
-                    {
-                        "opened_at": w.opened_at,
-                        "quota": w.quota,
-                        "done": w.done,
-                        "failures": w.failures,
-                        "last_done_at": w.last_done_at,
-                    }
-                    for w in r.waves
-                ],
-            }
+            doc["rollout"] = _rollout_doc(self.rollout)
         return json.dumps(doc, sort_keys=True, separators=(",", ":")).encode()
+
+    def encode_rollout(self) -> bytes:
+        """The rollout alone (etcd keeps the members and each history entry in keys of their
+        own, so a cycle's write does not carry the history)."""
+        doc = {} if self.rollout is None else {"rollout": _rollout_doc(self.rollout)}
+        return json.dumps(doc, sort_keys=True, separators=(",", ":")).encode()
+
+    def encode_members(self) -> bytes:
+        return json.dumps(dict(self.members), sort_keys=True, separators=(",", ":")).encode()
 
     @classmethod
     def decode(cls, raw: bytes, *, key: str) -> Ledger:
@@ -398,16 +443,44 @@ class Ledger:
             raise CorruptDocument(key, f"history must be a list, got {quoted(history)}")
         cycles = tuple(Cycle.from_json(c, key) for c in history[-HISTORY_SIZE:])
         raw_rollout = doc.get("rollout")
-        members = doc.get("members", {})
-        if not isinstance(members, dict) or not all(
-            isinstance(t, int | float) and not isinstance(t, bool) for t in members.values()
-        ):
-            raise CorruptDocument(key, f"members must map ids to times, got {quoted(members)}")
         return cls(
             _rollout(raw_rollout, key) if raw_rollout is not None else None,
             cycles,
-            {HolderId(m): float(t) for m, t in members.items()},
+            decode_members(doc.get("members", {}), key),
         )
+
+
+def decode_members(members: object, key: str) -> dict[HolderId, float]:
+    if not isinstance(members, dict) or not all(
+        isinstance(t, int | float) and not isinstance(t, bool) for t in members.values()
+    ):
+        raise CorruptDocument(key, f"members must map ids to times, got {quoted(members)}")
+    return {HolderId(m): float(t) for m, t in members.items()}
+
+
+def _member_bytes(member: str, seen: float) -> int:
+    return len(json.dumps(member)) + len(repr(seen)) + 2  # "id":t, in JSON
+
+
+def _rollout_doc(r: Rollout) -> dict[str, Any]:
+    return {
+        "id": r.id,
+        "started_at": r.started_at,
+        "waves_spec": [str(s) for s in r.plan.sizes],
+        "soak": r.plan.soak,
+        "drain_failures": r.plan.drain_failures,
+        "expiry": r.plan.expiry,
+        "waves": [
+            {
+                "opened_at": w.opened_at,
+                "quota": w.quota,
+                "done": w.done,
+                "failures": w.failures,
+                "last_done_at": w.last_done_at,
+            }
+            for w in r.waves
+        ],
+    }
 
 
 def _rollout(doc: object, key: str) -> Rollout:

@@ -13,11 +13,13 @@ A document that is not well formed raises ``CorruptDocument``; nothing here gues
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from rebootcoord.core.bounds import MAX_TEXT_BYTES, clip_utf8
 from rebootcoord.core.documents import load_json, load_object, quoted
 from rebootcoord.core.rollout import (
     Admission,
@@ -134,10 +136,26 @@ class HolderRecord:
     timeline: tuple[tuple[str, float], ...] = ()
 
     def encode(self) -> bytes:
+        return self.encoded
+
+    @functools.cached_property
+    def encoded(self) -> bytes:
         doc = dataclasses.asdict(self)
         doc["phase"] = self.phase.value
         doc["timeline"] = [list(t) for t in self.timeline]
-        return json.dumps(doc, sort_keys=True).encode()
+        return json.dumps(doc, sort_keys=True, ensure_ascii=False).encode()
+
+    def bounded(self) -> HolderRecord:
+        """This record with each free text cut to MAX_TEXT_BYTES (core.bounds): what a record
+        may grow to is known, so a phase change is never refused for size."""
+        bounded = dataclasses.replace(
+            self,
+            reason=clip_utf8(self.reason, MAX_TEXT_BYTES),
+            update_key=clip_utf8(self.update_key, MAX_TEXT_BYTES),
+            note=clip_utf8(self.note, MAX_TEXT_BYTES),
+            abort_reason=clip_utf8(self.abort_reason, MAX_TEXT_BYTES),
+        )
+        return self if bounded == self else bounded
 
     @classmethod
     def decode(cls, raw: bytes, *, key: str) -> HolderRecord:
@@ -205,12 +223,15 @@ def _opt_float(doc: Mapping[str, Any], name: str) -> float | None:
 
 @dataclass(frozen=True)
 class Waiter:
-    """A place in the queue for a slot. ``order`` is the backend's creation order (etcd create rev)."""
+    """A place in the queue for a slot. ``order`` is the backend's creation order (etcd create
+    rev); ``kind`` whose place it is (AGENT, or FLEETLOCK for a client of the FleetLock server:
+    a place without a kind, written before places had one, is an agent's)."""
 
     id: HolderId
     node: NodeName
     since: float
     order: int
+    kind: str = AGENT
 
 
 @dataclass(frozen=True)

@@ -21,7 +21,7 @@ from typing import Any
 from rebootcoord.core.group import Ending, GroupState
 from rebootcoord.core.semaphore import NO_LIMITS, GroupView, HolderRecord, Limits, PauseInfo, Waiter
 from rebootcoord.core.types import Group, HolderId
-from rebootcoord.errors import Conflict, GroupPaused, Interrupted, NoFreeSlot, NotHolder
+from rebootcoord.errors import Conflict, GroupPaused, Interrupted, NoFreeSlot, NotHolder, StoreFull
 from rebootcoord.ports import GroupStore, WaitQueue
 
 log = logging.getLogger(__name__)
@@ -56,6 +56,7 @@ class GroupClient:
         self.group: Group = store.group
         self.stop = stop or threading.Event()
         self.on_conflict = on_conflict
+        self.on_close: Callable[[], None] | None = None  # what else goes with it (its connection)
         self.conflicts = 0
         self._rng = random.Random()  # noqa: S311 - jitter, not crypto
 
@@ -119,15 +120,28 @@ class GroupClient:
 
     def acquire(self, record: HolderRecord, *, limits: Limits = NO_LIMITS) -> int | None:
         """Take a slot if it is our turn; the revision written, or None (not our turn, no slot,
-        paused, the rollout's wave full). Taking again with the same record answers the revision
-        read."""
+        paused, the rollout's wave full, no room in the store). Taking again with the same
+        record answers the revision read."""
+        try:
+            return self.take(record, limits=limits)
+        except StoreFull as exc:
+            log.error("%s", exc)
+            return None
+        except (NoFreeSlot, GroupPaused):
+            return None
+
+    def take(self, record: HolderRecord, *, limits: Limits = NO_LIMITS, member: bool = True) -> int:
+        """``acquire``, saying why not: raises NoFreeSlot (StoreFull among them) or GroupPaused.
+        ``member``: the taker counts as a node of the group (core.rollout's members)."""
         waiters = self.queue.waiters()
         ahead = next((i for i, w in enumerate(waiters) if w.id == record.id), 1 << 30)
         # (not in line: only a slot already ours with this record answers)
-        try:
-            applied = self.apply(lambda s: s.take(record, ahead=ahead, limits=limits, waiting=len(waiters)))
-        except (NoFreeSlot, GroupPaused):
-            return None
+        capacity = self.store.capacity
+        applied = self.apply(
+            lambda s: s.take(
+                record, ahead=ahead, limits=limits, waiting=len(waiters), capacity=capacity, member=member
+            )
+        )
         if applied.changed:
             self.queue.leave(record.id)  # taken: the one behind us is woken
         return applied.revision
@@ -155,7 +169,7 @@ class GroupClient:
     # -- operators (rebootctl) -------------------------------------------------------------------
 
     def lock(self, holder: HolderId, record: HolderRecord) -> None:
-        self.apply(lambda s: s.lock(record))
+        self.apply(lambda s: s.lock(record, capacity=self.store.capacity))
 
     def unlock(
         self, holder: HolderId, *, force: bool = False, ending: Ending | None = None
@@ -176,6 +190,8 @@ class GroupClient:
     def close(self) -> None:
         self.queue.close()
         self.store.close()
+        if self.on_close is not None:
+            self.on_close()
 
 
 def _revision(version: Any) -> int:

@@ -55,7 +55,7 @@ def test_ensure_writes_airlocks_document_once(make_semaphore: Make, etcd: EtcdSe
     assert keys == [
         "/groups/default/v1/rebootcoord/holders/a",
         "/groups/default/v1/rebootcoord/holders/b",
-        "/groups/default/v1/rebootcoord/ledger",  # the takers, members of the group
+        "/groups/default/v1/rebootcoord/members",  # the takers, members of the group
         "/groups/default/v1/semaphore",
     ]
     client.close()

@@ -17,7 +17,7 @@ from rebootcoord.core.notices import Notice
 from rebootcoord.core.semaphore import Waiter
 from rebootcoord.core.types import Group, HolderId, NodeName, PendingReboot, Phase
 from rebootcoord.daemon.group import GroupClient
-from rebootcoord.errors import Conflict, DetectorError, NodeOperationError, RebootError
+from rebootcoord.errors import Conflict, DetectorError, IdInUse, NodeOperationError, RebootError
 from rebootcoord.ports import CheckResult
 
 
@@ -183,8 +183,9 @@ class MemoryGroupStore:
     watches. ``after_read`` runs once after the next read (a change that slips in between a read
     and what is done with it); ``watch_delivers`` False makes watches lag (never fire)."""
 
-    def __init__(self, group: str = "g") -> None:
+    def __init__(self, group: str = "g", capacity: int = 0) -> None:
         self.group = Group(group)
+        self.capacity = capacity
         self.state = GroupState()
         self.revision = 0
         self.history: list[tuple[int, tuple[HolderId, ...]]] = []  # (revision, holders)
@@ -231,6 +232,7 @@ class MemoryWaitQueue:
     def __init__(self) -> None:
         self.entries: list[Waiter] = []
         self.mine: set[HolderId] = set()
+        self.joins = 0
         self._order = 0
         self._watchers: list[tuple[HolderId, Callable[[], None]]] = []  # (the waiter watched, callback)
 
@@ -238,9 +240,13 @@ class MemoryWaitQueue:
         return tuple(self.entries)
 
     def join(self, waiter: Waiter) -> None:
-        if not any(w.id == waiter.id for w in self.entries):
+        held = next((w for w in self.entries if w.id == waiter.id), None)
+        if held is not None and held.kind != waiter.kind:
+            raise IdInUse(f"{waiter.id!r} has a place in line as {held.kind}")
+        if held is None:
             self._order += 1
             self.entries.append(replace(waiter, order=self._order))
+        self.joins += 1
         self.mine.add(waiter.id)
 
     def joined(self, holder: HolderId) -> bool:

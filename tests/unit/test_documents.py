@@ -63,12 +63,15 @@ def _decoders() -> dict[str, Any]:
 
     def etcd_group(raw: bytes) -> GroupState:
         k = etcd.keys
-        return etcd._state(
+        state, _legacy = etcd._state(
             _Kv(k.slots, raw, 1, 1),
-            [_Kv(k.records + "n1", raw, 2, 2)],
-            _Kv(k.pause, raw, 3, 3),
-            _Kv(k.ledger, raw, 4, 4),
+            record_kvs=[_Kv(k.records + "n1", raw, 2, 2)],
+            pause_kv=_Kv(k.pause, raw, 3, 3),
+            ledger_kv=_Kv(k.ledger, raw, 4, 4),
+            members_kv=_Kv(k.members, raw, 5, 5),
+            history_kvs=[_Kv(k.history + "0000000000000001-abc", raw, 6, 6)],
         )
+        return state
 
     def lease_group(raw: bytes) -> GroupState:
         text = raw.decode("utf-8", "replace")
@@ -80,7 +83,7 @@ def _decoders() -> dict[str, Any]:
         "holder record": lambda raw: HolderRecord.decode(raw, key="k"),
         "pause marker": PauseInfo.decode,
         "waiter entry": lambda raw: _decode_waiter(raw, holder="n1", order=1),
-        "etcd group (all four keys)": etcd_group,
+        "etcd group (all six keys)": etcd_group,
         "Lease annotations": lease_group,
     }
 

@@ -36,12 +36,14 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from rebootcoord.adapters.kube.api import Gone, Kube, NotFound, micro_time, parse_time, path_segment
+from rebootcoord.core.bounds import LEASE_CAPACITY
 from rebootcoord.core.documents import load_object, quoted
+from rebootcoord.core.fleetlock import place_ttl
 from rebootcoord.core.group import GroupState
 from rebootcoord.core.rollout import Ledger
-from rebootcoord.core.semaphore import HolderRecord, PauseInfo, SemaphoreState, Waiter
+from rebootcoord.core.semaphore import AGENT, FLEETLOCK, HolderRecord, PauseInfo, SemaphoreState, Waiter
 from rebootcoord.core.types import Group, HolderId, NodeName
-from rebootcoord.errors import BackendUnavailable, Conflict, CorruptDocument
+from rebootcoord.errors import BackendUnavailable, Conflict, CorruptDocument, IdInUse
 
 log = logging.getLogger(__name__)
 
@@ -50,6 +52,7 @@ ANN_RECORDS = "rebootcoord.io/holders"
 ANN_PAUSED = "rebootcoord.io/paused"
 ANN_LEDGER = "rebootcoord.io/ledger"
 ANN_NODE = "rebootcoord.io/node"
+ANN_KIND = "rebootcoord.io/kind"  # a waiter Lease's: whose place it is (agent, fleetlock)
 LABEL_GROUP = "rebootcoord.io/group"
 LABEL_ROLE = "rebootcoord.io/role"
 MANAGED_BY = {"app.kubernetes.io/managed-by": "rebootcoord"}
@@ -81,7 +84,10 @@ def leases_path(namespace: str) -> str:
 
 
 class LeaseGroupStore:
-    """The GroupStore on one Lease. Thread-safe."""
+    """The GroupStore on one Lease. Thread-safe. Its annotations total at most 256 KiB (the API
+    server's limit): the group's documents may take ``capacity`` of it (core.bounds)."""
+
+    capacity = LEASE_CAPACITY
 
     def __init__(
         self, kube: Kube, *, namespace: str, group: Group, clock: Callable[[], float] = time.time
@@ -170,7 +176,9 @@ class LeaseGroupStore:
         assert new.slots is not None, "a state without slots is never written"
         annotations[ANN_SLOTS] = new.slots.encode().decode()
         annotations[ANN_RECORDS] = json.dumps(
-            {h: json.loads(r.encode()) for h, r in sorted(new.records.items())}, sort_keys=True
+            {h: json.loads(r.encode()) for h, r in sorted(new.records.items())},
+            sort_keys=True,
+            ensure_ascii=False,
         )
         if new.paused is None:
             annotations.pop(ANN_PAUSED, None)
@@ -239,6 +247,18 @@ class LeaseGroupStore:
 
     def close(self) -> None:
         return None
+
+
+class LeaseGroupCatalog:
+    """The GroupCatalog on Leases: the groups' semaphore Leases of the namespace."""
+
+    def __init__(self, kube: Kube, *, namespace: str) -> None:
+        self.kube = kube
+        self.base = leases_path(namespace)
+
+    def count(self, limit: int) -> int:
+        doc = self.kube.list_objects(self.base, limit=limit, labelSelector=f"{LABEL_ROLE}=semaphore")
+        return len(doc.get("items") or [])
 
 
 def _slots_and_pause(lease: dict[str, Any]) -> tuple[object, object]:
@@ -332,7 +352,9 @@ class LeaseWaitQueue:
         renewed = parse_time(spec.get("renewTime")) or 0.0
         queued = parse_time(spec.get("acquireTime")) or renewed
         holder = HolderId(str(spec.get("holderIdentity") or ""))
-        node = str((meta.get("annotations") or {}).get(ANN_NODE, holder))
+        annotations = meta.get("annotations") or {}
+        node = str(annotations.get(ANN_NODE, holder))
+        kind = annotations.get(ANN_KIND, AGENT)
         place = _Place(
             name=name,
             queued=queued,
@@ -341,7 +363,13 @@ class LeaseWaitQueue:
             bound=any(o.get("kind") == "Pod" for o in meta.get("ownerReferences") or []),
             node=node,
             rv=rv,
-            waiter=Waiter(holder, NodeName(node), queued, round(queued * 1e6)),
+            waiter=Waiter(
+                holder,
+                NodeName(node),
+                queued,
+                round(queued * 1e6),
+                kind if kind in (AGENT, FLEETLOCK) else AGENT,
+            ),
         )
         with self._lock:
             if len(self._places) >= MAX_CACHED_WAITERS:
@@ -350,6 +378,10 @@ class LeaseWaitQueue:
         return place
 
     def join(self, waiter: Waiter) -> None:
+        """Take or keep ``waiter``'s place. A poller's (``background`` False) lives one and a
+        half of its own poll intervals after each poll (core.fleetlock.place_ttl): the time since
+        the Lease's last renewal is the client's interval. A place of another kind (an agent's)
+        is never taken over: IdInUse."""
         name = self.name_of(waiter.id)
         now = self.clock()
         try:
@@ -357,20 +389,31 @@ class LeaseWaitQueue:
         except NotFound:
             existing = None
         owner = self._owner_refs()
+        duration = round(self.duration)
         if existing is not None:
+            place = self._place(existing)
+            if place.waiter.kind != waiter.kind:
+                raise IdInUse(f"{waiter.id!r} has a place in line as {place.waiter.kind}, not {waiter.kind}")
+            if not self.background:
+                duration = place_ttl(now - place.renewed if place.renewed else None, self.ttl)
             # Keep the place in line across a restart: same acquireTime, renewed, owned anew.
-            patch: dict[str, Any] = {
-                "spec": {"renewTime": micro_time(now), "leaseDurationSeconds": round(self.duration)}
-            }
+            patch: dict[str, Any] = {"spec": {"renewTime": micro_time(now), "leaseDurationSeconds": duration}}
+            if not self.background:
+                patch["metadata"] = {"resourceVersion": place.rv}  # what was checked is what is kept
             if owner:
                 patch["metadata"] = {"ownerReferences": owner}
-            self.kube.merge_patch(self._path(name), patch)
-        else:
+            try:
+                self.kube.merge_patch(self._path(name), patch)
+            except NotFound:
+                existing = None  # expired and deleted meanwhile: queue again
+        if existing is None:
+            if not self.background:
+                duration = place_ttl(None, self.ttl)
             metadata: dict[str, Any] = {
                 "name": name,
                 "namespace": self.namespace,
                 "labels": {**MANAGED_BY, LABEL_GROUP: self.group, LABEL_ROLE: "waiter"},
-                "annotations": {ANN_NODE: waiter.node},
+                "annotations": {ANN_NODE: waiter.node, ANN_KIND: waiter.kind},
             }
             if owner:
                 metadata["ownerReferences"] = owner
@@ -380,7 +423,7 @@ class LeaseWaitQueue:
                 "metadata": metadata,
                 "spec": {
                     "holderIdentity": waiter.id,
-                    "leaseDurationSeconds": round(self.duration),
+                    "leaseDurationSeconds": duration,
                     "acquireTime": micro_time(now),
                     "renewTime": micro_time(now),
                 },
