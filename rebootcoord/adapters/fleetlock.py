@@ -66,9 +66,13 @@ class FleetLockSemaphore:
         state_dir: str,
         poll_interval: float = 30.0,
         ca_file: str | None = None,
+        cert_file: str | None = None,
+        key_file: str | None = None,
         timeout: float = TIMEOUT,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
+        """``cert_file``/``key_file``: a client certificate, for a server that binds ids to
+        certificates (raises OSError when they cannot be loaded)."""
         self.base = base_url.rstrip("/")
         self.group = group
         self.holder = holder
@@ -78,6 +82,8 @@ class FleetLockSemaphore:
         self.timeout = timeout
         self.clock = clock
         self.context = ssl.create_default_context(cafile=ca_file) if self.base.startswith("https") else None
+        if self.context is not None and cert_file:
+            self.context.load_cert_chain(cert_file, key_file)
         self._refused_until = 0.0
         self._joined = False
         self._maybe_in_line = not self.state.exists()  # an earlier process may have left a place

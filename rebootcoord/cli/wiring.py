@@ -8,6 +8,7 @@ from __future__ import annotations
 import os
 import threading
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from typing import Any
 
 from prometheus_client import CollectorRegistry
@@ -18,14 +19,15 @@ from rebootcoord.adapters.detectors import build_detectors
 from rebootcoord.adapters.host import Host, NoNodeOps
 from rebootcoord.adapters.rebooters import build_rebooter
 from rebootcoord.core.config import Settings
-from rebootcoord.core.types import Group
+from rebootcoord.core.cycle import Policy
+from rebootcoord.core.types import Group, NodeName
 from rebootcoord.daemon.agent import Agent, AgentParts, AgentSettings
 from rebootcoord.daemon.events import EventLog
 from rebootcoord.daemon.fleetlock import FleetLockService
 from rebootcoord.daemon.group import GroupClient
 from rebootcoord.daemon.metrics import Metrics
 from rebootcoord.errors import UsageError
-from rebootcoord.ports import Check, NodeOps, Notifier, Semaphore
+from rebootcoord.ports import Check, GroupCatalog, NodeOps, Notifier, Semaphore
 
 
 def connect_kube(
@@ -67,9 +69,10 @@ def build_semaphore(
             "backend: got 'fleetlock', which only the agent speaks; rebootctl needs the store the "
             "FleetLock server uses (backend etcd or kubernetes, as the server is configured)"
         )
-    return group_opener(settings, ttl=ttl, retry_for=retry_for, kube=kube, owner=owner, stop=stop)(
-        settings.identity.group
-    )
+    opener = group_opener(settings, ttl=ttl, retry_for=retry_for, kube=kube, owner=owner, stop=stop)
+    client = opener.open(settings.identity.group)
+    client.on_close = opener.close  # the one group of this process: its connection goes with it
+    return client
 
 
 def group_opener(
@@ -81,31 +84,50 @@ def group_opener(
     kube: Any = None,
     owner: Any = None,
     stop: threading.Event | None = None,
-) -> Callable[[Group], GroupClient]:
+) -> GroupOpener:
     """Opens a group's GroupClient on the configured backend, every group on one connection.
     ``ttl``: a waiter's place; ``background``: this process keeps its places alive (an agent),
-    else each join keeps a place ``ttl`` from then (the FleetLock server's pollers)."""
+    else each join keeps a place for its client's poll interval (the FleetLock server's
+    pollers), at most ``ttl``."""
     if settings.semaphore.backend == "kubernetes":
-        from rebootcoord.adapters.kube.lease import LeaseGroupStore, LeaseWaitQueue
+        from rebootcoord.adapters.kube.lease import LeaseGroupCatalog, LeaseGroupStore, LeaseWaitQueue
 
         api = kube or connect_kube(settings, retry_for=retry_for, role="rebootctl")
         namespace = kube_namespace(settings)
-        return lambda group: GroupClient(
-            LeaseGroupStore(api, namespace=namespace, group=group),
-            LeaseWaitQueue(
-                api, namespace=namespace, group=group, ttl=ttl, owner=owner, background=background
+        return GroupOpener(
+            lambda group: GroupClient(
+                LeaseGroupStore(api, namespace=namespace, group=group),
+                LeaseWaitQueue(
+                    api, namespace=namespace, group=group, ttl=ttl, owner=owner, background=background
+                ),
+                stop=stop,
             ),
-            stop=stop,
+            LeaseGroupCatalog(api, namespace=namespace),
+            lambda: None,
         )
-    from rebootcoord.adapters.etcd import EtcdGroupStore, EtcdWaitQueue
+    from rebootcoord.adapters.etcd import EtcdGroupCatalog, EtcdGroupStore, EtcdWaitQueue
 
     conn = etcd_connection(settings, retry_for=retry_for, stop=stop)
     prefix = settings.etcd.etcd_key_prefix
-    return lambda group: GroupClient(
-        EtcdGroupStore(conn, prefix=prefix, group=group),
-        EtcdWaitQueue(conn, prefix=prefix, group=group, ttl=ttl, background=background),
-        stop=stop,
+    return GroupOpener(
+        lambda group: GroupClient(
+            EtcdGroupStore(conn, prefix=prefix, group=group, owns_connection=False),
+            EtcdWaitQueue(conn, prefix=prefix, group=group, ttl=ttl, background=background),
+            stop=stop,
+        ),
+        EtcdGroupCatalog(conn, prefix=prefix),
+        conn.close,
     )
+
+
+@dataclass(frozen=True)
+class GroupOpener:
+    """Groups on one connection: ``open`` one (closing it leaves the connection to the others),
+    count them (``catalog``), ``close`` the connection when every group is done."""
+
+    open: Callable[[Group], GroupClient]
+    catalog: GroupCatalog
+    close: Callable[[], None]
 
 
 def fleetlock_semaphore(settings: Settings) -> Semaphore:
@@ -115,15 +137,25 @@ def fleetlock_semaphore(settings: Settings) -> Semaphore:
     fl = settings.fleetlock
     if not fl.fleetlock_url:
         raise UsageError("fleetlock_url: got '', expected the FleetLock server's http(s):// URL")
-    return FleetLockSemaphore(
-        fl.fleetlock_url,
-        group=settings.identity.group,
-        holder=settings.identity.holder,
-        max_holders=settings.semaphore.max_holders,
-        state_dir=fl.fleetlock_state_dir,
-        poll_interval=fl.fleetlock_poll_interval.total_seconds(),
-        ca_file=fl.fleetlock_ca_file,
-    )
+    if bool(fl.fleetlock_cert_file) != bool(fl.fleetlock_key_file):
+        raise UsageError("fleetlock_cert_file and fleetlock_key_file: give both or neither")
+    try:
+        return FleetLockSemaphore(
+            fl.fleetlock_url,
+            group=settings.identity.group,
+            holder=settings.identity.holder,
+            max_holders=settings.semaphore.max_holders,
+            state_dir=fl.fleetlock_state_dir,
+            poll_interval=fl.fleetlock_poll_interval.total_seconds(),
+            ca_file=fl.fleetlock_ca_file,
+            cert_file=fl.fleetlock_cert_file,
+            key_file=fl.fleetlock_key_file,
+        )
+    except OSError as exc:  # ssl.SSLError too
+        raise UsageError(
+            f"fleetlock_ca_file {fl.fleetlock_ca_file!r}, fleetlock_cert_file {fl.fleetlock_cert_file!r}, "
+            f"fleetlock_key_file {fl.fleetlock_key_file!r}: cannot be used: {exc}"
+        ) from exc
 
 
 def etcd_connection(settings: Settings, *, retry_for: float, stop: threading.Event | None) -> Any:
@@ -215,19 +247,12 @@ def build_agent(settings: Settings, stop: threading.Event, registry: CollectorRe
     notifier = build_notifier(settings, metrics)  # first: a bad URL fails before any connection
     kube = connect_kube(settings, stop=stop) if uses_kubernetes(settings) else None
     checks: list[Check] = list(build_checks(settings.verify.health_checks, host))
-    blockers: list[Check] = []
+    blockers = gates(settings, kube)(settings.identity.node)
     node_ops: NodeOps = NoNodeOps()
     boot_id = host.boot_id
     zone = settings.identity.zone
     if kube is not None:
-        from rebootcoord.adapters.kube.gates import (
-            NodeBootId,
-            NodeBudget,
-            NodeReady,
-            PdbPrecheck,
-            PodBlocker,
-            PodsReady,
-        )
+        from rebootcoord.adapters.kube.gates import NodeBootId, NodeReady, PodsReady
         from rebootcoord.adapters.kube.nodes import KubeNodeOps
 
         if not zone:
@@ -244,25 +269,6 @@ def build_agent(settings: Settings, stop: threading.Event, registry: CollectorRe
             checks.insert(0, NodeReady(kube, settings.identity.node, boot_id))
         if settings.verify.verify_pods_ready:
             checks.append(PodsReady(kube, settings.identity.node))
-        if settings.gates.blocking_pod_selector:
-            blockers.append(PodBlocker(kube, settings.identity.node, settings.gates.blocking_pod_selector))
-        if settings.gates.max_unavailable_nodes >= 0:
-            blockers.append(
-                NodeBudget(kube, settings.gates.max_unavailable_nodes, settings.gates.group_node_selector)
-            )
-        if settings.drain.node_ops != "none" and settings.gates.pdb_precheck:
-            # The pods this node's drain would evict, with the drain's own options.
-            blockers.append(PdbPrecheck(kube, settings.identity.node, drain_options(settings)))
-    if settings.gates.prometheus_url:
-        from rebootcoord.adapters.prometheus import FiringAlerts
-
-        blockers.append(
-            FiringAlerts(
-                settings.gates.prometheus_url,
-                settings.gates.prometheus_alert_filter,
-                settings.gates.prometheus_alert_filter_match_only,
-            )
-        )
     semaphore: Semaphore
     if settings.semaphore.backend == "fleetlock":
         semaphore = fleetlock_semaphore(settings)
@@ -304,11 +310,12 @@ def build_agent(settings: Settings, stop: threading.Event, registry: CollectorRe
 def build_fleetlock_service(
     settings: Settings, stop: threading.Event, registry: CollectorRegistry
 ) -> FleetLockService:
-    """The FleetLock server: a group client per group asked for (one connection for all), and on
-    Kubernetes the Node directory with the agent's drain options."""
+    """The FleetLock server: a group client per served group (one connection for all), the
+    agent's rules for its clients (budgets, windows, drain failure, stop the line) and gates,
+    and on Kubernetes the Node directory with the agent's drain options."""
     from rebootcoord.daemon.fleetlock import ServerMetrics, ServerSettings
 
-    ttl = settings.fleetlock.fleetlock_waiter_ttl.total_seconds()
+    fl = settings.fleetlock
     backend = settings.semaphore.backend
     if backend == "fleetlock":
         raise UsageError("backend: got 'fleetlock', expected etcd or kubernetes for the FleetLock server")
@@ -317,24 +324,92 @@ def build_fleetlock_service(
         if uses_kubernetes(settings)
         else None
     )
-    open_group = group_opener(settings, ttl=ttl, background=False, retry_for=5.0, kube=kube, stop=stop)
+    ttl = fl.fleetlock_waiter_ttl.total_seconds()
+    opener = group_opener(settings, ttl=ttl, background=False, retry_for=5.0, kube=kube, stop=stop)
     directory = None
     if kube is not None and settings.drain.node_ops != "none":
         from rebootcoord.adapters.kube.directory import KubeNodeDirectory
 
         directory = KubeNodeDirectory(
-            kube, drain=drain_options(settings), pods_ready=settings.verify.verify_pods_ready
+            kube,
+            drain=drain_options(settings),
+            pods_ready=settings.verify.verify_pods_ready,
+            by_name=fl.fleetlock_ids_by_node_name,
         )
-    return FleetLockService(
-        open_group,
+    service = FleetLockService(
+        opener.open,
         ServerSettings(
             max_holders=settings.semaphore.max_holders,
-            groups=settings.fleetlock.fleetlock_groups,
-            unknown_id=settings.fleetlock.fleetlock_unknown_id,
+            groups=fl.fleetlock_groups or (settings.identity.group,),
+            any_group=fl.fleetlock_any_group,
+            max_groups=fl.fleetlock_max_groups,
+            unknown_id=fl.fleetlock_unknown_id,
             lease_names=backend == "kubernetes",
-            limits=settings.semaphore.limits,
+            policy=policy(settings),
+            schedule=settings.windows.schedule,
+            max_waiters=fl.fleetlock_max_waiters,
+            client_ids=fl.fleetlock_client_ids,
+            pre_reboot_labels=settings.drain.pre_reboot_labels,
+            post_reboot_labels=settings.drain.post_reboot_labels,
         ),
         directory=directory,
+        gates=gates(settings, kube if directory is not None else None),
+        catalog=opener.catalog,
         metrics=ServerMetrics(registry),
         stop=stop,
     )
+    service.on_close = opener.close
+    return service
+
+
+def policy(settings: Settings) -> Policy:
+    """The cycle's rules from the configuration, for the agent and the FleetLock server."""
+    return Policy(
+        reboot_timeout=settings.reboot.reboot_timeout,
+        verify_interval=settings.verify.verify_interval,
+        release_delay=settings.verify.release_delay,
+        lease_ttl=settings.semaphore.lease_ttl,
+        drain_failure=settings.drain.drain_failure,
+        drain_retry_after=settings.drain.drain_timeout / 3,
+        pause_group_after=settings.verify.pause_group_after,
+        expected_cycle=settings.windows.expected_cycle,
+        limits=settings.semaphore.limits,
+    )
+
+
+def gates(settings: Settings, kube: Any) -> Callable[[NodeName | None], list[Check]]:
+    """The pre-acquire gates of a node (None: a FleetLock client without a Node): the agent's,
+    from the same keys -- firing alerts, the node budget, and on the node's own behalf the
+    blocking pods and the PDB pre-check (with node operations)."""
+    shared: list[Check] = []
+    if kube is not None and settings.gates.max_unavailable_nodes >= 0:
+        from rebootcoord.adapters.kube.gates import NodeBudget
+
+        shared.append(
+            NodeBudget(kube, settings.gates.max_unavailable_nodes, settings.gates.group_node_selector)
+        )
+    if settings.gates.prometheus_url:
+        from rebootcoord.adapters.prometheus import FiringAlerts
+
+        shared.append(
+            FiringAlerts(
+                settings.gates.prometheus_url,
+                settings.gates.prometheus_alert_filter,
+                settings.gates.prometheus_alert_filter_match_only,
+            )
+        )
+
+    def of(node: NodeName | None) -> list[Check]:
+        if kube is None or node is None:
+            return shared
+        from rebootcoord.adapters.kube.gates import PdbPrecheck, PodBlocker
+
+        own: list[Check] = []
+        if settings.gates.blocking_pod_selector:
+            own.append(PodBlocker(kube, node, settings.gates.blocking_pod_selector))
+        if settings.drain.node_ops != "none" and settings.gates.pdb_precheck:
+            # The pods this node's drain would evict, with the drain's own options.
+            own.append(PdbPrecheck(kube, node, drain_options(settings)))
+        return [*own, *shared]
+
+    return of

@@ -14,6 +14,7 @@ from datetime import timedelta
 
 from rebootcoord.core.documents import described
 from rebootcoord.core.durations import format_duration
+from rebootcoord.core.rollout import ABORTED, DRAIN_FAILED, REBOOTED, Ledger
 from rebootcoord.core.semaphore import MANUAL, NO_LIMITS, GroupView, HolderRecord, Limits, PauseInfo
 from rebootcoord.core.types import Group, HolderId, NodeName, PendingReboot, Phase
 from rebootcoord.core.windows import WindowStatus
@@ -39,6 +40,9 @@ class Policy:
     expected_cycle: timedelta = timedelta(0)
     # The zone's and the group's budgets and the waves (a rollout in progress rules anyway).
     limits: Limits = NO_LIMITS
+
+
+DEFAULT_POLICY = Policy(timedelta(minutes=10), timedelta(seconds=30), timedelta(0))
 
 
 @dataclass(frozen=True)
@@ -84,7 +88,7 @@ class Snapshot:
     gates_fresh: bool = True
     # How this process's drain of the node ended, in the DRAINING phase.
     drained: Drained | None = None
-    policy: Policy = Policy(timedelta(minutes=10), timedelta(seconds=30), timedelta(0))
+    policy: Policy = DEFAULT_POLICY
     zone: str = ""  # this node's topology zone ("": none)
 
 
@@ -162,6 +166,8 @@ class Release:
     reason: str = "uncordoning and giving the slot back"
     # After an aborted drain: do not queue again before this time.
     retry_not_before: float | None = None
+    # How the holding ended, for the history (core.rollout); "": release_outcome(record).
+    outcome: str = ""
 
 
 @dataclass(frozen=True)
@@ -258,36 +264,64 @@ def decide(s: Snapshot) -> Step:
     return _not_holding(s, view)
 
 
-def _holding(s: Snapshot, record: HolderRecord) -> Step:
-    rebooted = record.boot_id != s.boot_id
-    if record.abort_reason and record.phase in (Phase.LOCKED, Phase.DRAINING) and not rebooted:
+def did_reboot(record: HolderRecord, boot_id: str) -> bool:
+    """The node rebooted since it took the slot: its boot ID is not the one recorded then. The
+    one rule for the agent (its host's boot ID) and the FleetLock server (the Node's)."""
+    return record.boot_id != boot_id
+
+
+def release_outcome(record: HolderRecord) -> str:
+    """How a holding given back in ``record``'s phase ended: back healthy from verifying (or
+    releasing, which only a healthy node enters), a drain undone, or given back before a reboot."""
+    if record.abort_reason:
+        return DRAIN_FAILED
+    return REBOOTED if record.phase in (Phase.VERIFYING, Phase.RELEASING) else ABORTED
+
+
+def toward_reboot(
+    record: HolderRecord, *, now: float, drained: Drained | None, policy: Policy
+) -> Release | Persist | Drain | None:
+    """From a slot taken to a node that may reboot, for the agent and the FleetLock server
+    alike: LOCKED, then DRAINING (cordon and drain: the outcome comes back as ``drained``),
+    then REBOOTING; a drain that failed is undone and the slot given back (or, with
+    ``drain_failure: force``, the node reboots anyway). None once the node may reboot."""
+    if record.abort_reason and record.phase in (Phase.LOCKED, Phase.DRAINING):
         # A drain that could not finish: leave the node as we found it, give the slot back, and
         # queue again only after a pause.
         return Release(
             record,
             reason=f"aborting: {record.abort_reason}",
-            retry_not_before=s.now + s.policy.drain_retry_after.total_seconds(),
+            retry_not_before=now + policy.drain_retry_after.total_seconds(),
+            outcome=DRAIN_FAILED,
         )
-    if rebooted and record.phase in (Phase.LOCKED, Phase.DRAINING, Phase.REBOOTING):
-        return Persist(record.moved(Phase.VERIFYING, s.now, note=""), "boot ID changed: the node rebooted")
     match record.phase:
         case Phase.LOCKED:
-            return Persist(record.moved(Phase.DRAINING, s.now), "slot held")
+            return Persist(record.moved(Phase.DRAINING, now), "slot held")
         case Phase.DRAINING:
-            if s.drained is None or s.drained.acquired_at != record.acquired_at:
+            if drained is None or drained.acquired_at != record.acquired_at:
                 return Drain(record)
-            if s.drained.ok:
-                return Persist(_to_rebooting(record, s.now), "node drained")
-            if s.policy.drain_failure == "force":
+            if drained.ok:
+                return Persist(_to_rebooting(record, now), "node drained")
+            if policy.drain_failure == "force":
                 return Persist(
-                    _to_rebooting(record, s.now),
-                    f"drain failed, rebooting anyway (drain_failure: force): {s.drained.error}",
+                    _to_rebooting(record, now),
+                    f"drain failed, rebooting anyway (drain_failure: force): {drained.error}",
                 )
-            failure = f"drain failed: {s.drained.error}"
+            failure = f"drain failed: {drained.error}"
             return Persist(
                 replace(record, note=failure, abort_reason=failure),
                 f"{failure}; undoing and giving the slot back",
             )
+    return None
+
+
+def _holding(s: Snapshot, record: HolderRecord) -> Step:
+    if did_reboot(record, s.boot_id) and record.phase in (Phase.LOCKED, Phase.DRAINING, Phase.REBOOTING):
+        return Persist(record.moved(Phase.VERIFYING, s.now, note=""), "boot ID changed: the node rebooted")
+    step = toward_reboot(record, now=s.now, drained=s.drained, policy=s.policy)
+    if step is not None:
+        return step
+    match record.phase:
         case Phase.REBOOTING:
             if s.reboot_issued_at is None:
                 # First attempt, or a restart after a crash in this phase: the boot ID has not
@@ -299,7 +333,9 @@ def _holding(s: Snapshot, record: HolderRecord) -> Step:
             return Rest(Phase.REBOOTING, "waiting for the reboot", deadline)
         case Phase.VERIFYING:
             if s.healthy_at is None:
-                stop = _stop_the_line(s, record)
+                stop = stop_the_line(
+                    record, node=s.node, now=s.now, policy=s.policy, verified=s.last_verify_at is not None
+                )
                 if stop is not None:
                     return stop
                 if s.last_verify_at is not None:
@@ -373,21 +409,25 @@ def _not_holding(s: Snapshot, view: GroupView) -> Step:
     return Rest(Phase.WAITING, f"queue position {position + 1}, {view.slots.free} free slot(s)")
 
 
-def _stop_the_line(s: Snapshot, record: HolderRecord) -> PauseGroup | None:
-    """The node's checks have failed since it came back for longer than ``pause_group_after``:
-    pause the group, once per holding (an operator who resumes it is not overruled)."""
-    after = s.policy.pause_group_after.total_seconds()
-    if after <= 0 or record.paused_group_at is not None or s.last_verify_at is None:
+def stop_the_line(
+    record: HolderRecord, *, node: str, now: float, policy: Policy, verified: bool, by: str = ""
+) -> PauseGroup | None:
+    """The node's checks have failed since it came back (``record`` entered VERIFYING) for
+    longer than ``pause_group_after``: pause the group, once per holding (an operator who
+    resumes it is not overruled). ``verified``: the checks ran at least once. ``by``: who
+    pauses (default: the agent on ``node``)."""
+    after = policy.pause_group_after.total_seconds()
+    if after <= 0 or record.paused_group_at is not None or not verified:
         return None
-    if s.now - record.phase_since < after:
+    if record.phase is not Phase.VERIFYING or now - record.phase_since < after:
         return None
     reason = (
-        f"post-reboot checks of {s.node} failing for {int(s.now - record.phase_since)}s "
-        f"(pause_group_after {format_duration(s.policy.pause_group_after)}): {record.note or 'failing'}"
+        f"post-reboot checks of {node} failing for {int(now - record.phase_since)}s "
+        f"(pause_group_after {format_duration(policy.pause_group_after)}): {record.note or 'failing'}"
     )
     return PauseGroup(
-        PauseInfo(by=f"rebootcoord agent on {s.node}", at=s.now, reason=reason[:1000]),
-        replace(record, paused_group_at=s.now),
+        PauseInfo(by=by or f"rebootcoord agent on {node}", at=now, reason=reason[:1000]),
+        replace(record, paused_group_at=now),
         f"stopping the line: {reason}",
     )
 
@@ -413,23 +453,41 @@ def _stale_holder(s: Snapshot, view: GroupView) -> Reclaim | None:
 def _blocked(s: Snapshot) -> tuple[str, float | None] | None:
     if s.retry_not_before is not None and s.now < s.retry_not_before:
         return "the last drain was aborted; trying again later", s.retry_not_before
-    if not s.window.open:
-        next_open = s.window.next_open.timestamp() if s.window.next_open else None
-        when = s.window.next_open.isoformat() if s.window.next_open else "never"
+    ledger = s.view.ledger if s.view is not None else Ledger()
+    outside = outside_window(s.window, ledger, s.policy, now=s.now)
+    if outside is not None:
+        return outside
+    if s.blockers:
+        return gates_say(s.blockers), _later(s)
+    return None
+
+
+def outside_window(
+    window: WindowStatus, ledger: Ledger, policy: Policy, *, now: float
+) -> tuple[str, float | None] | None:
+    """Why no cycle may start now for the maintenance windows, and when to look again: the
+    window is closed, or what is left of it is shorter than a cycle (``expected_cycle``, or the
+    p90 of the group's last healthy cycles). None: it may. For the agent and the server alike."""
+    if not window.open:
+        next_open = window.next_open.timestamp() if window.next_open else None
+        when = window.next_open.isoformat() if window.next_open else "never"
         return f"outside the maintenance window (next opens {when})", next_open
-    default = s.policy.expected_cycle.total_seconds()
-    expected, source = s.view.ledger.expected_cycle(default) if s.view is not None else (default, "")
-    if default > 0 and s.window.closes_at is not None and s.now + expected > s.window.closes_at.timestamp():
-        closes = s.window.closes_at
+    default = policy.expected_cycle.total_seconds()
+    expected, source = ledger.expected_cycle(default)
+    if default > 0 and window.closes_at is not None and now + expected > window.closes_at.timestamp():
+        closes = window.closes_at
         takes = format_duration(timedelta(seconds=round(expected)))
         return (
             f"waits: next window (a cycle takes {takes} ({source}) and "
-            f"the window closes at {closes.isoformat()}, in {int(closes.timestamp() - s.now)}s)",
+            f"the window closes at {closes.isoformat()}, in {int(closes.timestamp() - now)}s)",
             closes.timestamp(),
         )
-    if s.blockers:
-        return "blocked: " + "; ".join(s.blockers), _later(s)
     return None
+
+
+def gates_say(blockers: tuple[str, ...]) -> str:
+    """The reason of a node held back by its pre-acquire gates."""
+    return "blocked: " + "; ".join(blockers)
 
 
 def _later(s: Snapshot) -> float:

@@ -49,14 +49,16 @@ from rebootcoord.core.cycle import (
     Uncordon,
     Verify,
     decide,
+    release_outcome,
     step_phase,
 )
 from rebootcoord.core.documents import described
 from rebootcoord.core.group import Ending
 from rebootcoord.core.notices import render
-from rebootcoord.core.rollout import ABORTED, DRAIN_FAILED, REBOOTED, RECLAIMED
+from rebootcoord.core.rollout import DRAIN_FAILED, REBOOTED, RECLAIMED
 from rebootcoord.core.semaphore import AGENT, GroupView, HolderRecord, Waiter
 from rebootcoord.core.types import HolderId, PendingReboot, Phase
+from rebootcoord.daemon import holding
 from rebootcoord.daemon.events import EventLog
 from rebootcoord.daemon.metrics import GATE_BLOCKED, Heartbeat, Metrics
 from rebootcoord.errors import (
@@ -66,11 +68,11 @@ from rebootcoord.errors import (
     Conflict,
     CorruptDocument,
     DetectorError,
-    DrainInterrupted,
     HoldsAgain,
     NodeOperationError,
     RebootError,
     SlotLost,
+    StoreFull,
 )
 from rebootcoord.ports import (
     Check,
@@ -252,7 +254,7 @@ class Agent:
         delay = 0.2
         while not self.stop.is_set():
             try:
-                with contextlib.suppress(CorruptDocument):
+                with contextlib.suppress(CorruptDocument, StoreFull):
                     # it exists: the read reports it, and the loop waits for an operator
                     self.p.semaphore.ensure(
                         self.s.semaphore.max_holders, member=self.s.identity.holder, now=self.p.clock()
@@ -593,8 +595,10 @@ class Agent:
                     self._reboot(record, now)
                 case Verify(record=record):
                     self._verify(record, now)
-                case Release(record=record, reason=reason, retry_not_before=retry_not_before):
-                    self._release(record, reason, retry_not_before)
+                case Release(
+                    record=record, reason=reason, retry_not_before=retry_not_before, outcome=outcome
+                ):
+                    self._release(record, reason, retry_not_before, outcome or release_outcome(record))
                 case Uncordon(reason=reason):
                     log.warning("%s", reason)
                     self.p.metrics.fail("slot_lost")
@@ -610,9 +614,7 @@ class Agent:
                 case Abandon(record=record, reason=reason):
                     log.warning("%s; undoing our cordon and dropping the record", reason)
                     self.p.metrics.fail("slot_lost")
-                    if record.cordoned:
-                        self.p.node_ops.uncordon()
-                    sem.drop_record(record.id)
+                    holding.abandon(sem, self.p.node_ops, record)
         except SlotLost as exc:
             self.p.metrics.fail("slot_lost")
             log.warning("%s", exc)
@@ -625,28 +627,17 @@ class Agent:
         self._view = None  # our own write changed the group: the next turn reads it
 
     def _drain(self, record: HolderRecord) -> None:
-        sem, ops = self.p.semaphore, self.p.node_ops
-        if record.cordoned is None and not ops.is_unschedulable():
-            # Record before touching the node: a crash between the two leaves a record that
-            # says "we cordon", and uncordoning a schedulable node is harmless. A node that is
-            # unschedulable already is not ours to uncordon; nothing to record (None stays None).
-            record = replace(record, cordoned=True)
-            sem.update(record)
-        try:
-            if record.cordoned:
-                ops.cordon()
-            ops.set_labels(self.s.drain.pre_reboot_labels)
-            ops.drain(self.stop)
-        except DrainInterrupted:
+        drained = holding.drain(
+            self.p.semaphore, self.p.node_ops, record, self.stop, labels=self.s.drain.pre_reboot_labels
+        )
+        if drained is None:
             return  # stopping: the record says draining, the next start drains again
-        except NodeOperationError as exc:
+        if not drained.ok:
             # What a failed drain means (abort or reboot anyway) is decide's: it sees the outcome.
             self.p.metrics.fail("drain_failed")
-            self._tell("DrainFailed", str(exc))
-            log.error("drain failed: %s", exc)
-            self._drained = Drained(record.acquired_at, str(exc))
-            return
-        self._drained = Drained(record.acquired_at)
+            self._tell("DrainFailed", drained.error)
+            log.error("drain failed: %s", drained.error)
+        self._drained = drained
 
     def _tell(self, reason: str, message: str) -> None:
         """A Warning Event on the Node, best effort; people are notified of those that say a
@@ -726,12 +717,10 @@ class Agent:
         self.p.node_ops.set_labels(self.s.drain.post_reboot_labels)
         self._healthy_at = now
 
-    def _release(self, record: HolderRecord, reason: str, retry_not_before: float | None) -> None:
-        # Back healthy: released from verifying (or from releasing, which only a healthy node
-        # enters), not an abort that gives the slot back before any reboot.
-        done = record.phase in (Phase.VERIFYING, Phase.RELEASING) and not record.abort_reason
-        if record.cordoned:
-            self.p.node_ops.uncordon()
+    def _release(
+        self, record: HolderRecord, reason: str, retry_not_before: float | None, outcome: str
+    ) -> None:
+        done = outcome == REBOOTED
         if retry_not_before is not None:
             self._retry_not_before = retry_not_before
             log.warning(
@@ -739,9 +728,10 @@ class Agent:
                 reason,
                 datetime.fromtimestamp(retry_not_before, UTC).isoformat(timespec="seconds"),
             )
-        outcome = REBOOTED if done else DRAIN_FAILED if record.abort_reason else ABORTED
         ended_at = self.p.clock()
-        revision = self.p.semaphore.release(record.id, Ending(outcome, ended_at, reason))
+        revision = holding.give_back(
+            self.p.semaphore, self.p.node_ops, record, Ending(outcome, ended_at, reason)
+        )
         if outcome == DRAIN_FAILED and record.rollout:
             self._told_if_we_paused(ended_at)
         self._drained = None

@@ -3,18 +3,11 @@
 Stateless: every request reads the group from its store and writes through ``GroupClient`` (the
 one compare-and-swap loop over rebootcoord.core.group), so any number of replicas may answer.
 
-pre-reboot
-    A client that holds a slot and whose node is drained gets 200 again (recursive). Otherwise it
-    takes its place in the group's line -- kept ``fleetlock_waiter_ttl`` after its last request,
-    whichever replica answered -- and takes a slot when it is its turn: an agent that came later
-    waits for it, although the poller asks only every few minutes (the slot is held for it as
-    long as its place lives). On Kubernetes the client's Node is then cordoned and drained with
-    the agent's PDB-aware drain before 200; when the drain fails, what was cordoned is uncordoned,
-    the slot given back, and the answer is ``drain_failed``. The holder record's phase tells a
-    replica that answers a retry where the last one stopped (a kill -9 mid-drain included).
-steady-state
-    A holder's Node must be Ready (and its pods, when configured) before it is uncordoned and
-    its slot released; a client that holds nothing gets 200 and leaves the line.
+What to do is the core's (``rebootcoord.core.fleetlock.pre_reboot`` / ``steady_state``, beside
+the agent's ``decide``): this module asks for a step, carries it out -- with the holding effects
+the agent uses (``rebootcoord.daemon.holding``) -- and asks again until the answer. It owns who
+a request comes from: the certificate that binds an id, the Node an id maps to, the groups it
+serves. Never decides a turn, a cordon's owner or whether a node rebooted.
 """
 
 from __future__ import annotations
@@ -24,43 +17,93 @@ import ssl
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Callable
-from dataclasses import dataclass
-from typing import Any
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field, replace
+from datetime import UTC, datetime
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
-from rebootcoord.core.fleetlock import PRE_REBOOT, ClientParams, Refusal, parse_request, refusal
+from rebootcoord.adapters.host import NoNodeOps
+from rebootcoord.core.cycle import (
+    DEFAULT_POLICY,
+    Abandon,
+    Acquire,
+    CheckGates,
+    Drain,
+    Drained,
+    PauseGroup,
+    Persist,
+    Policy,
+    Release,
+    Uncordon,
+    Verify,
+    release_outcome,
+)
+from rebootcoord.core.fleetlock import (
+    PRE_REBOOT,
+    Answer,
+    ClientParams,
+    Free,
+    KeepPlace,
+    Refusal,
+    Visit,
+    parse_request,
+    pre_reboot,
+    refusal,
+    steady_state,
+)
 from rebootcoord.core.group import Ending
-from rebootcoord.core.rollout import ABORTED, DRAIN_FAILED, REBOOTED
-from rebootcoord.core.semaphore import FLEETLOCK, MANUAL, NO_LIMITS, GroupView, HolderRecord, Limits, Waiter
+from rebootcoord.core.rollout import REBOOTED
+from rebootcoord.core.semaphore import GroupView, HolderRecord
 from rebootcoord.core.types import Group, HolderId, NodeName, Phase
+from rebootcoord.core.windows import Schedule
+from rebootcoord.daemon import holding
 from rebootcoord.daemon.group import GroupClient
-from rebootcoord.daemon.httpserve import BoundedHTTPServer
+from rebootcoord.daemon.httpserve import BoundedHTTPServer, Peer
 from rebootcoord.errors import (
     AccessDenied,
     BackendUnavailable,
     Conflict,
     CorruptDocument,
+    GroupPaused,
+    IdInUse,
     Interrupted,
-    NodeOperationError,
+    NoFreeSlot,
     SlotLost,
+    StoreFull,
 )
-from rebootcoord.ports import NodeDirectory
+from rebootcoord.ports import Check, GroupCatalog, NodeDirectory, NodeOps
 
 log = logging.getLogger(__name__)
 
-MAX_GROUPS = 256  # group clients kept open; more are opened again when asked for
 MAX_CLIENT_LOCKS = 4096
+ALWAYS = Schedule()  # no maintenance windows: always open
+#: Steps one request may take (a full pre-reboot on Kubernetes takes about eight).
+MAX_STEPS = 24
+#: How long a count that found the store full of groups stands (fleetlock_any_group).
+GROUPS_COUNTED_FOR = 10.0
 
 
 @dataclass(frozen=True)
 class ServerSettings:
     max_holders: int = 1
-    groups: tuple[Group, ...] = ()  # served groups; empty: any
+    #: Served groups (always served; new ones created). fleetlock_groups, default [group].
+    groups: tuple[Group, ...] = (Group("default"),)
+    #: Serve other groups too: those that exist, and new ones while the store holds fewer than
+    #: ``max_groups`` groups.
+    any_group: bool = False
+    max_groups: int = 64
     unknown_id: str = "refuse"  # "refuse" or "grant" (without node operations)
     lease_names: bool = False  # the Lease backend: ids and groups must fit Lease names
-    limits: Limits = NO_LIMITS  # zone, group and waves budgets (a rollout in progress rules anyway)
+    #: The agent's rules that also bind FleetLock clients: budgets (limits), drain_failure,
+    #: pause_group_after, expected_cycle (window fit).
+    policy: Policy = DEFAULT_POLICY
+    schedule: Schedule = ALWAYS
+    max_waiters: int = 1000
+    #: A certificate's name (CN, DNS or URI SAN) -> further ids it may act as.
+    client_ids: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
+    pre_reboot_labels: tuple[tuple[str, str], ...] = ()
+    post_reboot_labels: tuple[tuple[str, str], ...] = ()
 
 
 class ServerMetrics:
@@ -69,6 +112,10 @@ class ServerMetrics:
         self.requests = Counter(
             f"{ns}_requests", "FleetLock requests answered, by operation and kind (ok: 200)",
             ["operation", "kind"], registry=registry,
+        )  # fmt: skip
+        self.refusals = Counter(
+            f"{ns}_refusals", "FleetLock requests refused, by kind (the reason: a bound, a turn, a gate)",
+            ["kind"], registry=registry,
         )  # fmt: skip
         self.seconds = Histogram(
             f"{ns}_request_seconds", "Time to answer a FleetLock request", ["operation"],
@@ -83,7 +130,12 @@ class ServerMetrics:
 
 def _lease_name_ok(text: str) -> bool:
     return (
-        bool(text) and text == text.lower() and text[0].isalnum() and text[-1].isalnum() and "_" not in text
+        bool(text)
+        and text == text.lower()
+        and text.isascii()
+        and text[0].isalnum()
+        and text[-1].isalnum()
+        and all(c.isalnum() or c in ".-" for c in text)
     )
 
 
@@ -96,6 +148,8 @@ class FleetLockService:
         settings: ServerSettings,
         *,
         directory: NodeDirectory | None = None,
+        gates: Callable[[NodeName | None], Sequence[Check]] | None = None,
+        catalog: GroupCatalog | None = None,
         metrics: ServerMetrics | None = None,
         stop: threading.Event | None = None,
         clock: Callable[[], float] = time.time,
@@ -103,14 +157,19 @@ class FleetLockService:
         self._open_group = groups
         self.settings = settings
         self.directory = directory
+        self.gates = gates or (lambda _node: ())
+        self.catalog = catalog
         self.metrics = metrics
         self.stop = stop or threading.Event()
         self.clock = clock
         self._groups: OrderedDict[Group, GroupClient] = OrderedDict()
         self._client_locks: OrderedDict[tuple[Group, HolderId], threading.Lock] = OrderedDict()
         self._lock = threading.Lock()
+        self._creating = threading.Lock()  # new groups, one at a time (fleetlock_any_group)
+        self._full_until = 0.0  # until then, the store is known to hold max_groups groups
         self.last_backend_error = ""
         self.http_alive: Callable[[], bool] = lambda: True
+        self.on_close: Callable[[], None] | None = None  # the connection the groups share
 
     def healthy(self) -> tuple[bool, str]:
         """/healthz: the listener serves (a backend outage is answered, not a reason to restart)."""
@@ -122,48 +181,60 @@ class FleetLockService:
 
     # -- HTTP-agnostic entry point ----------------------------------------------------------------
 
-    def handle(self, method: str, path: str, headers: dict[str, str], body: bytes) -> tuple[int, bytes]:
-        """(status, JSON body) for one request."""
+    def handle(
+        self, method: str, path: str, headers: dict[str, str], body: bytes, peer: Peer | None = None
+    ) -> tuple[int, bytes]:
+        """(status, JSON body) for one request; ``peer``: who sent it (its certificate)."""
         started = time.monotonic()
         operation = "unknown"
         if self.metrics:
             self.metrics.in_flight.inc()
         try:
             operation, client = parse_request(method, path, headers, body)
-            self._check(client)
+            self._check(client, peer)
             with self._client_lock(client):
-                if operation == PRE_REBOOT:
-                    self.pre_reboot(client)
-                else:
-                    self.steady_state(client)
-            answer, kind = (200, b'{"kind": "ok", "value": "ok"}'), "ok"
+                answer = self._answer(operation, client, peer)
+            if answer.refusal is not None:
+                raise answer.refusal
+            reply, kind = (200, b'{"kind": "ok", "value": "ok"}'), "ok"
         except Refusal as exc:
-            answer, kind = (exc.status, exc.body()), exc.kind
+            reply, kind = (exc.status, exc.body()), exc.kind
         except CorruptDocument as exc:
-            answer, kind = self._refused("corrupt_document", str(exc))
+            reply, kind = self._refused("corrupt_document", str(exc))
         except (BackendUnavailable, AccessDenied, Interrupted, Conflict) as exc:
             self.last_backend_error = f"{time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime())}: {exc}"
-            answer, kind = self._refused("backend_unavailable", str(exc))
+            reply, kind = self._refused("backend_unavailable", str(exc))
         except Exception:
-            log.exception("FleetLock %s %s failed", method, path[:100])
-            answer, kind = self._refused("internal_error", "the server failed; its log says why")
+            log.exception("FleetLock %s %s failed", method[:20], path[:100])
+            reply, kind = self._refused("internal_error", "the server failed; its log says why")
         finally:
             if self.metrics:
                 self.metrics.in_flight.dec()
         if self.metrics:
             name = operation.rsplit("/", 1)[-1]
             self.metrics.requests.labels(name, kind).inc()
+            if kind != "ok":
+                self.metrics.refusals.labels(kind).inc()
             self.metrics.seconds.labels(name).observe(time.monotonic() - started)
-        return answer
+        return reply
 
     @staticmethod
     def _refused(kind: str, value: str) -> tuple[tuple[int, bytes], str]:
         r = refusal(kind, value)
         return (r.status, r.body()), kind
 
-    def _check(self, client: ClientParams) -> None:
-        if self.settings.groups and client.group not in self.settings.groups:
-            raise refusal("unknown_group", f"group {client.group!r} is not served here")
+    def _check(self, client: ClientParams, peer: Peer | None) -> None:
+        """Who may ask for what, before anything is read: the certificate binds the id; the
+        group is served; on the Lease backend both are Lease names."""
+        if peer is not None and peer.certified:
+            allowed = self.identities(peer)
+            if client.id not in allowed and not self._node_named(client, peer):
+                raise refusal(
+                    "invalid_client_identity",
+                    f"the client certificate ({peer.subject}) may act as {sorted(allowed)[:5]}, "
+                    f"not as {client.id!r}",
+                    status=403,
+                )
         if self.settings.lease_names:
             if not _lease_name_ok(client.group):
                 raise refusal("invalid_group", "on the Lease backend a group is lower case (a Lease name)")
@@ -172,6 +243,63 @@ class FleetLockService:
                     "invalid_client_identity",
                     "on the Lease backend an id is lower-case letters, digits, '.' and '-' (a Lease name)",
                 )
+        self._served(client.group)
+
+    def identities(self, peer: Peer) -> set[str]:
+        """The ids a certificate may act as: its names, and what fleetlock_client_ids adds."""
+        allowed = set(peer.names)
+        for name in peer.names:
+            allowed.update(self.settings.client_ids.get(name, ()))
+        return allowed
+
+    def _node_named(self, client: ClientParams, peer: Peer) -> bool:
+        """The id maps to a Node (by machine id) that the certificate names."""
+        if self.directory is None:
+            return False
+        node = self.directory.find(client.id)
+        return node is not None and node in peer.names
+
+    def _served(self, group: Group) -> None:
+        """A group is served if configured; with fleetlock_any_group, also if it exists, or --
+        created here and now -- while the store holds fewer than fleetlock_max_groups groups.
+        Creations are counted one at a time in this process (replicas may each add one past the
+        bound at the same instant); a full count stands for GROUPS_COUNTED_FOR, so a flood of
+        new names costs one read each."""
+        if group in self.settings.groups:
+            return
+        if not self.settings.any_group:
+            raise refusal(
+                "unknown_group",
+                f"group {group!r} is not served here (fleetlock_groups: {', '.join(self.settings.groups)})",
+            )
+        with self._lock:
+            if group in self._groups:
+                return
+        gc = self._open(group)
+        view = gc.read(queue=False)
+        if view.slots is not None or view.corrupt:
+            self._keep(group, gc)
+            return
+        with self._creating:
+            full_until = self._full_until
+            if time.monotonic() >= full_until and self._count_groups() < self.settings.max_groups:
+                gc.ensure(self.settings.max_holders)
+                self._keep(group, gc)
+                return
+            if full_until <= time.monotonic():
+                self._full_until = time.monotonic() + GROUPS_COUNTED_FOR
+        gc.close()
+        raise refusal(
+            "unknown_group",
+            f"group {group!r} does not exist, and the store holds fleetlock_max_groups "
+            f"({self.settings.max_groups}) groups already",
+        )
+
+    def _count_groups(self) -> int:
+        if self.catalog is None:
+            with self._lock:
+                return len(self._groups)
+        return self.catalog.count(self.settings.max_groups + 1)
 
     def _client_lock(self, client: ClientParams) -> threading.Lock:
         """One request at a time per client in this process (Zincati's retry may overlap the
@@ -184,24 +312,45 @@ class FleetLockService:
                 self._client_locks.popitem(last=False)
             return lock
 
+    def _open(self, group: Group) -> GroupClient:
+        client = self._open_group(group)
+        client.stop = self.stop
+        return client
+
+    def _keep(self, group: Group, client: GroupClient) -> GroupClient:
+        """Keep ``client`` open for ``group``: every served group (configured, and at most
+        max_groups more), the least recently used closed beyond. Closing a group's client never
+        closes the connection it shares with the others."""
+        with self._lock:
+            kept = self._groups.pop(group, None)
+            if kept is not None and kept is not client:
+                client.close()
+                client = kept
+            self._groups[group] = client
+            evicted = []
+            while len(self._groups) > len(self.settings.groups) + self.settings.max_groups:
+                evicted.append(self._groups.popitem(last=False)[1])
+        for old in evicted:
+            old.close()
+        return client
+
     def group(self, group: Group) -> GroupClient:
         with self._lock:
-            client = self._groups.pop(group, None)
-            if client is None:
-                client = self._open_group(group)
-                client.stop = self.stop
-            self._groups[group] = client
-            while len(self._groups) > MAX_GROUPS:
-                self._groups.popitem(last=False)[1].close()
-            return client
+            client = self._groups.get(group)
+            if client is not None:
+                self._groups.move_to_end(group)
+                return client
+        return self._keep(group, self._open(group))
 
     def close(self) -> None:
         with self._lock:
             groups, self._groups = list(self._groups.values()), OrderedDict()
         for client in groups:
             client.close()
+        if self.on_close is not None:
+            self.on_close()
 
-    # -- the two operations -------------------------------------------------------------------------
+    # -- one request, step by step ------------------------------------------------------------------
 
     def _node_of(self, client: ClientParams) -> NodeName | None:
         if self.directory is None:
@@ -211,146 +360,190 @@ class FleetLockService:
             raise refusal("unknown_node", f"no Node has a machine id that {client.id!r} is the id of")
         return node
 
-    def pre_reboot(self, client: ClientParams) -> None:
+    def _answer(self, operation: str, client: ClientParams, peer: Peer | None) -> Answer:
         node = self._node_of(client)
         gc = self.group(client.group)
+        decide = pre_reboot if operation == PRE_REBOOT else steady_state
+        now = self.clock()
+        visit = Visit(
+            now=now,
+            client=client,
+            view=self._read(gc, create=operation == PRE_REBOOT),
+            policy=self.settings.policy,
+            node=node,
+            member=node is not None or (peer is not None and peer.certified),
+            window=self.settings.schedule.status(datetime.fromtimestamp(now, UTC)),
+            max_waiters=self.settings.max_waiters,
+        )
+        who = _who(client, node, peer)
+        for _ in range(MAX_STEPS):
+            step = decide(visit)
+            if isinstance(step, Answer):
+                if step.leave:
+                    gc.leave_queue(client.id)
+                return step
+            visit = self._carry_out(step, visit, gc, who)
+        raise AssertionError(f"no answer after {MAX_STEPS} steps for {who}")
+
+    def _read(self, gc: GroupClient, *, create: bool = False) -> GroupView:
         view = gc.read()
-        if view.slots is None and not view.corrupt:
+        if view.slots is None and not view.corrupt and create:
             gc.ensure(self.settings.max_holders)
             view = gc.read()
-        record = view.records.get(client.id)
-        if view.holds(client.id):
-            if record is None or record.kind == MANUAL or record.phase not in (Phase.LOCKED, Phase.DRAINING):
-                return  # granted before (or held by airlock's or an operator's hand): recursive
-        else:
-            record = self._take(gc, client, node, view)
-        if node is not None and self.directory is not None:
-            self._drain(gc, record, node)
-        elif record.phase is not Phase.REBOOTING:
-            gc.update(record.moved(Phase.REBOOTING, self.clock(), reboot_requested_at=self.clock()))
+        return view
 
-    def _take(
-        self, gc: GroupClient, client: ClientParams, node: NodeName | None, view: GroupView
-    ) -> HolderRecord:
-        """Keep (or take) the client's place in line, and a slot if it is its turn: asked of the
-        store (one compare-and-swap) only when ``view``, read just before, says it may be."""
-        now = self.clock()
-        gc.join_queue(Waiter(client.id, node or NodeName(client.id), now, 0))
-        position = view.queue_position(client.id)
-        if position is None:
-            position = len(view.waiters)  # joined just now: at the end of the line as read
-        if view.paused is not None:
-            raise refusal(
-                "group_paused", f"group {client.group} is paused by {view.paused.by}: {view.paused.reason}"
-            )
-        if view.corrupt:
-            raise view.corrupt[0]
-        slots = view.slots
-        if slots is not None and position < slots.free:
-            known = node is not None and self.directory is not None
-            boot = self.directory.boot_id(node) if known else ""  # type: ignore[union-attr, arg-type]
-            zone = self.directory.zone(node) if known else ""  # type: ignore[union-attr, arg-type]
-            record = HolderRecord(
-                id=client.id,
-                node=node or NodeName(client.id),
-                group=client.group,
-                phase=Phase.LOCKED,
-                boot_id=boot,
-                acquired_at=now,
-                phase_since=now,
-                kind=FLEETLOCK,
-                reason="FleetLock pre-reboot",
-                zone=zone,
-            )
-            if gc.acquire(record, limits=self.settings.limits) is not None:
-                log.info("FleetLock client %s (node %s) took a slot of group %s", client.id, record.node,
-                         client.group)  # fmt: skip
-                return record
-            view = gc.read()  # it was not its turn after all: say where it stands now
-            position = view.queue_position(client.id) or 0
-            slots = view.slots
-        held = f"{len(slots.holders)} of {slots.max} slots held" if slots else "no slots"
-        line = max(len(view.waiters), position + 1)
-        admitted = view.admission(self.settings.limits, now)
-        wave = "" if admitted.ok else f"; {admitted.reason}"
-        raise refusal(
-            "no_free_slot",
-            f"{held}{wave}; place {position + 1} of {line} in line; kept while the client keeps asking",
+    def _carry_out(self, step: object, v: Visit, gc: GroupClient, who: str) -> Visit:
+        """Do what ``step`` says; the visit with what came of it (and the group read again after
+        a write)."""
+        ops = self._ops(v.node)
+        match step:
+            case KeepPlace(waiter=waiter):
+                new = v.view.queue_position(waiter.id) is None
+                try:
+                    gc.join_queue(waiter)
+                except IdInUse as exc:  # an agent joined meanwhile under this id
+                    raise refusal("id_in_use", str(exc)) from None
+                view = v.view
+                if new:
+                    # Joined the line just now: read it again, so that clients joining at once
+                    # never push it past its bound (the places beyond it, in request order, leave).
+                    view = replace(view, waiters=gc.queue.waiters())
+                    places = [w.id for w in view.waiters if w.kind == waiter.kind]
+                    if waiter.id in places and places.index(waiter.id) >= v.max_waiters:
+                        gc.leave_queue(waiter.id)
+                        raise refusal("line_full", _line_full(v.client.group, v.max_waiters))
+                if view.queue_position(waiter.id) is None:
+                    view = replace(view, waiters=(*view.waiters, waiter))
+                return replace(v, joined=True, view=view)
+            case CheckGates():
+                return self._look(v)
+            case Acquire(record=record):
+                try:
+                    gc.take(record, limits=v.policy.limits, member=v.member)
+                except StoreFull as exc:
+                    raise refusal("store_full", str(exc)) from None
+                except (NoFreeSlot, GroupPaused) as exc:
+                    return replace(v, refused=str(exc), view=gc.read())
+                log.info("FleetLock %s took a slot of group %s", who, record.group)
+                if ops is not None:
+                    ops.announce(Phase.LOCKED, f"FleetLock client {record.id} took a slot")
+            case Persist(record=record, reason=reason):
+                self._update(gc, record, who)
+                log.info("FleetLock %s: %s: %s", who, record.phase, reason)
+                if ops is not None and record.phase in (Phase.DRAINING, Phase.REBOOTING):
+                    ops.announce(record.phase, f"FleetLock client {record.id}: {reason}")
+            case Drain(record=record):
+                return replace(v, drained=self._drain(gc, ops, record, who), view=gc.read())
+            case Release(record=record, reason=reason, outcome=outcome):
+                self._release(
+                    gc, ops, record, reason=reason, outcome=outcome or release_outcome(record), who=who
+                )
+                return replace(v, view=gc.read(), gave_back=record.abort_reason or v.gave_back)
+            case Free(holder=holder, reason=reason):
+                gc.release(holder, Ending(REBOOTED, self.clock(), reason))
+                log.info("FleetLock %s gave back a slot held without a record", who)
+            case Abandon(record=record, reason=reason):
+                log.warning("FleetLock %s: %s; undoing our cordon and dropping the record", who, reason)
+                holding.abandon(gc, ops or NoNodeOps(), record)
+            case Uncordon(reason=reason):
+                log.warning("FleetLock %s: %s", who, reason)
+                if ops is not None:
+                    ops.uncordon()
+                return replace(v, stale_cordon=False)
+            case Verify():
+                return self._verify(v)
+            case PauseGroup(info=info, holder=record, reason=reason):
+                gc.pause(info)  # first: repeated by the next steady-state, never lost
+                self._update(gc, record, who)
+                log.error("FleetLock %s: %s", who, reason)
+                if ops is not None:
+                    ops.announce(Phase.VERIFYING, f"{reason}; `rebootctl resume` lets the others go on",
+                                 warning=True, event_reason="GroupPaused")  # fmt: skip
+            case _:
+                raise AssertionError(f"unknown step {step!r}")
+        return replace(v, view=gc.read())
+
+    def _update(self, gc: GroupClient, record: HolderRecord, who: str) -> None:
+        try:
+            gc.update(record)
+        except SlotLost as exc:
+            raise refusal("slot_lost", f"{exc} (unlocked by an operator); nothing more was done") from None
+
+    def _ops(self, node: NodeName | None) -> NodeOps | None:
+        if node is None or self.directory is None:
+            return None
+        return self.directory.node_ops(node)
+
+    def _look(self, v: Visit) -> Visit:
+        """The last look before the client's slot: its gates, its Node's boot and zone, and
+        whether our cordon is on it though it holds nothing."""
+        blocking = [r for r in (g.check() for g in self.gates(v.node)) if not r.ok]
+        blockers = tuple(f"{r.reason or r.name}: {r.detail}" for r in blocking)
+        boot, zone, stale = "", "", False
+        if v.node is not None and self.directory is not None:
+            facts = self.directory.facts(v.node)
+            boot, zone, stale = facts.boot_id, facts.zone, facts.cordoned_by_us
+        return replace(v, gates_fresh=True, blockers=blockers, boot_id=boot, zone=zone, stale_cordon=stale)
+
+    def _drain(self, gc: GroupClient, ops: NodeOps | None, record: HolderRecord, who: str) -> Drained:
+        assert ops is not None  # a Drain step comes only with a Node
+        try:
+            drained = holding.drain(gc, ops, record, self.stop, labels=self.settings.pre_reboot_labels)
+        except SlotLost:
+            raise refusal("slot_lost", "the slot was unlocked by an operator during the drain") from None
+        if drained is None:
+            raise Interrupted("stopping: the drain resumes at the client's next request")
+        if self.metrics:
+            self.metrics.drains.labels("ok" if drained.ok else "failed").inc()
+        if not drained.ok:
+            log.error("FleetLock %s: drain failed: %s", who, drained.error)
+        return drained
+
+    def _release(
+        self,
+        gc: GroupClient,
+        ops: NodeOps | None,
+        record: HolderRecord,
+        *,
+        reason: str,
+        outcome: str,
+        who: str,
+    ) -> None:
+        holding.give_back(gc, ops or NoNodeOps(), record, Ending(outcome, self.clock(), reason))
+        log.info("FleetLock %s gave its slot of group %s back (%s): %s", who, record.group, outcome, reason)
+        if ops is None:
+            return
+        if outcome == REBOOTED:
+            ops.set_labels(self.settings.post_reboot_labels)
+        failed = bool(record.abort_reason)
+        ops.announce(
+            Phase.IDLE,
+            f"FleetLock client {record.id}: {reason}; slot released",
+            warning=failed,
+            event_reason="DrainFailed" if failed else "",
         )
 
-    def _drain(self, gc: GroupClient, record: HolderRecord, node: NodeName) -> None:
-        assert self.directory is not None
-        ops = self.directory.node_ops(node)
-        try:
-            if record.cordoned is None:
-                ours = not ops.is_unschedulable() or ops.cordoned_by_us()
-                record = record.moved(Phase.DRAINING, self.clock(), cordoned=ours)
-                gc.update(record)
-            if record.cordoned:
-                ops.cordon()
-            ops.announce(Phase.DRAINING, f"FleetLock client {record.id}: draining before its reboot")
-            ops.drain(self.stop)
-            if self.metrics:
-                self.metrics.drains.labels("ok").inc()
-            now = self.clock()
-            gc.update(record.moved(Phase.REBOOTING, now, reboot_requested_at=now))
-        except SlotLost:
-            self._undo(ops, record, "")
-            raise refusal(
-                "slot_lost", f"{record.id} lost its slot (unlocked by an operator) during the drain"
-            ) from None
-        except NodeOperationError as exc:
-            if self.metrics:
-                self.metrics.drains.labels("failed").inc()
-            self._undo(ops, record, str(exc))
-            gc.release(record.id, Ending(DRAIN_FAILED, self.clock(), f"drain failed: {exc}"))
-            raise refusal("drain_failed", f"node {node}: {exc}") from None
-        ops.announce(Phase.REBOOTING, f"FleetLock client {record.id} may reboot: node drained")
+    def _verify(self, v: Visit) -> Visit:
+        assert v.node is not None and self.directory is not None
+        failed = [r for r in self.directory.verify(v.node) if not r.ok]
+        boot = self.directory.facts(v.node).boot_id
+        return replace(v, verified="; ".join(f"{r.name}: {r.detail}" for r in failed), boot_id=boot)
 
-    def _undo(self, ops: Any, record: HolderRecord, why: str) -> None:
-        """Leave the node as found: uncordon only our own cordon."""
-        if record.cordoned:
-            ops.uncordon()
-        if why:
-            ops.announce(Phase.IDLE, f"drain failed, uncordoned, slot given back: {why}", warning=True,
-                         event_reason="DrainFailed")  # fmt: skip
 
-    def steady_state(self, client: ClientParams) -> None:
-        gc = self.group(client.group)
-        view = gc.read(queue=False)
-        record = view.records.get(client.id)
-        if not view.holds(client.id):
-            gc.leave_queue(client.id)  # it asks no more: its place goes
-            if record is not None:
-                gc.drop_record(client.id)
-            return
-        if record is not None and record.kind == MANUAL:
-            return  # an operator's lock under this id: only rebootctl unlock frees it
-        node = record.node if record is not None and record.kind == FLEETLOCK else None
-        ending = Ending(REBOOTED, self.clock(), "FleetLock steady-state")
-        ours = node is not None and self.directory is not None and self.directory.find(client.id) == node
-        if ours and not self._verify(gc, record, node):  # type: ignore[arg-type]
-            # Back without a reboot: not through its wave, not a cycle for the p90.
-            ending = Ending(ABORTED, self.clock(), "FleetLock steady-state: the node did not reboot")
-        gc.release(client.id, ending)
-        log.info("FleetLock client %s released its slot of group %s", client.id, client.group)
+def _line_full(group: Group, most: int) -> str:
+    return (
+        f"the line of group {group} holds {most} FleetLock clients (fleetlock_max_waiters); ask again later"
+    )
 
-    def _verify(self, gc: GroupClient, record: HolderRecord, node: NodeName) -> bool:
-        """The Node's checks pass (else a refusal, the slot held); whether it rebooted."""
-        assert self.directory is not None
-        failed = [r for r in self.directory.verify(node) if not r.ok]
-        ops = self.directory.node_ops(node)
-        if failed:
-            note = "; ".join(f"{r.name}: {r.detail}" for r in failed)
-            if record.phase is not Phase.VERIFYING or record.note != note:
-                gc.update(record.moved(Phase.VERIFYING, self.clock(), note=note))
-            raise refusal("node_not_ready", f"node {node}: {note}; the slot stays held")
-        rebooted = record.boot_id == "" or self.directory.boot_id(node) != record.boot_id
-        if record.cordoned:
-            ops.uncordon()
-        reason = f"FleetLock client {record.id} is back" + ("" if rebooted else " (it did not reboot)")
-        ops.announce(Phase.IDLE, reason + ": uncordoned, slot released")
-        return rebooted
+
+def _who(client: ClientParams, node: NodeName | None, peer: Peer | None) -> str:
+    """The request's author, for the log: id, Node, certificate, address."""
+    parts = [f"node {node}"] if node is not None else []
+    if peer is not None:
+        parts.append(f"certificate {peer.subject}" if peer.certified else "no certificate")
+        if peer.address:
+            parts.append(f"from {peer.address}")
+    return f"client {client.id!r}" + (f" ({', '.join(parts)})" if parts else "")
 
 
 @dataclass(frozen=True)
@@ -381,8 +574,10 @@ def start_http(
     (stop, bound port). Raises OSError when the address cannot be bound."""
     from rebootcoord.core.fleetlock import MAX_BODY
 
-    def handle(method: str, path: str, headers: dict[str, str], body: bytes) -> tuple[str, str, bytes]:
-        status, answer = service.handle(method, path, headers, body)
+    def handle(
+        method: str, path: str, headers: dict[str, str], body: bytes, peer: Peer
+    ) -> tuple[str, str, bytes]:
+        status, answer = service.handle(method, path, headers, body, peer)
         return f"{status} {REASONS.get(status, 'Error')}", "application/json", answer
 
     host, _, port = address.rpartition(":")
@@ -396,6 +591,6 @@ def start_http(
 
 REASONS = {
     200: "OK", 400: "Bad Request", 403: "Forbidden", 404: "Not Found", 405: "Method Not Allowed",
-    409: "Conflict", 413: "Payload Too Large", 423: "Locked", 500: "Internal Server Error",
-    503: "Service Unavailable",
+    409: "Conflict", 413: "Payload Too Large", 423: "Locked", 429: "Too Many Requests",
+    500: "Internal Server Error", 503: "Service Unavailable", 507: "Insufficient Storage",
 }  # fmt: skip

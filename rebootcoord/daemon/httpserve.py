@@ -33,6 +33,8 @@ import time
 from collections import OrderedDict
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Any
 
 log = logging.getLogger(__name__)
 
@@ -42,8 +44,45 @@ READ_TIMEOUT = 10.0
 WRITE_TIMEOUT = 10.0
 MAX_REQUEST = 8192
 
-#: (status line, content type, body) for a request (method, path, headers, body).
-Handler = Callable[[str, str, dict[str, str], bytes], tuple[str, str, bytes]]
+
+@dataclass(frozen=True)
+class Peer:
+    """Who sent a request: its address and, over TLS with client certificates, the names its
+    certificate was issued to (the subject's CN, the DNS and URI SANs), verified by the CA."""
+
+    address: str = ""
+    subject: str = ""  # "CN=node-1, O=..." ("" : no certificate)
+    names: tuple[str, ...] = ()
+
+    @property
+    def certified(self) -> bool:
+        return bool(self.subject or self.names)
+
+    @classmethod
+    def of(cls, conn: socket.socket) -> Peer:
+        try:
+            host, port = conn.getpeername()[:2]
+            address = f"{host}:{port}"
+        except (OSError, ValueError):
+            address = ""
+        cert = conn.getpeercert() if isinstance(conn, ssl.SSLSocket) else None
+        if not cert:
+            return cls(address)
+        return cls(address, _subject(cert), _names(cert))
+
+
+def _subject(cert: dict[str, Any]) -> str:
+    return ", ".join(f"{k}={v}" for rdn in cert.get("subject", ()) for k, v in rdn)[:300]
+
+
+def _names(cert: dict[str, Any]) -> tuple[str, ...]:
+    names = [v for rdn in cert.get("subject", ()) for k, v in rdn if k == "commonName"]
+    names += [v for k, v in cert.get("subjectAltName", ()) if k in ("DNS", "URI")]
+    return tuple(dict.fromkeys(names))
+
+
+#: (status line, content type, body) for a request (method, path, headers, body, peer).
+Handler = Callable[[str, str, dict[str, str], bytes, Peer], tuple[str, str, bytes]]
 
 
 class BoundedHTTPServer:
@@ -176,14 +215,17 @@ class BoundedHTTPServer:
                 name, _, value = line.partition(":")
                 headers[name.strip().lower()] = value.strip()
             length = _content_length(head_bytes)
+            peer = Peer.of(conn)
             if len(parts) != 3 or not parts[2].startswith("HTTP/"):
                 status, ctype, body = "400 Bad Request", "text/plain", b"bad request\n"
             elif self.max_body > 0 and "transfer-encoding" in headers:
                 status, ctype, body = "411 Length Required", "text/plain", b"send a Content-Length\n"
             elif self.max_body > 0 and length is not None and length > self.max_body:
-                status, ctype, body = self.handler(parts[0], parts[1], headers, b" " * (self.max_body + 1))
+                status, ctype, body = self.handler(
+                    parts[0], parts[1], headers, b" " * (self.max_body + 1), peer
+                )
             else:
-                status, ctype, body = self.handler(parts[0], parts[1], headers, rest[: length or 0])
+                status, ctype, body = self.handler(parts[0], parts[1], headers, rest[: length or 0], peer)
             payload = b"" if parts[:1] == ["HEAD"] else body
             response = (
                 f"HTTP/1.0 {status}\r\nContent-Type: {ctype}\r\nContent-Length: {len(body)}\r\n"

@@ -12,7 +12,7 @@ from prometheus_client.exposition import choose_encoder
 from rebootcoord.core.rollout import REBOOTED
 from rebootcoord.core.semaphore import GroupView
 from rebootcoord.core.types import Phase
-from rebootcoord.daemon.httpserve import BoundedHTTPServer
+from rebootcoord.daemon.httpserve import BoundedHTTPServer, Peer
 
 log = logging.getLogger(__name__)
 
@@ -197,7 +197,9 @@ def serve(
     daemon/httpserve.py). Returns (stop, bound port)."""
     host, _, port = address.rpartition(":")
 
-    def handle(method: str, path: str, headers: dict[str, str], _body: bytes) -> tuple[str, str, bytes]:
+    def handle(
+        method: str, path: str, headers: dict[str, str], _body: bytes, _peer: Peer
+    ) -> tuple[str, str, bytes]:
         if method not in ("GET", "HEAD"):
             return "405 Method Not Allowed", "text/plain", b"GET only\n"
         path = path.split("?", 1)[0]

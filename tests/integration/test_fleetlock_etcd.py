@@ -22,7 +22,7 @@ from rebootcoord.core.fleetlock import KINDS
 from rebootcoord.core.types import Group
 from rebootcoord.sim.etcd_server import EtcdServer
 from tests.conftest import wait_for
-from tests.support.certs import make_pki
+from tests.support.certs import Pki, issue_client, make_pki
 from tests.support.etcdraw import raw_client, slot_history
 from tests.support.fleetlock import FleetLockClient, FleetLockServer, fleetlock_servers
 
@@ -311,8 +311,52 @@ def test_tls_with_a_client_ca_refuses_clients_without_a_certificate(
             plain.pre_reboot("node-a")
         assert holders(etcd, prefix) == []
         signed = ssl.create_default_context(cafile=str(pki.ca))
-        signed.load_cert_chain(str(pki.client_cert), str(pki.client_key))
-        assert FleetLockClient(server.base, context=signed).pre_reboot("node-a").status == 200
+        signed.load_cert_chain(str(pki.client_cert), str(pki.client_key))  # CN=root
+        assert FleetLockClient(server.base, context=signed).pre_reboot("root").status == 200
+
+
+def _client_context(pki: Pki, cert: Path, key: Path) -> ssl.SSLContext:
+    context = ssl.create_default_context(cafile=str(pki.ca))
+    context.load_cert_chain(str(cert), str(key))
+    return context
+
+
+def test_a_client_certificate_binds_the_ids_it_may_act_as(
+    tmp_path: Path, config: dict[str, object], etcd: EtcdServer, prefix: str
+) -> None:
+    """With a client CA, the id must be the certificate's CN, one of its DNS/URI SANs, or one
+    fleetlock_client_ids gives it: client A's certificate never acts as client B."""
+    (tmp_path / "pki").mkdir()
+    pki = make_pki(tmp_path / "pki")
+    a = _client_context(pki, *issue_client(pki, tmp_path / "pki", "client-a", dns=("a.example",)))
+    b = _client_context(pki, *issue_client(pki, tmp_path / "pki", "client-b", uris=("spiffe://x/b",)))
+    zincati = "e3b0c44298fc1c149afbf4c8996fb924"
+    tls = {
+        "fleetlock_tls_cert_file": str(pki.server_cert),
+        "fleetlock_tls_key_file": str(pki.server_key),
+        "fleetlock_tls_client_ca_file": str(pki.ca),
+        "fleetlock_client_ids": {"a.example": [zincati]},
+        "max_holders": 3,
+    }
+    with fleetlock_servers(tmp_path, {**config, **tls}) as (server,):
+        as_a, as_b = FleetLockClient(server.base, context=a), FleetLockClient(server.base, context=b)
+        assert as_b.pre_reboot("client-b").status == 200  # CN
+        before = snapshot(etcd, prefix)
+        for call in (as_a.pre_reboot, as_a.steady_state):
+            answer = call("client-b")
+            assert (answer.status, answer.kind) == (403, "invalid_client_identity"), answer.body
+            assert "client-a" in answer.value and "'client-b'" in answer.value
+        assert snapshot(etcd, prefix) == before  # nothing changed
+        assert as_a.pre_reboot("client-a").status == 200  # CN
+        assert as_a.pre_reboot(zincati).status == 200  # given by fleetlock_client_ids to a SAN
+        assert as_b.steady_state("client-b").status == 200
+        assert as_b.pre_reboot("spiffe://x/b").status == 200  # a URI SAN
+        assert sorted(holders(etcd, prefix)) == sorted(["client-a", zincati, "spiffe://x/b"])
+        log = server.log()
+    # Every state change names the certificate it came with.
+    took = [line for line in log.splitlines() if "took a slot" in line]
+    assert len(took) == 4 and all("certificate commonName=" in line for line in took), took
+    assert any("commonName=client-b" in line and "gave its slot" in line for line in log.splitlines())
 
 
 def test_idle_and_slow_connections_do_not_keep_clients_out(server: FleetLockServer) -> None:

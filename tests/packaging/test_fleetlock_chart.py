@@ -387,24 +387,31 @@ def _cluster_rules(objects: list[dict[str, Any]]) -> dict[str, list[str]]:
     return {r["resources"][0]: r["verbs"] for role in roles for r in role["rules"]}
 
 
+NODE_OPS = {"nodes": ["get", "list", "patch"], "pods": ["list"], "pods/eviction": ["create"]}
+PDBS = {"poddisruptionbudgets": ["list"]}
+
+
 @pytest.mark.parametrize(
     ("config", "rules", "roles"),
     [
         pytest.param(
-            {},
-            {"nodes": ["get", "list", "patch"], "pods": ["list"], "pods/eviction": ["create"]},
+            {}, NODE_OPS | PDBS, {"rebootcoord-fleetlock", "rebootcoord-fleetlock-events"}, id="lease-backend"
+        ),
+        pytest.param(
+            {"pdb_precheck": False},
+            NODE_OPS,
             {"rebootcoord-fleetlock", "rebootcoord-fleetlock-events"},
-            id="lease-backend",
+            id="lease-backend-no-pdb-precheck",
         ),
         pytest.param({"node_ops": "none"}, {}, {"rebootcoord-fleetlock"}, id="no-node-operations"),
         pytest.param(
             {"backend": "etcd", "etcd_endpoints": ["http://etcd:2379"], "node_ops": "kubernetes"},
-            {"nodes": ["get", "list", "patch"], "pods": ["list"], "pods/eviction": ["create"]},
+            NODE_OPS | PDBS,
             {"rebootcoord-fleetlock-events"},
             id="etcd-backend-kubernetes-drain",
         ),
         pytest.param({"backend": "etcd", "etcd_endpoints": ["http://etcd:2379"]}, {}, set(), id="etcd-only"),
-        # The agents' gates are theirs: the server lists no more for them.
+        # The agents' gates bind the server's clients too: the same rights for them.
         pytest.param(
             {
                 "max_unavailable_nodes": 1,
@@ -412,7 +419,7 @@ def _cluster_rules(objects: list[dict[str, Any]]) -> dict[str, list[str]]:
                 "verify_node_ready": False,
                 "pdb_precheck": True,
             },
-            {"nodes": ["get", "list", "patch"], "pods": ["list"], "pods/eviction": ["create"]},
+            NODE_OPS | PDBS,
             {"rebootcoord-fleetlock", "rebootcoord-fleetlock-events"},
             id="agent-gates",
         ),

@@ -20,6 +20,7 @@ class Pki:
     server_key: Path
     client_cert: Path
     client_key: Path
+    ca_key: Path | None = None
 
 
 def _name(cn: str) -> x509.Name:
@@ -80,10 +81,42 @@ def make_pki(directory: Path, client_cn: str = "root") -> Pki:
         server_key=directory / "server-key.pem",
         client_cert=directory / "client.pem",
         client_key=directory / "client-key.pem",
+        ca_key=directory / "ca-key.pem",
     )
+    _write_key(ca_key, directory / "ca-key.pem")
     pki.ca.write_bytes(ca.public_bytes(serialization.Encoding.PEM))
     pki.server_cert.write_bytes(server.public_bytes(serialization.Encoding.PEM))
     pki.client_cert.write_bytes(client.public_bytes(serialization.Encoding.PEM))
     _write_key(server_key, pki.server_key)
     _write_key(client_key, pki.client_key)
     return pki
+
+
+def issue_client(
+    pki: Pki, directory: Path, cn: str, *, dns: tuple[str, ...] = (), uris: tuple[str, ...] = ()
+) -> tuple[Path, Path]:
+    """One more client certificate of ``pki``'s CA, for ``cn`` with DNS and URI SANs: (cert, key)."""
+    assert pki.ca_key is not None
+    now = datetime.datetime.now(datetime.UTC)
+    ca = x509.load_pem_x509_certificate(pki.ca.read_bytes())
+    ca_key = serialization.load_pem_private_key(pki.ca_key.read_bytes(), password=None)
+    key = ec.generate_private_key(ec.SECP256R1())
+    builder = (
+        x509.CertificateBuilder()
+        .subject_name(_name(cn))
+        .issuer_name(ca.subject)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=5))
+        .not_valid_after(now + datetime.timedelta(days=1))
+        .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.CLIENT_AUTH]), critical=False)
+    )
+    names: list[x509.GeneralName] = [x509.DNSName(d) for d in dns]
+    names += [x509.UniformResourceIdentifier(u) for u in uris]
+    if names:
+        builder = builder.add_extension(x509.SubjectAlternativeName(names), critical=False)
+    cert = builder.sign(ca_key, hashes.SHA256())  # type: ignore[arg-type]
+    cert_path, key_path = directory / f"{cn}.pem", directory / f"{cn}-key.pem"
+    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    _write_key(key, key_path)
+    return cert_path, key_path

@@ -119,23 +119,33 @@ it serves (default [config.group]), and the files of the mounted Secrets.
 {{/*
 The server's API calls for its configuration, in JSON, as rebootcoord/cli/wiring.py builds it
 (build_fleetlock_service):
-  backend kubernetes: the groups' Leases and the waiter Leases of the clients in line
+  backend kubernetes: the groups' Leases and the waiter Leases of the clients in line (list: the
+    count of groups, with fleetlock_any_group)
   node operations (the Lease backend or node_ops kubernetes, node_ops not none): find a client's
     Node by machine ID among all Nodes (list), read and patch it (cordon, uncordon, annotations,
     labels, the taint), list its pods, evict them, events about it; the Ready check after the
     reboot reads the Node, verify_pods_ready lists its pods
+  the agents' gates, which apply to the server's clients too: blocking_pod_selector lists the
+    client Node's pods, max_unavailable_nodes >= 0 lists the Nodes, pdb_precheck (default true)
+    with node operations lists the PodDisruptionBudgets cluster-wide
 The agents' rules for the same configuration, plus nodes list (an agent reads its own Node by
-name), less what the server does not do: it has no gates (budget, blocking pods, the PDB
-pre-check) of its own.
+name).
 */}}
 {{- define "rebootcoord.fleetlock.apiCalls" -}}
 {{- $cfg := include "rebootcoord.fleetlock.configFile" . | fromYaml }}
 {{- $kube := or (eq (default "etcd" $cfg.backend) "kubernetes") (eq (default "auto" $cfg.node_ops) "kubernetes") }}
 {{- $nodeOps := and $kube (ne (default "auto" $cfg.node_ops) "none") }}
+{{- $budget := false }}
+{{- if and (hasKey $cfg "max_unavailable_nodes") (not (kindIs "invalid" $cfg.max_unavailable_nodes)) }}
+{{- $budget = ge (int $cfg.max_unavailable_nodes) 0 }}
+{{- end }}
 {{- $nodes := list }}
 {{- $pods := list }}
-{{- if $nodeOps }}{{ $nodes = list "get" "list" "patch" }}{{ $pods = list "list" }}{{ end }}
-{{- dict "kube" $kube "leases" (eq (default "etcd" $cfg.backend) "kubernetes") "events" $nodeOps "nodes" $nodes "pods" $pods "evictions" $nodeOps | toJson }}
+{{- if $nodeOps }}{{ $nodes = list "get" "list" "patch" }}{{ $pods = list "list" }}
+{{- else if and $kube $budget }}{{ $nodes = list "list" }}{{ end }}
+{{- $pdbPrecheck := true }}
+{{- if hasKey $cfg "pdb_precheck" }}{{ $pdbPrecheck = $cfg.pdb_precheck }}{{ end }}
+{{- dict "kube" $kube "leases" (eq (default "etcd" $cfg.backend) "kubernetes") "events" $nodeOps "nodes" $nodes "pods" $pods "evictions" $nodeOps "pdbs" (and $nodeOps $pdbPrecheck) | toJson }}
 {{- end }}
 
 {{/* The namespace of the server's Leases: its config's namespace, else the release's. */}}

@@ -3,8 +3,10 @@
 Zincati sends the machine's app-specific id for its application id (systemd's
 ``sd_id128_get_machine_app_specific``); a Node reports the machine id in
 ``status.nodeInfo.machineID``. The directory lists the Nodes once, maps every Node's app-specific
-id, machine id and name to the Node, and lists again only when an id is not found (at most every
-``REFRESH`` seconds), so a hundred clients polling cost one list, not a hundred.
+id and machine id to the Node -- and its name only with ``by_name`` (fleetlock_ids_by_node_name):
+a Node's name is no secret, so anyone who can reach the server could then cordon and drain any
+Node -- and lists again only when an id is not found (at most every ``REFRESH`` seconds), so a
+hundred clients polling cost one list, not a hundred.
 """
 
 from __future__ import annotations
@@ -17,10 +19,10 @@ from typing import Any
 
 from rebootcoord.adapters.kube.api import ZONE_LABEL, Kube, NotFound, path_segment
 from rebootcoord.adapters.kube.gates import PodsReady, is_ready
-from rebootcoord.adapters.kube.nodes import DrainOptions, KubeNodeOps
+from rebootcoord.adapters.kube.nodes import ANN_CORDONED, DrainOptions, KubeNodeOps
 from rebootcoord.core.fleetlock import app_specific_id
 from rebootcoord.core.types import HolderId, NodeName
-from rebootcoord.ports import CheckResult, NodeOps
+from rebootcoord.ports import CheckResult, NodeFacts, NodeOps
 
 log = logging.getLogger(__name__)
 
@@ -34,11 +36,13 @@ class KubeNodeDirectory:
         *,
         drain: DrainOptions | None = None,
         pods_ready: bool = False,
+        by_name: bool = False,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.kube = kube
         self.drain = drain or DrainOptions()
         self.pods_ready = pods_ready
+        self.by_name = by_name
         self.clock = clock
         self._ids: dict[str, NodeName] = {}
         self._listed_at = -REFRESH
@@ -55,12 +59,12 @@ class KubeNodeDirectory:
             self.lists += 1
             return self._ids.get(client_id.lower())
 
-    @staticmethod
-    def _map(nodes: list[dict[str, Any]]) -> dict[str, NodeName]:
+    def _map(self, nodes: list[dict[str, Any]]) -> dict[str, NodeName]:
         ids: dict[str, NodeName] = {}
         for item in nodes:
             name = NodeName(item["metadata"]["name"])
-            ids[name.lower()] = name
+            if self.by_name:
+                ids[name.lower()] = name
             machine = str(((item.get("status") or {}).get("nodeInfo") or {}).get("machineID") or "")
             try:
                 ids[app_specific_id(machine)] = name
@@ -80,13 +84,15 @@ class KubeNodeDirectory:
             return None
         return found
 
-    def boot_id(self, node: NodeName) -> str:
+    def facts(self, node: NodeName) -> NodeFacts:
         found = self._node(node) or {}
-        return str(((found.get("status") or {}).get("nodeInfo") or {}).get("bootID") or "")
-
-    def zone(self, node: NodeName) -> str:
-        found = self._node(node) or {}
-        return str(((found.get("metadata") or {}).get("labels") or {}).get(ZONE_LABEL, ""))
+        meta, spec = found.get("metadata") or {}, found.get("spec") or {}
+        return NodeFacts(
+            boot_id=str(((found.get("status") or {}).get("nodeInfo") or {}).get("bootID") or ""),
+            zone=str((meta.get("labels") or {}).get(ZONE_LABEL, "")),
+            cordoned_by_us=bool(spec.get("unschedulable"))
+            and (meta.get("annotations") or {}).get(ANN_CORDONED) == "true",
+        )
 
     def verify(self, node: NodeName) -> tuple[CheckResult, ...]:
         found = self._node(node)

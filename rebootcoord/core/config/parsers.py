@@ -9,12 +9,13 @@ import itertools
 import re
 import signal
 import zoneinfo
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from datetime import timedelta, tzinfo
 from typing import Any
 from urllib.parse import urlsplit
 
+from rebootcoord.core.bounds import MAX_GROUP_BYTES, MAX_ID_BYTES, utf8_len
 from rebootcoord.core.documents import quoted
 from rebootcoord.core.durations import format_duration, parse_duration
 from rebootcoord.core.notices import EVENTS, TemplateError, Templates, check_template
@@ -308,11 +309,62 @@ def p_groups(value: object) -> tuple[Group, ...]:
     except Invalid:
         raise Invalid("a list of group names") from None
     for name in names:
-        if not GROUP_RE.match(name):
+        if not GROUP_RE.match(name) or len(name) > MAX_GROUP_BYTES:
             raise Invalid(
-                f"group names of letters, digits, '.' and '-' (FleetLock's rule), not {quoted(name)}"
+                f"group names of letters, digits, '.' and '-' (FleetLock's rule, at most "
+                f"{MAX_GROUP_BYTES}), not {quoted(name)}"
             )
     return tuple(Group(n) for n in names)
+
+
+#: The most entries of fleetlock_client_ids (certificate names and ids together).
+MAX_CLIENT_IDS = 10_000
+
+
+class ClientIds(Mapping[str, tuple[str, ...]]):
+    """fleetlock_client_ids: a frozen mapping (settings are frozen and hashable)."""
+
+    def __init__(self, items: Mapping[str, tuple[str, ...]] | None = None) -> None:
+        self._items = dict(items or {})
+
+    def __getitem__(self, name: str) -> tuple[str, ...]:
+        return self._items[name]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._items)
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    def __hash__(self) -> int:
+        return hash(tuple(sorted(self._items.items())))
+
+    def __repr__(self) -> str:
+        return f"ClientIds({self._items!r})"
+
+
+def p_client_ids(value: object) -> ClientIds:
+    """Certificate name (CN, DNS or URI SAN) -> the FleetLock ids it may act as, beyond itself."""
+    if value is None:
+        return ClientIds()
+    if not isinstance(value, Mapping):
+        raise Invalid('a mapping of certificate name to ids, such as {"node-1.example.com": [e3b0c4...]}')
+    out: dict[str, tuple[str, ...]] = {}
+    for name, ids in value.items():
+        key = f"fleetlock_client_ids.{name}"
+        if not isinstance(name, str) or not name or utf8_len(name) > 1024:
+            raise Invalid("certificate names of 1 to 1024 bytes", "fleetlock_client_ids", name)
+        try:
+            listed = p_str_list(ids)
+        except Invalid:
+            raise Invalid("a list of FleetLock ids", key, ids) from None
+        for client_id in listed:
+            if not client_id.strip() or utf8_len(client_id) > MAX_ID_BYTES or not client_id.isprintable():
+                raise Invalid(f"FleetLock ids of 1 to {MAX_ID_BYTES} bytes of printable text", key, client_id)
+        out[name] = listed
+    if sum(1 + len(v) for v in out.values()) > MAX_CLIENT_IDS:
+        raise Invalid(f"at most {MAX_CLIENT_IDS} names and ids in all")
+    return ClientIds(out)
 
 
 def p_waves(value: object) -> tuple[WaveSize, ...]:

@@ -12,6 +12,7 @@ from rebootcoord.core.config.parsers import (
     p_argv,
     p_bool,
     p_checks,
+    p_client_ids,
     p_detectors,
     p_duration,
     p_endpoints,
@@ -132,7 +133,14 @@ _SCHEMAS: dict[Callable[[object], Any], dict[str, Any]] = {
         "type": ["array", "string", "null"],
         "items": {"oneOf": [{"type": "integer", "minimum": 1}, {"type": "string", "pattern": r"^[0-9]+%?$"}]},
     },
-    p_groups: {"type": ["array", "string"], "items": {"type": "string", "pattern": r"^[a-zA-Z0-9.-]+$"}},
+    p_groups: {
+        "type": ["array", "string"],
+        "items": {"type": "string", "pattern": r"^[a-zA-Z0-9.-]+$", "maxLength": 63},
+    },
+    p_client_ids: {
+        "type": ["object", "null"],
+        "additionalProperties": {"type": ["array", "string"], "items": {"type": "string", "minLength": 1}},
+    },
     p_holder_id: {"type": "string", "pattern": r"^([A-Za-z0-9][A-Za-z0-9._:-]{0,252})?$"},
     p_detectors: {
         "type": "array",

@@ -14,13 +14,16 @@ from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Any
 
+from rebootcoord.core.bounds import MAX_FLEETLOCK_WAITERS
 from rebootcoord.core.config.parsers import (
     CheckSpec,
+    ClientIds,
     DetectorSpec,
     p_address,
     p_argv,
     p_bool,
     p_checks,
+    p_client_ids,
     p_detectors,
     p_duration,
     p_endpoints,
@@ -159,13 +162,29 @@ class FleetLockSettings:
     fleetlock_tls_cert_file: str | None = _key(None, p_opt_str, "fleetlock-server: TLS certificate (PEM)")
     fleetlock_tls_key_file: str | None = _key(None, p_opt_str, "fleetlock-server: TLS private key (PEM)")
     fleetlock_tls_client_ca_file: str | None = _key(
-        None, p_opt_str, "fleetlock-server: require client certificates signed by this CA"
+        None,
+        p_opt_str,
+        "fleetlock-server: require client certificates signed by this CA; a certificate then binds "
+        "the ids a client may act as (its CN and DNS/URI SANs, and fleetlock_client_ids)",
+    )
+    fleetlock_client_ids: ClientIds = _key(
+        ClientIds(),
+        p_client_ids,
+        "fleetlock-server with client certificates: certificate name (CN, DNS or URI SAN) -> the "
+        "further ids it may act as, such as Zincati's app-specific machine id",
     )
     fleetlock_waiter_ttl: timedelta = _key(
         timedelta(minutes=15),
         p_poll_ttl,
-        "fleetlock-server: a client refused for want of a slot keeps its place in line this long "
-        "without asking again",
+        "fleetlock-server: the longest a client refused for want of a slot keeps its place in line "
+        "without asking again (it keeps it 1.5 of its own poll intervals, Zincati's 5 minutes "
+        "after its first poll)",
+    )
+    fleetlock_max_waiters: int = _key(
+        1000,
+        p_int(1, MAX_FLEETLOCK_WAITERS),
+        "fleetlock-server: the most FleetLock clients in one group's line; more are refused "
+        "(line_full) until places free",
     )
     fleetlock_unknown_id: str = _key(
         "refuse",
@@ -173,12 +192,36 @@ class FleetLockSettings:
         "fleetlock-server on Kubernetes: a client id that maps to no Node is refused, or granted "
         "a slot without node operations",
     )
+    fleetlock_ids_by_node_name: bool = _key(
+        False,
+        p_bool,
+        "fleetlock-server on Kubernetes: also map a client id to the Node of that name (names are "
+        "no secret: anyone who reaches the server could then cordon and drain any Node)",
+    )
     fleetlock_groups: tuple[Group, ...] = _key(
-        (), p_groups, "fleetlock-server: the groups it serves (others: unknown_group); empty: any"
+        (),
+        p_groups,
+        "fleetlock-server: the groups it serves (others: unknown_group); empty: the group key's",
+    )
+    fleetlock_any_group: bool = _key(
+        False,
+        p_bool,
+        "fleetlock-server: also serve groups not in fleetlock_groups -- those that exist, and new "
+        "ones while the store holds fewer than fleetlock_max_groups",
+    )
+    fleetlock_max_groups: int = _key(
+        64,
+        p_int(1, 10_000),
+        "fleetlock-server with fleetlock_any_group: the most groups the store may hold before new "
+        "ones are refused (too_many_groups)",
     )
     fleetlock_workers: int = _key(64, p_int(1, 1024), "fleetlock-server: requests answered at once")
     fleetlock_url: str = _key("", p_opt_url, "backend fleetlock: the FleetLock server's base URL")
     fleetlock_ca_file: str | None = _key(None, p_opt_str, "backend fleetlock: CA bundle for the server")
+    fleetlock_cert_file: str | None = _key(
+        None, p_opt_str, "backend fleetlock: client certificate for a server that requires one (PEM)"
+    )
+    fleetlock_key_file: str | None = _key(None, p_opt_str, "backend fleetlock: the client certificate's key")
     fleetlock_state_dir: str = _key(
         "/var/lib/rebootcoord",
         p_str,
