@@ -120,7 +120,10 @@ KINDS: dict[str, tuple[int, str]] = {
     "drain_failed": (500, "the node could not be drained: it was uncordoned and the slot given back"),
     "node_not_ready": (503, "after the reboot the node is not healthy yet: the slot stays held"),
     "store_full": (507, "the group's stored documents would outgrow their store: nothing was written"),
-    "backend_unavailable": (503, "the backend (etcd or the API server) cannot be reached"),
+    "backend_unavailable": (
+        503,
+        "the backend (etcd or the API server) cannot be reached, or refused the write",
+    ),
     "corrupt_document": (500, "a stored document of the group is corrupt: nothing was changed"),
     "internal_error": (500, "a bug: the server's log has the traceback"),
 }

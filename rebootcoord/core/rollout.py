@@ -277,7 +277,7 @@ class Cycle:
     @functools.cached_property
     def encoded(self) -> bytes:
         """This entry as stored (compact, sorted keys): its bytes count in HISTORY_BYTES."""
-        return json.dumps(self.to_json(), sort_keys=True, separators=(",", ":")).encode()
+        return json.dumps(self.to_json(), sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
 
     @functools.cached_property
     def key(self) -> str:
@@ -424,7 +424,7 @@ class Ledger:
             doc["members"] = dict(self.members)
         if self.rollout is not None:
             doc["rollout"] = _rollout_doc(self.rollout)
-        return json.dumps(doc, sort_keys=True, separators=(",", ":")).encode()
+        return json.dumps(doc, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
 
     def encode_rollout(self) -> bytes:
         """The rollout alone (etcd keeps the members and each history entry in keys of their
@@ -433,7 +433,9 @@ class Ledger:
         return json.dumps(doc, sort_keys=True, separators=(",", ":")).encode()
 
     def encode_members(self) -> bytes:
-        return json.dumps(dict(self.members), sort_keys=True, separators=(",", ":")).encode()
+        return json.dumps(
+            dict(self.members), sort_keys=True, separators=(",", ":"), ensure_ascii=False
+        ).encode()
 
     @classmethod
     def decode(cls, raw: bytes, *, key: str) -> Ledger:
@@ -459,7 +461,7 @@ def decode_members(members: object, key: str) -> dict[HolderId, float]:
 
 
 def _member_bytes(member: str, seen: float) -> int:
-    return len(json.dumps(member)) + len(repr(seen)) + 2  # "id":t, in JSON
+    return len(json.dumps(member, ensure_ascii=False).encode()) + len(repr(seen)) + 2  # "id":t
 
 
 def _rollout_doc(r: Rollout) -> dict[str, Any]:

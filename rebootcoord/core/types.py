@@ -15,6 +15,13 @@ Group = NewType("Group", str)
 GROUP_RE = re.compile(r"^[a-zA-Z0-9.-]+$")
 # Holder ids become etcd key segments and Lease annotation keys: no slashes, no spaces.
 HOLDER_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,252}$")
+# A Kubernetes object name such as a Lease's: a DNS subdomain (RFC 1123), at most 253 characters.
+_SUBDOMAIN = re.compile(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*")
+
+
+def lease_name_ok(name: str) -> bool:
+    """``name`` is a valid Lease name."""
+    return len(name) <= 253 and _SUBDOMAIN.fullmatch(name) is not None
 
 
 class Phase(enum.StrEnum):

@@ -55,13 +55,14 @@ from rebootcoord.core.fleetlock import (
 from rebootcoord.core.group import Ending
 from rebootcoord.core.rollout import REBOOTED
 from rebootcoord.core.semaphore import GroupView, HolderRecord
-from rebootcoord.core.types import Group, HolderId, NodeName, Phase
+from rebootcoord.core.types import Group, HolderId, NodeName, Phase, lease_name_ok
 from rebootcoord.core.windows import Schedule
 from rebootcoord.daemon import holding
 from rebootcoord.daemon.group import GroupClient
 from rebootcoord.daemon.httpserve import BoundedHTTPServer, Peer
 from rebootcoord.errors import (
     AccessDenied,
+    ApiError,
     BackendUnavailable,
     Conflict,
     CorruptDocument,
@@ -94,7 +95,7 @@ class ServerSettings:
     any_group: bool = False
     max_groups: int = 64
     unknown_id: str = "refuse"  # "refuse" or "grant" (without node operations)
-    lease_names: bool = False  # the Lease backend: ids and groups must fit Lease names
+    lease_names: bool = False  # the Lease backend: groups must make Lease names
     #: The agent's rules that also bind FleetLock clients: budgets (limits), drain_failure,
     #: pause_group_after, expected_cycle (window fit).
     policy: Policy = DEFAULT_POLICY
@@ -126,17 +127,6 @@ class ServerMetrics:
         self.drains = Counter(
             f"{ns}_drains", "Drains of a client's Node, by outcome", ["outcome"], registry=registry
         )
-
-
-def _lease_name_ok(text: str) -> bool:
-    return (
-        bool(text)
-        and text == text.lower()
-        and text.isascii()
-        and text[0].isalnum()
-        and text[-1].isalnum()
-        and all(c.isalnum() or c in ".-" for c in text)
-    )
 
 
 class FleetLockService:
@@ -201,8 +191,9 @@ class FleetLockService:
             reply, kind = (exc.status, exc.body()), exc.kind
         except CorruptDocument as exc:
             reply, kind = self._refused("corrupt_document", str(exc))
-        except (BackendUnavailable, AccessDenied, Interrupted, Conflict) as exc:
+        except (BackendUnavailable, AccessDenied, Interrupted, Conflict, ApiError) as exc:
             self.last_backend_error = f"{time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime())}: {exc}"
+            log.warning("FleetLock %s: the backend: %s", path[:100], exc)
             reply, kind = self._refused("backend_unavailable", str(exc))
         except Exception:
             log.exception("FleetLock %s %s failed", method[:20], path[:100])
@@ -235,14 +226,12 @@ class FleetLockService:
                     f"not as {client.id!r}",
                     status=403,
                 )
-        if self.settings.lease_names:
-            if not _lease_name_ok(client.group):
-                raise refusal("invalid_group", "on the Lease backend a group is lower case (a Lease name)")
-            if not _lease_name_ok(client.id):
-                raise refusal(
-                    "invalid_client_identity",
-                    "on the Lease backend an id is lower-case letters, digits, '.' and '-' (a Lease name)",
-                )
+        if self.settings.lease_names and not lease_name_ok(f"rebootcoord-{client.group}"):
+            raise refusal(
+                "invalid_group",
+                "on the Lease backend a group names a Lease: lower-case letters and digits, '-' and "
+                "'.' between them",
+            )
         self._served(client.group)
 
     def identities(self, peer: Peer) -> set[str]:

@@ -16,12 +16,13 @@ from zoneinfo import ZoneInfo
 
 import pytest
 
+from rebootcoord.adapters.kube.lease import LeaseWaitQueue
 from rebootcoord.core.config import load_zone
 from rebootcoord.core.cycle import DEFAULT_POLICY
 from rebootcoord.core.fleetlock import place_ttl
 from rebootcoord.core.rollout import ABORTED, DRAIN_FAILED, REBOOTED
 from rebootcoord.core.semaphore import AGENT, FLEETLOCK, MANUAL, HolderRecord, Limits, Waiter
-from rebootcoord.core.types import Group, HolderId, NodeName, Phase
+from rebootcoord.core.types import Group, HolderId, NodeName, Phase, lease_name_ok
 from rebootcoord.core.windows import Schedule, parse_window
 from rebootcoord.daemon.fleetlock import FleetLockService, ServerSettings
 from rebootcoord.daemon.group import GroupClient
@@ -363,3 +364,14 @@ def test_a_pollers_place_lives_one_and_a_half_of_its_own_intervals(
     since_last_poll: float | None, most: float, ttl: int
 ) -> None:
     assert place_ttl(since_last_poll, most) == ttl
+
+
+@pytest.mark.parametrize(
+    "holder", ["e3b0c44298fc1c149afbf4c8996fb924", "a" * 253, "a..b", "Node_1:x", "\U0001f600" * 63]
+)
+def test_every_id_has_a_valid_waiter_lease_name(holder: str) -> None:
+    """Long ids, and ids that are no Lease name, are hashed into one (found again by the id)."""
+    queue = LeaseWaitQueue(None, namespace="ns", group=G)  # type: ignore[arg-type]
+    name = queue.name_of(HolderId(holder))
+    assert lease_name_ok(name) and name.startswith("rebootcoord-g.w.")
+    assert name == queue.name_of(HolderId(holder)) != queue.name_of(HolderId(holder + "x"))

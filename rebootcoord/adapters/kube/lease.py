@@ -14,7 +14,9 @@ holders, so ``kubectl get lease`` shows who is rebooting::
 A write replaces the Lease with the resourceVersion that was read: the API server answers 409
 to a stale writer (Conflict), which reads again. The rules are the core's (rebootcoord.core.group).
 
-``LeaseWaitQueue``: a waiter's place is a Lease of its own, ``rebootcoord-<group>.w.<id>``
+``LeaseWaitQueue``: a waiter's place is a Lease of its own, ``rebootcoord-<group>.w.<id>`` (an id
+that does not make a valid Lease name, or makes one over 253 characters, is hashed:
+``rebootcoord-<group>.w.h-<sha256 of the id, 40 hex digits>``; the id is the Lease's holderIdentity)
 (labels ``rebootcoord.io/group`` and ``rebootcoord.io/role=waiter``), ordered by
 ``spec.acquireTime``. Bound to its agent's Pod (an ownerReference, when POD_NAME and POD_UID say
 which), it goes with the Pod -- the garbage collector deletes it when the Pod is deleted, and the
@@ -27,6 +29,7 @@ expires, or -- for the head of the line, by the waiter behind it -- when its Nod
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import logging
 import threading
@@ -42,7 +45,7 @@ from rebootcoord.core.fleetlock import place_ttl
 from rebootcoord.core.group import GroupState
 from rebootcoord.core.rollout import Ledger
 from rebootcoord.core.semaphore import AGENT, FLEETLOCK, HolderRecord, PauseInfo, SemaphoreState, Waiter
-from rebootcoord.core.types import Group, HolderId, NodeName
+from rebootcoord.core.types import Group, HolderId, NodeName, lease_name_ok
 from rebootcoord.errors import BackendUnavailable, Conflict, CorruptDocument, IdInUse
 
 log = logging.getLogger(__name__)
@@ -323,7 +326,11 @@ class LeaseWaitQueue:
         self._renewer: threading.Thread | None = None
 
     def name_of(self, holder: HolderId) -> str:
-        return f"rebootcoord-{self.group}.w.{holder}"
+        name = f"rebootcoord-{self.group}.w.{holder}"
+        if lease_name_ok(name):
+            return name
+        digest = hashlib.sha256(holder.encode("utf-8", "surrogatepass")).hexdigest()[:40]
+        return f"rebootcoord-{self.group}.w.h-{digest}"
 
     def _path(self, name: str) -> str:
         return f"{self.base}/{path_segment(name)}"
