@@ -35,6 +35,9 @@ def server(kube: KubeTestEnv, tmp_path: Path) -> Iterator[FleetLockServer]:
         "drain_timeout": "20s",
         "drain_delete_emptydir_data": True,
         "fleetlock_waiter_ttl": "30s",
+        # These tests drive the drain itself into PodDisruptionBudgets; the PDB pre-check, which
+        # would hold the client back before its slot, has a test of its own.
+        "pdb_precheck": False,
     }
     with fleetlock_servers(tmp_path, config) as (one,):
         yield one
@@ -144,6 +147,42 @@ def test_an_id_that_maps_to_no_node_is_refused_unless_configured(
         assert FleetLockClient(granting.base).steady_state("bare-host-1").status == 200
 
 
+def test_the_agents_pdb_precheck_holds_a_client_back_before_its_slot(
+    kube: KubeTestEnv, tmp_path: Path, server: FleetLockServer
+) -> None:
+    """The agent's gates bind FleetLock clients: a PodDisruptionBudget that allows no
+    disruption of a pod on the client's Node answers gate_blocked naming it; nothing is held,
+    nothing cordoned, and the client is out of the line so that the others go on."""
+    target, other = kube.create_nodes(2)
+    deploy(kube, "db", 1, pdb={"maxUnavailable": 0}, node=target.name)
+    config = {**_config_of(server), "pdb_precheck": True}
+    with fleetlock_servers(tmp_path / "gated", config) as (gated,):
+        client = FleetLockClient(gated.base)
+        answer = client.pre_reboot(app_specific_id(target.machine_id))
+        assert (answer.status, answer.kind) == (423, "gate_blocked"), answer.body
+        assert "PDBBlocked" in answer.value and "PodDisruptionBudget" in answer.value
+        assert holders(kube) == () and not node(kube, target.name).spec.unschedulable
+        assert group_view(kube).waiters == ()
+        assert client.pre_reboot(app_specific_id(other.machine_id)).status == 200  # the others go on
+        assert client.steady_state(app_specific_id(other.machine_id)).status == 200
+
+
+def test_a_node_name_is_no_id_unless_the_operator_says_so(
+    kube: KubeTestEnv, tmp_path: Path, server: FleetLockServer
+) -> None:
+    """A Node's name is no secret: as an id it would let anyone cordon and drain any Node."""
+    (target,) = kube.create_nodes(1)
+    answer = FleetLockClient(server.base).pre_reboot(target.name)
+    assert (answer.status, answer.kind) == (403, "unknown_node")
+    assert not node(kube, target.name).spec.unschedulable and holders(kube) == ()
+    by_name = {**_config_of(server), "fleetlock_ids_by_node_name": True}
+    with fleetlock_servers(tmp_path / "by-name", by_name) as (named,):
+        assert FleetLockClient(named.base).pre_reboot(target.name).status == 200
+        assert node(kube, target.name).spec.unschedulable
+        assert FleetLockClient(named.base).steady_state(target.name).status == 200
+        assert not node(kube, target.name).spec.unschedulable
+
+
 def _config_of(server: FleetLockServer) -> dict[str, Any]:
     return {k: v for k, v in server.config.items() if not k.startswith(("fleetlock_listen", "metrics_"))}
 
@@ -162,9 +201,14 @@ def test_a_server_killed_mid_drain_is_finished_by_the_retry_on_another_replica(
     pending.start()
     try:
 
-        def draining() -> bool:
+        def draining() -> bool:  # cordoned, evicting
             record = group.read(queue=False).record(zincati)
-            return record is not None and record.phase is Phase.DRAINING
+            return (
+                record is not None
+                and record.phase is Phase.DRAINING
+                and bool(record.cordoned)
+                and bool(node(kube, target.name).spec.unschedulable)
+            )
 
         wait_for(draining, timeout=30, what="the drain under way")
         server.kill()  # kill -9 in the middle of the drain

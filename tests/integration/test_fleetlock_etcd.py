@@ -158,6 +158,34 @@ def test_a_poller_that_stops_asking_loses_its_place_after_the_waiter_ttl(
         assert holders(etcd, prefix) == ["node-c"]
 
 
+def test_a_free_slot_is_not_held_for_pollers_that_stopped_asking(
+    tmp_path: Path, config: dict[str, object], etcd: EtcdServer, prefix: str
+) -> None:
+    """M clients that polled every second and then stopped asking, M slots freed: their places
+    live 1.5 of their own intervals (core.fleetlock.place_ttl, at least 5 s), not the waiter TTL
+    (here 10 minutes), so a client that keeps asking gets a slot once they are gone."""
+    config = {**config, "max_holders": 2, "fleetlock_waiter_ttl": "10m"}
+    with fleetlock_servers(tmp_path, config) as (server,):
+        client = FleetLockClient(server.base)
+        assert client.pre_reboot("holder-1").status == 200
+        assert client.pre_reboot("holder-2").status == 200
+        for _ in range(2):  # two polls a second apart: an interval of one second
+            for gone in ("gone-1", "gone-2"):
+                assert client.pre_reboot(gone).kind == "no_free_slot"
+            time.sleep(1.0)
+        assert "place 3 of 3" in client.pre_reboot("late").value
+        assert client.steady_state("holder-1").status == 200
+        assert client.steady_state("holder-2").status == 200
+        wait_for(lambda: client.pre_reboot("late").status == 200, timeout=60, interval=1,
+                 what="the places of the clients that stopped asking to pass")  # fmt: skip
+        assert holders(etcd, prefix) == ["late"]
+        assert waiter_keys(etcd, prefix) == []  # their places passed, the late one took its slot
+
+
+def waiter_keys(etcd: EtcdServer, prefix: str) -> list[bytes]:
+    return [m.key for _, m in raw_client(etcd).get_prefix(WAITERS.format(prefix=prefix))]
+
+
 def test_unknown_groups_are_refused_when_the_server_serves_a_list(
     tmp_path: Path, config: dict[str, object], etcd: EtcdServer, prefix: str
 ) -> None:

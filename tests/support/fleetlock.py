@@ -55,6 +55,7 @@ class FleetLockServer:
     metrics_port: int = 0
     process: subprocess.Popen[bytes] | None = None
     scheme: str = "http"
+    cwd: str | None = None  # `python -m` puts it first on sys.path: the source tree that runs
 
     def start(self, timeout: float = 30.0) -> FleetLockServer:
         self.run_dir.mkdir(parents=True, exist_ok=True)
@@ -77,6 +78,7 @@ class FleetLockServer:
             stdout=self.log_path.open("ab"),
             stderr=subprocess.STDOUT,
             env={**env, **self.env},
+            cwd=self.cwd,
         )
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
