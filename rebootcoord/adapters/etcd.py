@@ -559,21 +559,21 @@ class EtcdWaitQueue:
         """A polling client's place (the FleetLock server's): created at the end of the line on
         a lease of ``place_ttl``, or kept -- its lease refreshed, no write to etcd's log -- and
         its lease's TTL fitted to the client's own poll interval (the time since its last poll
-        is what the lease had run down). A place of another kind (an agent's) is never taken
-        over: IdInUse. Every put is guarded, so a place that changed meanwhile is not
-        overwritten."""
+        is what the lease had run down). Never where a place of another kind is (an agent's)
+        or where the id has a holder record (a holder queues no more): IdInUse. Every put is
+        guarded in its transaction, so neither can slip in between."""
+        t = client.transactions
+        record = self.keys.records + waiter.id
         for _ in range(3):
             value, meta = client.get(key)
             if meta is None:
                 lease = client.lease(place_ttl(None, self.ttl))
-                ok, _, _ = _txn(
-                    client,
-                    [client.transactions.create(key) == 0],
-                    [client.transactions.put(key, _encode_waiter(waiter), lease=lease.id)],
-                )
-                if ok:
+                guard = [t.create(key) == 0, t.create(record) == 0]
+                put = t.put(key, _encode_waiter(waiter), lease=lease.id)
+                if _txn(client, guard, [put])[0]:
                     return
                 client.revoke_lease(lease.id)
+                self._no_record(client, record, waiter)
                 continue
             kind = _decode_waiter(value, holder=waiter.id, order=0).kind
             if kind != waiter.kind:
@@ -590,18 +590,20 @@ class EtcdWaitQueue:
             else:
                 ttl = place_ttl(None, self.ttl)
             lease = client.lease(ttl)
-            ok, _, _ = _txn(
-                client,
-                [client.transactions.mod(key) == int(meta.mod_revision)],
-                [client.transactions.put(key, value, lease=lease.id)],  # a put keeps the place
-            )
-            if ok:
+            guard = [t.mod(key) == int(meta.mod_revision), t.create(record) == 0]
+            if _txn(client, guard, [t.put(key, value, lease=lease.id)])[0]:  # a put keeps the place
                 if old_lease:
                     with contextlib.suppress(grpc.RpcError):
                         client.revoke_lease(old_lease)
                 return
             client.revoke_lease(lease.id)
+            self._no_record(client, record, waiter)
         raise Conflict(f"the place of {waiter.id!r} in line kept changing")
+
+    @staticmethod
+    def _no_record(client: Any, record: str, waiter: Waiter) -> None:
+        if client.get(record)[1] is not None:
+            raise IdInUse(f"{waiter.id!r} holds a slot (a holder record): it takes no place in line")
 
     def joined(self, holder: HolderId) -> bool:
         with self._lock:

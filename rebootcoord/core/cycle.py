@@ -15,7 +15,15 @@ from datetime import timedelta
 from rebootcoord.core.documents import described
 from rebootcoord.core.durations import format_duration
 from rebootcoord.core.rollout import ABORTED, DRAIN_FAILED, REBOOTED, Ledger
-from rebootcoord.core.semaphore import MANUAL, NO_LIMITS, GroupView, HolderRecord, Limits, PauseInfo
+from rebootcoord.core.semaphore import (
+    FLEETLOCK,
+    MANUAL,
+    NO_LIMITS,
+    GroupView,
+    HolderRecord,
+    Limits,
+    PauseInfo,
+)
 from rebootcoord.core.types import Group, HolderId, NodeName, PendingReboot, Phase
 from rebootcoord.core.windows import WindowStatus
 
@@ -250,6 +258,13 @@ def decide(s: Snapshot) -> Step:
 
     if record is not None and record.kind == MANUAL:
         return Rest(Phase.PENDING if s.pending else Phase.IDLE, "our id is held by an operator lock")
+    if record is not None and record.kind == FLEETLOCK:
+        # A FleetLock client sent our id (the FleetLock server refuses ids it knows for an
+        # agent's; one sent while we were idle and unknown is not ours to use or release).
+        return Rest(
+            Phase.PENDING if s.pending else Phase.IDLE,
+            "our id holds a slot as a FleetLock client's (not ours: it waits for that client or an operator)",
+        )
     if holds and record is None:
         # airlock, etcdctl or `rebootctl lock` without a record: not ours to use or to release.
         return Rest(Phase.PENDING if s.pending else Phase.IDLE, "our id holds a slot we did not take")

@@ -289,9 +289,12 @@ class Visit:
     gave_back: str = ""
 
 
-def foreign(view: GroupView, holder: HolderId) -> str:
+def foreign(view: GroupView, holder: HolderId, *, member: bool = False) -> str:
     """Why ``holder`` is not a FleetLock client's to act as: an agent's or an operator's record,
-    or an agent's place in line ("" : it may be)."""
+    an agent's place in line, or -- for a request that cannot prove who it is (``member``
+    False) -- a member of the group: agents say they are when they start, and a FleetLock client
+    becomes one only when proven, so such an id is an idle agent's or a proven client's ("" :
+    it may be)."""
     record = view.records.get(holder)
     if record is not None and record.kind != FLEETLOCK:
         whose = (
@@ -305,6 +308,11 @@ def foreign(view: GroupView, holder: HolderId) -> str:
         return (
             f"{holder!r} is in line as the agent of node {place.node}: a FleetLock request never acts for it"
         )
+    if not member and record is None and place is None and holder in view.ledger.members:
+        return (
+            f"{holder!r} is a member of group {view.group} (an agent, or a client proven by its Node or "
+            "certificate), which this request cannot prove to be: a FleetLock request never acts for it"
+        )
     return ""
 
 
@@ -316,7 +324,7 @@ def pre_reboot(v: Visit) -> FleetLockStep:
     view, cid = v.view, v.client.id
     if view.corrupt:
         return _refused("corrupt_document", described(view.corrupt))
-    why = foreign(view, cid)
+    why = foreign(view, cid, member=v.member)
     if why:
         return _refused("id_in_use", why)
     record, holds = view.record(cid), view.holds(cid)
@@ -410,7 +418,7 @@ def steady_state(v: Visit) -> FleetLockStep:
     view, cid = v.view, v.client.id
     if view.corrupt:
         return _refused("corrupt_document", described(view.corrupt))
-    why = foreign(view, cid)
+    why = foreign(view, cid, member=v.member)
     if why:
         return _refused("id_in_use", why)
     record, holds = view.record(cid), view.holds(cid)

@@ -375,10 +375,10 @@ class FleetLockService:
         raise AssertionError(f"no answer after {MAX_STEPS} steps for {who}")
 
     def _read(self, gc: GroupClient, *, create: bool = False) -> GroupView:
-        view = gc.read()
+        view = gc.read(line_first=True)
         if view.slots is None and not view.corrupt and create:
             gc.ensure(self.settings.max_holders)
-            view = gc.read()
+            view = gc.read(line_first=True)
         return view
 
     def _carry_out(self, step: object, v: Visit, gc: GroupClient, who: str) -> Visit:
@@ -412,7 +412,7 @@ class FleetLockService:
                 except StoreFull as exc:
                     raise refusal("store_full", str(exc)) from None
                 except (NoFreeSlot, GroupPaused) as exc:
-                    return replace(v, refused=str(exc), view=gc.read())
+                    return replace(v, refused=str(exc), view=self._read(gc))
                 log.info("FleetLock %s took a slot of group %s", who, record.group)
                 if ops is not None:
                     ops.announce(Phase.LOCKED, f"FleetLock client {record.id} took a slot")
@@ -422,12 +422,12 @@ class FleetLockService:
                 if ops is not None and record.phase in (Phase.DRAINING, Phase.REBOOTING):
                     ops.announce(record.phase, f"FleetLock client {record.id}: {reason}")
             case Drain(record=record):
-                return replace(v, drained=self._drain(gc, ops, record, who), view=gc.read())
+                return replace(v, drained=self._drain(gc, ops, record, who), view=self._read(gc))
             case Release(record=record, reason=reason, outcome=outcome):
                 self._release(
                     gc, ops, record, reason=reason, outcome=outcome or release_outcome(record), who=who
                 )
-                return replace(v, view=gc.read(), gave_back=record.abort_reason or v.gave_back)
+                return replace(v, view=self._read(gc), gave_back=record.abort_reason or v.gave_back)
             case Free(holder=holder, reason=reason):
                 gc.release(holder, Ending(REBOOTED, self.clock(), reason))
                 log.info("FleetLock %s gave back a slot held without a record", who)
@@ -450,7 +450,7 @@ class FleetLockService:
                                  warning=True, event_reason="GroupPaused")  # fmt: skip
             case _:
                 raise AssertionError(f"unknown step {step!r}")
-        return replace(v, view=gc.read())
+        return replace(v, view=self._read(gc))
 
     def _update(self, gc: GroupClient, record: HolderRecord, who: str) -> None:
         try:

@@ -81,10 +81,18 @@ class GroupClient:
 
     # -- what the agent reads -----------------------------------------------------------------
 
-    def read(self, *, queue: bool = True) -> GroupView:
-        """The group, and its queue in request order (``queue=False``: no queue read)."""
+    def read(self, *, queue: bool = True, line_first: bool = False) -> GroupView:
+        """The group, and its queue in request order (``queue=False``: no queue read).
+
+        Two reads, not one moment. ``line_first`` reads the line before the group: a take writes
+        its record, then leaves the line, so a holder moving from one to the other is seen in
+        at least one of them (what the FleetLock server's "whose id is this" needs). The agent
+        reads the group first: its watch of the waiter ahead starts from the group's revision,
+        so the line must be as new or newer."""
+        waiters = self.queue.waiters() if queue and line_first else ()
         state, version = self.store.read()
-        waiters = self.queue.waiters() if queue else ()
+        if queue and not line_first:
+            waiters = self.queue.waiters()
         return state.view(self.group, waiters, revision=_revision(version))
 
     def ensure(self, max_holders: int, *, member: HolderId | None = None, now: float = 0.0) -> None:

@@ -27,6 +27,7 @@ from rebootcoord.core.cycle import (
     step_phase,
 )
 from rebootcoord.core.semaphore import (
+    FLEETLOCK,
     MANUAL,
     CorruptDocument,
     GroupView,
@@ -160,6 +161,14 @@ CASES = [
     (
         "operator-locked-our-id",
         snap(gv(["me"], records=[rec(Phase.LOCKED, kind=MANUAL)])),
+        Rest,
+        Phase.PENDING,
+    ),
+    # A FleetLock client sent our id while we were idle (boot ID "" in its record): not ours to
+    # take for a reboot, nor to release.
+    (
+        "fleetlock-client-holds-our-id",
+        snap(gv(["me"], records=[rec(Phase.REBOOTING, kind=FLEETLOCK, boot_id="")])),
         Rest,
         Phase.PENDING,
     ),

@@ -375,3 +375,29 @@ def test_every_id_has_a_valid_waiter_lease_name(holder: str) -> None:
     name = queue.name_of(HolderId(holder))
     assert lease_name_ok(name) and name.startswith("rebootcoord-g.w.")
     assert name == queue.name_of(HolderId(holder)) != queue.name_of(HolderId(holder + "x"))
+
+
+@pytest.mark.parametrize("operation", ["pre-reboot", "steady-state"])
+def test_an_agent_taking_its_slot_between_two_reads_is_still_seen(operation: str) -> None:
+    """A take writes the agent's record, then leaves the line: the server reads the line first,
+    so the agent is seen in one or the other, whenever its take lands."""
+    server = Server()
+    server.group.ensure(1)
+    server.queue.join(Waiter(HolderId("agent-1"), NodeName("agent-1"), 1.0, 0))
+    record = HolderRecord(HolderId("agent-1"), NodeName("agent-1"), G, Phase.LOCKED, "b", 1.0, 1.0)
+    server.store.after_read = lambda: server.group.acquire(record)  # right after the group's read
+    assert server.call(operation, "agent-1")[:2] == (409, "id_in_use")
+    assert server.holders() == ("agent-1",) and server.line() == []
+
+
+@pytest.mark.parametrize("operation", ["pre-reboot", "steady-state"])
+def test_an_idle_agents_id_is_refused_as_a_member_of_the_group(operation: str) -> None:
+    """An agent between cycles has neither a slot nor a place, but it said it is a member when
+    it started; only a request that proves who it is may use a member's id."""
+    server = Server()
+    server.group.ensure(1, member=HolderId("worker-5"), now=server.clock.now)
+    status, kind, value = server.call(operation, "worker-5")
+    assert (status, kind) == (409, "id_in_use") and "member" in value
+    assert server.holders() == () and server.line() == []
+    certified = Peer("10.0.0.7:1", "commonName=worker-5", ("worker-5",))
+    assert server.call(operation, "worker-5", peer=certified)[0] in (200, 423)  # proven by its certificate

@@ -213,7 +213,7 @@ class FleetLockSettings:
         64,
         p_int(1, 10_000),
         "fleetlock-server with fleetlock_any_group: the most groups the store may hold before new "
-        "ones are refused (too_many_groups)",
+        "ones are refused (unknown_group)",
     )
     fleetlock_workers: int = _key(64, p_int(1, 1024), "fleetlock-server: requests answered at once")
     fleetlock_url: str = _key("", p_opt_url, "backend fleetlock: the FleetLock server's base URL")
