@@ -359,11 +359,7 @@ def _waiting(v: Visit) -> FleetLockStep:
     if not v.joined:
         places = sum(1 for w in view.waiters if w.kind == FLEETLOCK)
         if position is None and places >= v.max_waiters:
-            return _refused(
-                "line_full",
-                f"the line of group {v.client.group} holds {places} FleetLock clients "
-                f"(fleetlock_max_waiters {v.max_waiters}); ask again later",
-            )
+            return Answer(line_full(v.client.group, places, v.max_waiters))
         return KeepPlace(Waiter(cid, v.node or NodeName(cid), v.now, 0, FLEETLOCK))
     if view.paused is not None:
         return _refused(
@@ -455,6 +451,14 @@ def steady_state(v: Visit) -> FleetLockStep:
         return Release(record, reason="FleetLock steady-state: back healthy", outcome=REBOOTED)
     return Release(
         record, reason="FleetLock steady-state: the node is healthy but did not reboot", outcome=ABORTED
+    )
+
+
+def line_full(group: Group, places: int, most: int) -> Refusal:
+    return refusal(
+        "line_full",
+        f"the line of group {group} holds {places} FleetLock clients (fleetlock_max_waiters "
+        f"{most}); ask again later",
     )
 
 

@@ -43,10 +43,12 @@ from rebootcoord.core.fleetlock import (
     PRE_REBOOT,
     Answer,
     ClientParams,
+    FleetLockStep,
     Free,
     KeepPlace,
     Refusal,
     Visit,
+    line_full,
     parse_request,
     pre_reboot,
     refusal,
@@ -381,7 +383,7 @@ class FleetLockService:
             view = gc.read(line_first=True)
         return view
 
-    def _carry_out(self, step: object, v: Visit, gc: GroupClient, who: str) -> Visit:
+    def _carry_out(self, step: FleetLockStep, v: Visit, gc: GroupClient, who: str) -> Visit:
         """Do what ``step`` says; the visit with what came of it (and the group read again after
         a write)."""
         ops = self._ops(v.node)
@@ -400,7 +402,7 @@ class FleetLockService:
                     places = [w.id for w in view.waiters if w.kind == waiter.kind]
                     if waiter.id in places and places.index(waiter.id) >= v.max_waiters:
                         gc.leave_queue(waiter.id)
-                        raise refusal("line_full", _line_full(v.client.group, v.max_waiters))
+                        raise line_full(v.client.group, len(places) - 1, v.max_waiters)
                 if view.queue_position(waiter.id) is None:
                     view = replace(view, waiters=(*view.waiters, waiter))
                 return replace(v, joined=True, view=view)
@@ -517,12 +519,6 @@ class FleetLockService:
         failed = [r for r in self.directory.verify(v.node) if not r.ok]
         boot = self.directory.facts(v.node).boot_id
         return replace(v, verified="; ".join(f"{r.name}: {r.detail}" for r in failed), boot_id=boot)
-
-
-def _line_full(group: Group, most: int) -> str:
-    return (
-        f"the line of group {group} holds {most} FleetLock clients (fleetlock_max_waiters); ask again later"
-    )
 
 
 def _who(client: ClientParams, node: NodeName | None, peer: Peer | None) -> str:
