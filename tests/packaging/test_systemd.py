@@ -42,7 +42,7 @@ PREFIX = "/opt/rebootcoord"
 SYSTEMD_ANALYZE = shutil.which("systemd-analyze")
 HOST_UNITS = Path("/usr/lib/systemd/system")
 
-# The highest exposure `systemd-analyze security` may give (0 best, 10 worst); measured 1.1 for
+# The highest exposure `systemd-analyze security` may give (0 best, 10 worst); measured 1.0 for
 # the server and 2.0 for the agent (root, D-Bus, host commands) with systemd 252.
 EXPOSURE_LIMIT = {"rebootcoord-fleetlock.service": 1.5, "rebootcoord-agent.service": 2.5}
 
