@@ -15,6 +15,7 @@ from datetime import timedelta
 from zoneinfo import ZoneInfo
 
 import pytest
+from prometheus_client import CollectorRegistry
 
 from rebootcoord.adapters.kube.lease import LeaseWaitQueue
 from rebootcoord.core.config import load_zone
@@ -24,7 +25,7 @@ from rebootcoord.core.rollout import ABORTED, DRAIN_FAILED, REBOOTED
 from rebootcoord.core.semaphore import AGENT, FLEETLOCK, MANUAL, HolderRecord, Limits, Waiter
 from rebootcoord.core.types import Group, HolderId, NodeName, Phase, lease_name_ok
 from rebootcoord.core.windows import Schedule, parse_window
-from rebootcoord.daemon.fleetlock import FleetLockService, ServerSettings
+from rebootcoord.daemon.fleetlock import FleetLockService, ServerMetrics, ServerSettings
 from rebootcoord.daemon.group import GroupClient
 from rebootcoord.daemon.httpserve import Peer
 from rebootcoord.ports import CheckResult, NodeFacts, NodeOps
@@ -401,3 +402,19 @@ def test_an_idle_agents_id_is_refused_as_a_member_of_the_group(operation: str) -
     assert server.holders() == () and server.line() == []
     certified = Peer("10.0.0.7:1", "commonName=worker-5", ("worker-5",))
     assert server.call(operation, "worker-5", peer=certified)[0] in (200, 423)  # proven by its certificate
+
+
+def test_every_refusal_is_counted_by_its_kind() -> None:
+    registry = CollectorRegistry()
+    server = Server({"max_waiters": 1})
+    server.service.metrics = ServerMetrics(registry)
+    assert server.pre("holder")[0] == 200
+    assert server.pre("w0")[1] == "no_free_slot"
+    assert server.pre("w1")[1] == "line_full"
+    assert server.pre("x", group="other")[1] == "unknown_group"
+
+    def count(kind: str) -> float | None:
+        return registry.get_sample_value("rebootcoord_fleetlock_refusals_total", {"kind": kind})
+
+    assert (count("no_free_slot"), count("line_full"), count("unknown_group")) == (1, 1, 1)
+    assert count("ok") is None
