@@ -322,11 +322,9 @@ def pre_reboot(v: Visit) -> FleetLockStep:
     agent's way, ``toward_reboot``) before the 200. Recursive: a holder that is through gets
     200 again."""
     view, cid = v.view, v.client.id
-    if view.corrupt:
-        return _refused("corrupt_document", described(view.corrupt))
-    why = foreign(view, cid, member=v.member)
-    if why:
-        return _refused("id_in_use", why)
+    refused = _untouchable(v)
+    if refused is not None:
+        return refused
     record, holds = view.record(cid), view.holds(cid)
     if v.gave_back and not holds:
         return _refused("drain_failed", v.gave_back)
@@ -412,11 +410,9 @@ def steady_state(v: Visit) -> FleetLockStep:
     (``did_reboot``); a failing Node keeps its slot and, past ``pause_group_after``, stops the
     line. Idempotent: a client that holds nothing gets 200 and leaves the line."""
     view, cid = v.view, v.client.id
-    if view.corrupt:
-        return _refused("corrupt_document", described(view.corrupt))
-    why = foreign(view, cid, member=v.member)
-    if why:
-        return _refused("id_in_use", why)
+    refused = _untouchable(v)
+    if refused is not None:
+        return refused
     record, holds = view.record(cid), view.holds(cid)
     if not holds and record is None:
         return Answer(leave=view.queue_position(cid) is not None)
@@ -452,6 +448,15 @@ def steady_state(v: Visit) -> FleetLockStep:
     return Release(
         record, reason="FleetLock steady-state: the node is healthy but did not reboot", outcome=ABORTED
     )
+
+
+def _untouchable(v: Visit) -> Answer | None:
+    """Nothing is done in a group with a corrupt document, nor for an id that is not a
+    FleetLock client's (``foreign``)."""
+    if v.view.corrupt:
+        return _refused("corrupt_document", described(v.view.corrupt))
+    why = foreign(v.view, v.client.id, member=v.member)
+    return _refused("id_in_use", why) if why else None
 
 
 def line_full(group: Group, places: int, most: int) -> Refusal:

@@ -9,7 +9,6 @@ server process, before and after: benchmarks/fleetlock_bounds.py.
 
 from __future__ import annotations
 
-import json
 import subprocess
 import sys
 import threading
@@ -17,18 +16,13 @@ from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
-from prometheus_client import CollectorRegistry
 
-from rebootcoord.cli.wiring import build_fleetlock_service
 from rebootcoord.core.bounds import HISTORY_BYTES
-from rebootcoord.core.config import load_settings
-from rebootcoord.daemon.fleetlock import FleetLockService
 from rebootcoord.sim.etcd_server import EtcdServer
 from tests.support.etcdraw import raw_client
+from tests.support.fleetlock import InProcessServers, ask
 
 pytestmark = pytest.mark.etcd
-
-HEADERS = {"fleet-lock-protocol": "true"}
 
 
 def long_id(i: int) -> str:
@@ -40,35 +34,16 @@ def long_id(i: int) -> str:
 
 @pytest.fixture
 def serve(etcd: EtcdServer, prefix: str) -> Iterator[object]:
-    made: list[tuple[FleetLockService, threading.Event]] = []
-
-    def make(**config: object) -> FleetLockService:
-        settings = load_settings(
-            file_data={
-                "backend": "etcd",
-                "etcd_endpoints": [etcd.endpoint],
-                "etcd_key_prefix": prefix,
-                "max_holders": 1,
-                "node_name": "fleetlock-server",
-                **config,
-            },
-            env={},
-        )
-        stop = threading.Event()
-        service = build_fleetlock_service(settings, stop, CollectorRegistry())
-        made.append((service, stop))
-        return service
-
-    yield make
-    for service, stop in made:
-        stop.set()
-        service.close()
-
-
-def ask(service: FleetLockService, operation: str, client_id: str, group: str = "default") -> tuple[int, str]:
-    body = json.dumps({"client_params": {"id": client_id, "group": group}}).encode()
-    status, answer = service.handle("POST", f"/v1/{operation}", HEADERS, body)
-    return status, json.loads(answer)["kind"]
+    servers = InProcessServers(
+        {
+            "backend": "etcd",
+            "etcd_endpoints": [etcd.endpoint],
+            "etcd_key_prefix": prefix,
+            "max_holders": 1,
+        }
+    )
+    yield servers.make
+    servers.close()
 
 
 def ctl(etcd: EtcdServer, prefix: str, *args: str) -> subprocess.CompletedProcess[str]:

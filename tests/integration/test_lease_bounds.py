@@ -16,28 +16,23 @@ import json
 import os
 import subprocess
 import sys
-import threading
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import pytest
-from prometheus_client import CollectorRegistry
 
 from rebootcoord.adapters.kube.api import Kube
 from rebootcoord.adapters.kube.lease import ANN_LEDGER, LABEL_GROUP, LABEL_ROLE, leases_path
-from rebootcoord.cli.wiring import build_fleetlock_service
 from rebootcoord.core.bounds import HISTORY_BYTES, HISTORY_SIZE, LEASE_CAPACITY
-from rebootcoord.core.config import load_settings
 from rebootcoord.core.semaphore import GroupView
 from rebootcoord.core.types import Group
-from rebootcoord.daemon.fleetlock import FleetLockService
 from rebootcoord.daemon.group import lease_group
+from tests.support.fleetlock import InProcessServers, ask
 from tests.support.kubecluster import KubeTestEnv
 
 pytestmark = pytest.mark.kube
 
-HEADERS = {"fleet-lock-protocol": "true"}
 GROUP_LEASE = "rebootcoord-default"
 #: What the API server allows a Kubernetes object's annotations in all (len(key) + len(value)).
 ANNOTATIONS_LIMIT = 256 * 1024
@@ -52,36 +47,17 @@ def long_id(i: int) -> str:
 
 @pytest.fixture
 def serve(kube: KubeTestEnv) -> Iterator[Any]:
-    made: list[tuple[FleetLockService, threading.Event]] = []
-
-    def make(**config: object) -> FleetLockService:
-        settings = load_settings(
-            file_data={
-                "backend": "kubernetes",
-                "kubeconfig": str(kube.cluster.kubeconfig),
-                "namespace": kube.namespace,
-                "max_holders": 1,
-                "node_name": "fleetlock-server",
-                "node_ops": "none",
-                **config,
-            },
-            env={},
-        )
-        stop = threading.Event()
-        service = build_fleetlock_service(settings, stop, CollectorRegistry())
-        made.append((service, stop))
-        return service
-
-    yield make
-    for service, stop in made:
-        stop.set()
-        service.close()
-
-
-def ask(service: FleetLockService, operation: str, client_id: str, group: str = "default") -> tuple[int, str]:
-    body = json.dumps({"client_params": {"id": client_id, "group": group}}).encode()
-    status, answer = service.handle("POST", f"/v1/{operation}", HEADERS, body)
-    return status, json.loads(answer)["kind"]
+    servers = InProcessServers(
+        {
+            "backend": "kubernetes",
+            "kubeconfig": str(kube.cluster.kubeconfig),
+            "namespace": kube.namespace,
+            "max_holders": 1,
+            "node_ops": "none",
+        }
+    )
+    yield servers.make
+    servers.close()
 
 
 def ctl(kube: KubeTestEnv, *args: str) -> subprocess.CompletedProcess[str]:

@@ -50,31 +50,12 @@ def make_pki(directory: Path, client_cn: str = "root") -> Pki:
         .sign(ca_key, hashes.SHA256())
     )
 
-    def leaf(
-        cn: str, usage: x509.ObjectIdentifier, san: bool
-    ) -> tuple[x509.Certificate, ec.EllipticCurvePrivateKey]:
-        key = ec.generate_private_key(ec.SECP256R1())
-        builder = (
-            x509.CertificateBuilder()
-            .subject_name(_name(cn))
-            .issuer_name(ca.subject)
-            .public_key(key.public_key())
-            .serial_number(x509.random_serial_number())
-            .not_valid_before(now - datetime.timedelta(minutes=5))
-            .not_valid_after(now + datetime.timedelta(days=1))
-            .add_extension(x509.ExtendedKeyUsage([usage]), critical=False)
-        )
-        if san:
-            builder = builder.add_extension(
-                x509.SubjectAlternativeName(
-                    [x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]
-                ),
-                critical=False,
-            )
-        return builder.sign(ca_key, hashes.SHA256()), key
-
-    server, server_key = leaf("127.0.0.1", ExtendedKeyUsageOID.SERVER_AUTH, True)
-    client, client_key = leaf(client_cn, ExtendedKeyUsageOID.CLIENT_AUTH, False)
+    loopback: list[x509.GeneralName] = [
+        x509.DNSName("localhost"),
+        x509.IPAddress(ipaddress.ip_address("127.0.0.1")),
+    ]
+    server, server_key = _leaf(ca, ca_key, "127.0.0.1", ExtendedKeyUsageOID.SERVER_AUTH, loopback)
+    client, client_key = _leaf(ca, ca_key, client_cn, ExtendedKeyUsageOID.CLIENT_AUTH, [])
     pki = Pki(
         ca=directory / "ca.pem",
         server_cert=directory / "server.pem",
@@ -92,14 +73,15 @@ def make_pki(directory: Path, client_cn: str = "root") -> Pki:
     return pki
 
 
-def issue_client(
-    pki: Pki, directory: Path, cn: str, *, dns: tuple[str, ...] = (), uris: tuple[str, ...] = ()
-) -> tuple[Path, Path]:
-    """One more client certificate of ``pki``'s CA, for ``cn`` with DNS and URI SANs: (cert, key)."""
-    assert pki.ca_key is not None
+def _leaf(
+    ca: x509.Certificate,
+    ca_key: ec.EllipticCurvePrivateKey,
+    cn: str,
+    usage: x509.ObjectIdentifier,
+    names: list[x509.GeneralName],
+) -> tuple[x509.Certificate, ec.EllipticCurvePrivateKey]:
+    """A certificate of ``ca`` for ``cn``, valid for a day, with ``names`` as its SANs."""
     now = datetime.datetime.now(datetime.UTC)
-    ca = x509.load_pem_x509_certificate(pki.ca.read_bytes())
-    ca_key = serialization.load_pem_private_key(pki.ca_key.read_bytes(), password=None)
     key = ec.generate_private_key(ec.SECP256R1())
     builder = (
         x509.CertificateBuilder()
@@ -109,13 +91,23 @@ def issue_client(
         .serial_number(x509.random_serial_number())
         .not_valid_before(now - datetime.timedelta(minutes=5))
         .not_valid_after(now + datetime.timedelta(days=1))
-        .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.CLIENT_AUTH]), critical=False)
+        .add_extension(x509.ExtendedKeyUsage([usage]), critical=False)
     )
-    names: list[x509.GeneralName] = [x509.DNSName(d) for d in dns]
-    names += [x509.UniformResourceIdentifier(u) for u in uris]
     if names:
         builder = builder.add_extension(x509.SubjectAlternativeName(names), critical=False)
-    cert = builder.sign(ca_key, hashes.SHA256())  # type: ignore[arg-type]
+    return builder.sign(ca_key, hashes.SHA256()), key
+
+
+def issue_client(
+    pki: Pki, directory: Path, cn: str, *, dns: tuple[str, ...] = (), uris: tuple[str, ...] = ()
+) -> tuple[Path, Path]:
+    """One more client certificate of ``pki``'s CA, for ``cn`` with DNS and URI SANs: (cert, key)."""
+    assert pki.ca_key is not None
+    ca = x509.load_pem_x509_certificate(pki.ca.read_bytes())
+    ca_key = serialization.load_pem_private_key(pki.ca_key.read_bytes(), password=None)
+    names: list[x509.GeneralName] = [x509.DNSName(d) for d in dns]
+    names += [x509.UniformResourceIdentifier(u) for u in uris]
+    cert, key = _leaf(ca, ca_key, cn, ExtendedKeyUsageOID.CLIENT_AUTH, names)  # type: ignore[arg-type]
     cert_path, key_path = directory / f"{cn}.pem", directory / f"{cn}-key.pem"
     cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
     _write_key(key, key_path)

@@ -10,6 +10,7 @@ import signal
 import ssl
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
@@ -180,3 +181,37 @@ def fleetlock_servers(
     finally:
         for server in servers:
             server.stop()
+
+
+class InProcessServers:
+    """FleetLock servers as ``rebootcoord fleetlock-server`` builds them (its composition root,
+    ``build_fleetlock_service``), answering in-process: for tests that send thousands of
+    requests. ``base``: the configuration every server gets; ``make(**keys)`` adds to it."""
+
+    def __init__(self, base: Mapping[str, Any]) -> None:
+        self.base = dict(base)
+        self.made: list[tuple[Any, threading.Event]] = []
+
+    def make(self, **config: object) -> Any:
+        from prometheus_client import CollectorRegistry
+
+        from rebootcoord.cli.wiring import build_fleetlock_service
+        from rebootcoord.core.config import load_settings
+
+        settings = load_settings(file_data={"node_name": "fleetlock-server", **self.base, **config}, env={})
+        stop = threading.Event()
+        service = build_fleetlock_service(settings, stop, CollectorRegistry())
+        self.made.append((service, stop))
+        return service
+
+    def close(self) -> None:
+        for service, stop in self.made:
+            stop.set()
+            service.close()
+
+
+def ask(service: Any, operation: str, client_id: str, group: str = "default") -> tuple[int, str]:
+    """One request to an in-process server, as Zincati sends it: (status, kind)."""
+    body = json.dumps({"client_params": {"id": client_id, "group": group}}).encode()
+    status, answer = service.handle("POST", f"/v1/{operation}", ZINCATI_HEADERS, body)
+    return status, json.loads(answer)["kind"]
