@@ -67,11 +67,12 @@ def server_values(cluster: KubeCluster, port: int, metrics_port: int) -> dict[st
 
 
 @pytest.fixture
-def pki(tmp_path: Path, kube_cluster: KubeCluster) -> Iterator[Pki]:
+def pki(tmp_path: Path, kube_cluster: KubeCluster, real_node: RealNode) -> Iterator[Pki]:
     """A CA, the server's certificate (localhost, 127.0.0.1) and a client's, in the Secret the
-    chart mounts (made before the release, in its namespace)."""
+    chart mounts (made before the release, in its namespace). The client's certificate names
+    its node: the server lets it act as the id that maps to that Node (its Zincati id)."""
     (tmp_path / "pki").mkdir()
-    pki = make_pki(tmp_path / "pki", client_cn="zincati")
+    pki = make_pki(tmp_path / "pki", client_cn=real_node.name)
     kube_cluster.kubectl("create", "namespace", NAMESPACE, check=False)
 
     def b64(path: Path) -> str:
