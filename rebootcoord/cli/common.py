@@ -75,7 +75,9 @@ def add_config_flags(
     group = parser.add_argument_group("configuration keys (also REBOOTCOORD_<KEY> and the file's <key>)")
     for name, fld in (keys or KEYS).items():
         flags = [flag_name(name), *(aliases or {}).get(name, ())]
-        group.add_argument(*flags, dest=f"cfg_{name}", metavar="VALUE", help=fld.metadata["help"])
+        # argparse formats help with %: a key's own "10%" must stay text.
+        help_text = str(fld.metadata["help"]).replace("%", "%%")
+        group.add_argument(*flags, dest=f"cfg_{name}", metavar="VALUE", help=help_text)
 
 
 def decode_flow(text: str) -> object:

@@ -33,6 +33,12 @@ def run(*argv: str) -> subprocess.CompletedProcess[str]:
         ((*SERVER, "--fleetlock-waiter-ttl", "2s"), "from 10s to 6h"),
         ((*SERVER, "--fleetlock-groups", "a,b/c"), "group names"),
         ((*SERVER, "--fleetlock-unknown-id", "maybe"), "fleetlock_unknown_id"),
+        ((*SERVER, "--fleetlock-max-waiters", "5000"), "fleetlock_max_waiters"),
+        ((*SERVER, "--fleetlock-client-ids", "[a]"), "fleetlock_client_ids"),
+        ((*SERVER, "--fleetlock-client-ids", "{host: ['']}"), "FleetLock ids of 1 to 253 bytes"),
+        ((*SERVER, "--fleetlock-groups", "a" * 64), "at most 63"),
+        ((*AGENT, "--backend", "fleetlock", "--fleetlock-url", "https://x", "--fleetlock-cert-file", "/c.pem",
+          "--metrics-address", ""), "fleetlock_cert_file and fleetlock_key_file: give both or neither"),
         ((*AGENT, "--backend", "fleetlock", "--metrics-address", ""), "fleetlock_url: got ''"),
         ((*AGENT, "--backend", "fleetlock", "--fleetlock-url", "ftp://x"), "http:// or https://"),
         (("rebootcoord.cli.rebootctl", "--backend", "fleetlock", "status"), "which only the agent speaks"),
@@ -43,3 +49,11 @@ def test_usage_errors_exit_2_with_one_clear_line(argv: tuple[str, ...], says: st
     assert done.returncode == 2, done.stdout + done.stderr
     assert says in done.stderr, done.stderr
     assert "Traceback" not in done.stderr
+
+
+@pytest.mark.parametrize("command", [AGENT, SERVER])
+def test_help_lists_every_key_without_a_traceback(command: tuple[str, ...]) -> None:
+    """A key's help with a % in it (waves: "10%") once made argparse fail on --help."""
+    done = run(*command, "--help")
+    assert done.returncode == 0 and "Traceback" not in done.stderr, done.stderr
+    assert "--waves" in done.stdout and "--fleetlock-max-waiters" in done.stdout
