@@ -218,7 +218,7 @@ class FleetLockService:
 
     def _check(self, client: ClientParams, peer: Peer | None) -> None:
         """Who may ask for what, before anything is read: the certificate binds the id; the
-        group is served; on the Lease backend both are Lease names."""
+        group is served (on the Lease backend, a group that makes a Lease name)."""
         if peer is not None and peer.certified:
             allowed = self.identities(peer)
             if client.id not in allowed and not self._node_named(client, peer):
