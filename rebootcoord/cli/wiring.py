@@ -19,7 +19,6 @@ from rebootcoord.adapters.detectors import build_detectors
 from rebootcoord.adapters.host import Host, NoNodeOps
 from rebootcoord.adapters.rebooters import build_rebooter
 from rebootcoord.core.config import Settings
-from rebootcoord.core.cycle import Policy
 from rebootcoord.core.types import Group, NodeName
 from rebootcoord.daemon.agent import Agent, AgentParts, AgentSettings
 from rebootcoord.daemon.events import EventLog
@@ -345,7 +344,7 @@ def build_fleetlock_service(
             max_groups=fl.fleetlock_max_groups,
             unknown_id=fl.fleetlock_unknown_id,
             lease_names=backend == "kubernetes",
-            policy=policy(settings),
+            policy=AgentSettings.of(settings).policy(),
             schedule=settings.windows.schedule,
             max_waiters=fl.fleetlock_max_waiters,
             client_ids=fl.fleetlock_client_ids,
@@ -360,21 +359,6 @@ def build_fleetlock_service(
     )
     service.on_close = opener.close
     return service
-
-
-def policy(settings: Settings) -> Policy:
-    """The cycle's rules from the configuration, for the agent and the FleetLock server."""
-    return Policy(
-        reboot_timeout=settings.reboot.reboot_timeout,
-        verify_interval=settings.verify.verify_interval,
-        release_delay=settings.verify.release_delay,
-        lease_ttl=settings.semaphore.lease_ttl,
-        drain_failure=settings.drain.drain_failure,
-        drain_retry_after=settings.drain.drain_timeout / 3,
-        pause_group_after=settings.verify.pause_group_after,
-        expected_cycle=settings.windows.expected_cycle,
-        limits=settings.semaphore.limits,
-    )
 
 
 def gates(settings: Settings, kube: Any) -> Callable[[NodeName | None], list[Check]]:

@@ -99,10 +99,13 @@ class GroupState:
 
     def _fits(self, capacity: int, holder: HolderId) -> None:
         """Refuse a new holder whose record the store could not hold (``capacity`` 0: any)."""
-        if capacity > 0 and self.footprint() > capacity:
+        if capacity <= 0:
+            return
+        footprint = self.footprint()
+        if footprint > capacity:
             raise StoreFull(
                 f"no room for {holder!r}: with its record the group's documents could take "
-                f"{self.footprint()} bytes, more than the {capacity} its store holds; nothing "
+                f"{footprint} bytes, more than the {capacity} its store holds; nothing "
                 "was written (a release or `rebootctl unlock` frees room)"
             )
 

@@ -72,7 +72,6 @@ from rebootcoord.errors import (
     NodeOperationError,
     RebootError,
     SlotLost,
-    StoreFull,
 )
 from rebootcoord.ports import (
     Check,
@@ -113,6 +112,21 @@ class AgentSettings:
     verify: VerifySettings
     drain: DrainSettings
     notify: NotifySettings
+
+    def policy(self) -> Policy:
+        """The cycle's rules from these sections: the agent's, and those the FleetLock server
+        applies to its clients."""
+        return Policy(
+            reboot_timeout=self.reboot.reboot_timeout,
+            verify_interval=self.verify.verify_interval,
+            release_delay=self.verify.release_delay,
+            lease_ttl=self.semaphore.lease_ttl,
+            drain_failure=self.drain.drain_failure,
+            drain_retry_after=self.drain.drain_timeout / 3,
+            pause_group_after=self.verify.pause_group_after,
+            expected_cycle=self.windows.expected_cycle,
+            limits=self.semaphore.limits,
+        )
 
     @classmethod
     def of(cls, s: Settings) -> AgentSettings:
@@ -183,17 +197,7 @@ class Agent:
         self._max_told: int | None = None  # the stored max we warned about differing from ours
         self._gates_fresh = False  # the blockers were looked at for a slot about to be taken
         self._drained: Drained | None = None
-        self._policy = Policy(
-            reboot_timeout=self.s.reboot.reboot_timeout,
-            verify_interval=self.s.verify.verify_interval,
-            release_delay=self.s.verify.release_delay,
-            lease_ttl=self.s.semaphore.lease_ttl,
-            drain_failure=self.s.drain.drain_failure,
-            drain_retry_after=self.s.drain.drain_timeout / 3,
-            pause_group_after=self.s.verify.pause_group_after,
-            expected_cycle=self.s.windows.expected_cycle,
-            limits=self.s.semaphore.limits,
-        )
+        self._policy = self.s.policy()
 
     # ------------------------------------------------------------------------------------------
     # the loop
@@ -254,7 +258,7 @@ class Agent:
         delay = 0.2
         while not self.stop.is_set():
             try:
-                with contextlib.suppress(CorruptDocument, StoreFull):
+                with contextlib.suppress(CorruptDocument):
                     # it exists: the read reports it, and the loop waits for an operator
                     self.p.semaphore.ensure(
                         self.s.semaphore.max_holders, member=self.s.identity.holder, now=self.p.clock()
