@@ -36,6 +36,8 @@ import tempfile
 import threading
 import time
 from collections import Counter
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -64,9 +66,9 @@ class Run:
     def server(self, etcd: EtcdServer, name: str, **config: Any) -> FleetLockServer:
         base = {"backend": "etcd", "etcd_endpoints": [etcd.endpoint], "max_holders": 1,
                 "node_name": "fleetlock", "log_format": "text"}  # fmt: skip
-        return FleetLockServer(self.work / name, {**base, **config}, env={"PYTHONPATH": self.source}).start(
-            timeout=60
-        )
+        return FleetLockServer(
+            self.work / name, {**base, **config}, env={"PYTHONPATH": self.source}, cwd=self.source
+        ).start(timeout=60)
 
     def ctl(self, etcd: EtcdServer, *args: str) -> int:
         env = {k: v for k, v in os.environ.items() if not k.startswith("REBOOTCOORD_")}
@@ -79,6 +81,19 @@ class Run:
 
     def etcd(self, name: str) -> EtcdServer:
         return EtcdServer(data_dir=str(self.work / name / "etcd")).start()
+
+    @contextmanager
+    def backend(self, name: str, **config: Any) -> Iterator[tuple[EtcdServer, FleetLockServer]]:
+        """A fresh etcd and this checkout's server on it, both stopped at the end."""
+        etcd = self.etcd(name)
+        try:
+            server = self.server(etcd, name, **config)
+            try:
+                yield etcd, server
+            finally:
+                server.stop()
+        finally:
+            etcd.stop()
 
 
 def stored(etcd: EtcdServer) -> dict[str, int]:
@@ -93,19 +108,17 @@ def etcd_log_tail(etcd: EtcdServer) -> str:
 
 
 def agent_slot(run: Run) -> dict[str, Any]:
-    etcd = run.etcd("agent_slot")
-    try:
+    with run.backend("agent_slot") as (etcd, server):
         sem = etcd_group((etcd.endpoint,), prefix=PREFIX, group=Group("default"), waiter_ttl=60)
-        sem.ensure(1)
-        now = time.time()
-        sem.join_queue(Waiter(HolderId("worker-1"), NodeName("worker-1"), now, 0))
-        record = HolderRecord(HolderId("worker-1"), NodeName("worker-1"), Group("default"), Phase.LOCKED,
-                              "boot-1", now, now)  # fmt: skip
-        assert sem.acquire(record) is not None
-        sem.update(record.moved(Phase.REBOOTING, now))
-        sem.join_queue(Waiter(HolderId("worker-2"), NodeName("worker-2"), now, 0))  # an agent in line
-        server = run.server(etcd, "agent_slot")
         try:
+            sem.ensure(1)
+            now = time.time()
+            sem.join_queue(Waiter(HolderId("worker-1"), NodeName("worker-1"), now, 0))
+            record = HolderRecord(HolderId("worker-1"), NodeName("worker-1"), Group("default"), Phase.LOCKED,
+                                  "boot-1", now, now)  # fmt: skip
+            assert sem.acquire(record) is not None
+            sem.update(record.moved(Phase.REBOOTING, now))
+            sem.join_queue(Waiter(HolderId("worker-2"), NodeName("worker-2"), now, 0))  # an agent in line
             client = FleetLockClient(server.base)
             out: dict[str, Any] = {}
             for op, who in (("steady-state", "worker-1"), ("steady-state", "worker-2"),
@@ -122,140 +135,109 @@ def agent_slot(run: Run) -> dict[str, Any]:
                 }
             return out
         finally:
-            server.stop()
             sem.close()
-    finally:
-        etcd.stop()
 
 
 def cycles(run: Run, count: int = 1000) -> dict[str, Any]:
-    etcd = run.etcd("cycles")
-    try:
-        server = run.server(etcd, "cycles")
-        try:
-            client = FleetLockClient(server.base)
-            db_before = int(raw_client(etcd).status().db_size)
-            answers: Counter[str] = Counter()
-            started = time.monotonic()
-            for i in range(count):
-                answers["pre " + (client.pre_reboot(long_id(i)).kind or "?")] += 1
-                answers["steady " + (client.steady_state(long_id(i)).kind or "?")] += 1
-            seconds = time.monotonic() - started
-            keys = stored(etcd)
-            largest = max(keys.items(), key=lambda kv: kv[1])
-            last = client.pre_reboot("node-a")
-            return {
-                "cycles": count,
-                "seconds": round(seconds, 1),
-                "answers": dict(answers),
-                "largest_value": {"key": largest[0].rsplit("/", 2)[-2:], "bytes": largest[1]},
-                "stored_bytes": sum(keys.values()),
-                "etcd_db_grew_bytes": int(raw_client(etcd).status().db_size) - db_before,
-                "then_pre_reboot": last.kind,
-                "then_unlock_force_exit": run.ctl(etcd, "unlock", "--force", "node-a"),
-            }
-        finally:
-            server.stop()
-    finally:
-        etcd.stop()
+    with run.backend("cycles") as (etcd, server):
+        client = FleetLockClient(server.base)
+        db_before = int(raw_client(etcd).status().db_size)
+        answers: Counter[str] = Counter()
+        started = time.monotonic()
+        for i in range(count):
+            answers["pre " + (client.pre_reboot(long_id(i)).kind or "?")] += 1
+            answers["steady " + (client.steady_state(long_id(i)).kind or "?")] += 1
+        seconds = time.monotonic() - started
+        keys = stored(etcd)
+        largest = max(keys.items(), key=lambda kv: kv[1])
+        last = client.pre_reboot("node-a")
+        return {
+            "cycles": count,
+            "seconds": round(seconds, 1),
+            "answers": dict(answers),
+            "largest_value": {"key": largest[0].rsplit("/", 2)[-2:], "bytes": largest[1]},
+            "stored_bytes": sum(keys.values()),
+            "etcd_db_grew_bytes": int(raw_client(etcd).status().db_size) - db_before,
+            "then_pre_reboot": last.kind,
+            "then_unlock_force_exit": run.ctl(etcd, "unlock", "--force", "node-a"),
+        }
 
 
 def waiters(run: Run, count: int = 1200) -> dict[str, Any]:
-    etcd = run.etcd("waiters")
-    try:
-        server = run.server(etcd, "waiters")
-        try:
-            client = FleetLockClient(server.base)
-            assert client.pre_reboot("holder").status == 200
-            answers: Counter[str] = Counter(client.pre_reboot(long_id(i)).kind for i in range(count))
-            line = {k: n for k, n in stored(etcd).items() if "/waiters/" in k}
-            return {
-                "requests": count,
-                "answers": dict(answers),
-                "places": len(line),
-                "line_bytes": sum(len(k.encode()) + n for k, n in line.items()),
-                "rebootctl_status_exit": run.ctl(etcd, "status"),
-                "holder_steady_state": client.steady_state("holder").kind,
-            }
-        finally:
-            server.stop()
-    finally:
-        etcd.stop()
+    with run.backend("waiters") as (etcd, server):
+        client = FleetLockClient(server.base)
+        assert client.pre_reboot("holder").status == 200
+        answers: Counter[str] = Counter(client.pre_reboot(long_id(i)).kind for i in range(count))
+        line = {k: n for k, n in stored(etcd).items() if "/waiters/" in k}
+        return {
+            "requests": count,
+            "answers": dict(answers),
+            "places": len(line),
+            "line_bytes": sum(len(k.encode()) + n for k, n in line.items()),
+            "rebootctl_status_exit": run.ctl(etcd, "status"),
+            "holder_steady_state": client.steady_state("holder").kind,
+        }
 
 
 def groups(run: Run, count: int = 300) -> dict[str, Any]:
-    etcd = run.etcd("groups")
-    try:
-        extra = {"fleetlock_any_group": True} if run.label == "after" else {}
-        server = run.server(etcd, "groups", **extra)
+    extra = {"fleetlock_any_group": True} if run.label == "after" else {}
+    with run.backend("groups", **extra) as (etcd, server):
+        client = FleetLockClient(server.base)
+        steady: Counter[str] = Counter()
+        stop = threading.Event()
+
+        def cycle() -> None:
+            while not stop.is_set():
+                steady["pre " + client.pre_reboot("node-a").kind] += 1
+                steady["steady " + client.steady_state("node-a").kind] += 1
+
+        worker = threading.Thread(target=cycle)
+        worker.start()
+        answers: Counter[str] = Counter()
         try:
-            client = FleetLockClient(server.base)
-            steady: Counter[str] = Counter()
-            stop = threading.Event()
-
-            def cycle() -> None:
-                while not stop.is_set():
-                    steady["pre " + client.pre_reboot("node-a").kind] += 1
-                    steady["steady " + client.steady_state("node-a").kind] += 1
-
-            worker = threading.Thread(target=cycle)
-            worker.start()
-            answers: Counter[str] = Counter()
-            try:
-                for i in range(count):
-                    answers[client.pre_reboot("x", f"g{i}").kind or "?"] += 1
-            finally:
-                stop.set()
-                worker.join(120)
-            out: dict[str, Any] = {
-                "new_groups_asked": count,
-                "answers": dict(answers),
-                "other_client_answers": dict(steady),
-                "server_alive": server.process is not None and server.process.poll() is None,
-                "etcd_alive": etcd.proc is not None and etcd.proc.poll() is None,
-            }
-            if out["etcd_alive"]:
-                keys = stored(etcd)
-                out |= {"groups_in_store": len({k[len(PREFIX) :].split("/")[2] for k in keys}),
-                        "keys_in_store": len(keys)}  # fmt: skip
-            else:
-                out["etcd_log"] = etcd_log_tail(etcd)
-            return out
+            for i in range(count):
+                answers[client.pre_reboot("x", f"g{i}").kind or "?"] += 1
         finally:
-            server.stop()
-    finally:
-        etcd.stop()
+            stop.set()
+            worker.join(120)
+        out: dict[str, Any] = {
+            "new_groups_asked": count,
+            "answers": dict(answers),
+            "other_client_answers": dict(steady),
+            "server_alive": server.process is not None and server.process.poll() is None,
+            "etcd_alive": etcd.proc is not None and etcd.proc.poll() is None,
+        }
+        if out["etcd_alive"]:
+            keys = stored(etcd)
+            out |= {"groups_in_store": len({k[len(PREFIX) :].split("/")[2] for k in keys}),
+                    "keys_in_store": len(keys)}  # fmt: skip
+        else:
+            out["etcd_log"] = etcd_log_tail(etcd)
+        return out
 
 
 def vanished(run: Run) -> dict[str, Any]:
-    etcd = run.etcd("vanished")
-    try:
-        server = run.server(etcd, "vanished", max_holders=2, fleetlock_waiter_ttl="60s")
-        try:
-            client = FleetLockClient(server.base)
-            for holder in ("holder-1", "holder-2"):
-                assert client.pre_reboot(holder).status == 200
-            for _ in range(2):
-                for gone in ("gone-1", "gone-2"):
-                    client.pre_reboot(gone)
-                time.sleep(1.0)
-            client.pre_reboot("late")
-            for holder in ("holder-1", "holder-2"):
-                client.steady_state(holder)
-            freed = time.monotonic()
-            while client.pre_reboot("late").status != 200:
-                if time.monotonic() - freed > 120:
-                    return {"late_waited_seconds": None}
-                time.sleep(1.0)
-            return {
-                "slots_free": 2,
-                "vanished_pollers": 2,
-                "late_waited_seconds": round(time.monotonic() - freed, 1),
-            }
-        finally:
-            server.stop()
-    finally:
-        etcd.stop()
+    with run.backend("vanished", max_holders=2, fleetlock_waiter_ttl="60s") as (_etcd, server):
+        client = FleetLockClient(server.base)
+        for holder in ("holder-1", "holder-2"):
+            assert client.pre_reboot(holder).status == 200
+        for _ in range(2):
+            for gone in ("gone-1", "gone-2"):
+                client.pre_reboot(gone)
+            time.sleep(1.0)
+        client.pre_reboot("late")
+        for holder in ("holder-1", "holder-2"):
+            client.steady_state(holder)
+        freed = time.monotonic()
+        while client.pre_reboot("late").status != 200:
+            if time.monotonic() - freed > 120:
+                return {"late_waited_seconds": None}
+            time.sleep(1.0)
+        return {
+            "slots_free": 2,
+            "vanished_pollers": 2,
+            "late_waited_seconds": round(time.monotonic() - freed, 1),
+        }
 
 
 SCENARIOS = {"agent_slot": agent_slot, "cycles": cycles, "waiters": waiters, "groups": groups,
