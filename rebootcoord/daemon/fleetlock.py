@@ -397,10 +397,14 @@ class FleetLockService:
                 view = v.view
                 if new:
                     # Joined the line just now: read it again, so that clients joining at once
-                    # never push it past its bound (the places beyond it, in request order, leave).
+                    # never push it past its bound. A newcomer that finds the line longer than
+                    # its bound leaves, wherever it stands: places are ordered by the time each
+                    # client stamped, not by when its write landed, so a place counted "within
+                    # the bound" by one joiner can be pushed past it by a later write with an
+                    # earlier stamp. The last write always sees every place that stays.
                     view = replace(view, waiters=gc.queue.waiters())
                     places = [w.id for w in view.waiters if w.kind == waiter.kind]
-                    if waiter.id in places and places.index(waiter.id) >= v.max_waiters:
+                    if len(places) > v.max_waiters:
                         gc.leave_queue(waiter.id)
                         raise line_full(v.client.group, len(places) - 1, v.max_waiters)
                 if view.queue_position(waiter.id) is None:

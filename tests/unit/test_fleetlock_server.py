@@ -310,6 +310,42 @@ def test_the_line_has_a_bound_and_a_clear_answer_beyond_it() -> None:
     assert server.pre("w0")[1] == "no_free_slot"  # those in line keep asking
 
 
+class StampedEarlier(MemoryWaitQueue):
+    """A line ordered by the stamp each client wrote (a waiter Lease's acquireTime), where a
+    client's write can land after others that stamped later: ``before_landing(id)`` runs when
+    that id's join is sent, and then its place lands at the head of the line."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.before_landing: dict[str, object] = {}
+
+    def join(self, waiter: Waiter) -> None:
+        hook = self.before_landing.pop(waiter.id, None)
+        if hook is None:
+            return super().join(waiter)
+        hook()  # type: ignore[operator]
+        self.entries.insert(0, replace(waiter, order=0))
+        self.joins += 1
+        self.mine.add(waiter.id)
+
+
+def test_a_place_that_lands_late_with_an_earlier_stamp_never_pushes_the_line_past_its_bound() -> None:
+    """A client "early" reads a line with room, then "late" joins and finds itself within the bound, then
+    early's place lands ahead of it: the line would be one over. The newcomer that sees that
+    leaves (it used to count only its own position, which was within the bound)."""
+    server = Server({"max_waiters": 2})
+    server.queue = queue = StampedEarlier()
+    server.group = GroupClient(server.store, queue)
+    assert server.pre("holder")[0] == 200
+    assert server.pre("w0")[1] == "no_free_slot"
+    answers: list[tuple[int, str, str]] = []
+    queue.before_landing["early"] = lambda: answers.append(server.pre("late"))
+    status, kind, value = server.pre("early")
+    assert answers[0][1] == "no_free_slot"  # late joined a line of one
+    assert (status, kind) == (429, "line_full") and "fleetlock_max_waiters 2" in value
+    assert server.line() == ["w0", "late"]
+
+
 def test_a_store_that_would_overflow_refuses_the_take_and_still_releases() -> None:
     server = Server({"max_holders": 50}, capacity=200_000)
     taken = 0
