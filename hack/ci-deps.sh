@@ -10,11 +10,12 @@
 #   containernetworking-plugins   runtime, the OCI runtime (crun refuses these machines' hybrid
 #                         cgroups) and the loopback CNI plugin (/usr/lib/cni/loopback)
 #   gcc, libc6-dev        the static pause image built for that node (hack/realnode/pause)
+#   zsh                   the shell completion test loads `rebootctl completion zsh` in a real zsh
 #
 # Installed as the machine's packages were tested (with their recommended packages).
 set -euo pipefail
 
-PACKAGES=(podman debootstrap openssl containerd runc containernetworking-plugins gcc libc6-dev)
+PACKAGES=(podman debootstrap openssl containerd runc containernetworking-plugins gcc libc6-dev zsh)
 
 missing=()
 for package in "${PACKAGES[@]}"; do

@@ -6,6 +6,9 @@ import argparse
 import json
 import logging
 import os
+import re
+import select
+import signal
 import socket
 import sys
 from collections.abc import Callable, Mapping, Sequence
@@ -13,7 +16,16 @@ from typing import Any, NoReturn
 
 import yaml
 
-from rebootcoord.core.config import ENV_CONFIG_FILE, KEYS, Invalid, Settings, flag_name, load_settings
+from rebootcoord.core.config import (
+    ENV_CONFIG_FILE,
+    KEYS,
+    Invalid,
+    Settings,
+    default_of,
+    flag_name,
+    load_settings,
+    p_bool,
+)
 from rebootcoord.errors import (
     AccessDenied,
     BackendUnavailable,
@@ -47,13 +59,100 @@ EXIT_CODES: tuple[tuple[type[Exception], int, str], ...] = (
 )
 
 
+#: A program whose stdout was closed by its reader (``| head``) exits as if killed by SIGPIPE.
+EXIT_CLOSED_PIPE = 128 + signal.SIGPIPE
+
+
 class Parser(argparse.ArgumentParser):
     """argparse with the usage-error exit code of both command lines (argparse's own is 2, too,
-    but its subparsers would not inherit the class without ``parser_class``)."""
+    but its subparsers would not inherit the class without ``parser_class``), and a wrong
+    invocation told in one line."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        # "--check-interval -5s" gives the key a value that its own check refuses by name;
+        # argparse would take "-5s" for an unknown option and name no key.
+        self._negative_number_matcher = re.compile(r"^-\d")
 
     def error(self, message: str) -> NoReturn:
-        self.print_usage(sys.stderr)
-        self.exit(EXIT_USAGE, f"{self.prog}: error: {message}\n")
+        self.exit(EXIT_USAGE, f"{self.prog}: error: {message} (see `{self.prog} --help`)\n")
+
+
+def subparsers(parser: argparse.ArgumentParser) -> list[argparse.ArgumentParser]:
+    """The subcommands' parsers of ``parser``, each once."""
+    found: list[argparse.ArgumentParser] = []
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for sub in action.choices.values():
+                if sub not in found:
+                    found.append(sub)
+    return found
+
+
+def add_versions(parser: argparse.ArgumentParser, line: str) -> None:
+    """``--version`` on ``parser`` and every subcommand under it: typed anywhere, it answers."""
+    if not any("--version" in action.option_strings for action in parser._actions):
+        parser.add_argument("--version", action="version", version=line, help="print the version and exit")
+    for sub in subparsers(parser):
+        add_versions(sub, line)
+
+
+SHELLS = ("bash", "zsh")
+
+
+def add_completion_parser(sub: Any, prog: str) -> None:
+    """The ``completion`` subcommand: the script that completes ``prog``'s subcommands, options
+    and choices in bash or zsh (argcomplete's, which asks the program itself as you type)."""
+    p = sub.add_parser(
+        "completion",
+        help="print the shell completion script for bash or zsh",
+        description=f"Print the script that completes {prog}'s subcommands, options and their "
+        "choices as you type.",
+        epilog=f"bash: add `source <({prog} completion bash)` to ~/.bashrc; zsh: add "
+        f"`autoload -U compinit && compinit; source <({prog} completion zsh)` to ~/.zshrc",
+    )
+    p.add_argument("shell", choices=SHELLS, help="the shell to complete in: %(choices)s")
+
+
+def completion_script(prog: str, shell: str) -> str:
+    import argcomplete
+
+    return str(argcomplete.shellcode([prog], shell=shell))
+
+
+def offer_completions(parser: argparse.ArgumentParser) -> None:
+    """Answer the completion script's question and exit, when it is one (argcomplete sets
+    ``_ARGCOMPLETE``); otherwise nothing, and argcomplete is not even imported."""
+    if "_ARGCOMPLETE" in os.environ:
+        import argcomplete
+
+        argcomplete.autocomplete(parser)
+
+
+def exit_with(run: Callable[[], int]) -> NoReturn:
+    """A program's entry point: ``run``'s exit code. A reader that closed stdout early
+    (``rebootctl -o json status | head``) ends the program quietly, as Unix tools do; any other
+    broken pipe is a failure of its own."""
+    try:
+        code = run()
+        sys.stdout.flush()
+    except BrokenPipeError:
+        if not _stdout_closed():
+            raise
+        # Python flushes stdout once more at exit: into /dev/null, not into the closed pipe.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        code = EXIT_CLOSED_PIPE
+    sys.exit(code)
+
+
+def _stdout_closed() -> bool:
+    """Whether stdout is a pipe whose reader is gone (poll reports an error on its write end)."""
+    try:
+        poller = select.poll()
+        poller.register(sys.stdout.fileno(), select.POLLOUT)
+        return any(events & select.POLLERR for _, events in poller.poll(0))
+    except (OSError, ValueError):
+        return False
 
 
 def reported(prog: str, run: Callable[[], int]) -> int:
@@ -70,14 +169,51 @@ def add_config_flags(
     parser: argparse.ArgumentParser,
     keys: Mapping[str, Any] | None = None,
     aliases: Mapping[str, Sequence[str]] | None = None,
+    *,
+    default: Any = None,
 ) -> None:
-    parser.add_argument("--config", metavar="FILE", help=f"YAML configuration file (or ${ENV_CONFIG_FILE})")
+    """The configuration keys as flags (``--<key>``, with ``aliases``). ``default``: what a flag
+    not given leaves in the namespace (``argparse.SUPPRESS``: nothing, so that a subcommand's
+    copy of the flags leaves a value given before the subcommand alone)."""
+    parser.add_argument(
+        "--config", metavar="FILE", default=default, help=f"YAML configuration file (or ${ENV_CONFIG_FILE})"
+    )
     group = parser.add_argument_group("configuration keys (also REBOOTCOORD_<KEY> and the file's <key>)")
     for name, fld in (keys or KEYS).items():
         flags = [flag_name(name), *(aliases or {}).get(name, ())]
+        choices = getattr(fld.metadata["parse"], "schema", {}).get("enum")
+        metavar = "{" + ",".join(choices) + "}" if choices else "VALUE"
         # argparse formats help with %: a key's own "10%" must stay text.
-        help_text = str(fld.metadata["help"]).replace("%", "%%")
-        group.add_argument(*flags, dest=f"cfg_{name}", metavar="VALUE", help=help_text)
+        help_text = (str(fld.metadata["help"]) + _default_text(name)).replace("%", "%%")
+        action = group.add_argument(
+            *flags, dest=f"cfg_{name}", metavar=metavar, default=default, help=help_text
+        )
+        if choices:  # the values a shell completes (the key's own check still judges them)
+            action.completer = _Values(choices)  # type: ignore[attr-defined]
+        elif fld.metadata["parse"] is p_bool:
+            action.completer = _Values(("true", "false"))  # type: ignore[attr-defined]
+
+
+class _Values:
+    """A completer of fixed values, as argcomplete calls it (without importing argcomplete)."""
+
+    def __init__(self, values: Sequence[str]) -> None:
+        self.values = tuple(values)
+
+    def __call__(self, **_: Any) -> tuple[str, ...]:
+        return self.values
+
+
+def _default_text(key: str) -> str:
+    """ " (default: X)" for a key whose help does not say its default already; nothing for an
+    empty one (its help says what empty means)."""
+    if "default" in str(KEYS[key].metadata["help"]):
+        return ""
+    value = default_of(key)
+    if value in (None, "", [], {}):
+        return ""
+    text = yaml.safe_dump(value, default_flow_style=True, width=1 << 16).removesuffix("\n...\n").strip()
+    return f" (default: {text})"
 
 
 def decode_flow(text: str) -> object:
@@ -111,7 +247,9 @@ def settings_from_args(
     args: argparse.Namespace,
     env: Mapping[str, str] | None = None,
     extra_flags: Mapping[str, object] | None = None,
+    fallbacks: Mapping[str, object] | None = None,
 ) -> Settings:
+    """``fallbacks``: defaults of the caller's own (below the file, env and flags)."""
     env = os.environ if env is None else env
     path = args.config or env.get(ENV_CONFIG_FILE)
     file_data = None
@@ -140,7 +278,7 @@ def settings_from_args(
         file_name=str(path or ""),
         env=env,
         flags=flags,
-        fallbacks={"node_name": env.get("NODE_NAME") or socket.gethostname()},
+        fallbacks={"node_name": env.get("NODE_NAME") or socket.gethostname(), **(fallbacks or {})},
         decode_text=decode_flow,
     )
 

@@ -17,22 +17,51 @@ from rebootcoord import __version__
 from rebootcoord.cli.common import (
     EXIT_USAGE,
     Parser,
+    add_completion_parser,
     add_config_flags,
+    add_versions,
+    completion_script,
+    exit_with,
+    offer_completions,
     reported,
     settings_from_args,
     setup_logging,
 )
 from rebootcoord.cli.wiring import build_agent
-from rebootcoord.core.config import to_plain
+from rebootcoord.core.config import Settings, to_plain
 from rebootcoord.daemon import metrics as metrics_server
 from rebootcoord.errors import UsageError
 
+#: What the agent's and the server's --help say of where their configuration comes from.
+CONFIG_EPILOG = (
+    "Every key comes from a flag, from $REBOOTCOORD_<KEY> or from the YAML file's <key> (--config "
+    "FILE or $REBOOTCOORD_CONFIG), in that order of precedence, then its default. Lists and "
+    "mappings in flags and variables are YAML flow ([systemctl, reboot]) or comma-separated. "
+    "--print-config shows the result, secrets masked. Exit codes: 0 stopped (SIGTERM, SIGINT); 2 "
+    "usage or configuration error (every problem named: key, value, source, what was expected); 3 "
+    "the backend refused who we are (a wrong etcd password, a missing right)."
+)
+CONFIG_USAGE = "%(prog)s [--config FILE] [--print-config] [--<key> VALUE ...]"
+
 
 def parser() -> argparse.ArgumentParser:
-    p = Parser(prog="rebootcoord", description="Coordinates the reboots of a fleet.")
-    p.add_argument("--version", action="version", version=f"rebootcoord {__version__}")
-    sub = p.add_subparsers(dest="command", required=True, parser_class=Parser)
-    agent = sub.add_parser("agent", help="run the per-node agent")
+    p = Parser(
+        prog="rebootcoord",
+        description="Coordinates the reboots of a fleet: a per-node agent takes a slot of its "
+        "group's semaphore (etcd or a Kubernetes Lease), drains, reboots, checks the node and gives "
+        "the slot back; a FleetLock server lets Zincati nodes share the same budget.",
+        epilog="`rebootcoord COMMAND --help` describes each command. Operators steer the groups "
+        "with rebootctl.",
+    )
+    sub = p.add_subparsers(dest="command", required=True, parser_class=Parser, metavar="COMMAND")
+    agent = sub.add_parser(
+        "agent",
+        help="run the per-node agent",
+        description="Watch this node's update engine; when it needs a reboot, take a slot of the "
+        "group, drain the node, reboot it, check it after boot, uncordon it and give the slot back.",
+        usage=CONFIG_USAGE,
+        epilog=CONFIG_EPILOG,
+    )
     agent.add_argument(
         "--print-config", action="store_true", help="print the effective configuration and exit"
     )
@@ -42,6 +71,11 @@ def parser() -> argparse.ArgumentParser:
         help="answer FleetLock (Zincati's reboot coordination) over the same groups as the agents",
         description="Serve FleetLock v1 (POST /v1/pre-reboot, /v1/steady-state) on fleetlock_listen; "
         "/metrics and /healthz on metrics_address. Stateless: replicas share the backend.",
+        usage=CONFIG_USAGE,
+        epilog=CONFIG_EPILOG,
+    )
+    server.add_argument(
+        "--print-config", action="store_true", help="print the effective configuration and exit"
     )
     add_config_flags(server, aliases={"fleetlock_listen": ("--listen",)})
     relay = sub.add_parser(
@@ -53,10 +87,14 @@ def parser() -> argparse.ArgumentParser:
     relay.add_argument("--socket", required=True, metavar="PATH", help="the Unix socket to listen on")
     relay.add_argument("--signal", default="SIGRTMIN+5", help="the signal to send (default SIGRTMIN+5)")
     relay.add_argument("--allow-uid", type=int, default=None, metavar="UID", help="the agent's uid")
-    relay.add_argument("--log-format", choices=("text", "json"), default="text")
+    relay.add_argument(
+        "--log-format", choices=("text", "json"), default="text", help="log lines: %(choices)s (default text)"
+    )
     from rebootcoord.sim.cli import add_simulate_parser
 
     add_simulate_parser(sub)
+    add_completion_parser(sub, "rebootcoord")
+    add_versions(p, f"rebootcoord {__version__}")
     return p
 
 
@@ -89,11 +127,15 @@ def run_signal_relay(args: argparse.Namespace) -> int:
     return 0
 
 
+def print_config(settings: Settings) -> int:
+    sys.stdout.write(yaml.safe_dump(to_plain(settings), sort_keys=False))
+    return 0
+
+
 def run_agent(args: argparse.Namespace) -> int:
     settings = settings_from_args(args)
     if args.print_config:
-        sys.stdout.write(yaml.safe_dump(to_plain(settings), sort_keys=False))
-        return 0
+        return print_config(settings)
     setup_logging(settings.observability.log_level, settings.observability.log_format)
     stop = threading.Event()
     registry = CollectorRegistry()
@@ -132,6 +174,8 @@ def run_fleetlock_server(args: argparse.Namespace) -> int:
     from rebootcoord.daemon.fleetlock import TlsFiles, start_http, tls_context
 
     settings = settings_from_args(args)
+    if args.print_config:
+        return print_config(settings)
     fl = settings.fleetlock
     if not fl.fleetlock_listen:
         raise UsageError("fleetlock_listen: got '', expected host:port such as 0.0.0.0:9729")
@@ -189,7 +233,12 @@ def run_fleetlock_server(args: argparse.Namespace) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = parser().parse_args(argv)
+    p = parser()
+    offer_completions(p)
+    args = p.parse_args(argv)
+    if args.command == "completion":
+        sys.stdout.write(completion_script("rebootcoord", args.shell))
+        return 0
     if args.command == "agent":
         return reported("rebootcoord agent", lambda: run_agent(args))
     if args.command == "fleetlock-server":
@@ -204,4 +253,4 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def entrypoint() -> None:
-    sys.exit(main())
+    exit_with(main)

@@ -13,6 +13,7 @@ from rebootcoord.core.config.parsers import (
     DetectorSpec,
     Invalid,
     load_zone,
+    p_bool,
     p_signal,
 )
 from rebootcoord.core.config.schema import describe_keys, json_schema
@@ -36,6 +37,7 @@ from rebootcoord.core.config.settings import (
     Settings,
     VerifySettings,
     WindowSettings,
+    default_of,
     env_name,
     flag_name,
     to_plain,
@@ -66,6 +68,7 @@ __all__ = [
     "VerifySettings",
     "WindowSettings",
     "decode_json",
+    "default_of",
     "describe_keys",
     "env_name",
     "flag_name",
@@ -73,6 +76,7 @@ __all__ = [
     "json_schema",
     "load_settings",
     "load_zone",
+    "p_bool",
     "p_signal",
     "to_plain",
 ]

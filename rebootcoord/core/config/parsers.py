@@ -223,6 +223,13 @@ def p_argv(value: object) -> tuple[str, ...]:
     """A command as an argv list: never a shell string, so nothing is split on spaces by accident."""
     if not isinstance(value, list | tuple) or not all(isinstance(v, str) and v for v in value):
         raise Invalid('an argv list of non-empty strings, such as ["systemctl", "reboot"]')
+    program = value[0] if value else ""
+    if "/" in program and not program.startswith("/"):
+        # Run on the host (nsenter) or from wherever the agent was started: a relative path
+        # names a different file, or none, depending on the working directory.
+        raise Invalid(
+            f"a command name found on PATH or an absolute path first, not the relative path {program!r}"
+        )
     return tuple(value)
 
 
@@ -259,6 +266,14 @@ def p_signal(value: object) -> int:
         names = ", ".join(REBOOT_SIGNALS.values())
         raise Invalid(f"a signal that asks PID 1 for a reboot: one of {names}")
     return number
+
+
+def signal_name(number: int) -> str:
+    """A reboot signal as it is written in a configuration ("SIGRTMIN+5"): p_signal reads it back."""
+    rtmin = int(signal.SIGRTMIN)
+    if rtmin <= number <= int(signal.SIGRTMAX):
+        return "SIGRTMIN" if number == rtmin else f"SIGRTMIN+{number - rtmin}"
+    return signal.Signals(number).name
 
 
 #: The signals systemd (and sysvinit for SIGRTMIN+5's place) takes as a reboot request, as

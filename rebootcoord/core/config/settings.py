@@ -50,6 +50,7 @@ from rebootcoord.core.config.parsers import (
     p_waves,
     p_windows_raw,
     p_zone,
+    signal_name,
 )
 from rebootcoord.core.durations import format_duration
 from rebootcoord.core.notices import EVENTS, Templates
@@ -508,8 +509,22 @@ def to_plain(settings: Settings, *, mask_secrets: bool = True) -> dict[str, Any]
         if fld.metadata["secret"] and value and mask_secrets:
             out[name] = [masked_url(v) for v in value] if isinstance(value, tuple) else MASK
         else:
-            out[name] = mask_urls(plain(value)) if mask_secrets else plain(value)
+            out[name] = mask_urls(plain_key(name, value)) if mask_secrets else plain_key(name, value)
     return out
+
+
+def plain_key(name: str, value: Any) -> Any:
+    """Key ``name``'s ``value`` as the file writes it: a signal by its name, not its number."""
+    if KEYS[name].metadata["parse"] is p_signal and isinstance(value, int):
+        return signal_name(value)
+    return plain(value)
+
+
+def default_of(name: str) -> Any:
+    """Key ``name``'s default value, as the file writes it."""
+    fld = KEYS[name]
+    value = fld.default_factory() if fld.default is dataclasses.MISSING else fld.default  # type: ignore[operator]
+    return plain_key(name, value)
 
 
 def plain(value: Any) -> Any:
