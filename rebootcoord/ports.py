@@ -228,10 +228,15 @@ class NodeDirectory(Protocol):
 
 
 class GroupCatalog(Protocol):
-    """The groups a store holds (the FleetLock server's bound on the groups it creates)."""
+    """The groups a store holds (the FleetLock server's bound on the groups it creates; the groups
+    rebootctl names beside one that does not exist)."""
 
     def count(self, limit: int) -> int:
         """How many groups exist, counted up to ``limit``."""
+
+    def names(self, limit: int) -> tuple[Group, ...]:
+        """The first ``limit`` groups that exist, in name order (rebootctl names them when asked
+        for one that does not)."""
 
 
 class Notifier(Protocol):

@@ -465,7 +465,7 @@ class EtcdGroupStore:
 
 class EtcdGroupCatalog:
     """The GroupCatalog on etcd: the groups under ``<prefix>/groups/``, found by a skip scan --
-    one key per group, then past all of its keys -- so counting N groups reads N keys, however
+    one key per group, then past all of its keys -- so listing N groups reads N keys, however
     many keys each group has."""
 
     def __init__(self, conn: EtcdConnection, *, prefix: str) -> None:
@@ -473,16 +473,20 @@ class EtcdGroupCatalog:
         self.base = f"{prefix.strip('/')}/groups/"
 
     def count(self, limit: int) -> int:
-        def scan(client: Any) -> int:
-            found, start, end = 0, self.base, _prefix_end(self.base)
-            while found < limit:
+        return len(self.names(limit))
+
+    def names(self, limit: int) -> tuple[Group, ...]:
+        def scan(client: Any) -> tuple[Group, ...]:
+            found: list[Group] = []
+            start, end = self.base, _prefix_end(self.base)
+            while len(found) < limit:
                 response = client.get_range_response(start, end, limit=1, keys_only=True)
                 if not response.kvs:
                     break
-                group = response.kvs[0].key.decode()[len(self.base) :].split("/", 1)[0]
-                found += 1
+                group = response.kvs[0].key.decode("utf-8", "replace")[len(self.base) :].split("/", 1)[0]
+                found.append(Group(group))
                 start = _prefix_end(f"{self.base}{group}/")
-            return found
+            return tuple(found)
 
         return self.conn.call(scan)
 

@@ -62,6 +62,19 @@ def build_semaphore(
     """The group's semaphore: its store and wait queue on the configured backend, behind the one
     compare-and-swap loop. ``retry_for``: how long one call retries transient errors (the agent
     waits; rebootctl not). ``owner``: the agent's Pod, which its waiter Lease goes with."""
+    return build_semaphore_and_catalog(settings, retry_for=retry_for, kube=kube, owner=owner, stop=stop)[0]
+
+
+def build_semaphore_and_catalog(
+    settings: Settings,
+    *,
+    retry_for: float = 30.0,
+    kube: Any = None,
+    owner: Any = None,
+    stop: threading.Event | None = None,
+) -> tuple[GroupClient, GroupCatalog]:
+    """``build_semaphore``, with the catalog of the groups beside it on the same connection
+    (rebootctl names the groups that exist when asked for one that does not)."""
     ttl = settings.semaphore.waiter_ttl.total_seconds()
     if settings.semaphore.backend == "fleetlock":
         raise UsageError(
@@ -71,7 +84,7 @@ def build_semaphore(
     opener = group_opener(settings, ttl=ttl, retry_for=retry_for, kube=kube, owner=owner, stop=stop)
     client = opener.open(settings.identity.group)
     client.on_close = opener.close  # the one group of this process: its connection goes with it
-    return client
+    return client, opener.catalog
 
 
 def group_opener(

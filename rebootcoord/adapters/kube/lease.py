@@ -260,8 +260,22 @@ class LeaseGroupCatalog:
         self.base = leases_path(namespace)
 
     def count(self, limit: int) -> int:
+        return len(self._items(limit))
+
+    def names(self, limit: int) -> tuple[Group, ...]:
+        """Each semaphore Lease's group (its label; its name without the prefix, without one)."""
+        found = []
+        for item in self._items(limit):
+            meta = item.get("metadata") or {}
+            group = (meta.get("labels") or {}).get(LABEL_GROUP) or str(meta.get("name", "")).removeprefix(
+                "rebootcoord-"
+            )
+            found.append(Group(str(group)))
+        return tuple(sorted(found))
+
+    def _items(self, limit: int) -> list[dict[str, Any]]:
         doc = self.kube.list_objects(self.base, limit=limit, labelSelector=f"{LABEL_ROLE}=semaphore")
-        return len(doc.get("items") or [])
+        return list(doc.get("items") or [])
 
 
 def _slots_and_pause(lease: dict[str, Any]) -> tuple[object, object]:
