@@ -35,6 +35,10 @@ MEMBERS_BYTES = 64 * 1024
 #: What each store holds of one group's documents (slots, records, pause, ledger).
 LEASE_CAPACITY = 224 * 1024  # of a Lease's 256 KiB of annotations: room for others' annotations
 ETCD_CAPACITY = 1024 * 1024  # a group read stays well under the gRPC client's 4 MiB
+#: A pause marker: its reason (and who paused) in UTF-8 bytes, and the reasons given while the
+#: group stayed paused that it keeps (the newest; each text at most MAX_TEXT_BYTES).
+MAX_PAUSE_REASON_BYTES = 1000
+MAX_PAUSE_REASONS = 10
 #: FleetLock clients' places in one group's line (each at most ~1 KiB stored).
 MAX_FLEETLOCK_WAITERS = 2000
 

@@ -302,10 +302,13 @@ class GroupState:
         return replace(self, slots=slots)
 
     def pause(self, info: PauseInfo) -> GroupState:
+        """Paused with ``info``; paused already, its new reason is kept beside the earlier ones
+        (PauseInfo.again): who paused first, and since when, stay."""
         self._intact()
-        if self.paused == info:
-            return self
-        return replace(self, paused=info)
+        if self.paused is None:
+            return replace(self, paused=info.bounded())
+        again = self.paused.again(info)
+        return self if again is self.paused else replace(self, paused=again)
 
     def resume(self) -> GroupState:
         self._intact()

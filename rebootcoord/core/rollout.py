@@ -48,6 +48,7 @@ import functools
 import hashlib
 import json
 import math
+import time
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any
@@ -177,6 +178,7 @@ def admit(
     """May one more node take a slot in the rollout now? ``in_flight``: the rollout's nodes that
     hold a slot; ``waiting``: nodes in the queue (the asker among them). Pure and total: the same
     rule for decide() (to rest) and for take() (in the compare-and-swap)."""
+    previous = rollout
     if rollout is not None and _ended(rollout, in_flight, now):
         rollout = None
     if rollout is None:
@@ -184,7 +186,7 @@ def admit(
             return Admission(True)
         members = max(1, waiting + in_flight)
         first = Wave(opened_at=now, quota=_quota(plan, 0, members, 0))
-        rollout = Rollout(id=_rollout_id(now), started_at=now, plan=plan, waves=(first,))
+        rollout = Rollout(id=_rollout_id(now, previous), started_at=now, plan=plan, waves=(first,))
         return Admission(True, rollout, 0, f"starts a rollout in {rollout.label(0)}")
     while True:
         wave = rollout.waves[-1]
@@ -236,8 +238,22 @@ def _ended(rollout: Rollout, in_flight: int, now: float) -> bool:
     return rollout.last and now >= (wave.last_done_at or wave.opened_at) + rollout.plan.soak
 
 
-def _rollout_id(now: float) -> str:
-    return f"r{int(now * 1000)}"
+def _rollout_id(now: float, previous: Rollout | None = None) -> str:
+    """A rollout's id, readable: ``r-20261207-145003``, when it started (UTC, to the second),
+    with ``.2``, ``.3``... for another that starts in the same second as the one it follows.
+    Ids written before (``r1765119003123``, milliseconds) are only compared, never parsed."""
+    base = "r-" + _utc(now, "%Y%m%d-%H%M%S")
+    if previous is None or not (previous.id == base or previous.id.startswith(base + ".")):
+        return base
+    n = previous.id[len(base) + 1 :]
+    return f"{base}.{int(n) + 1 if n.isdigit() else 2}"
+
+
+def _utc(at: float, fmt: str) -> str:
+    try:
+        return time.strftime(fmt, time.gmtime(at))
+    except (OverflowError, OSError, ValueError):
+        return str(int(at)) if math.isfinite(at) else "0"
 
 
 def finished_in(

@@ -19,7 +19,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from rebootcoord.core.bounds import MAX_TEXT_BYTES, clip_utf8
+from rebootcoord.core.bounds import MAX_PAUSE_REASON_BYTES, MAX_PAUSE_REASONS, MAX_TEXT_BYTES, clip_utf8
 from rebootcoord.core.documents import load_json, load_object, quoted
 from rebootcoord.core.rollout import (
     Admission,
@@ -235,24 +235,90 @@ class Waiter:
 
 
 @dataclass(frozen=True)
+class PauseNote:
+    """One reason given for a pause: who gave it, when."""
+
+    by: str
+    at: float
+    reason: str
+
+
+@dataclass(frozen=True)
 class PauseInfo:
+    """The pause marker: who paused the group and when (the first pause, while it stays paused),
+    the latest reason, and the reasons given while it stayed paused (``reasons``, oldest first,
+    the latest among them; empty in a marker that only ever had one -- or none -- and in one
+    written before markers kept them). Bounded: core.bounds."""
+
     by: str
     at: float
     reason: str = ""
+    reasons: tuple[PauseNote, ...] = ()
+
+    def bounded(self) -> PauseInfo:
+        """This marker with its texts cut to their bounds (core.bounds)."""
+        bounded = dataclasses.replace(
+            self,
+            by=clip_utf8(self.by, MAX_TEXT_BYTES),
+            reason=clip_utf8(self.reason, MAX_PAUSE_REASON_BYTES),
+            reasons=self.reasons[-MAX_PAUSE_REASONS:],
+        )
+        return self if bounded == self else bounded
+
+    def notes(self) -> tuple[PauseNote, ...]:
+        """Every reason kept, oldest first (the marker's own when it kept no others)."""
+        if self.reasons:
+            return self.reasons
+        return (PauseNote(self.by, self.at, self.reason),) if self.reason else ()
+
+    def again(self, info: PauseInfo) -> PauseInfo:
+        """This pause, paused again with ``info``: a new reason is kept beside the earlier ones
+        (the newest MAX_PAUSE_REASONS); who paused first and when stay. The same object when
+        ``info`` brings no new reason (asking again changes nothing)."""
+        reason = clip_utf8(info.reason, MAX_PAUSE_REASON_BYTES)
+        if not reason or reason == self.reason:
+            return self
+        note = PauseNote(clip_utf8(info.by, MAX_TEXT_BYTES), info.at, clip_utf8(info.reason, MAX_TEXT_BYTES))
+        return dataclasses.replace(self, reason=reason, reasons=(*self.notes(), note)[-MAX_PAUSE_REASONS:])
 
     def encode(self) -> bytes:
-        return json.dumps({"by": self.by, "at": self.at, "reason": self.reason}).encode()
+        doc: dict[str, Any] = {"by": self.by, "at": self.at, "reason": self.reason}
+        if self.reasons:
+            doc["reasons"] = [{"by": n.by, "at": n.at, "reason": n.reason} for n in self.reasons]
+        return json.dumps(doc, ensure_ascii=False).encode()  # the bounds are in UTF-8 bytes
 
     @classmethod
     def decode(cls, raw: bytes) -> PauseInfo:
-        """Any marker pauses the group: an unreadable one still does (never silently resumed)."""
+        """Any marker pauses the group: an unreadable one still does (never silently resumed).
+        Reasons that cannot be read are left out; a marker without them has none."""
         try:
             doc = load_json(raw, "pause marker")
             return cls(
-                str(doc.get("by", "?"))[:200], float(doc.get("at", 0)), str(doc.get("reason", ""))[:1000]
+                str(doc.get("by", "?"))[:200],
+                float(doc.get("at", 0)),
+                str(doc.get("reason", ""))[:MAX_PAUSE_REASON_BYTES],
+                _notes(doc.get("reasons")),
             )
         except (CorruptDocument, ValueError, TypeError, AttributeError, OverflowError):
             return cls("?", 0.0, "unreadable pause marker (still paused)")
+
+
+def _notes(raw: object) -> tuple[PauseNote, ...]:
+    if not isinstance(raw, list):
+        return ()
+    notes = []
+    for item in raw[-MAX_PAUSE_REASONS:]:
+        try:
+            notes.append(
+                PauseNote(
+                    clip_utf8(str(item["by"]), MAX_TEXT_BYTES),
+                    float(item["at"]),
+                    clip_utf8(str(item["reason"]), MAX_TEXT_BYTES),
+                )
+            )
+        except (KeyError, TypeError, ValueError, OverflowError):
+            continue
+    return tuple(notes)
 
 
 def zone_holders(slots: SemaphoreState | None, records: Mapping[HolderId, HolderRecord], zone: str) -> int:

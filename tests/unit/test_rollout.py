@@ -76,7 +76,7 @@ def test_wave_sizes_are_cumulative_shares_of_the_nodes_known_when_each_opens(
             now += PLAN.soak  # soaked: the next wave opens
             state = take(state, f"n{i}", now, waiting=members - i)
         rollout = state.ledger.rollout
-        assert rollout is not None and rollout.id == "r0", "one rollout for all"
+        assert rollout is not None and rollout.id == "r-19700101-000000", "one rollout for all"
         seen = [w.quota for w in rollout.waves]
         now += 1
         state = done(state, f"n{i}", now)
