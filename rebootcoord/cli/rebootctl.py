@@ -1,20 +1,27 @@
 """``rebootctl``: operators' view of and hand on the semaphore, like ``locksmithctl``.
 
-Exit codes: 0 done; 1 refused (unknown holder, no free slot, bad max); 2 usage or configuration
-error; 3 backend unreachable; 4 a corrupted semaphore document (status still shows the rest).
+Also a kubectl plugin (installed as ``kubectl-rebootctl``: ``kubectl rebootctl status``), where
+the backend defaults to the Kubernetes Leases. Options go before or after the command, as with
+kubectl; given in both places, the one after the command wins.
+
+Exit codes: 0 done; 1 refused (unknown group or holder, no free slot, bad max); 2 usage or
+configuration error; 3 backend unreachable; 4 a corrupted semaphore document (status still
+shows the rest).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import yaml
 
+from rebootcoord import __version__
 from rebootcoord.cli.common import (
     EXIT_CORRUPT,
     EXIT_FAILED,
@@ -24,53 +31,162 @@ from rebootcoord.cli.common import (
     reported,
     settings_from_args,
 )
-from rebootcoord.cli.wiring import build_semaphore
+from rebootcoord.cli.wiring import build_semaphore_and_catalog
+from rebootcoord.core.bounds import HISTORY_SIZE, MAX_PAUSE_REASON_BYTES, MAX_PAUSE_REASONS, MAX_TEXT_BYTES
 from rebootcoord.core.config import KEYS, Settings
-from rebootcoord.core.group import BUSY_PHASES, Ending
+from rebootcoord.core.group import BUSY_PHASES, Ending, GroupState
 from rebootcoord.core.rollout import UNLOCKED, Cycle
-from rebootcoord.core.semaphore import MANUAL, NO_LIMITS, GroupView, HolderRecord, PauseInfo
+from rebootcoord.core.semaphore import (
+    AGENT,
+    FLEETLOCK,
+    MANUAL,
+    MAX_SLOTS,
+    NO_LIMITS,
+    GroupView,
+    HolderRecord,
+    PauseInfo,
+)
 from rebootcoord.core.types import HOLDER_ID_RE, HolderId, NodeName, Phase
-from rebootcoord.errors import HolderBusy, UsageError
+from rebootcoord.daemon.group import GroupClient
+from rebootcoord.errors import HolderBusy, NoSemaphore, UsageError
+from rebootcoord.ports import GroupCatalog
 
 _CTL = {"group", "backend", "node_name", "kubeconfig", "kube_context", "namespace"}
 CTL_KEYS = {k: v for k, v in KEYS.items() if k in _CTL or k.startswith("etcd_")}
 # kubectl's spellings for finding the cluster
 CTL_ALIASES = {"kube_context": ["--context"], "namespace": ["-n"]}
+#: The name of the kubectl plugin's executable (pyproject.toml's [project.scripts]).
+PLUGIN = "kubectl-rebootctl"
+OUTPUTS = ("table", "json", "yaml")
+EXTERNAL = "external"  # kind of a holder without a record of ours (airlock's Zincati nodes)
+#: What the KIND column calls each kind of holder (JSON and YAML keep the stored kind).
+KIND_LABELS = {AGENT: "agent", FLEETLOCK: "fleetlock", MANUAL: "operator", EXTERNAL: "external"}
+#: Groups named when one asked for does not exist.
+NAMED_GROUPS = 20
 
 
-def parser() -> argparse.ArgumentParser:
+def as_kubectl_plugin(argv0: str | None = None) -> bool:
+    """Run as ``kubectl rebootctl``: kubectl runs the plugin's executable by its path."""
+    name = os.path.basename(sys.argv[0] if argv0 is None else argv0)
+    return name in (PLUGIN, PLUGIN + ".exe")
+
+
+def _slots(text: str) -> int:
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"got {text!r}, expected a whole number of slots (1 to {MAX_SLOTS})"
+        ) from None
+
+
+def _cycles(text: str) -> int:
+    try:
+        limit = int(text)
+    except ValueError:
+        limit = 0
+    if limit < 1:
+        raise argparse.ArgumentTypeError(f"got {text!r}, expected a number of cycles of at least 1")
+    return limit
+
+
+def _global_options(p: argparse.ArgumentParser, *, default: Any) -> None:
+    """The options of every command: where the group is, how to print. ``default``: None on the
+    top parser, SUPPRESS on each command's copy (a value given before the command stays)."""
+    add_config_flags(p, CTL_KEYS, CTL_ALIASES, default=default)
+    p.add_argument(
+        "-o",
+        "--output",
+        choices=OUTPUTS,
+        default=default if default is argparse.SUPPRESS else "table",
+        help="output format of status and history: table (default), json or yaml; times in json "
+        "and yaml are RFC 3339 in UTC, durations (*_seconds) are numbers",
+    )
+
+
+def parser(*, plugin: bool | None = None) -> argparse.ArgumentParser:
+    """``plugin``: as ``kubectl rebootctl`` (None: as the executable's name says)."""
+    plugin = as_kubectl_plugin() if plugin is None else plugin
+    backend = (
+        "As a kubectl plugin the backend is kubernetes unless --backend, $REBOOTCOORD_BACKEND or "
+        "the file says otherwise; -n/--namespace, --context and --kubeconfig find the cluster as "
+        "with kubectl. "
+        if plugin
+        else ""
+    )
     p = Parser(
-        prog="rebootctl",
-        description="Inspect and steer rebootcoord's reboot semaphore.",
-        epilog="exit codes: 0 done, 1 refused, 2 usage/config error, 3 backend unreachable, "
-        "4 corrupted document",
+        prog="kubectl rebootctl" if plugin else "rebootctl",
+        description="Inspect and steer rebootcoord's reboot semaphore. Options go before or after "
+        "the command (after it, they win). " + backend + "Every command but set-max refuses a group "
+        "that does not exist, naming the groups that do.",
+        epilog="exit codes: 0 done, 1 refused (unknown group or holder, no free slot, bad max), "
+        "2 usage/config error, 3 backend unreachable, 4 corrupted document",
     )
-    add_config_flags(p, CTL_KEYS, CTL_ALIASES)
-    p.add_argument("-o", "--output", choices=["table", "json", "yaml"], default="table")
-    sub = p.add_subparsers(dest="command", required=True, parser_class=Parser)
-    sub.add_parser("status", help="show max, holders (node, phase, age), waiters and pause state")
-    lock = sub.add_parser("lock", help="take a slot by hand (default id: this node)")
-    lock.add_argument("id", nargs="?")
-    lock.add_argument("--reason", default="locked by hand with rebootctl")
-    unlock = sub.add_parser(
+    p.add_argument(
+        "--version", action="version", version=f"rebootctl {__version__}", help="print the version and exit"
+    )
+    _global_options(p, default=None)
+    p.set_defaults(kubectl_plugin=plugin)
+    shared = Parser(add_help=False)
+    _global_options(shared, default=argparse.SUPPRESS)
+    sub = p.add_subparsers(dest="command", required=True, parser_class=Parser, metavar="COMMAND")
+
+    def command(name: str, what: str) -> argparse.ArgumentParser:
+        return sub.add_parser(name, parents=[shared], help=what, description=what)
+
+    command("status", "show max, holders (id, node, kind, phase, age), waiters, the pause and its reasons")
+    lock = command("lock", "take a slot by hand, outside the queue and the pause (the group must exist)")
+    lock.add_argument(
+        "id",
+        nargs="?",
+        help="the holder id to lock as: letters, digits, '.', '_', ':' and '-' (default: this node's "
+        "holder id)",
+    )
+    lock.add_argument(
+        "--reason",
+        default="locked by hand with rebootctl",
+        help=f"why, shown by status (any text; kept to {MAX_TEXT_BYTES} bytes)",
+    )
+    unlock = command(
         "unlock",
-        help="release a holder's slot (refuses unknown holders, and holders mid-cycle without --force)",
+        "release a holder's slot (refuses unknown holders, and holders mid-cycle without --force)",
     )
-    unlock.add_argument("id")
+    unlock.add_argument("id", help="the holder whose slot to free, as status shows it")
     unlock.add_argument(
         "--force",
         action="store_true",
         help="also free the slot of an agent that is locked, draining, rebooting or verifying",
     )
-    set_max = sub.add_parser("set-max", help="change the number of slots")
-    set_max.add_argument("max", type=int)
-    pause = sub.add_parser("pause", help="agents take no new slots until resume")
-    pause.add_argument("--reason", default="")
-    sub.add_parser("resume", help="let agents take slots again")
-    history = sub.add_parser(
-        "history", help="the group's last cycles: node, start, time per phase, outcome, reason"
+    set_max = command(
+        "set-max",
+        "change the number of slots; creates the group with that many slots if it does not exist "
+        "(as the first agent would)",
     )
-    history.add_argument("--limit", type=int, default=20, help="show the last N cycles (default 20)")
+    set_max.add_argument(
+        "max",
+        type=_slots,
+        help=f"the number of slots: a whole number from 1 to {MAX_SLOTS}, and no fewer than the "
+        "current holders",
+    )
+    pause = command(
+        "pause",
+        "agents take no new slots until resume; paused already, a new --reason is added to the "
+        f"reasons kept (the last {MAX_PAUSE_REASONS})",
+    )
+    pause.add_argument(
+        "--reason",
+        default="",
+        help=f"why, shown by status (any text; kept to {MAX_PAUSE_REASON_BYTES} bytes, earlier "
+        f"reasons to {MAX_TEXT_BYTES}; default: none)",
+    )
+    command("resume", "let agents take slots again (says so when the group was not paused)")
+    history = command("history", "the group's last cycles: node, start, time per phase, outcome, reason")
+    history.add_argument(
+        "--limit",
+        type=_cycles,
+        default=20,
+        help=f"show the last N cycles, N at least 1 (default 20; the group keeps at most {HISTORY_SIZE})",
+    )
     return p
 
 
@@ -79,20 +195,68 @@ def main(argv: Sequence[str] | None = None) -> int:
     return reported("rebootctl", lambda: _main(args))
 
 
+class _Absent(Exception):
+    """The group has nothing stored: it does not exist (raised inside a change: nothing written)."""
+
+
 def _main(args: argparse.Namespace) -> int:
-    settings = settings_from_args(args)
-    sem = build_semaphore(settings, retry_for=5.0)
+    # A kubectl plugin finds its group where kubectl finds the cluster: in a Lease.
+    fallbacks = {"backend": "kubernetes"} if getattr(args, "kubectl_plugin", False) else None
+    settings = settings_from_args(args, fallbacks=fallbacks)
+    sem, catalog = build_semaphore_and_catalog(settings, retry_for=5.0)
     try:
-        return _run(args, settings, sem)
+        try:
+            return _run(args, settings, sem)
+        except _Absent:
+            raise NoSemaphore(_absent(settings, catalog)) from None
     finally:
         sem.close()
 
 
-def _run(args: argparse.Namespace, settings: Settings, sem: Any) -> int:
+def _stored(group: GroupState | GroupView) -> bool:
+    """Anything of the group is stored: its slots, a record, a pause, a rollout or history, or a
+    document that cannot be read."""
+    return (
+        bool(group.slots is not None or group.records or group.paused is not None or group.corrupt)
+        or not group.ledger.empty
+    )
+
+
+def _existing(change: Callable[[GroupState], GroupState]) -> Callable[[GroupState], GroupState]:
+    """``change``, refused (``_Absent``) on a group that does not exist: never created by it."""
+
+    def run(state: GroupState) -> GroupState:
+        if not _stored(state):
+            raise _Absent
+        return change(state)
+
+    return run
+
+
+def _absent(settings: Settings, catalog: GroupCatalog) -> str:
+    """One line: the group asked for does not exist, where it was looked for, and which do."""
+    group = settings.identity.group
+    if settings.semaphore.backend == "kubernetes":
+        where = f"no Lease rebootcoord-{group} in namespace {settings.kube.namespace or '(default)'}"
+    else:
+        where = f"nothing under etcd prefix {settings.etcd.etcd_key_prefix.strip('/')}/groups/{group}/"
+    names = [printable(n) for n in catalog.names(NAMED_GROUPS + 1)]
+    if not names:
+        there = "no group exists there"
+    else:
+        more = ", ..." if len(names) > NAMED_GROUPS else ""
+        there = "groups there: " + ", ".join(names[:NAMED_GROUPS]) + more
+    return f"group {printable(group)} does not exist ({where}); {there} (set-max creates a group)"
+
+
+def _run(args: argparse.Namespace, settings: Settings, sem: GroupClient) -> int:
     who = f"rebootctl@{settings.identity.node_name}"
+    group = settings.identity.group
     match args.command:
         case "status":
             view = sem.read()
+            if not _stored(view) and not view.waiters:
+                raise _Absent
             _print_status(view, args.output)
             return EXIT_CORRUPT if view.corrupt else EXIT_OK
         case "lock":
@@ -103,7 +267,7 @@ def _run(args: argparse.Namespace, settings: Settings, sem: Any) -> int:
             record = HolderRecord(
                 id=HolderId(holder),
                 node=NodeName(args.id or settings.identity.node_name),
-                group=settings.identity.group,
+                group=group,
                 phase=Phase.LOCKED,
                 boot_id="",
                 acquired_at=now,
@@ -112,40 +276,74 @@ def _run(args: argparse.Namespace, settings: Settings, sem: Any) -> int:
                 reason=args.reason,
                 note=f"locked by {who}",
             )
-            sem.lock(HolderId(holder), record)
-            print(f"locked: {holder} holds a slot of group {settings.identity.group}")
+            capacity = sem.store.capacity
+            sem.apply(_existing(lambda s: s.lock(record, capacity=capacity)))
+            print(f"locked: {holder} holds a slot of group {group}")
         case "unlock":
             try:
                 ending = Ending(UNLOCKED, time.time(), f"unlocked by {who}")
-                record = sem.unlock(HolderId(args.id), force=args.force, ending=ending)
+                applied = sem.apply(
+                    _existing(lambda s: s.unlock(HolderId(args.id), force=args.force, ending=ending))
+                )
+                sem.leave_queue(HolderId(args.id))
             except HolderBusy as exc:
                 print(f"rebootctl: refused: {exc}", file=sys.stderr)
                 print(f"rebootctl: `rebootctl unlock --force {args.id}` would free it: {_forced(exc.record)}",
                       file=sys.stderr)  # fmt: skip
                 return EXIT_FAILED
-            was = f" (it was {record.phase} on {record.node})" if record else ""
-            print(f"unlocked: {args.id} released its slot of group {settings.identity.group}{was}")
-            if record is not None and record.kind != MANUAL and record.phase in BUSY_PHASES:
-                print(f"warning: {_forced(record)}", file=sys.stderr)
+            freed = applied.before.records.get(HolderId(args.id))
+            was = f" (it was {freed.phase} on {freed.node})" if freed else ""
+            print(f"unlocked: {args.id} released its slot of group {group}{was}")
+            if freed is not None and freed.kind != MANUAL and freed.phase in BUSY_PHASES:
+                print(f"warning: {_forced(freed)}", file=sys.stderr)
         case "set-max":
-            sem.set_max(args.max)
-            print(f"group {settings.identity.group}: max set to {args.max}")
+            applied = sem.apply(lambda s: s.with_max(args.max))
+            if applied.before.slots is None:
+                print(f"group {group}: created with max {args.max}")
+            elif applied.changed:
+                print(f"group {group}: max set to {args.max} (was {applied.before.slots.max})")
+            else:
+                print(f"group {group}: max is {args.max} already: nothing changed")
         case "pause":
-            sem.pause(PauseInfo(by=who, at=time.time(), reason=args.reason))
-            print(
-                f"group {settings.identity.group} paused:"
-                " agents take no new slots (holders finish their cycle)"
-            )
+            info = PauseInfo(by=who, at=time.time(), reason=args.reason)
+            applied = sem.apply(_existing(lambda s: s.pause(info)))
+            _said_paused(group, applied.before.paused, applied.after.paused, changed=applied.changed)
         case "resume":
-            sem.resume()
-            print(f"group {settings.identity.group} resumed")
+            applied = sem.apply(_existing(lambda s: s.resume()))
+            paused = applied.before.paused
+            if paused is None:
+                print(f"group {group} was not paused: nothing changed")
+            else:
+                print(f"group {group} resumed (paused by {printable(paused.by)} since {rfc3339(paused.at)})")
         case "history":
-            if args.limit < 1:
-                raise UsageError(f"--limit {args.limit}: expected a number of cycles of at least 1")
             view = sem.read(queue=False)
+            if not _stored(view):
+                raise _Absent
             _print_history(view, args.output, args.limit)
             return EXIT_CORRUPT if view.corrupt else EXIT_OK
     return EXIT_OK
+
+
+def _said_paused(group: str, before: PauseInfo | None, after: PauseInfo | None, *, changed: bool) -> None:
+    if before is None:
+        print(f"group {group} paused: agents take no new slots (holders finish their cycle)")
+        return
+    since = f"group {group} was already paused by {printable(before.by)} since {rfc3339(before.at)}"
+    if changed and after is not None:
+        print(f"{since}; reason added ({len(after.notes())} kept): {printable(after.reason)}")
+    else:
+        print(f"{since}: nothing changed (reason: {printable(before.reason) or 'none'})")
+
+
+def rfc3339(at: float | None) -> str | None:
+    """``at`` (seconds since the epoch) as RFC 3339 in UTC, to the second: 2026-12-07T14:50:03Z.
+    None for None, or for a time no calendar holds (a hostile document's)."""
+    if at is None:
+        return None
+    try:
+        return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(at))
+    except (OverflowError, OSError, ValueError):
+        return None
 
 
 def _forced(record: Any) -> str:
@@ -171,9 +369,7 @@ def status_doc(view: GroupView, now: float | None = None) -> dict[str, Any]:
     for holder in view.slots.holders if view.slots else ():
         record = view.record(holder)
         if record is None:
-            holders.append(
-                {"id": holder, "node": None, "phase": None, "kind": "external", "age_seconds": None}
-            )
+            holders.append({"id": holder, "node": None, "phase": None, "kind": EXTERNAL, "age_seconds": None})
             continue
         holders.append(
             {
@@ -181,6 +377,7 @@ def status_doc(view: GroupView, now: float | None = None) -> dict[str, Any]:
                 "node": record.node,
                 "phase": record.phase.value,
                 "kind": record.kind,
+                "acquired_at": rfc3339(record.acquired_at),
                 "age_seconds": round(now - record.acquired_at, 1),
                 "phase_age_seconds": round(now - record.phase_since, 1),
                 "boot_id": record.boot_id,
@@ -196,15 +393,14 @@ def status_doc(view: GroupView, now: float | None = None) -> dict[str, Any]:
         "max": view.slots.max if view.slots else None,
         "held": len(view.slots.holders) if view.slots else 0,
         "members": view.ledger.group_size(now),
-        "paused": None
-        if view.paused is None
-        else {"by": view.paused.by, "at": view.paused.at, "reason": view.paused.reason},
+        "paused": None if view.paused is None else pause_doc(view.paused),
         "holders": holders,
         "waiters": [
             {
                 "position": i + 1,
                 "id": w.id,
                 "node": w.node,
+                "since": rfc3339(w.since) if w.since else None,
                 "waiting_seconds": round(now - w.since, 1) if w.since else None,
             }
             for i, w in enumerate(view.waiters)
@@ -213,6 +409,17 @@ def status_doc(view: GroupView, now: float | None = None) -> dict[str, Any]:
         "rollout": rollout_doc(view, now),
         "corrupt": [str(c) for c in view.corrupt],
         "revision": view.revision,
+    }
+
+
+def pause_doc(paused: PauseInfo) -> dict[str, Any]:
+    """The pause: who paused the group and since when, the latest reason, and every reason kept
+    (oldest first)."""
+    return {
+        "by": paused.by,
+        "at": rfc3339(paused.at),
+        "reason": paused.reason,
+        "reasons": [{"by": n.by, "at": rfc3339(n.at), "reason": n.reason} for n in paused.notes()],
     }
 
 
@@ -225,7 +432,7 @@ def rollout_doc(view: GroupView, now: float) -> dict[str, Any] | None:
     state = "open" if admitted.ok else admitted.reason
     return {
         "id": r.id,
-        "started_at": r.started_at,
+        "started_at": rfc3339(r.started_at),
         "waves": [str(w) for w in r.plan.sizes],
         "soak_seconds": r.plan.soak,
         "current_wave": r.current + 1,
@@ -234,11 +441,11 @@ def rollout_doc(view: GroupView, now: float) -> dict[str, Any] | None:
         "opened": [
             {
                 "wave": i + 1,
-                "opened_at": w.opened_at,
+                "opened_at": rfc3339(w.opened_at),
                 "quota": w.quota,
                 "done": w.done,
                 "drain_failures": w.failures,
-                "last_done_at": w.last_done_at,
+                "last_done_at": rfc3339(w.last_done_at),
             }
             for i, w in enumerate(r.waves)
         ],
@@ -254,8 +461,8 @@ def _cycle(c: Cycle) -> dict[str, Any]:
         "node": c.node,
         "id": c.id,
         "kind": c.kind,
-        "started_at": c.started_at,
-        "ended_at": c.ended_at,
+        "started_at": rfc3339(c.started_at),
+        "ended_at": rfc3339(c.ended_at),
         "seconds": round(c.seconds, 1),
         "phase_seconds": {p: round(t, 1) for p, t in c.phase_seconds().items()},
         "outcome": c.outcome,
@@ -275,7 +482,7 @@ def _print_history(view: GroupView, output: str, limit: int) -> None:
     rows = [["NODE", "STARTED", "TOOK", "PHASES", "OUTCOME", "WAVE", "REASON"]]
     for c in doc["cycles"]:
         phases = ", ".join(f"{p} {_age(t)}" for p, t in c["phase_seconds"].items())
-        started = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(c["started_at"]))
+        started = c["started_at"] or "-"
         wave = c["wave"].rsplit("/", 1)[-1] if c["wave"] else "-"
         rows.append([c["node"], started, _age(c["seconds"]), phases, c["outcome"], wave, c["reason"][:80]])
     print(_table(rows))
@@ -319,7 +526,7 @@ def _print_status(view: GroupView, output: str) -> None:
     if _printed_as_data(doc, output):
         return
     rows = [["GROUP", "MAX", "HELD", "WAITING", "PAUSED"]]
-    paused = "no" if doc["paused"] is None else f"yes, by {doc['paused']['by']}"
+    paused = "no" if doc["paused"] is None else f"yes, by {doc['paused']['by']} since {doc['paused']['at']}"
     rows.append(
         [
             doc["group"],
@@ -330,8 +537,8 @@ def _print_status(view: GroupView, output: str) -> None:
         ]
     )
     print(_table(rows))
-    if doc["paused"] is not None and doc["paused"]["reason"]:
-        print(f"paused: {printable(doc['paused']['reason'])}")
+    for note in doc["paused"]["reasons"] if doc["paused"] is not None else ():
+        print(f"paused: {printable(note['reason'])} (by {printable(note['by'])}, {note['at']})")
     if doc["rollout"] is not None:
         r = doc["rollout"]
         wave = r["opened"][-1]
@@ -342,15 +549,14 @@ def _print_status(view: GroupView, output: str) -> None:
         )
     if doc["holders"]:
         print()
-        hrows = [["HOLDER", "NODE", "PHASE", "AGE", "IN PHASE", "NOTE"]]
+        hrows = [["HOLDER", "NODE", "KIND", "PHASE", "AGE", "IN PHASE", "NOTE"]]
         for h in doc["holders"]:
-            phase = h["phase"] or "(airlock/external)"
-            if h["kind"] == MANUAL:
-                phase = "(manual lock)"
+            phase = h["phase"] or "-"  # external: no record, no phase (KIND says whose)
             hrows.append(
                 [
                     h["id"],
                     h["node"] or "-",
+                    KIND_LABELS.get(h["kind"], h["kind"]),
                     phase,
                     _age(h["age_seconds"]),
                     _age(h.get("phase_age_seconds")),

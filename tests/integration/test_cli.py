@@ -13,6 +13,8 @@ from pathlib import Path
 import pytest
 import yaml
 
+from rebootcoord import __version__
+from rebootcoord.cli.rebootctl import rfc3339
 from rebootcoord.sim.etcd_server import EtcdServer
 from rebootcoord.sim.procs import free_port
 from tests.conftest import wait_for
@@ -148,7 +150,7 @@ def test_rebootctl_status_lock_unlock_set_max_pause_resume(etcd: EtcdServer, pre
     assert doc["max"] == 2 and doc["held"] == 1
     assert doc["holders"][0]["id"] == "maint-1" and doc["holders"][0]["kind"] == "manual"
     table = ctl(etcd, prefix, "status").stdout
-    assert "maint-1" in table and "(manual lock)" in table
+    assert table.splitlines()[-1].split()[:4] == ["maint-1", "maint-1", "operator", "locked"]
     as_yaml = yaml.safe_load(ctl(etcd, prefix, "-o", "yaml", "status").stdout)
     assert as_yaml["held"] == 1
 
@@ -235,11 +237,23 @@ def test_rebootctl_history_and_the_rollout_in_status(etcd: EtcdServer, prefix: s
     assert table.returncode == 0, table.stderr
     lines = table.stdout.splitlines()
     assert lines[0].split() == ["NODE", "STARTED", "TOOK", "PHASES", "OUTCOME", "WAVE", "REASON"]
+    assert lines[1].split()[1] == rfc3339(now)
     assert "locked 2s, draining 8s, rebooting 60s, verifying 10s" in lines[1] and "rebooted" in lines[1]
     assert "unlocked" in lines[2] and "unlocked by rebootctl@" in lines[2]
     cycles = json.loads(ctl(etcd, prefix, "-o", "json", "history").stdout)["cycles"]
     assert [c["outcome"] for c in cycles] == ["rebooted", "unlocked"]
     assert cycles[0]["seconds"] == 80.0 and cycles[0]["wave"].endswith("/1")
+    # Times as RFC 3339 in UTC, durations as numbers; the rollout's id says when it started.
+    assert (cycles[0]["started_at"], cycles[0]["ended_at"]) == (rfc3339(now), rfc3339(now + 80))
+    assert cycles[0]["phase_seconds"] == {
+        "locked": 2.0,
+        "draining": 8.0,
+        "rebooting": 60.0,
+        "verifying": 10.0,
+    }
+    assert cycles[0]["wave"] == time.strftime("r-%Y%m%d-%H%M%S/1", time.gmtime(now))
+    as_yaml = yaml.safe_load(ctl(etcd, prefix, "-o", "yaml", "history").stdout)["cycles"]
+    assert as_yaml[0]["started_at"] == rfc3339(now), "a string in YAML, too (not a YAML timestamp)"
     assert (
         yaml.safe_load(ctl(etcd, prefix, "-o", "yaml", "history", "--limit", "1").stdout)["cycles"][0][
             "outcome"
@@ -251,6 +265,248 @@ def test_rebootctl_history_and_the_rollout_in_status(etcd: EtcdServer, prefix: s
     assert "wave 1 of 2 (1, 100%), 1 node(s) through" in status and "soaks, in" in status
     doc = json.loads(ctl(etcd, prefix, "-o", "json", "status").stdout)
     assert doc["rollout"]["current_wave"] == 1 and doc["members"] == 1
+    rollout = doc["rollout"]
+    assert rollout["id"] == time.strftime("r-%Y%m%d-%H%M%S", time.gmtime(now))
+    assert f"rollout {rollout['id']}: wave 1 of 2" in status
+    assert rollout["started_at"] == rollout["opened"][0]["opened_at"] == rfc3339(now)
+    assert rollout["opened"][0]["last_done_at"] == rfc3339(now + 80) and rollout["soak_seconds"] == 600.0
+    assert yaml.safe_load(ctl(etcd, prefix, "-o", "yaml", "status").stdout)["rollout"][
+        "started_at"
+    ] == rfc3339(now)
+
+
+RFC3339 = r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ"
+
+
+def test_rebootctl_version() -> None:
+    done = run("rebootcoord.cli.rebootctl", "--version")
+    assert (done.returncode, done.stdout, done.stderr) == (0, f"rebootctl {__version__}\n", "")
+
+
+@pytest.mark.parametrize(
+    ("argv", "fragments"),
+    [
+        (["set-max", "many"], ["argument max", "'many'", "whole number of slots"]),
+        (["history", "--limit", "0"], ["--limit", "'0'", "at least 1"]),
+        (["history", "--limit", "lots"], ["--limit", "'lots'", "at least 1"]),
+        (["status", "-o", "xml"], ["-o/--output", "'xml'", "'table', 'json', 'yaml'"]),
+        (["-o", "xml", "status"], ["-o/--output", "'xml'", "'table', 'json', 'yaml'"]),
+        (["reboot-everything"], ["invalid choice", "'reboot-everything'", "'status'"]),
+        ([], ["required", "COMMAND"]),
+        (["status", "--frobnicate"], ["--frobnicate"]),
+        (["set-max"], ["max"]),
+        (["status", "--etcd-timeout", "often"], ["etcd_timeout", "'often'", "duration"]),
+        (["--backend", "fleetlock", "status"], ["backend", "fleetlock", "etcd or kubernetes"]),
+        (["status", "--backend", "zookeeper"], ["backend", "zookeeper"]),
+        (["lock", "no spaces!"], ["id 'no spaces!'", "expected letters"]),
+    ],
+    ids=[
+        "max-not-a-number",
+        "limit-0",
+        "limit-not-a-number",
+        "output-after",
+        "output-before",
+        "no-such-command",
+        "no-command",
+        "unknown-option",
+        "missing-max",
+        "bad-config-value",
+        "fleetlock-backend",
+        "unknown-backend",
+        "bad-lock-id",
+    ],
+)
+def test_rebootctl_wrong_invocations_exit_2_in_one_line(argv: list[str], fragments: list[str]) -> None:
+    """Nothing listens at this endpoint: a wrong invocation is told before any connection."""
+    done = run("rebootcoord.cli.rebootctl", "--etcd-endpoints", "http://127.0.0.1:1", *argv, timeout=30)
+    assert done.returncode == 2, done.stderr
+    assert "Traceback" not in done.stderr and done.stdout == ""
+    lines = done.stderr.splitlines()
+    # A configuration key's problem comes in ConfigError's list, one line per problem.
+    assert len(lines) == 1 or (lines[0] == "rebootctl: invalid configuration:" and len(lines) == 2), lines
+    assert all(fragment in lines[-1] for fragment in fragments), lines
+
+
+def test_rebootctl_options_go_before_or_after_the_command(etcd: EtcdServer, prefix: str) -> None:
+    """As with kubectl: `status -o yaml` is `-o yaml status`; given in both places, the one after
+    the command wins -- for the backend's options as for the output's."""
+    where = ["--etcd-endpoints", etcd.endpoint, "--etcd-key-prefix", prefix]
+    ctl_ = "rebootcoord.cli.rebootctl"
+    assert run(ctl_, "set-max", "2", *where, "--group", "blue").returncode == 0
+    assert run(ctl_, "--group", "blue", "set-max", "3", *where).returncode == 0
+    for argv in (
+        [*where, "--group", "blue", "-o", "yaml", "status"],
+        ["status", "-o", "yaml", *where, "--group", "blue"],
+        ["-o", "json", "--group", "default", "status", "-o", "yaml", "--group", "blue", *where],
+        ["--etcd-key-prefix", "elsewhere", "--group", "blue", "status", "-o", "yaml", *where],
+    ):
+        done = run(ctl_, *argv)
+        assert done.returncode == 0, (argv, done.stderr)
+        doc = yaml.safe_load(done.stdout)
+        assert isinstance(doc, dict) and (doc["group"], doc["max"]) == ("blue", 3), argv
+    table = run(ctl_, "-o", "yaml", "status", "-o", "table", "--group", "blue", *where)
+    assert table.stdout.split("\n")[1].split() == ["blue", "3", "0", "0", "no"]
+
+
+def test_rebootctl_refuses_a_group_that_does_not_exist_naming_those_that_do(
+    etcd: EtcdServer, prefix: str
+) -> None:
+    """Every command but set-max, on a group with nothing stored: exit 1, one line naming it and
+    the groups under the prefix, and nothing written (no group made as a side effect)."""
+    none_yet = ctl(etcd, prefix, "--group", "nosuch", "status")
+    assert none_yet.returncode == 1 and "group nosuch does not exist" in none_yet.stderr
+    assert "no group exists there" in none_yet.stderr
+    for group in ("blue", "green"):
+        assert ctl(etcd, prefix, "--group", group, "set-max", "1").returncode == 0
+    keys = etcd_keys(etcd, prefix)
+    for argv in (
+        ["status"],
+        ["-o", "json", "status"],
+        ["lock", "ops-1"],
+        ["unlock", "ops-1"],
+        ["unlock", "--force", "ops-1"],
+        ["pause", "--reason", "freeze"],
+        ["resume"],
+        ["history"],
+    ):
+        done = ctl(etcd, prefix, "--group", "nosuch", *argv)
+        assert done.returncode == 1, (argv, done.stderr)
+        assert done.stdout == "" and len(done.stderr.splitlines()) == 1, (argv, done.stderr)
+        assert "group nosuch does not exist" in done.stderr and "groups there: blue, green" in done.stderr, (
+            argv
+        )
+        assert f"{prefix}/groups/nosuch/" in done.stderr and "set-max creates a group" in done.stderr
+        after = ctl(etcd, prefix, *argv, "--group", "nosuch")  # the option after the command
+        assert after.returncode == 1 and "group nosuch does not exist" in after.stderr, argv
+    assert etcd_keys(etcd, prefix) == keys, "nothing written"
+    created = ctl(etcd, prefix, "--group", "nosuch", "set-max", "2")
+    assert created.returncode == 0 and created.stdout == "group nosuch: created with max 2\n"
+    assert ctl(etcd, prefix, "--group", "nosuch", "status").returncode == 0
+    again = ctl(etcd, prefix, "--group", "nosuch", "set-max", "2")
+    assert again.stdout == "group nosuch: max is 2 already: nothing changed\n"
+    assert (
+        ctl(etcd, prefix, "--group", "nosuch", "set-max", "3").stdout
+        == "group nosuch: max set to 3 (was 2)\n"
+    )
+
+
+def test_rebootctl_status_shows_the_kind_of_each_holder(etcd: EtcdServer, prefix: str) -> None:
+    """An agent, a FleetLock client, an operator's lock and airlock's Zincati node (a slot without
+    a record of ours): the KIND column tells them apart; JSON and YAML keep the stored kind."""
+    import etcd3
+
+    from rebootcoord.core.semaphore import FLEETLOCK, HolderRecord, Waiter
+    from rebootcoord.core.types import Group, HolderId, NodeName, Phase
+    from rebootcoord.daemon.group import etcd_group
+
+    sem = etcd_group((etcd.endpoint,), prefix=prefix, group=Group("default"), waiter_ttl=30.0)
+    try:
+        sem.ensure(4)
+        now = time.time()
+        me, node = HolderId("node-a"), NodeName("node-a")
+        sem.join_queue(Waiter(me, node, now, 0))
+        assert (
+            sem.acquire(HolderRecord(me, node, Group("default"), Phase.DRAINING, "b1", now, now)) is not None
+        )
+        zincati = HolderId("zincati-b")
+        sem.lock(
+            zincati,
+            HolderRecord(
+                zincati, NodeName("node-b"), Group("default"), Phase.LOCKED, "", now, now, kind=FLEETLOCK
+            ),
+        )
+    finally:
+        sem.close()
+    assert ctl(etcd, prefix, "lock", "ops-1").returncode == 0
+    host, port = etcd.endpoint.split("//")[1].split(":")
+    client = etcd3.client(host=host, port=int(port))
+    key = f"{prefix}/groups/default/v1/semaphore"
+    slots = json.loads(client.get(key)[0])
+    client.put(key, json.dumps({"total_slots": 4, "holders": sorted([*slots["holders"], "airlock-c"])}))
+    client.close()
+    table = ctl(etcd, prefix, "status")
+    assert table.returncode == 0, table.stderr
+    rows = table.stdout.split("\n\n")[1].splitlines()
+    assert rows[0].split() == ["HOLDER", "NODE", "KIND", "PHASE", "AGE", "IN", "PHASE", "NOTE"]
+    kinds = {r.split()[0]: r.split()[2:4] for r in rows[1:]}
+    assert kinds == {
+        "airlock-c": ["external", "-"],
+        "node-a": ["agent", "draining"],
+        "ops-1": ["operator", "locked"],
+        "zincati-b": ["fleetlock", "locked"],
+    }
+    for output in ("json", "yaml"):
+        doc = yaml.safe_load(ctl(etcd, prefix, "-o", output, "status").stdout)
+        assert {h["id"]: h["kind"] for h in doc["holders"]} == {
+            "airlock-c": "external", "node-a": "agent", "ops-1": "manual", "zincati-b": "fleetlock",
+        }  # fmt: skip
+        assert doc["holders"][1]["acquired_at"] == rfc3339(now)
+
+
+def test_rebootctl_pause_and_resume_say_what_changed(etcd: EtcdServer, prefix: str) -> None:
+    import re
+
+    assert ctl(etcd, prefix, "set-max", "1").returncode == 0
+    not_paused = ctl(etcd, prefix, "resume")
+    assert (not_paused.returncode, not_paused.stdout) == (
+        0,
+        "group default was not paused: nothing changed\n",
+    )
+    first = ctl(etcd, prefix, "pause", "--reason", "change freeze")
+    assert first.returncode == 0 and first.stdout.startswith("group default paused: agents take no new slots")
+    again = ctl(etcd, prefix, "pause", "--reason", "bad kernel 6.1")
+    assert again.returncode == 0, again.stderr
+    since = re.fullmatch(
+        rf"group default was already paused by (rebootctl@\S+) since ({RFC3339}); reason added \(2 kept\): "
+        r"bad kernel 6.1\n",
+        again.stdout,
+    )
+    assert since is not None, again.stdout
+    same = ctl(etcd, prefix, "pause")
+    assert same.returncode == 0 and same.stdout.endswith(": nothing changed (reason: bad kernel 6.1)\n")
+    assert same.stdout.startswith(f"group default was already paused by {since[1]} since {since[2]}")
+    doc = json.loads(ctl(etcd, prefix, "-o", "json", "status").stdout)["paused"]
+    assert (doc["by"], doc["at"], doc["reason"]) == (since[1], since[2], "bad kernel 6.1")
+    assert [r["reason"] for r in doc["reasons"]] == ["change freeze", "bad kernel 6.1"]
+    assert all(re.fullmatch(RFC3339, r["at"]) for r in doc["reasons"])
+    table = ctl(etcd, prefix, "status").stdout.splitlines()
+    assert table[1].endswith(f"yes, by {since[1]} since {since[2]}")
+    assert table[2].startswith("paused: change freeze (by ") and table[3].startswith(
+        "paused: bad kernel 6.1 (by "
+    )
+    for i in range(12):  # the reasons kept are bounded: the last 10
+        assert ctl(etcd, prefix, "pause", "--reason", f"reason {i}").returncode == 0
+    reasons = json.loads(ctl(etcd, prefix, "-o", "json", "status").stdout)["paused"]["reasons"]
+    assert [r["reason"] for r in reasons] == [f"reason {i}" for i in range(2, 12)]
+    resumed = ctl(etcd, prefix, "resume")
+    assert (
+        resumed.returncode == 0
+        and resumed.stdout == f"group default resumed (paused by {since[1]} since {since[2]})\n"
+    )
+    assert ctl(etcd, prefix, "resume").stdout == "group default was not paused: nothing changed\n"
+
+
+def test_rebootctl_reads_a_pause_marker_written_before_reasons_were_kept(
+    etcd: EtcdServer, prefix: str
+) -> None:
+    import etcd3
+
+    assert ctl(etcd, prefix, "set-max", "1").returncode == 0
+    host, port = etcd.endpoint.split("//")[1].split(":")
+    client = etcd3.client(host=host, port=int(port))
+    client.put(
+        f"{prefix}/groups/default/v1/rebootcoord/paused", json.dumps({"by": "ops", "at": 1, "reason": "old"})
+    )
+    client.close()
+    doc = json.loads(ctl(etcd, prefix, "-o", "json", "status").stdout)["paused"]
+    assert doc == {
+        "by": "ops", "at": "1970-01-01T00:00:01Z", "reason": "old",
+        "reasons": [{"by": "ops", "at": "1970-01-01T00:00:01Z", "reason": "old"}],
+    }  # fmt: skip
+    added = ctl(etcd, prefix, "pause", "--reason", "new")
+    assert "already paused by ops since 1970-01-01T00:00:01Z; reason added (2 kept): new" in added.stdout
+    doc = json.loads(ctl(etcd, prefix, "-o", "json", "status").stdout)["paused"]
+    assert [r["reason"] for r in doc["reasons"]] == ["old", "new"] and doc["by"] == "ops"
 
 
 def test_rebootctl_unreachable_backend_exits_3() -> None:
