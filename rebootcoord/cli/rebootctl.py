@@ -27,7 +27,12 @@ from rebootcoord.cli.common import (
     EXIT_FAILED,
     EXIT_OK,
     Parser,
+    add_completion_parser,
     add_config_flags,
+    add_versions,
+    completion_script,
+    exit_with,
+    offer_completions,
     reported,
     settings_from_args,
 )
@@ -187,11 +192,18 @@ def parser(*, plugin: bool | None = None) -> argparse.ArgumentParser:
         default=20,
         help=f"show the last N cycles, N at least 1 (default 20; the group keeps at most {HISTORY_SIZE})",
     )
+    add_completion_parser(sub, "rebootctl")
+    add_versions(p, f"rebootctl {__version__}")
     return p
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = parser().parse_args(argv)
+    p = parser()
+    offer_completions(p)
+    args = p.parse_args(argv)
+    if args.command == "completion":
+        sys.stdout.write(completion_script("rebootctl", args.shell))
+        return EXIT_OK
     return reported("rebootctl", lambda: _main(args))
 
 
@@ -588,7 +600,7 @@ def _table(rows: list[list[str]]) -> str:
 
 
 def entrypoint() -> None:
-    sys.exit(main())
+    exit_with(main)
 
 
 if __name__ == "__main__":
