@@ -182,8 +182,9 @@ def test_every_option_says_what_it_takes() -> None:
                 continue
             what = f"{p.prog} {'/'.join(action.option_strings) or action.dest}"
             assert action.help and action.help != argparse.SUPPRESS, f"{what} has no help"
+            shown = p._get_formatter()._expand_help(action) + str(action.metavar or "")  # %(choices)s
             for choice in action.choices or ():
-                assert str(choice) in (action.help or "") + str(action.metavar or ""), f"{what}: {choice}"
+                assert str(choice) in shown, f"{what}: {choice}"
     helps = {a.dest: a.help or "" for p in _parsers(parser(plugin=False)) for a in p._actions}
     assert "table" in helps["output"] and "json" in helps["output"] and "yaml" in helps["output"]
     assert "1 to 10000" in helps["max"] and "at least 1" in helps["limit"]
