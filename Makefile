@@ -11,6 +11,8 @@ help:
 	@echo "make demo     run a simulated fleet (6 nodes, 2 slots) on an embedded etcd"
 	@echo "make test     lint, type-check and run the whole test suite (builds testbin/ first),"
 	@echo "              then the etcd tests again on testbin's etcd 3.6"
+	@echo "make unit     the unit tests only (no etcd, no cluster, no testbin/)"
+	@echo "make lint     ruff, ruff format --check, mypy --strict, import-linter layers"
 	@echo "make testbin  build the Kubernetes test control plane from Go modules"
 	@echo "make cluster NODES=6 [REAL_NODES=1] / make cluster-down   a background test cluster"
 	@echo "make bench    run the benchmarks in benchmarks/ (JSON + plots in benchmarks/out/)"
