@@ -6,6 +6,7 @@ import argparse
 import json
 import math
 import os
+import shlex
 import shutil
 import signal
 import string
@@ -16,12 +17,13 @@ from collections import Counter
 from types import FrameType
 from typing import TYPE_CHECKING, Any
 
-from rebootcoord.core.config.parsers import Invalid, p_duration, p_waves
+from rebootcoord.core.config.parsers import Invalid, p_duration, p_endpoints, p_waves
+from rebootcoord.core.semaphore import MAX_SLOTS
 from rebootcoord.core.types import GROUP_RE
 from rebootcoord.sim.checker import Version, check_run
 
 if TYPE_CHECKING:  # the fleet imports the backends: only `simulate` pays for them
-    from rebootcoord.core.semaphore import GroupView
+    from rebootcoord.core.semaphore import GroupView, PauseInfo
     from rebootcoord.sim.fleet import Fleet
 
 PHASE_ORDER = [
@@ -45,28 +47,64 @@ EXIT_PAUSED = 3  # the group was paused (stop the line, e.g. --fail-node); every
 FAIL_PAUSE_AFTER = "3s"
 #: --zones Z: the nodes round-robin over zone-a, zone-b, ...
 ZONE_LETTERS = string.ascii_lowercase
+#: The most nodes a run simulates: each is a real agent process (tens of MiB each).
+MAX_NODES = 500
+
+
+def _whole(text: str) -> int:
+    """argparse type: a whole number, refused in one line that says what was expected."""
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"got {text!r}, expected a whole number") from None
+
+
+def _seconds(text: str) -> float:
+    """argparse type: a finite number of seconds (nan and inf are not durations)."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"got {text!r}, expected a number of seconds")
+    return value
 
 
 def add_simulate_parser(sub: Any) -> None:
     p = sub.add_parser(
         "simulate",
         help="run a simulated fleet (agents as processes) on a real etcd",
-        description="Every node needs a reboot; watch the fleet take turns. Exits 0 when every "
-        "node has rebooted and released its slot and every invariant held; 1 when an invariant was "
-        "violated or the run timed out; 2 on a bad argument; 3 when the group was paused (stop the "
-        "line: a node's post-reboot checks kept failing, as with --fail-node), with the reason.",
+        description="Every node needs a reboot; watch the fleet take turns (the line to paste to "
+        "watch it with rebootctl is printed at start). An operator's `rebootctl pause` holds the "
+        "run: the holders finish their cycle, nobody takes a slot, and `rebootctl resume` lets the "
+        "run go on. Exits 0 when every node has rebooted and released its slot and every invariant "
+        "held; 1 when an invariant was violated or the run timed out; 2 on a bad argument; 3 when "
+        "a node stopped the line (its post-reboot checks kept failing, as with --fail-node: it "
+        "paused the group), with the reason.",
     )
-    p.add_argument("--nodes", type=int, default=6, help="number of simulated nodes (default 6)")
-    p.add_argument("--max", type=int, default=2, help="slots of the group (default 2)")
+    p.add_argument("--nodes", type=_whole, default=6, help="number of simulated nodes (default 6)")
+    p.add_argument("--max", type=_whole, default=2, help="slots of the group (default 2)")
     p.add_argument("--group", default="default")
     p.add_argument("--etcd", metavar="ENDPOINT", help="use this etcd instead of starting one")
-    p.add_argument("--reboot-seconds", type=float, default=2.0, help="how long a simulated reboot takes")
+    p.add_argument("--reboot-seconds", type=_seconds, default=2.0, help="how long a simulated reboot takes")
     p.add_argument("--events", metavar="FILE", help="append one JSON line per phase change")
-    p.add_argument("--cycles", type=int, default=1, help="reboots per node (a new update after each)")
+    p.add_argument("--cycles", type=_whole, default=1, help="reboots per node (a new update after each)")
     p.add_argument(
-        "--timeout", type=float, default=0, help="give up after this many seconds (default: scaled)"
+        "--timeout",
+        type=_seconds,
+        default=0,
+        help="give up after this many seconds, not counting the time an operator kept the group "
+        "paused (default: scaled)",
     )
-    p.add_argument("--run-dir", help="keep node directories and logs here (default: a temp dir)")
+    p.add_argument(
+        "--run-dir",
+        metavar="DIR",
+        help="keep node directories, agent logs and events here (default: a temp dir, deleted "
+        "after a successful run, kept after a failed one)",
+    )
+    p.add_argument(
+        "--keep-run-dir", action="store_true", help="keep the temp run directory after a successful run"
+    )
     p.add_argument("--summary-json", metavar="FILE", help="write timings and invariant checks as JSON")
     p.add_argument("--quiet", action="store_true", help="no live progress")
     r = p.add_argument_group("rollout in waves, zones, a failing node")
@@ -83,11 +121,14 @@ def add_simulate_parser(sub: Any) -> None:
         "wave opens (default 3s)",
     )
     r.add_argument(
-        "--zones", type=int, default=0, help="spread the nodes round-robin over this many zones (zone-a, ...)"
+        "--zones",
+        type=_whole,
+        default=0,
+        help="spread the nodes round-robin over this many zones (zone-a, ...)",
     )
     r.add_argument(
         "--max-per-zone",
-        type=int,
+        type=_whole,
         metavar="K",
         help="the agents' max_holders_per_zone (default 1 with --zones)",
     )
@@ -115,17 +156,85 @@ def add_simulate_parser(sub: Any) -> None:
 
 
 def run_simulate(args: argparse.Namespace) -> int:
+    problems = _problems(args)
+    if problems:
+        for problem in problems:
+            print(f"rebootcoord simulate: {problem}", file=sys.stderr)
+        return EXIT_USAGE
+
+    run_dir = os.path.abspath(args.run_dir) if args.run_dir else tempfile.mkdtemp(prefix="rebootcoord-sim-")
+    events = os.path.abspath(args.events) if args.events else os.path.join(run_dir, "events.jsonl")
+    etcd = None
+    stopped = False
+    code = EXIT_FAILED  # until the run says otherwise: a crash keeps the run directory
+
+    def on_signal(signum: int, _frame: FrameType | None) -> None:
+        nonlocal stopped
+        stopped = True
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    from rebootcoord.sim.etcd_server import EtcdNotFound, EtcdServer
+
+    try:
+        if args.backend == "kubernetes":
+            code = _simulate_kubernetes(args, run_dir, events, lambda: stopped)
+            return code
+        endpoint = args.etcd
+        if endpoint is None:
+            try:
+                etcd = EtcdServer(data_dir=os.path.join(run_dir, "etcd")).start()
+            except EtcdNotFound as exc:
+                print(f"rebootcoord simulate: {exc}", file=sys.stderr)
+                return code
+            endpoint = etcd.endpoint
+        ctl = _rebootctl(["--etcd-endpoints", endpoint, "--group", args.group])
+        header = [
+            f"simulating {args.nodes} nodes, {args.max} slot(s), group {args.group}, etcd {endpoint}",
+            _run_dir_line(args, run_dir, events),
+            f"watch it: {ctl} status",
+        ]
+        code = _run_fleet(
+            args, run_dir, events, lambda: stopped, start_up=60, per_node=6.0, ctl=ctl, header=header,
+            endpoint=endpoint,
+        )  # fmt: skip
+        return code
+    finally:
+        if etcd is not None:
+            etcd.stop()
+        _leave_run_dir(args, run_dir, events, code)
+
+
+def _problems(args: argparse.Namespace) -> list[str]:
+    """Every wrong argument, one line each naming the option, what it got and what it expects
+    (argparse has refused what it cannot parse already). Checks the files and directories the
+    run writes, so that a run never fails at its end for a path it could have refused first."""
     problems = []
-    if args.nodes < 1:
-        problems.append(f"--nodes: got {args.nodes}, expected a whole number >= 1")
-    if args.max < 1:
-        problems.append(f"--max: got {args.max}, expected a whole number >= 1")
+    if not 1 <= args.nodes <= MAX_NODES:
+        problems.append(f"--nodes: got {args.nodes}, expected a whole number from 1 to {MAX_NODES}")
+    if not 1 <= args.max <= MAX_SLOTS:
+        problems.append(f"--max: got {args.max}, expected a whole number from 1 to {MAX_SLOTS}")
     if not GROUP_RE.match(args.group):
         problems.append(f"--group: got {args.group!r}, expected letters, digits, '.' and '-'")
     if args.reboot_seconds < 0:
-        problems.append(f"--reboot-seconds: got {args.reboot_seconds}, expected >= 0")
+        problems.append(f"--reboot-seconds: got {args.reboot_seconds:g}, expected a number of seconds >= 0")
+    if args.timeout < 0:
+        problems.append(f"--timeout: got {args.timeout:g}, expected a number of seconds > 0 (0: scaled)")
     if args.cycles < 1:
-        problems.append(f"--cycles: got {args.cycles}, expected >= 1")
+        problems.append(f"--cycles: got {args.cycles}, expected a whole number >= 1")
+    if args.etcd is not None:
+        if args.backend != "etcd":
+            problems.append(f"--etcd: got it with --backend {args.backend}, expected --backend etcd")
+        else:
+            try:
+                endpoints = p_endpoints(args.etcd)
+            except Invalid as exc:
+                problems.append(f"--etcd: got {args.etcd!r}, expected {exc.expected}")
+            else:
+                if len(endpoints) != 1:
+                    problems.append(
+                        f"--etcd: got {args.etcd!r}, expected one endpoint such as http://127.0.0.1:2379"
+                    )
     args.wave_plan = ()
     if args.waves is not None:
         try:
@@ -144,52 +253,98 @@ def run_simulate(args: argparse.Namespace) -> int:
     if args.max_per_zone is None:
         args.max_per_zone = 1 if args.zones else 0
     elif not args.zones:
-        problems.append("--max-per-zone: needs --zones")
+        problems.append("--max-per-zone: got a value without --zones, expected --zones as well")
     elif args.max_per_zone < 1:
         problems.append(f"--max-per-zone: got {args.max_per_zone}, expected a whole number >= 1")
-    if problems:
-        for problem in problems:
-            print(f"rebootcoord simulate: {problem}", file=sys.stderr)
-        return 2
+    if args.fail_node is not None and args.backend == "etcd":
+        from rebootcoord.sim.fleet import sim_node_names
 
-    run_dir = args.run_dir or tempfile.mkdtemp(prefix="rebootcoord-sim-")
-    keep = bool(args.run_dir)
-    events = os.path.abspath(args.events) if args.events else os.path.join(run_dir, "events.jsonl")
-    etcd = None
-    stopped = False
+        names = sim_node_names(args.nodes) if 1 <= args.nodes <= MAX_NODES else []
+        if names and args.fail_node not in names:
+            problems.append(
+                f"--fail-node: got {args.fail_node!r}, expected one of the nodes: {names[0]} to {names[-1]}"
+            )
+    if args.run_dir is not None:
+        problem = _writable_dir(args.run_dir)
+        if problem:
+            problems.append(
+                f"--run-dir: got {args.run_dir!r}, expected a directory we can create and write ({problem})"
+            )
+    for option, path in (("--events", args.events), ("--summary-json", args.summary_json)):
+        problem = _writable_file(path) if path is not None else ""
+        if problem:
+            problems.append(f"{option}: got {path!r}, expected a file we can write ({problem})")
+    return problems
 
-    def on_signal(signum: int, _frame: FrameType | None) -> None:
-        nonlocal stopped
-        stopped = True
 
-    signal.signal(signal.SIGTERM, on_signal)
-    signal.signal(signal.SIGINT, on_signal)
-    from rebootcoord.sim.etcd_server import EtcdNotFound, EtcdServer
-
+def _writable_dir(path: str) -> str:
+    """Why ``path`` cannot be the run directory ("" : it can; it exists now)."""
+    if os.path.exists(path) and not os.path.isdir(path):
+        return "not a directory"
     try:
-        if args.backend == "kubernetes":
-            return _simulate_kubernetes(args, run_dir, events, lambda: stopped)
-        endpoint = args.etcd
-        if endpoint is None:
-            try:
-                etcd = EtcdServer(data_dir=os.path.join(run_dir, "etcd")).start()
-            except EtcdNotFound as exc:
-                print(f"rebootcoord simulate: {exc}", file=sys.stderr)
-                return 1
-            endpoint = etcd.endpoint
-        _say(
-            args,
-            f"simulating {args.nodes} nodes, {args.max} slot(s), group {args.group}, etcd {endpoint}",
-        )
-        _say(args, f"node directories and logs: {run_dir}; events: {events}")
-        return _run_fleet(
-            args, run_dir, events, lambda: stopped, start_up=60, per_node=6.0, endpoint=endpoint
-        )
-    finally:
-        if etcd is not None:
-            etcd.stop()
-        if not keep:
-            shutil.rmtree(run_dir, ignore_errors=True)
+        os.makedirs(path, exist_ok=True)
+    except OSError as exc:
+        return exc.strerror or str(exc)
+    if not os.access(path, os.W_OK | os.X_OK):
+        return "not writable"
+    return ""
+
+
+def _writable_file(path: str) -> str:
+    """Why the run could not write ``path`` ("" : it could)."""
+    if os.path.isdir(path):
+        return "a directory"
+    parent = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(parent):
+        return f"no directory {parent}"
+    if not os.access(parent, os.W_OK | os.X_OK) or (os.path.exists(path) and not os.access(path, os.W_OK)):
+        return "not writable"
+    return ""
+
+
+def _run_dir_line(args: argparse.Namespace, run_dir: str, events: str) -> str:
+    """Where the run writes, and whether it stays: said before the run, true after it."""
+    where = "node directories, agent logs" + (", events" if os.path.dirname(events) == run_dir else "")
+    line = f"run directory: {run_dir} ({where})"
+    if not (args.run_dir or args.keep_run_dir):
+        line += "; deleted after a successful run unless --keep-run-dir, kept after a failed one"
+    if os.path.dirname(events) != run_dir:
+        line += f"; events: {events}"
+    return line
+
+
+def _leave_run_dir(args: argparse.Namespace, run_dir: str, events: str, code: int) -> None:
+    """Keep the run directory after a failed run, or when asked (--run-dir, --keep-run-dir), and
+    say where; delete a temp one after a successful run (the start line said it would)."""
+    asked = bool(args.run_dir or args.keep_run_dir)
+    ran = os.path.isdir(os.path.join(run_dir, "nodes"))  # not when the backend could not be read
+    if not asked and (code in (EXIT_OK, EXIT_USAGE) or not ran):
+        shutil.rmtree(run_dir, ignore_errors=True)
+        return
+    if code == EXIT_USAGE:
+        return
+    logs = os.path.join(run_dir, "nodes", "NODE", "agent.log")
+    if code != EXIT_OK:  # said even with --quiet: it is where the failure can be read
+        print(f"rebootcoord simulate: run directory kept: {run_dir} (agent logs: {logs}; events: {events})",
+              file=sys.stderr)  # fmt: skip
+    else:
+        _say(args, f"run directory kept: {run_dir}")
+
+
+def _rebootctl(options: list[str]) -> str:
+    """The rebootctl command line with ``options``, to paste as is: plain ``rebootctl`` when
+    it is the one on $PATH, else the one installed beside this Python (relative to the current
+    directory when under it: ``.venv/bin/rebootctl``)."""
+    beside = os.path.join(os.path.dirname(sys.executable), "rebootctl")
+    on_path = shutil.which("rebootctl")
+    if on_path and (not os.path.exists(beside) or os.path.samefile(on_path, beside)):
+        program = "rebootctl"
+    elif os.path.exists(beside):
+        relative = os.path.relpath(beside)
+        program = relative if not relative.startswith(os.pardir) else beside
+    else:
+        return shlex.join([sys.executable, "-m", "rebootcoord.cli.rebootctl", *options])
+    return shlex.join([program, *options])
 
 
 def _simulate_kubernetes(args: argparse.Namespace, run_dir: str, events: str, stopped: Any) -> int:
@@ -216,11 +371,18 @@ def _simulate_kubernetes(args: argparse.Namespace, run_dir: str, events: str, st
         agent_config["kubeconfig"] = kubeconfig
     if args.context:
         agent_config["kube_context"] = args.context
-    _say(
-        args,
+    options = ["--backend", "kubernetes", "--namespace", args.namespace, "--group", args.group]
+    if kubeconfig:
+        options[:0] = ["--kubeconfig", kubeconfig]
+    if args.context:
+        options[:0] = ["--kube-context", args.context]
+    ctl = _rebootctl(options)
+    header = [
         f"simulating {args.nodes} kwok nodes ({', '.join(names)}), {args.max} slot(s), group {args.group}",
-    )
-    _say(args, f"Lease {args.namespace}/rebootcoord-{args.group}; logs: {run_dir}; events: {events}")
+        f"Lease {args.namespace}/rebootcoord-{args.group}",
+        _run_dir_line(args, run_dir, events),
+        f"watch it: {ctl} status",
+    ]
     return _run_fleet(
         args,
         run_dir,
@@ -228,6 +390,8 @@ def _simulate_kubernetes(args: argparse.Namespace, run_dir: str, events: str, st
         stopped,
         start_up=120,
         per_node=15.0,
+        ctl=ctl,
+        header=header,
         node_names=names,
         semaphore=lease_group(kube, namespace=args.namespace, group=Group(args.group)),
         hooks=KwokRebootHooks(kube, args.not_ready_annotation),
@@ -243,13 +407,18 @@ def _run_fleet(
     *,
     start_up: float,
     per_node: float,
+    ctl: str,
+    header: list[str],
     **backend: Any,
 ) -> int:
     """Run the fleet the arguments describe on ``backend`` (Fleet's backend arguments) until done,
-    paused or timeout, then check the event log and report; the exit code. The default timeout
-    allows ``start_up`` seconds plus three times each round of reboots (``per_node`` seconds
-    beyond the reboot itself; a zone budget makes the rounds smaller, each wave adds one) and
-    twice the waves' soaks."""
+    the line stopped or timeout, then check the event log and report; the exit code. The default
+    timeout allows ``start_up`` seconds plus three times each round of reboots (``per_node``
+    seconds beyond the reboot itself; a zone budget makes the rounds smaller, each wave adds one)
+    and twice the waves' soaks; the time an operator keeps the group paused does not count.
+    ``ctl``: the rebootctl command line of the group, for what the run tells the operator;
+    ``header``: the lines that start the run, said once its arguments are found right."""
+    from rebootcoord.errors import BackendUnavailable
     from rebootcoord.sim.fleet import Fleet
 
     concurrency = min(args.max, args.zones * args.max_per_zone) if args.zones else args.max
@@ -257,7 +426,6 @@ def _run_fleet(
     rounds = math.ceil(args.nodes * args.cycles / concurrency) + waves
     soaks = waves * args.soak_seconds
     timeout = args.timeout or start_up + rounds * (args.reboot_seconds + per_node) * 3 + soaks * 2
-    started = time.time()
     agent_config = {**backend.pop("agent_config", {}), **_agent_config(args)}
     fleet = Fleet(
         run_dir,
@@ -270,17 +438,41 @@ def _run_fleet(
         agent_config=agent_config,
         **backend,
     )
+    try:
+        before = fleet.semaphore.read()
+    except BackendUnavailable as exc:
+        fleet.stop()
+        where = f"--etcd: cannot reach {args.etcd}, expected a running etcd" if args.etcd else "cannot reach"
+        print(f"rebootcoord simulate: {where}: group {args.group}: {exc}", file=sys.stderr)
+        return EXIT_FAILED
+    clash = sorted(set(before.slots.holders if before.slots else ()) & set(fleet.nodes))
+    if clash:
+        fleet.stop()
+        print(
+            f"rebootcoord simulate: --group: got {args.group!r}, expected a group where no holder is "
+            f"named like this run's nodes, but {', '.join(clash)} hold(s) a slot (an earlier run's, "
+            f"left holding?): another --group, or free it: {ctl} unlock --force {clash[0]}",
+            file=sys.stderr,
+        )
+        return EXIT_USAGE
+    if args.fail_node is not None and args.fail_node not in fleet.nodes:  # kwok's: known only now
+        fleet.stop()
+        print(
+            f"rebootcoord simulate: --fail-node: got {args.fail_node!r}, expected one of the nodes: "
+            + ", ".join(fleet.nodes),
+            file=sys.stderr,
+        )
+        return EXIT_USAGE
+    for line in header:
+        _say(args, line)
+    if before.slots is not None and before.slots.max != args.max:
+        fleet.max_holders = before.slots.max  # the stored max rules; --max only creates a group
+    in_use = _in_use(before, set(fleet.nodes), time.time())
+    if in_use:
+        _say(args, in_use + _max_note(before, args.max))
     zones = _zones(list(fleet.nodes), args.zones)
     fleet.node_config = {name: {"zone": zone} for name, zone in zones.items()}
     if args.fail_node is not None:
-        if args.fail_node not in fleet.nodes:
-            fleet.stop()
-            print(
-                f"rebootcoord simulate: --fail-node: got {args.fail_node!r}, expected one of the nodes: "
-                + ", ".join(fleet.nodes),
-                file=sys.stderr,
-            )
-            return EXIT_USAGE
         fleet.break_app(args.fail_node)
     if args.wave_plan:
         _say(args, f"waves {','.join(map(str, args.wave_plan))}, soak {args.wave_soak}")
@@ -291,7 +483,8 @@ def _run_fleet(
             args,
             f"{args.fail_node}: its post-reboot check fails; it pauses the group after {FAIL_PAUSE_AFTER}",
         )
-    watch = _Watch(fleet, args, started=started, timeout=timeout, stopped=stopped, zones=zones)
+    started = time.time()
+    watch = _Watch(fleet, args, started=started, timeout=timeout, stopped=stopped, zones=zones, ctl=ctl)
     with fleet:
         outcome = watch.run()
         elapsed = time.time() - started
@@ -306,6 +499,45 @@ def _run_fleet(
     if fleet.violations or not report.ok:
         return EXIT_FAILED
     return {"done": EXIT_OK, "paused": EXIT_PAUSED}.get(outcome, EXIT_FAILED)
+
+
+def _in_use(view: GroupView, ours: set[str], now: float) -> str:
+    """What the group already has when the run joins it -- holders, waiters, members that are not
+    this run's nodes -- in one line ("": nothing, a group of its own)."""
+    from rebootcoord.core.rollout import MEMBER_TTL
+
+    holders = [h for h in (view.slots.holders if view.slots else ()) if h not in ours]
+    waiting = [w for w in view.waiters if w.id not in ours]
+    members = [m for m, seen in view.ledger.members.items() if m not in ours and now - seen < MEMBER_TTL]
+    if not (holders or waiting or members):
+        return ""
+    named = ", ".join(_holder_label(view, h) for h in holders)
+    return (
+        f"group {view.group} already has {_count(len(holders), 'holder')}"
+        + (f" ({named})" if named else "")
+        + f", {len(waiting)} waiting, {_count(len(members), 'other member')}: "
+        "they take part in this run's budget"
+    )
+
+
+def _max_note(view: GroupView, wanted: int) -> str:
+    if view.slots is None or view.slots.max == wanted:
+        return ""
+    return f"; it allows {view.slots.max} holder(s) at once, not --max {wanted} (the group's own max rules)"
+
+
+def _holder_label(view: GroupView, holder: str) -> str:
+    """``node-x:verifying(agent)``, as the progress shows this run's holders, with the kind of
+    holder (agent, manual, fleetlock) -- or ``zincati-x(no record)`` for one that writes none
+    (airlock's Zincati nodes)."""
+    from rebootcoord.core.types import HolderId
+
+    record = view.record(HolderId(holder))
+    return f"{holder}:{record.phase.value}({record.kind})" if record else f"{holder}(no record)"
+
+
+def _count(n: int, noun: str) -> str:
+    return f"{n} {noun}" + ("" if n == 1 else "s")
 
 
 def _zones(names: list[str], count: int) -> dict[str, str]:
@@ -349,7 +581,8 @@ def _history(fleet: Fleet, endpoint: str | None) -> list[Version] | None:
 
 
 class _Watch:
-    """Watches the run: progress, the waves as they open and a pause, from the group as read."""
+    """Watches the run: progress, the waves as they open, an operator's pause and resume, and the
+    line stopped, from the group as read."""
 
     def __init__(
         self,
@@ -360,6 +593,7 @@ class _Watch:
         timeout: float,
         stopped: Any,
         zones: dict[str, str],
+        ctl: str,
     ) -> None:
         self.fleet, self.args, self.started, self.timeout, self.stopped = (
             fleet,
@@ -369,25 +603,33 @@ class _Watch:
             stopped,
         )
         self.zones = zones
+        self.ctl = ctl
         self.tty = sys.stderr.isatty() and not args.quiet
         self.view: GroupView | None = None
         self.waves: dict[tuple[str, int], dict[str, Any]] = {}  # (rollout, wave index) -> as seen
         self.members: dict[tuple[str, int], set[str]] = {}  # (rollout, wave index) -> holders seen
-        self.paused: dict[str, Any] | None = None
+        self.paused: dict[str, Any] | None = None  # the line stopped: the pause that ended the run
+        self.pauses: list[dict[str, Any]] = []  # operators' pauses, each with how long it held
+        self.paused_seconds = 0.0  # held by the operators' pauses that have ended
+        self._pause: tuple[str, float] | None = None  # (by, at) of the pause holding the run now
+        self._pause_seen = 0.0  # when the watch first saw it
 
     def run(self) -> str:
-        """Until the fleet is done ("done"), the group paused ("paused"), "timeout" or
-        "interrupted"."""
+        """Until the fleet is done ("done"), a node stopped the line ("paused"), "timeout" or
+        "interrupted". An operator's pause holds the run, and its timeout, until resumed."""
         last_line = ""
         last_print = 0.0
         while True:
             self.poll()
-            if self.fleet.done():
-                self._end_line()
-                return "done"
             now = time.time()
-            if self.view is not None and self.view.paused is not None:
-                info = self.view.paused
+            view = self.view
+            if self.fleet.done():
+                self._resumed(now)
+                self._show(self.line(now), final=True)  # nothing held: the state the run ends in
+                return "done"
+            if view is not None and view.paused is not None and _line_stopped(view):
+                self._resumed(now)
+                info = view.paused
                 self.paused = {
                     "by": info.by,
                     "reason": info.reason,
@@ -395,30 +637,114 @@ class _Watch:
                 }
                 self._end_line()
                 print(
-                    f"rebootcoord simulate: the group is paused by {info.by} at "
-                    f"+{info.at - self.started:.1f}s: {info.reason}; unfinished: {_unfinished(self.fleet)}",
+                    f"rebootcoord simulate: the line is stopped ({info.by} paused the group; the "
+                    f"reason is below); unfinished: {_unfinished(self.fleet)}",
                     file=sys.stderr,
                 )
                 return "paused"
-            if self.stopped() or now - self.started > self.timeout:
+            if view is not None and view.paused is not None:
+                self._paused(view.paused, now)
+            elif view is not None:
+                self._resumed(now)
+            waited = self.waited(now)
+            if self.stopped() or now - self.started - waited > self.timeout:
                 self._end_line()
                 why = "interrupted" if self.stopped() else f"timed out after {self.timeout:.0f}s"
+                if waited and not self.stopped():
+                    why += f" (not counting {waited:.0f}s paused)"
                 print(f"rebootcoord simulate: {why}; unfinished: {_unfinished(self.fleet)}", file=sys.stderr)
                 return "interrupted" if self.stopped() else "timeout"
-            line = _progress(self.fleet, now - self.started, self.zones, self.view, now)
+            line = self.line(now)
             if not self.args.quiet and (self.tty or (line != last_line and now - last_print >= 2)):
-                if self.tty:
-                    sys.stderr.write("\r\033[K" + line)
-                    sys.stderr.flush()
-                else:
-                    print(line, file=sys.stderr)
+                self._show(line)
                 last_line, last_print = line, now
             time.sleep(0.25)
+
+    def waited(self, now: float) -> float:
+        """Seconds operators' pauses have held the run so far."""
+        return self.paused_seconds + (now - self._pause_seen if self._pause is not None else 0.0)
+
+    def _paused(self, info: PauseInfo, now: float) -> None:
+        """The group is paused by an operator: say so once a pause, and hold the run."""
+        if self._pause == (info.by, info.at):
+            return
+        self._resumed(now)
+        self._pause, self._pause_seen = (info.by, info.at), now
+        at = round(info.at - self.started, 3)
+        self.pauses.append({"by": info.by, "reason": info.reason, "at_seconds": at, "seconds": None})
+        self._note(
+            f"group {self.fleet.group} paused by {info.by} {self._at(info.at)}: {_reason(info.reason)}; "
+            f"the holders finish their cycle, no node takes a slot until `{self.ctl} resume`"
+        )
+
+    def _resumed(self, now: float) -> None:
+        """The pause holding the run (if any) is over: count how long it held."""
+        if self._pause is None:
+            return
+        held = now - self._pause_seen
+        self.paused_seconds += held
+        self.pauses[-1]["seconds"] = round(held, 3)
+        self._pause = None
+        if self.view is not None and self.view.paused is None:
+            self._note(
+                f"group {self.fleet.group} resumed at +{now - self.started:.1f}s after {held:.1f}s "
+                "paused: the run goes on"
+            )
+
+    def _at(self, at: float) -> str:
+        if at >= self.started:
+            return f"at +{at - self.started:.1f}s"
+        return f"{self.started - at:.0f}s before the run"
+
+    def line(self, now: float) -> str:
+        """The progress line: what the fleet and the group are doing now."""
+        fleet, view = self.fleet, self.view
+        phases = fleet.phases()
+        rebooted = sum(1 for n in fleet.nodes.values() if n.reboots >= fleet.cycles)
+        # A node whose simulated host is down shows its last phase, marked: its agent is not running.
+        booting = {n.name for n in fleet.nodes.values() if n.rebooting}
+        held = set(view.slots.holders) if view is not None and view.slots is not None else set()
+        holding = [
+            name
+            + (f"@{self.zones[name]}" if name in self.zones else "")
+            + f":{phase}"
+            + ("(host down)" if name in booting else "")
+            for name, phase in sorted(phases.items())
+            # Its last event may lag the group: a node that gave its slot back holds nothing.
+            if phase in PHASE_ORDER[3:] and (view is None or name in held or name in booting)
+        ]
+        counts = Counter(phases.get(name, "starting") for name in fleet.nodes)
+        segments = [f"[{now - self.started:6.1f}s] rebooted {rebooted}/{len(fleet.nodes)}"]
+        if view is not None:
+            segments.append(_wave_segment(view, now))
+            if view.paused is not None:
+                info = view.paused
+                segments.append(f"PAUSED by {info.by} {self._at(info.at)}: {_reason(info.reason)}")
+        segments.append(f"holding: {' '.join(holding) or '-'}")
+        tally = [f"{p}={counts[p]}" for p in ("starting", "pending", "waiting", "idle") if counts[p]]
+        if view is not None:
+            others = sorted(held - set(fleet.nodes))
+            if others:
+                segments.append("other holders: " + ", ".join(_holder_label(view, h) for h in others))
+            waiting = sum(1 for w in view.waiters if w.id not in fleet.nodes)
+            if waiting:
+                tally.append(f"others-waiting={waiting}")
+        segments.append(" ".join(tally))
+        return " | ".join(segment for segment in segments if segment)
+
+    def _show(self, line: str, *, final: bool = False) -> None:
+        if self.args.quiet:
+            return
+        if self.tty:
+            sys.stderr.write("\r\033[K" + line + ("\n" if final else ""))
+            sys.stderr.flush()
+        else:
+            print(line, file=sys.stderr)
 
     def poll(self) -> None:
         """Read the group; note each wave the first time it is seen open."""
         try:
-            view = self.fleet.semaphore.read(queue=False)
+            view = self.fleet.semaphore.read()
         except Exception:  # noqa: BLE001 - the backend may be down a moment: the next poll tells
             return
         self.view = view
@@ -465,31 +791,47 @@ class _Watch:
             sys.stderr.write("\n")
 
 
-def _progress(fleet: Fleet, elapsed: float, zones: dict[str, str], view: GroupView | None, now: float) -> str:
-    phases = fleet.phases()
-    rebooted = sum(1 for n in fleet.nodes.values() if n.reboots >= fleet.cycles)
-    # A node whose simulated host is down shows its last phase, marked: its agent is not running.
-    booting = {n.name for n in fleet.nodes.values() if n.rebooting}
-    holding = [
-        name
-        + (f"@{zones[name]}" if name in zones else "")
-        + f":{phase}"
-        + ("(host down)" if name in booting else "")
-        for name, phase in sorted(phases.items())
-        if phase in PHASE_ORDER[3:]
-    ]
-    counts = Counter(phases.get(name, "starting") for name in fleet.nodes)
-    others = " ".join(f"{p}={counts[p]}" for p in ("pending", "waiting", "idle") if counts[p])
-    held = " ".join(holding) or "-"
-    rollout = view.rollout(now) if view is not None else None
-    wave = f" | wave {rollout.current + 1}/{len(rollout.plan.sizes)}" if rollout is not None else ""
-    return f"[{elapsed:6.1f}s] rebooted {rebooted}/{len(fleet.nodes)}{wave} | holding: {held} | {others}"
+def _line_stopped(view: GroupView) -> bool:
+    """The group's pause is a stop-the-line -- a holder whose post-reboot checks kept failing
+    paused it, and its record says when (``paused_group_at``) -- not an operator's pause. An
+    operator who paused first and a node that stopped the line since: stopped all the same."""
+    info = view.paused
+    return info is not None and any(
+        r.paused_group_at is not None and r.paused_group_at >= info.at and view.holds(r.id)
+        for r in view.records.values()
+    )
+
+
+def _reason(reason: str) -> str:
+    """A pause's reason on one line of the progress, cut if long."""
+    text = " ".join(reason.split()) or "no reason given"
+    return text if len(text) <= 120 else text[:119] + "\u2026"
+
+
+def _wave_segment(view: GroupView, now: float) -> str:
+    """``wave 2/3``; ``wave 1/3 soaking, wave 2 in 3s`` while the soak runs after a full wave's
+    nodes are all back (core.rollout.admit's rule: a wave is full when as many nodes went through
+    it and the earlier ones as its quota); "" outside a rollout."""
+    from rebootcoord.core.semaphore import in_flight
+
+    rollout = view.rollout(now)
+    if rollout is None:
+        return ""
+    label = f"wave {rollout.current + 1}/{len(rollout.plan.sizes)}"
+    wave = rollout.waves[-1]
+    busy = in_flight(view.slots, view.records, rollout.id)
+    if rollout.last or busy or wave.quota is None or rollout.through < wave.quota:
+        return label
+    opens_at = (wave.last_done_at or wave.opened_at) + rollout.plan.soak
+    if now >= opens_at:
+        return label
+    return f"{label} soaking, wave {rollout.current + 2} in {math.ceil(opens_at - now)}s"
 
 
 def _unfinished(fleet: Fleet) -> str:
     phases = fleet.phases()
     rest = [
-        f"{n.name}({phases.get(n.name, '?')}, {n.reboots} reboots)"
+        f"{n.name}({phases.get(n.name, 'starting')}, {n.reboots} reboots)"
         for n in fleet.nodes.values()
         if n.reboots < fleet.cycles
     ]
@@ -533,7 +875,7 @@ def _summary(
     rollouts = {key[0] for key in watch.waves}
     return {
         "nodes": args.nodes,
-        "max": args.max,
+        "max": fleet.max_holders,
         "cycles_per_node": args.cycles,
         "reboot_seconds": args.reboot_seconds,
         "outcome": outcome,
@@ -555,6 +897,9 @@ def _summary(
         "max_zone_holders_seen": dict(sorted(report.max_zone_holders.items())) if report else {},
         "fail_node": args.fail_node,
         "paused": watch.paused,
+        # Operators' pauses that held the run (the timeout did not count them), and for how long.
+        "pauses": watch.pauses,
+        "paused_seconds": round(watch.paused_seconds, 3),
         "violations_by_invariant": report.by_invariant() if report else {},
         "reboots": {n.name: n.reboots for n in fleet.nodes.values()},
         "violations": fleet.violations + (report.problems if report else []),
@@ -572,8 +917,8 @@ def _print_summary(summary: dict[str, Any], args: argparse.Namespace) -> None:
         f"{ended}: {sum(summary['reboots'].values())} reboots on "
         f"{summary['nodes']} nodes, at most {summary['max_holders_seen']} holding at once "
         f"(max {summary['max']}); "
-        f"median node cycle {summary['node_cycle_seconds_median']}s, "
-        f"ideal ceil(N/K) x cycle = {summary['ideal_seconds']}s"
+        f"median node cycle {_secs(summary['node_cycle_seconds_median'])}, "
+        f"ideal ceil(N/K) x cycle = {_secs(summary['ideal_seconds'])}"
     )
     if summary["waves"]:
         opened = ", ".join(
@@ -581,16 +926,24 @@ def _print_summary(summary: dict[str, Any], args: argparse.Namespace) -> None:
             for w in summary["waves"]
         )
         print(
-            f"waves: {opened}; rollout {summary['rollout_seconds']}s with {summary['soaks']} soak(s) "
-            f"of {summary['wave_soak_seconds']}s"
+            f"waves: {opened}; rollout {_secs(summary['rollout_seconds'])} with {summary['soaks']} "
+            f"soak(s) of {_secs(summary['wave_soak_seconds'])}"
         )
     if summary["max_per_zone"]:
         seen = " ".join(f"{z}={n}" for z, n in summary["max_zone_holders_seen"].items())
         print(f"zones: at most {summary['max_per_zone']} holding per zone; most seen: {seen or '-'}")
+    for pause in summary["pauses"]:
+        held = f"resumed after {pause['seconds']:.1f}s" if pause["seconds"] is not None else "not resumed"
+        print(f"paused by {pause['by']} at +{pause['at_seconds']:.1f}s, {held}: {pause['reason']}")
     if summary["paused"]:
         paused = summary["paused"]
         print(f"paused by {paused['by']} at +{paused['at_seconds']:.1f}s: {paused['reason']}")
     print("invariants: " + ("OK" if ok else "VIOLATED: " + "; ".join(summary["violations"])))
+
+
+def _secs(value: float | None) -> str:
+    """``2.47s``, or ``-`` for a figure the run did not give (no node went through)."""
+    return "-" if value is None else f"{value}s"
 
 
 def _say(args: argparse.Namespace, text: str) -> None:

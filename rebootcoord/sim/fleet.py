@@ -59,6 +59,13 @@ def app_check(name: str = "app") -> dict[str, Any]:
     return {"type": "command", "name": name, "argv": ["test", "!", "-e", "{root}/" + APP_BROKEN]}
 
 
+def sim_node_names(count: int, prefix: str = "node") -> list[str]:
+    """The names of a fleet of ``count`` simulated hosts: node-01, node-02, ... (zero-padded to
+    at least two digits, so they sort as they are numbered)."""
+    width = max(2, len(str(count)))
+    return [f"{prefix}-{i:0{width}d}" for i in range(1, count + 1)]
+
+
 @dataclass
 class SimNode:
     name: str
@@ -142,12 +149,7 @@ class Fleet:
         self.node_config = {k: dict(v) for k, v in (node_config or {}).items()}  # per node, on top
         self.node_env = {k: dict(v) for k, v in (node_env or {}).items()}  # per node, on top
         self.socket_path = os.path.join(self.run_dir, "sim.sock")
-        width = max(2, len(str(nodes)))
-        names = (
-            list(node_names)
-            if node_names is not None
-            else [f"{prefix}-{i:0{width}d}" for i in range(1, nodes + 1)]
-        )
+        names = list(node_names) if node_names is not None else sim_node_names(nodes, prefix)
         self.nodes: dict[str, SimNode] = {
             name: SimNode(name, os.path.join(self.run_dir, "nodes", name), str(uuid.uuid4()))
             for name in names
