@@ -165,23 +165,25 @@ def scratch_dir(tmp_path: Path) -> Path:
 
 def run_script(script: str, *, cwd: Path, env: dict[str, str]) -> tuple[int, str]:
     """Runs a block with bash -e in a session of its own: stdout and stderr as a terminal shows
-    them, and nothing it started (a receiver sent to the background) outlives it."""
-    path = cwd.parent / "doc-block.sh"
+    them (into a file: a pipe would wait for whatever the block left in the background), and
+    nothing it started (a receiver sent to the background) outlives it."""
+    path, log = cwd.parent / "doc-block.sh", cwd.parent / "doc-block.out"
     path.write_text(MAKE_SHIM + script + "\n")
-    proc = subprocess.Popen(
-        ["bash", "-e", "-o", "pipefail", str(path)], cwd=cwd, env=env, text=True,
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True,
-    )  # fmt: skip
-    try:
-        output, _ = proc.communicate(timeout=RUN_TIMEOUT)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        output, _ = proc.communicate()
-        return -1, output + f"\n(timed out after {RUN_TIMEOUT}s)"
-    finally:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, signal.SIGTERM)
-    return proc.returncode, output
+    with log.open("w") as out:
+        proc = subprocess.Popen(
+            ["bash", "-e", "-o", "pipefail", str(path)], cwd=cwd, env=env, text=True,
+            stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True,
+        )  # fmt: skip
+        try:
+            code = proc.wait(timeout=RUN_TIMEOUT)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+            return -1, log.read_text() + f"\n(timed out after {RUN_TIMEOUT}s)"
+        finally:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGTERM)
+    return code, log.read_text()
 
 
 @pytest.mark.parametrize("run", [_run_param(r) for r in PLAN.runs])
