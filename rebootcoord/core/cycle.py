@@ -424,6 +424,10 @@ def _not_holding(s: Snapshot, view: GroupView) -> Step:
     return Rest(Phase.WAITING, f"queue position {position + 1}, {view.slots.free} free slot(s)")
 
 
+#: How a holder's note starts while its post-reboot checks fail (the agent's and the server's).
+CHECKS_FAILED = "post-reboot checks failed: "
+
+
 def stop_the_line(
     record: HolderRecord, *, node: str, now: float, policy: Policy, verified: bool, by: str = ""
 ) -> PauseGroup | None:
@@ -436,9 +440,10 @@ def stop_the_line(
         return None
     if record.phase is not Phase.VERIFYING or now - record.phase_since < after:
         return None
+    failures = (record.note or "").removeprefix(CHECKS_FAILED) or "failing"  # said once
     reason = (
         f"post-reboot checks of {node} failing for {int(now - record.phase_since)}s "
-        f"(pause_group_after {format_duration(policy.pause_group_after)}): {record.note or 'failing'}"
+        f"(pause_group_after {format_duration(policy.pause_group_after)}): {failures}"
     )
     return PauseGroup(
         PauseInfo(by=by or f"rebootcoord agent on {node}", at=now, reason=reason[:1000]),

@@ -32,6 +32,7 @@ from dataclasses import dataclass, replace
 
 from rebootcoord.core.bounds import MAX_GROUP_BYTES, MAX_ID_BYTES, utf8_len
 from rebootcoord.core.cycle import (
+    CHECKS_FAILED,
     Abandon,
     Acquire,
     CheckGates,
@@ -431,7 +432,7 @@ def steady_state(v: Visit) -> FleetLockStep:
     if v.verified is None:
         return Verify(record)
     if v.verified:
-        note = f"post-reboot checks failed: {v.verified}"
+        note = f"{CHECKS_FAILED}{v.verified}"
         if record.phase is not Phase.VERIFYING:
             return Persist(record.moved(Phase.VERIFYING, v.now, note=note), note)
         stop = stop_the_line(

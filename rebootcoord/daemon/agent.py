@@ -30,6 +30,7 @@ from rebootcoord.core.config import (
     WindowSettings,
 )
 from rebootcoord.core.cycle import (
+    CHECKS_FAILED,
     Abandon,
     Acquire,
     CheckGates,
@@ -709,7 +710,7 @@ class Agent:
             if not result.ok:
                 failures.append(f"{result.name}: {result.detail}")
         if failures:
-            note = "post-reboot checks failed: " + "; ".join(failures)
+            note = CHECKS_FAILED + "; ".join(failures)
             self.p.metrics.fail("health_gate")
             self.p.metrics.health_failing.set(1)
             log.error("%s (the slot stays held)", note)

@@ -198,6 +198,7 @@ def test_a_node_sick_for_pause_group_after_stops_the_line_once() -> None:
     paused = rig.store.state.paused
     assert paused is not None and "n1" in paused.by
     assert "post-reboot checks of n1 failing" in paused.reason and "check: failing" in paused.reason
+    assert paused.reason.count("post-reboot checks") == 1, paused.reason  # said once
     record = rig.record()
     assert record is not None and record.paused_group_at is not None and rig.holds()
     assert "warn:GroupPaused" in rig.node.calls and rig.failures("group_paused") == 1
