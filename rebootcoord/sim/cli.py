@@ -84,7 +84,9 @@ def add_simulate_parser(sub: Any) -> None:
     )
     p.add_argument("--nodes", type=_whole, default=6, help="number of simulated nodes (default 6)")
     p.add_argument("--max", type=_whole, default=2, help="slots of the group (default 2)")
-    p.add_argument("--group", default="default")
+    p.add_argument(
+        "--group", default="default", help="the group the nodes share (default: default); see --etcd"
+    )
     p.add_argument("--etcd", metavar="ENDPOINT", help="use this etcd instead of starting one")
     p.add_argument("--reboot-seconds", type=_seconds, default=2.0, help="how long a simulated reboot takes")
     p.add_argument("--events", metavar="FILE", help="append one JSON line per phase change")
@@ -139,7 +141,13 @@ def add_simulate_parser(sub: Any) -> None:
         f"group after {FAIL_PAUSE_AFTER} and the simulation ends (exit 3)",
     )
     k = p.add_argument_group("Kubernetes (--backend kubernetes): agents on existing kwok Nodes")
-    k.add_argument("--backend", choices=["etcd", "kubernetes"], default="etcd")
+    k.add_argument(
+        "--backend",
+        choices=["etcd", "kubernetes"],
+        default="etcd",
+        help="where the group's semaphore lives: %(choices)s (default etcd; kubernetes: a Lease, "
+        "the nodes as kwok Nodes)",
+    )
     k.add_argument("--kubeconfig", help="kubeconfig of the cluster (default: $KUBECONFIG, ~/.kube/config)")
     k.add_argument("--context", help="kubeconfig context")
     k.add_argument("--namespace", default="default", help="namespace of the Leases (default: default)")
