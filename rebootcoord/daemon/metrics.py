@@ -27,6 +27,7 @@ FAILURE_REASONS = (
     "health_gate",
     "slot_lost",
     "slot_reclaimed",
+    "group_paused",  # this node stopped the line (pause_group_after)
 )
 #: The reasons the agent's gates give for holding a node back; each has a series from the start.
 BLOCKED_REASONS = ("PDBBlocked", "RebootBlocked")
