@@ -66,6 +66,11 @@ def _count(n: int, noun: str) -> str:
     return f"{n} {noun}" + ("" if n == 1 else "s")
 
 
+#: A node that stops the line writes the pause, then its record saying so (core.cycle's
+#: PauseGroup): a pause is an operator's once it stayed this long without such a record.
+PAUSE_SETTLE = 1.0
+
+
 class Watch:
     """Watches the run: progress, the waves as they open, an operator's pause and resume, and the
     line stopped, from the group as read."""
@@ -99,6 +104,7 @@ class Watch:
         self.paused_seconds = 0.0  # held by the operators' pauses that have ended
         self._pause: tuple[str, float] | None = None  # (by, at) of the pause holding the run now
         self._pause_seen = 0.0  # when the watch first saw it
+        self._seen: tuple[tuple[str, float], float] | None = None  # a pause not yet judged, since
 
     def run(self) -> str:
         """Until the fleet is done ("done"), a node stopped the line ("paused"), "timeout" or
@@ -131,6 +137,7 @@ class Watch:
             if view is not None and view.paused is not None:
                 self._paused(view.paused, now)
             elif view is not None:
+                self._seen = None
                 self._resumed(now)
             waited = self.waited(now)
             if self.stopped() or now - self.started - waited > self.timeout:
@@ -152,10 +159,15 @@ class Watch:
 
     def _paused(self, info: PauseInfo, now: float) -> None:
         """The group is paused by an operator: say so once a pause, and hold the run."""
-        if self._pause == (info.by, info.at):
+        key = (info.by, info.at)
+        if self._pause == key:
+            return
+        if self._seen is None or self._seen[0] != key:
+            self._seen = (key, now)
+        if now - self._seen[1] < PAUSE_SETTLE:
             return
         self._resumed(now)
-        self._pause, self._pause_seen = (info.by, info.at), now
+        self._pause, self._pause_seen = key, self._seen[1]
         at = round(info.at - self.started, 3)
         self.pauses.append({"by": info.by, "reason": info.reason, "at_seconds": at, "seconds": None})
         self._note(
