@@ -30,6 +30,17 @@ def etcd_group_history(endpoint: str, *, prefix: str, group: str, since: int) ->
     return group_history(changes, slots_key=base + "semaphore", records_prefix=base + "rebootcoord/holders/")
 
 
+def pause_marker_history(endpoint: str, *, prefix: str, group: str) -> list[tuple[int, bytes | None]]:
+    """Each write of the group's pause marker (etcd backend): its revision, and the value
+    written (None: the marker deleted, the group resumed)."""
+    conn = _connect(endpoint)
+    try:
+        changes = replay(conn, f"{prefix.strip('/')}/groups/{group}/v1/rebootcoord/paused", since=1)
+    finally:
+        conn.close()
+    return [(rev, value) for rev, _, value in changes]
+
+
 def kube_group_history(
     etcd_endpoint: str, *, namespace: str, group: str, since: int
 ) -> tuple[list[Version], list[NodeVersion]]:

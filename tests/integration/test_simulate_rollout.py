@@ -18,13 +18,12 @@ from typing import Any
 
 import pytest
 
-from rebootcoord.adapters.etcd import EtcdConnection, EtcdOptions, replay
 from rebootcoord.core.types import Group, HolderId
 from rebootcoord.daemon.group import etcd_group
 from rebootcoord.sim.checker import Version, read_jsonl
 from rebootcoord.sim.cli import EXIT_OK, EXIT_PAUSED
 from rebootcoord.sim.etcd_server import EtcdServer
-from rebootcoord.sim.history import etcd_group_history
+from rebootcoord.sim.history import etcd_group_history, pause_marker_history
 
 pytestmark = [pytest.mark.etcd, pytest.mark.e2e]
 
@@ -125,12 +124,8 @@ def test_a_failing_node_pauses_the_group_and_the_simulation_ends(etcd: EtcdServe
 
     # From the backend: the revision the pause marker was written at; no holder joined after it,
     # so no node rebooted after the pause but those that held a slot before it.
-    conn = EtcdConnection(EtcdOptions(endpoints=(etcd.endpoint,), timeout=10.0, retry_for=30.0))
-    try:
-        marker = replay(conn, f"{PREFIX}/groups/failing/v1/rebootcoord/paused", since=1)
-    finally:
-        conn.close()
-    paused_rev = min(rev for rev, _, value in marker if value is not None)
+    marker = pause_marker_history(etcd.endpoint, prefix=PREFIX, group="failing")
+    paused_rev = min(rev for rev, value in marker if value is not None)
     versions = history(etcd, "failing")
     assert "node-01" in versions[-1].holders
     taken: dict[str, int] = {}

@@ -22,11 +22,10 @@ from typing import IO, Any
 
 import pytest
 
-from rebootcoord.adapters.etcd import EtcdConnection, EtcdOptions, replay
 from rebootcoord.sim.checker import read_jsonl
 from rebootcoord.sim.cli import EXIT_FAILED, EXIT_OK, EXIT_PAUSED, EXIT_USAGE
 from rebootcoord.sim.etcd_server import EtcdServer
-from rebootcoord.sim.history import etcd_group_history
+from rebootcoord.sim.history import etcd_group_history, pause_marker_history
 from tests.conftest import wait_for
 
 pytestmark = [pytest.mark.etcd, pytest.mark.e2e]
@@ -145,13 +144,9 @@ def test_an_operators_pause_holds_the_run_until_resume_and_it_ends_well(
 
     # From the backend: nobody took a slot while the marker was there, and every slot was given
     # back (a run that ended at the pause would leave its holders mid-cycle).
-    conn = EtcdConnection(EtcdOptions(endpoints=(etcd.endpoint,), timeout=10.0, retry_for=30.0))
-    try:
-        marker = replay(conn, f"{PREFIX}/groups/{group}/v1/rebootcoord/paused", since=1)
-    finally:
-        conn.close()
-    set_at = min(rev for rev, _, value in marker if value is not None)
-    gone_at = max(rev for rev, _, value in marker if value is None)
+    marker = pause_marker_history(etcd.endpoint, prefix=PREFIX, group=group)
+    set_at = min(rev for rev, value in marker if value is not None)
+    gone_at = max(rev for rev, value in marker if value is None)
     versions = etcd_group_history(etcd.endpoint, prefix=PREFIX, group=group, since=0)
     before: frozenset[str] = frozenset()
     for v in versions:

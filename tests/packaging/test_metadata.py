@@ -12,25 +12,30 @@ from pathlib import Path
 
 from tests.support.cluster import REPO_ROOT
 
-BUILD_METADATA = """
+BUILD = """
 import sys
 from setuptools import build_meta
-print(build_meta.prepare_metadata_for_build_wheel(sys.argv[1]))
+print(getattr(build_meta, sys.argv[1])(sys.argv[2]))
 """
 
 
-def test_the_metadata_builds_without_a_warning_and_names_the_license(tmp_path: Path) -> None:
+def build(hook: str, out: Path) -> tuple[Path, str]:
+    """Run setuptools' PEP 517 ``hook`` as pip does, every warning shown: what it built, and
+    everything it printed."""
     done = subprocess.run(
-        [sys.executable, "-W", "always", "-c", BUILD_METADATA, str(tmp_path)],
+        [sys.executable, "-W", "always", "-c", BUILD, hook, str(out)],
         cwd=REPO_ROOT,
         capture_output=True,
         text=True,
-        timeout=120,
+        timeout=300,
     )
     assert done.returncode == 0, done.stderr
-    output = done.stdout + done.stderr
+    return out / done.stdout.strip().splitlines()[-1], done.stdout + done.stderr
+
+
+def test_the_metadata_builds_without_a_warning_and_names_the_license(tmp_path: Path) -> None:
+    dist_info, output = build("prepare_metadata_for_build_wheel", tmp_path)
     assert "Warning" not in output and "deprecat" not in output.lower(), output
-    dist_info = tmp_path / done.stdout.strip().splitlines()[-1]
     metadata = email.message_from_string((dist_info / "METADATA").read_text(encoding="utf-8"))
     assert metadata["License-Expression"] == "Apache-2.0"
     assert "LICENSE" in metadata.get_all("License-File", [])
@@ -38,22 +43,8 @@ def test_the_metadata_builds_without_a_warning_and_names_the_license(tmp_path: P
     assert text.lstrip().startswith("Apache License")
 
 
-BUILD_EDITABLE = """
-import sys
-from setuptools import build_meta
-print(build_meta.build_editable(sys.argv[1]))
-"""
-
-
 def test_the_editable_install_of_make_install_builds_without_a_warning(tmp_path: Path) -> None:
-    done = subprocess.run(
-        [sys.executable, "-W", "always", "-c", BUILD_EDITABLE, str(tmp_path)],
-        cwd=REPO_ROOT,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert done.returncode == 0, done.stderr
-    warned = [line for line in done.stderr.splitlines() if "Warning" in line or "!!" in line]
-    assert not warned, done.stderr
-    assert (tmp_path / done.stdout.strip().splitlines()[-1]).is_file()
+    wheel, output = build("build_editable", tmp_path)
+    warned = [line for line in output.splitlines() if "Warning" in line or "!!" in line]
+    assert not warned, output
+    assert wheel.is_file()
