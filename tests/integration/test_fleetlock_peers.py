@@ -254,11 +254,12 @@ def test_an_unreachable_etcd_is_backend_unavailable_through_airlock(
 
 
 @pytest.fixture
-def ours(etcd: EtcdServer, tmp_path: Path) -> Iterator[FleetLockClient]:
-    """``rebootcoord fleetlock-server`` on airlock's prefix: the same semaphore key."""
+def ours(etcd: EtcdServer, tmp_path: Path, group: str) -> Iterator[FleetLockClient]:
+    """``rebootcoord fleetlock-server`` on airlock's prefix: the same semaphore key, serving the
+    test's group (the group key: fleetlock_groups' default)."""
     config = {
         "backend": "etcd", "etcd_endpoints": [etcd.endpoint], "etcd_key_prefix": AIRLOCK_PREFIX,
-        "max_holders": 2, "fleetlock_waiter_ttl": "10s",
+        "max_holders": 2, "fleetlock_waiter_ttl": "10s", "group": group,
     }  # fmt: skip
     with fleetlock_servers(tmp_path / "ours", config) as (server,):
         yield FleetLockClient(server.base)

@@ -3,11 +3,13 @@ on an etcd v3 semaphore) and poseidon/fleetlock (a FleetLock server on a Kuberne
 also cordons and drains the client's Node).
 
 Where the binaries come from: ``TESTS_AIRLOCK_BIN`` / ``TESTS_POSEIDON_FLEETLOCK_BIN``, else
-``testbin/airlock`` / ``testbin/poseidon-fleetlock``. hack/testbin/build.sh does not build them:
-the Go module proxy this project builds from refuses both modules (403 "This module version is
-not available" for github.com/coreos/airlock and github.com/poseidon/fleetlock, for the version
-list, @latest and an exact release), so a test marked :func:`needs` is skipped when its peer is
-not there, naming the variable.
+``testbin/airlock`` / ``testbin/poseidon-fleetlock``, else ``../shared/peers/<name>`` beside the
+checkout (the workplace's copies, built from the peers' public source at the commits its README
+names, for CI and every machine). hack/testbin/build.sh does not build them: the Go module proxy
+this project builds from refuses both modules (403 "This module version is not available" for
+github.com/coreos/airlock and github.com/poseidon/fleetlock, for the version list, @latest and an
+exact release), so a test marked :func:`needs` is skipped when its peer is in none of those
+places, naming them.
 
 What each is told, from their sources:
 
@@ -38,7 +40,7 @@ from pathlib import Path
 import pytest
 
 from rebootcoord.sim.procs import orphan_proof, stop_process
-from tests.support.cluster import DEFAULT_TESTBIN, free_port
+from tests.support.cluster import DEFAULT_TESTBIN, REPO_ROOT, free_port
 
 AIRLOCK = ("TESTS_AIRLOCK_BIN", "airlock", "github.com/coreos/airlock")
 POSEIDON = ("TESTS_POSEIDON_FLEETLOCK_BIN", "poseidon-fleetlock", "github.com/poseidon/fleetlock")
@@ -46,11 +48,17 @@ POSEIDON = ("TESTS_POSEIDON_FLEETLOCK_BIN", "poseidon-fleetlock", "github.com/po
 AIRLOCK_PREFIX = "com.coreos.airlock"
 
 
+#: The workplace's peer binaries, beside the checkout.
+SHARED_PEERS = REPO_ROOT.parent / "shared" / "peers"
+
+
 def peer_binary(peer: tuple[str, str, str]) -> Path | None:
-    """The peer's binary: ``$TESTS_<PEER>_BIN``, else testbin/<name>; None when not there."""
+    """The peer's binary: ``$TESTS_<PEER>_BIN`` if set, else testbin/<name>, else
+    ../shared/peers/<name>; None when none is there."""
     env, name, _ = peer
-    path = Path(os.environ.get(env) or DEFAULT_TESTBIN / name)
-    return path if os.access(path, os.X_OK) else None
+    given = os.environ.get(env)
+    places = [Path(given)] if given else [DEFAULT_TESTBIN / name, SHARED_PEERS / name]
+    return next((path for path in places if os.access(path, os.X_OK)), None)
 
 
 def needs(peer: tuple[str, str, str]) -> pytest.MarkDecorator:
@@ -58,8 +66,9 @@ def needs(peer: tuple[str, str, str]) -> pytest.MarkDecorator:
     env, name, module = peer
     return pytest.mark.skipif(
         peer_binary(peer) is None,
-        reason=f"no {name} binary (${env} or testbin/{name}): `make testbin` cannot build it, the Go "
-        f"module proxy refuses {module}; set {env} to the path of one built from {module}",
+        reason=f"no {name} binary (${env}, testbin/{name} or {SHARED_PEERS / name}): `make testbin` "
+        f"cannot build it, the Go module proxy refuses {module}; set {env} to the path of one built "
+        f"from {module}",
     )
 
 
