@@ -14,9 +14,13 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import queue
 import threading
 import time
+from collections import deque
 from collections.abc import Callable, Iterator
+from concurrent.futures import Future
+from concurrent.futures import TimeoutError as FutureTimeout
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from typing import Any, TypeVar
@@ -499,6 +503,89 @@ def _cycle(raw: bytes, *, key: str) -> Cycle:
     return Cycle.from_json(load_json(raw, key), key)
 
 
+class _KeepAliveStream:
+    """One LeaseKeepAlive stream for the refreshes of many leases: a refresh is one message on a
+    stream kept open, not a stream of its own. python-etcd3's ``refresh_lease`` opens a stream per
+    call, with a thread to feed it: a third of a refused FleetLock poll's CPU. etcd answers a
+    stream's requests in order, each with its lease's id and the TTL left (0: the lease is gone).
+    A refresh that this stream cannot answer (it broke, or it is slow) raises; the caller then
+    refreshes the old way. Thread-safe; a broken stream is opened again by the next refresh."""
+
+    def __init__(self, timeout: float) -> None:
+        self.timeout = timeout
+        self._lock = threading.Lock()
+        self._client: Any = None
+        self._requests: queue.SimpleQueue[Any] | None = None
+        self._waiting: dict[int, deque[Future[int]]] = {}
+
+    def refresh(self, client: Any, lease_id: int) -> int:
+        """Refresh lease ``lease_id``; the TTL it has left (0 or less: it expired)."""
+        answer: Future[int] = Future()
+        with self._lock:
+            if self._requests is None or self._client is not client:
+                self._open(client)
+            assert self._requests is not None
+            self._waiting.setdefault(lease_id, deque()).append(answer)
+            self._requests.put(etcdrpc.LeaseKeepAliveRequest(ID=lease_id))
+        try:
+            return answer.result(self.timeout)
+        except FutureTimeout:
+            self._broken(self._requests, TimeoutError("no keep-alive answer"))
+            raise
+
+    def close(self) -> None:
+        with self._lock:
+            requests, self._requests = self._requests, None
+            self._fail(ConnectionError("closed"))
+        if requests is not None:
+            requests.put(None)
+
+    def _open(self, client: Any) -> None:
+        """(Under the lock.) A new stream on ``client``; the old one's answers are given up."""
+        if self._requests is not None:
+            self._requests.put(None)
+        self._fail(ConnectionError("the keep-alive stream was replaced"))
+        requests: queue.SimpleQueue[Any] = queue.SimpleQueue()
+        responses = client.leasestub.LeaseKeepAlive(
+            iter(requests.get, None), credentials=client.call_credentials, metadata=client.metadata
+        )
+        self._client, self._requests = client, requests
+        threading.Thread(
+            target=self._read, args=(requests, responses), name="etcd-keepalive-stream", daemon=True
+        ).start()
+
+    def _read(self, requests: queue.SimpleQueue[Any], responses: Any) -> None:
+        try:
+            for response in responses:
+                with self._lock:
+                    line = self._waiting.get(int(response.ID))
+                    answer = line.popleft() if line else None
+                    if line is not None and not line:
+                        del self._waiting[int(response.ID)]
+                if answer is not None:
+                    answer.set_result(int(response.TTL))
+        except grpc.RpcError as exc:
+            self._broken(requests, exc)
+            return
+        self._broken(requests, ConnectionError("the keep-alive stream ended"))
+
+    def _broken(self, requests: queue.SimpleQueue[Any] | None, why: BaseException) -> None:
+        with self._lock:
+            if requests is None or requests is not self._requests:
+                return  # replaced already: its answers were given up then
+            self._requests = None
+            self._fail(why)
+        requests.put(None)
+
+    def _fail(self, why: BaseException) -> None:
+        """(Under the lock.) Every refresh still waiting raises ``why``."""
+        waiting, self._waiting = self._waiting, {}
+        for line in waiting.values():
+            for answer in line:
+                if not answer.done():
+                    answer.set_exception(why)
+
+
 class EtcdWaitQueue:
     """The WaitQueue on etcd: one key per waiter on a lease of ``ttl`` seconds, ordered by its
     create revision. A put on an existing key keeps its create revision: a restarted agent that
@@ -522,6 +609,7 @@ class EtcdWaitQueue:
         self._lock = threading.Lock()
         self._keepalive_stop = threading.Event()
         self._keepalive: threading.Thread | None = None
+        self._stream = _KeepAliveStream(conn.options.timeout)  # the pollers' places' refreshes
         self.keepalives = 0  # lease refreshes sent (the benchmarks' "writes" of a waiting agent)
 
     def waiters(self) -> tuple[Waiter, ...]:
@@ -587,8 +675,7 @@ class EtcdWaitQueue:
             if info is not None and info.TTL > 0:
                 ttl = place_ttl(info.grantedTTL - info.TTL, self.ttl)
                 if abs(ttl - info.grantedTTL) <= max(1, info.grantedTTL // 4):
-                    responses = _refresher(old_lease)(client)
-                    if responses and responses[0].TTL > 0:
+                    if self._refresh(client, old_lease) > 0:
                         return
                     continue  # it expired just now: queue again
             else:
@@ -603,6 +690,16 @@ class EtcdWaitQueue:
             client.revoke_lease(lease.id)
             self._no_record(client, record, waiter)
         raise Conflict(f"the place of {waiter.id!r} in line kept changing")
+
+    def _refresh(self, client: Any, lease_id: int) -> int:
+        """Refresh a polling client's place's lease on the shared stream, else on a stream of its
+        own; the TTL it has left."""
+        try:
+            return self._stream.refresh(client, lease_id)
+        except (grpc.RpcError, TimeoutError, FutureTimeout, ConnectionError) as exc:
+            log.debug("keep-alive stream: %s; refreshing on a stream of its own", exc)
+        responses = _refresher(lease_id)(client)
+        return int(responses[0].TTL) if responses else 0
 
     @staticmethod
     def _no_record(client: Any, record: str, waiter: Waiter) -> None:
@@ -685,6 +782,7 @@ class EtcdWaitQueue:
 
     def close(self) -> None:
         self._keepalive_stop.set()
+        self._stream.close()
 
 
 class _KeyWatch:
