@@ -11,12 +11,15 @@ hangs delays no other), each request bounded by ``timeout``; the outcome of each
 dropped) handed to ``on_outcome`` for the metric; a failure logged with the URL named by its
 place (``notify_urls[0]``) and apprise's service name. Never: waits for a receiver in the
 caller's thread, raises into it, or logs a URL or any part of one -- apprise's own log lines (and
-urllib3's) have the URLs' parts masked.
+urllib3's) have the URLs' parts masked; imports an apprise plugin no configured URL needs (see
+``instantiate``).
 """
 
 from __future__ import annotations
 
+import importlib
 import logging
+import os
 import re
 import threading
 import time
@@ -67,7 +70,7 @@ class AppriseNotifier:
         services: list[tuple[str, Any]] = []
         problems: list[Problem] = []
         for i, url in enumerate(urls):
-            service = apprise.Apprise.instantiate(url, asset=asset)
+            service = instantiate(url, asset)
             if service is None:
                 problems.append(
                     Problem(
@@ -215,6 +218,91 @@ class _Sender:
                 with self._cond:
                     self._busy = False
                     self._cond.notify_all()
+
+
+def instantiate(url: str, asset: Any) -> Any:
+    """``apprise.Apprise.instantiate(url, asset=asset)``, importing only the plugin that serves the
+    URL's scheme: the service, or None when apprise could not use the URL.
+
+    apprise's own ``instantiate`` imports every one of its ~190 plugin modules on its first look-up,
+    and with them their libraries (cryptography, oauthlib, paho, ...): about 25 MiB an agent would
+    carry for its whole life to send to one or two services. Here the plugin declaring the scheme
+    is found by reading the plugins' sources (``protocol = ...``), imported alone, checked to
+    declare the scheme, and used as apprise's ``instantiate`` uses it. A scheme that no plugin
+    declares -- a service's own https:// URL (apprise's "native" URLs), or a mistake -- goes to
+    apprise's ``instantiate``, which loads them all: apprise's answer, at apprise's cost."""
+    import apprise
+    from apprise.utils.parse import GET_SCHEMA_RE
+
+    found = GET_SCHEMA_RE.match(url)
+    plugin = _plugin(found.group("schema").lower()) if found else None
+    if plugin is None:
+        return apprise.Apprise.instantiate(url, asset=asset)
+    # What apprise's instantiate does once it knows the plugin (apprise 1.9 to 2.3).
+    results = plugin.parse_url(url.replace("/#", "/%23"))
+    if not results or not plugin.enabled:
+        return None
+    results["tag"] = set()
+    results["asset"] = asset
+    try:
+        service = plugin(**results)
+    except Exception:  # noqa: BLE001 -- apprise's instantiate answers None for any of them too
+        return None
+    return service if service.enabled else None
+
+
+# A plugin's class attribute naming schemes: protocol = "json", secure_protocol = ("a", "b"),
+# kodi_protocol = "kodi". A candidate only: the class imported must declare the scheme.
+_PROTOCOL = re.compile(r"^\s+\w*protocol\s*=\s*(\([^)]*\)|\"[^\"]*\"|'[^']*')", re.MULTILINE)
+_QUOTED = re.compile(r"[\"']([^\"']+)[\"']")
+# The plugin modules apprise itself loads (manager.py): not base, not private.
+_MODULE = re.compile(r"^(?!base|_)[a-z0-9_]+$", re.IGNORECASE)
+
+
+def _plugin(scheme: str) -> Any:
+    """The apprise plugin class declaring ``scheme``, having imported its module and no other
+    plugin's; None when no plugin's source declares it."""
+    import apprise.plugins
+    from apprise.manager_plugins import NotificationManager
+
+    for name in _modules_declaring(scheme, apprise.plugins.__path__):
+        module = importlib.import_module(f"apprise.plugins.{name}")
+        for attr in sorted(vars(module)):
+            plugin = getattr(module, attr)
+            if (
+                NotificationManager.module_filter_re.match(attr)
+                and hasattr(plugin, "app_id")
+                and scheme in {s.lower() for s in plugin.schemas(plugin)}
+            ):
+                return plugin
+    return None
+
+
+def _modules_declaring(scheme: str, roots: Iterable[str]) -> list[str]:
+    """The names of the plugin modules (a file, or a package's directory) under ``roots`` whose
+    source assigns ``scheme`` to a ``protocol`` or ``secure_protocol``."""
+    names = []
+    for root in roots:
+        for entry in sorted(os.listdir(root)):
+            path = os.path.join(root, entry)
+            name = entry.removesuffix(".py")
+            if not _MODULE.match(name):
+                continue
+            if os.path.isdir(path):
+                files = [os.path.join(path, f) for f in sorted(os.listdir(path)) if f.endswith(".py")]
+            elif entry.endswith(".py"):
+                files = [path]
+            else:
+                continue
+            if any(scheme in _schemes_in(f) for f in files):
+                names.append(name)
+    return names
+
+
+def _schemes_in(path: str) -> set[str]:
+    with open(path, encoding="utf-8") as fh:
+        text = fh.read()
+    return {s.lower() for m in _PROTOCOL.finditer(text) for s in _QUOTED.findall(m.group(1))}
 
 
 def _bound(service: Any, url: str, timeout: float) -> None:
