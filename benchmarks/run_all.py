@@ -1,6 +1,7 @@
 """Run every benchmark; each prints JSON and writes benchmarks/out/.
 
-The last five need `make testbin`; realnode.py also root and `make image`.
+fleetlock_peers.py needs the airlock binary (tests/support/peers.py: $TESTS_AIRLOCK_BIN, testbin/
+or ../shared/peers/). The last five need `make testbin`; realnode.py also root and `make image`.
 The fault campaign is `make faults`.
 """
 
@@ -17,6 +18,7 @@ for script in (
     "handoff.py",
     "rollout.py",
     "metrics_flood.py",
+    "fleetlock_peers.py",
     "controlplane.py",
     "handoff_kube.py",
     "scale.py",
