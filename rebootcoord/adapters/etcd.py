@@ -35,7 +35,6 @@ from etcd3 import etcdrpc
 from rebootcoord.adapters.retry import retrying as retrying_for
 from rebootcoord.core.bounds import ETCD_CAPACITY
 from rebootcoord.core.documents import load_json, quoted
-from rebootcoord.core.fleetlock import place_ttl
 from rebootcoord.core.group import GroupState
 from rebootcoord.core.rollout import Cycle, Ledger, decode_members
 from rebootcoord.core.semaphore import AGENT, FLEETLOCK, HolderRecord, PauseInfo, SemaphoreState, Waiter
@@ -654,6 +653,8 @@ class EtcdWaitQueue:
         is what the lease had run down). Never where a place of another kind is (an agent's)
         or where the id has a holder record (a holder queues no more): IdInUse. Every put is
         guarded in its transaction, so neither can slip in between."""
+        from rebootcoord.core.fleetlock import place_ttl  # the server's rules: no agent loads them
+
         t = client.transactions
         record = self.keys.records + waiter.id
         for _ in range(3):

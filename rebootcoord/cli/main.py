@@ -90,7 +90,7 @@ def parser() -> argparse.ArgumentParser:
     relay.add_argument(
         "--log-format", choices=("text", "json"), default="text", help="log lines: %(choices)s (default text)"
     )
-    from rebootcoord.sim.cli import add_simulate_parser
+    from rebootcoord.sim.args import add_simulate_parser
 
     add_simulate_parser(sub)
     add_completion_parser(sub, "rebootcoord")

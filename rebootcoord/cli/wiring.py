@@ -9,7 +9,7 @@ import os
 import threading
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from prometheus_client import CollectorRegistry
 
@@ -22,11 +22,13 @@ from rebootcoord.core.config import Settings
 from rebootcoord.core.types import Group, NodeName
 from rebootcoord.daemon.agent import Agent, AgentParts, AgentSettings
 from rebootcoord.daemon.events import EventLog
-from rebootcoord.daemon.fleetlock import FleetLockService
 from rebootcoord.daemon.group import GroupClient
 from rebootcoord.daemon.metrics import Metrics
 from rebootcoord.errors import UsageError
 from rebootcoord.ports import Check, GroupCatalog, NodeOps, Notifier, Semaphore
+
+if TYPE_CHECKING:  # the FleetLock server's rules: an agent never loads them
+    from rebootcoord.daemon.fleetlock import FleetLockService
 
 
 def connect_kube(
@@ -325,7 +327,7 @@ def build_fleetlock_service(
     """The FleetLock server: a group client per served group (one connection for all), the
     agent's rules for its clients (budgets, windows, drain failure, stop the line) and gates,
     and on Kubernetes the Node directory with the agent's drain options."""
-    from rebootcoord.daemon.fleetlock import ServerMetrics, ServerSettings
+    from rebootcoord.daemon.fleetlock import FleetLockService, ServerMetrics, ServerSettings
 
     fl = settings.fleetlock
     backend = settings.semaphore.backend

@@ -48,11 +48,16 @@ def plugins(modules: set[str]) -> set[str]:
     return {m.split(".")[2] for m in packages(modules, "apprise.plugins") if m.count(".") >= 2} - {"base"}
 
 
-def test_an_idle_etcd_agent_loads_neither_kubernetes_nor_apprise(tmp_path: Path) -> None:
+def test_an_idle_etcd_agent_loads_no_kubernetes_apprise_simulator_or_fleetlock_server(
+    tmp_path: Path,
+) -> None:
     modules = agent_modules(tmp_path)
     assert "rebootcoord.adapters.etcd" in modules  # the agent built is the etcd one
     for heavy in ("kubernetes", "apprise", "requests", "cryptography"):
         assert not packages(modules, heavy), f"{heavy} loaded: {sorted(packages(modules, heavy))[:5]}"
+    # The simulate command's arguments (sim.args) are in every parser; the simulator is not.
+    assert packages(modules, "rebootcoord.sim") == {"rebootcoord.sim", "rebootcoord.sim.args"}
+    assert not {"rebootcoord.daemon.fleetlock", "rebootcoord.core.fleetlock"} & modules
 
 
 @pytest.mark.parametrize(
