@@ -118,6 +118,16 @@ class GroupStore(Protocol):
     def close(self) -> None: ...
 
 
+@runtime_checkable
+class ReadsItsLine(Protocol):
+    """A store that reads its group's line with the group, in one snapshot (etcd: one
+    transaction): one request where there were two, and never a holder caught between them."""
+
+    def read_with_line(self, queue: WaitQueue) -> tuple[GroupState, Any, tuple[Waiter, ...]] | None:
+        """The state, its version and ``queue``'s line, at one revision; None when ``queue`` is
+        not a line this store can read."""
+
+
 class WaitQueue(Protocol):
     """The line for a group's slots: request order; a dead waiter's place expires, a restarted
     agent keeps its own; a waiter is woken only when the one ahead of it leaves."""

@@ -18,7 +18,7 @@ import queue
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future
 from concurrent.futures import TimeoutError as FutureTimeout
 from contextlib import contextmanager
@@ -297,6 +297,17 @@ class EtcdGroupStore:
         self._lock = threading.Lock()
 
     def read(self) -> tuple[GroupState, EtcdVersion]:
+        state, version, _ = self._read(line=False)
+        return state, version
+
+    def read_with_line(self, queue: Any) -> tuple[GroupState, EtcdVersion, tuple[Waiter, ...]] | None:
+        """The group and its line in one transaction (one snapshot, one request), when ``queue``
+        is this group's line on etcd; None otherwise."""
+        if not isinstance(queue, EtcdWaitQueue) or queue.keys.waiters != self.keys.waiters:
+            return None
+        return self._read(line=True)
+
+    def _read(self, *, line: bool) -> tuple[GroupState, EtcdVersion, tuple[Waiter, ...]]:
         k = self.keys
 
         def fetch(client: Any) -> tuple[int, list[list[_Kv]]]:
@@ -309,12 +320,15 @@ class EtcdGroupStore:
                 t.get(k.members),
                 t.get(k.history, range_end=_prefix_end(k.history)),
             ]
+            if line:
+                gets.append(t.get(k.waiters, range_end=_prefix_end(k.waiters)))
             _, revision, ranges = _txn(client, [], gets)
             return revision, ranges
 
-        revision, (slots_kvs, record_kvs, pause_kvs, ledger_kvs, member_kvs, history_kvs) = self.conn.call(
-            fetch
-        )
+        revision, ranges = self.conn.call(fetch)
+        slots_kvs, record_kvs, pause_kvs, ledger_kvs, member_kvs, history_kvs = ranges[:6]
+        places = ranges[6] if line else []
+        waiters = _line(k.waiters, ((kv.key, kv.value, kv.create_revision) for kv in places))
         slots_kv = slots_kvs[0] if slots_kvs else None
         pause_kv = pause_kvs[0] if pause_kvs else None
         ledger_kv = ledger_kvs[0] if ledger_kvs else None
@@ -337,7 +351,7 @@ class EtcdGroupStore:
             frozenset(kv.key[len(k.history) :] for kv in history_kvs),
             legacy,
         )
-        return state, version
+        return state, version, waiters
 
     def _state(
         self,
@@ -617,11 +631,8 @@ class EtcdWaitQueue:
         def fetch(client: Any) -> list[Any]:
             return list(client.get_prefix(prefix))
 
-        found = []
-        for value, meta in self.conn.call(fetch):
-            holder = meta.key.decode()[len(prefix) :]
-            found.append(_decode_waiter(value, holder=holder, order=int(meta.create_revision)))
-        return tuple(sorted(found, key=lambda w: w.order))
+        found = self.conn.call(fetch)
+        return _line(prefix, ((meta.key.decode(), value, int(meta.create_revision)) for value, meta in found))
 
     def join(self, waiter: Waiter) -> None:
         key = self.keys.waiters + waiter.id
@@ -861,6 +872,12 @@ def _refresher(lease_id: int) -> Callable[[Any], list[Any]]:
 
 def _revoker(lease_id: int) -> Callable[[Any], Any]:
     return lambda client: client.revoke_lease(lease_id)
+
+
+def _line(prefix: str, kvs: Iterable[tuple[str, bytes, int]]) -> tuple[Waiter, ...]:
+    """The places under ``prefix`` -- (key, value, create revision) -- in request order."""
+    found = [_decode_waiter(value, holder=key[len(prefix) :], order=created) for key, value, created in kvs]
+    return tuple(sorted(found, key=lambda w: w.order))
 
 
 def _encode_waiter(waiter: Waiter) -> bytes:

@@ -22,7 +22,7 @@ from rebootcoord.core.group import Ending, GroupState
 from rebootcoord.core.semaphore import NO_LIMITS, GroupView, HolderRecord, Limits, PauseInfo, Waiter
 from rebootcoord.core.types import Group, HolderId
 from rebootcoord.errors import Conflict, GroupPaused, Interrupted, NoFreeSlot, NotHolder, StoreFull
-from rebootcoord.ports import GroupStore, WaitQueue
+from rebootcoord.ports import GroupStore, ReadsItsLine, WaitQueue
 
 log = logging.getLogger(__name__)
 
@@ -53,6 +53,8 @@ class GroupClient:
     ) -> None:
         self.store = store
         self.queue = queue
+        # A store that reads the group and its line in one snapshot (etcd), else None.
+        self._with_line: ReadsItsLine | None = store if isinstance(store, ReadsItsLine) else None
         self.group: Group = store.group
         self.stop = stop or threading.Event()
         self.on_conflict = on_conflict
@@ -84,11 +86,18 @@ class GroupClient:
     def read(self, *, queue: bool = True, line_first: bool = False) -> GroupView:
         """The group, and its queue in request order (``queue=False``: no queue read).
 
-        Two reads, not one moment. ``line_first`` reads the line before the group: a take writes
-        its record, then leaves the line, so a holder moving from one to the other is seen in
-        at least one of them (what the FleetLock server's "whose id is this" needs). The agent
-        reads the group first: its watch of the waiter ahead starts from the group's revision,
-        so the line must be as new or newer."""
+        One snapshot where the store can read the line with the group (ReadsItsLine: etcd).
+        Elsewhere two reads, not one moment: ``line_first`` reads the line before the group: a
+        take writes its record, then leaves the line, so a holder moving from one to the other is
+        seen in at least one of them (what the FleetLock server's "whose id is this" needs). The
+        agent reads the group first: its watch of the waiter ahead starts from the group's
+        revision, so the line must be as new or newer (one snapshot satisfies both)."""
+        together = (
+            self._with_line.read_with_line(self.queue) if queue and self._with_line is not None else None
+        )
+        if together is not None:
+            state, version, waiters = together
+            return state.view(self.group, waiters, revision=_revision(version))
         waiters = self.queue.waiters() if queue and line_first else ()
         state, version = self.store.read()
         if queue and not line_first:
