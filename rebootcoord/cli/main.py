@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import signal
 import sys
 import threading
@@ -30,7 +31,7 @@ from rebootcoord.cli.common import (
 from rebootcoord.cli.wiring import build_agent
 from rebootcoord.core.config import Settings, to_plain
 from rebootcoord.daemon import metrics as metrics_server
-from rebootcoord.errors import UsageError
+from rebootcoord.errors import ConfigError, Problem, UsageError
 
 #: What the agent's and the server's --help say of where their configuration comes from.
 CONFIG_EPILOG = (
@@ -136,6 +137,18 @@ def run_agent(args: argparse.Namespace) -> int:
     settings = settings_from_args(args)
     if args.print_config:
         return print_config(settings)
+    # Checked where the agent runs, not by the configuration's loader: the same file is read
+    # elsewhere (rebootctl --config, a chart rendered and checked on another machine).
+    if not os.path.isdir(settings.host.host_root):
+        raise ConfigError(
+            [
+                Problem(
+                    "host_root",
+                    settings.host.host_root,
+                    "an existing directory (where the host's file system is mounted)",
+                )
+            ]
+        )
     setup_logging(settings.observability.log_level, settings.observability.log_format)
     stop = threading.Event()
     registry = CollectorRegistry()

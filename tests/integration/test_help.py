@@ -226,7 +226,6 @@ CONFIG_REFUSALS = [
     (("--check-interval", "-5s"), "check_interval (from flag --check-interval): got '-5s'"),
     (("--reboot-command", "[./reboot.sh]"), "reboot_command (from flag --reboot-command): got ['./"),
     (("--detectors", "[{type: command, argv: [bin/check]}]"), "detectors[0].argv"),
-    (("--host-root", "/nonexistent/host"), "host_root (from flag --host-root): got '/nonexistent/host'"),
 ]
 
 
@@ -250,3 +249,15 @@ def test_status_into_a_closed_pipe_ends_quietly(etcd: EtcdServer, prefix: str, o
     finally:
         os.close(write_end)
     assert done.returncode == EXIT_CLOSED_PIPE and done.stderr == "", done.stderr
+
+
+def test_the_agent_refuses_to_start_on_a_host_root_that_does_not_exist() -> None:
+    """Checked when the agent starts, not when a configuration is read: --print-config and
+    rebootctl read the same file on machines without the host mounted."""
+    done = run(
+        "rebootcoord", "agent", "--host-root", "/nonexistent/host", "--etcd-endpoints", "http://127.0.0.1:1"
+    )
+    assert done.returncode == EXIT_USAGE, done.stderr
+    assert "host_root: got '/nonexistent/host', expected an existing directory" in done.stderr
+    assert "Traceback" not in done.stderr
+    assert run("rebootcoord", "agent", "--print-config", "--host-root", "/nonexistent/host").returncode == 0

@@ -195,7 +195,7 @@ def test_the_zincati_drop_in_points_at_the_servers_port() -> None:
 
 def test_the_flatcar_snippets_leave_the_reboot_to_the_agent() -> None:
     assert "REBOOT_STRATEGY=off" in docs_block(
-        "sh", "# /etc/flatcar/update.conf (keep GROUP= and SERVER= lines if you have them)"
+        "ini", "# /etc/flatcar/update.conf (keep GROUP= and SERVER= lines if you have them)"
     )
     butane = yaml.safe_load(docs_block("yaml", "variant: flatcar"))
     (conf,) = butane["storage"]["files"]

@@ -236,12 +236,6 @@ def _cross_checks(s: Settings, sources: Mapping[str, str]) -> tuple[Settings, li
             "a non-empty argv list",
         )
     need(os.path.isabs(s.host.host_root), "host_root", s.host.host_root, "an absolute path")
-    need(
-        not os.path.isabs(s.host.host_root) or os.path.isdir(s.host.host_root),
-        "host_root",
-        s.host.host_root,
-        "an existing directory (where the host's file system is mounted)",
-    )
     need(os.path.isabs(s.host.boot_id_file), "boot_id_file", s.host.boot_id_file, "an absolute path")
     if s.host.host_exec == "nsenter":
         need(bool(s.host.nsenter_argv), "nsenter_argv", list(s.host.nsenter_argv), "a non-empty argv list")
