@@ -232,10 +232,15 @@ def instantiate(url: str, asset: Any) -> Any:
     declares -- a service's own https:// URL (apprise's "native" URLs), or a mistake -- goes to
     apprise's ``instantiate``, which loads them all: apprise's answer, at apprise's cost."""
     import apprise
-    from apprise.utils.parse import GET_SCHEMA_RE
 
-    found = GET_SCHEMA_RE.match(url)
-    plugin = _plugin(found.group("schema").lower()) if found else None
+    try:
+        from apprise.utils.parse import GET_SCHEMA_RE
+
+        found = GET_SCHEMA_RE.match(url)
+        plugin = _plugin(found.group("schema").lower()) if found else None
+    except (ImportError, AttributeError, OSError) as exc:  # an apprise laid out otherwise
+        log.debug("apprise plugin look-up: %s; apprise's own", exc)
+        plugin = None
     if plugin is None:
         return apprise.Apprise.instantiate(url, asset=asset)
     # What apprise's instantiate does once it knows the plugin (apprise 1.9 to 2.3).
