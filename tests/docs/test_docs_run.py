@@ -40,6 +40,8 @@ from tests.docs.mdblocks import (
 PLAN = plan(doc_files())
 RUN_TIMEOUT = 300  # one block; the longest, a rollout in waves, takes about 25 s
 #: Never reinstall the shared .venv from a docs block: `make demo` runs what is installed.
+#: What a make running the suite tells the makes below it.
+MAKE_VARIABLES = frozenset({"MAKEFLAGS", "MAKELEVEL", "MFLAGS", "MAKEOVERRIDES"})
 MAKE_SHIM = 'make() { command make -o .venv/.installed "$@"; }\n'
 #: Top-level entries a docs block may name before they exist (built or written by a make target).
 GENERATED = {"testbin", ".cluster", "dist", "sim-run"}
@@ -191,7 +193,13 @@ def test_the_block_runs_and_prints_what_the_docs_show(
     run: Run, tmp_path: Path, request: pytest.FixtureRequest
 ) -> None:
     script = run.script
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("REBOOTCOORD_", "KUBECONFIG"))}
+    # A user's shell: none of our variables, and no make of ours around it (`make test` runs
+    # this, and a block's `make demo` would say "make[1]: Entering directory" in its output).
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith(("REBOOTCOORD_", "KUBECONFIG")) and k not in MAKE_VARIABLES
+    }
     env["PATH"] = f"{REPO / '.venv' / 'bin'}{os.pathsep}{env.get('PATH', '')}"
     env["TMPDIR"] = str(tmp_path)
     work = scratch_dir(tmp_path)
