@@ -11,6 +11,7 @@ only the composition roots in ``rebootcoord.cli`` turn exceptions into exit code
     ├── CorruptDocument             a semaphore document that is not what it must be; never repaired
     ├── SemaphoreError              a refused semaphore operation (permanent, not retried)
     │   ├── NoSemaphore             the group's semaphore does not exist yet
+    │   │   └── GroupAbsent         nothing of the group is stored at all
     │   ├── NoFreeSlot              every slot is held, or earlier waiters come first
     │   │   └── StoreFull           the group's stored documents would outgrow their store
     │   ├── GroupPaused             an operator paused the group
@@ -128,6 +129,11 @@ class SemaphoreError(RebootcoordError):
 
 class NoSemaphore(SemaphoreError):
     """The group's semaphore does not exist yet."""
+
+
+class GroupAbsent(NoSemaphore):
+    """Nothing of the group is stored at all (an operator's change refused: a typo in the group's
+    name never creates one)."""
 
 
 class NoFreeSlot(SemaphoreError):

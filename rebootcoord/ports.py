@@ -204,8 +204,9 @@ class Semaphore(Protocol):
     def reclaim(self, holder: HolderId, expect: HolderRecord, ending: Ending | None = None) -> bool:
         """Take back ``holder``'s slot if it still holds it with the record ``expect``."""
 
-    def pause(self, info: PauseInfo) -> None:
-        """Pause the group: no new slot until it is resumed (stop the line)."""
+    def pause(self, info: PauseInfo) -> object:
+        """Pause the group: no new slot until it is resumed (stop the line). What it answers
+        (GroupClient: the change applied) is for operators; the agent ignores it."""
 
     def close(self) -> None: ...
 

@@ -16,7 +16,7 @@ import json
 import os
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 import yaml
@@ -39,7 +39,7 @@ from rebootcoord.cli.common import (
 from rebootcoord.cli.wiring import build_semaphore_and_catalog
 from rebootcoord.core.bounds import HISTORY_SIZE, MAX_PAUSE_REASON_BYTES, MAX_PAUSE_REASONS, MAX_TEXT_BYTES
 from rebootcoord.core.config import KEYS, Settings
-from rebootcoord.core.group import BUSY_PHASES, Ending, GroupState
+from rebootcoord.core.group import BUSY_PHASES, Ending, stored
 from rebootcoord.core.rollout import UNLOCKED, Cycle
 from rebootcoord.core.semaphore import (
     AGENT,
@@ -53,7 +53,7 @@ from rebootcoord.core.semaphore import (
 )
 from rebootcoord.core.types import HOLDER_ID_RE, HolderId, NodeName, Phase
 from rebootcoord.daemon.group import GroupClient
-from rebootcoord.errors import HolderBusy, NoSemaphore, UsageError
+from rebootcoord.errors import GroupAbsent, HolderBusy, UsageError
 from rebootcoord.ports import GroupCatalog
 
 _CTL = {"group", "backend", "node_name", "kubeconfig", "kube_context", "namespace"}
@@ -207,10 +207,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     return reported("rebootctl", lambda: _main(args))
 
 
-class _Absent(Exception):
-    """The group has nothing stored: it does not exist (raised inside a change: nothing written)."""
-
-
 def _main(args: argparse.Namespace) -> int:
     # A kubectl plugin finds its group where kubectl finds the cluster: in a Lease.
     fallbacks = {"backend": "kubernetes"} if getattr(args, "kubectl_plugin", False) else None
@@ -219,30 +215,10 @@ def _main(args: argparse.Namespace) -> int:
     try:
         try:
             return _run(args, settings, sem)
-        except _Absent:
-            raise NoSemaphore(_absent(settings, catalog)) from None
+        except GroupAbsent:
+            raise GroupAbsent(_absent(settings, catalog)) from None
     finally:
         sem.close()
-
-
-def _stored(group: GroupState | GroupView) -> bool:
-    """Anything of the group is stored: its slots, a record, a pause, a rollout or history, or a
-    document that cannot be read."""
-    return (
-        bool(group.slots is not None or group.records or group.paused is not None or group.corrupt)
-        or not group.ledger.empty
-    )
-
-
-def _existing(change: Callable[[GroupState], GroupState]) -> Callable[[GroupState], GroupState]:
-    """``change``, refused (``_Absent``) on a group that does not exist: never created by it."""
-
-    def run(state: GroupState) -> GroupState:
-        if not _stored(state):
-            raise _Absent
-        return change(state)
-
-    return run
 
 
 def _absent(settings: Settings, catalog: GroupCatalog) -> str:
@@ -267,8 +243,8 @@ def _run(args: argparse.Namespace, settings: Settings, sem: GroupClient) -> int:
     match args.command:
         case "status":
             view = sem.read()
-            if not _stored(view) and not view.waiters:
-                raise _Absent
+            if not stored(view) and not view.waiters:
+                raise GroupAbsent(group)
             _print_status(view, args.output)
             return EXIT_CORRUPT if view.corrupt else EXIT_OK
         case "lock":
@@ -288,28 +264,23 @@ def _run(args: argparse.Namespace, settings: Settings, sem: GroupClient) -> int:
                 reason=args.reason,
                 note=f"locked by {who}",
             )
-            capacity = sem.store.capacity
-            sem.apply(_existing(lambda s: s.lock(record, capacity=capacity)))
+            sem.lock(record.id, record, existing=True)
             print(f"locked: {holder} holds a slot of group {group}")
         case "unlock":
             try:
                 ending = Ending(UNLOCKED, time.time(), f"unlocked by {who}")
-                applied = sem.apply(
-                    _existing(lambda s: s.unlock(HolderId(args.id), force=args.force, ending=ending))
-                )
-                sem.leave_queue(HolderId(args.id))
+                freed = sem.unlock(HolderId(args.id), force=args.force, ending=ending, existing=True)
             except HolderBusy as exc:
                 print(f"rebootctl: refused: {exc}", file=sys.stderr)
                 print(f"rebootctl: `rebootctl unlock --force {args.id}` would free it: {_forced(exc.record)}",
                       file=sys.stderr)  # fmt: skip
                 return EXIT_FAILED
-            freed = applied.before.records.get(HolderId(args.id))
             was = f" (it was {freed.phase} on {freed.node})" if freed else ""
             print(f"unlocked: {args.id} released its slot of group {group}{was}")
             if freed is not None and freed.kind != MANUAL and freed.phase in BUSY_PHASES:
                 print(f"warning: {_forced(freed)}", file=sys.stderr)
         case "set-max":
-            applied = sem.apply(lambda s: s.with_max(args.max))
+            applied = sem.set_max(args.max)
             if applied.before.slots is None:
                 print(f"group {group}: created with max {args.max}")
             elif applied.changed:
@@ -318,10 +289,10 @@ def _run(args: argparse.Namespace, settings: Settings, sem: GroupClient) -> int:
                 print(f"group {group}: max is {args.max} already: nothing changed")
         case "pause":
             info = PauseInfo(by=who, at=time.time(), reason=args.reason)
-            applied = sem.apply(_existing(lambda s: s.pause(info)))
+            applied = sem.pause(info, existing=True)
             _said_paused(group, applied.before.paused, applied.after.paused, changed=applied.changed)
         case "resume":
-            applied = sem.apply(_existing(lambda s: s.resume()))
+            applied = sem.resume(existing=True)
             paused = applied.before.paused
             if paused is None:
                 print(f"group {group} was not paused: nothing changed")
@@ -329,8 +300,8 @@ def _run(args: argparse.Namespace, settings: Settings, sem: GroupClient) -> int:
                 print(f"group {group} resumed (paused by {printable(paused.by)} since {rfc3339(paused.at)})")
         case "history":
             view = sem.read(queue=False)
-            if not _stored(view):
-                raise _Absent
+            if not stored(view):
+                raise GroupAbsent(group)
             _print_history(view, args.output, args.limit)
             return EXIT_CORRUPT if view.corrupt else EXIT_OK
     return EXIT_OK

@@ -317,6 +317,15 @@ class GroupState:
         return replace(self, paused=None)
 
 
+def stored(group: GroupState | GroupView) -> bool:
+    """Anything of the group is stored: its slots, a record, a pause, a rollout or history, or a
+    document that cannot be read (a group that exists, for rebootctl)."""
+    return (
+        bool(group.slots is not None or group.records or group.paused is not None or group.corrupt)
+        or not group.ledger.empty
+    )
+
+
 def _too_many_failures(rollout: Rollout | None, record: HolderRecord, ending: Ending) -> PauseInfo | None:
     """Stop the line when drains failed ``drain_failures`` times in the node's wave."""
     if rollout is None or ending.outcome != DRAIN_FAILED or rollout.plan.drain_failures <= 0:

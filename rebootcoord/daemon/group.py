@@ -18,10 +18,18 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from rebootcoord.core.group import Ending, GroupState
+from rebootcoord.core.group import Ending, GroupState, stored
 from rebootcoord.core.semaphore import NO_LIMITS, GroupView, HolderRecord, Limits, PauseInfo, Waiter
 from rebootcoord.core.types import Group, HolderId
-from rebootcoord.errors import Conflict, GroupPaused, Interrupted, NoFreeSlot, NotHolder, StoreFull
+from rebootcoord.errors import (
+    Conflict,
+    GroupAbsent,
+    GroupPaused,
+    Interrupted,
+    NoFreeSlot,
+    NotHolder,
+    StoreFull,
+)
 from rebootcoord.ports import GroupStore, ReadsItsLine, WaitQueue
 
 log = logging.getLogger(__name__)
@@ -184,25 +192,42 @@ class GroupClient:
         return True
 
     # -- operators (rebootctl) -------------------------------------------------------------------
+    # ``existing``: refuse a group of which nothing is stored (GroupAbsent), in the same
+    # compare-and-swap as the change, so that an operator's typo never creates a group.
 
-    def lock(self, holder: HolderId, record: HolderRecord) -> None:
-        self.apply(lambda s: s.lock(record, capacity=self.store.capacity))
+    def lock(self, holder: HolderId, record: HolderRecord, *, existing: bool = False) -> None:
+        self.apply(self._guarded(lambda s: s.lock(record, capacity=self.store.capacity), existing))
 
     def unlock(
-        self, holder: HolderId, *, force: bool = False, ending: Ending | None = None
+        self, holder: HolderId, *, force: bool = False, ending: Ending | None = None, existing: bool = False
     ) -> HolderRecord | None:
-        applied = self.apply(lambda s: s.unlock(holder, force=force, ending=ending))
+        """The record of the holder freed (None: it had none)."""
+        applied = self.apply(self._guarded(lambda s: s.unlock(holder, force=force, ending=ending), existing))
         self.queue.leave(holder)
         return applied.before.records.get(holder)
 
-    def set_max(self, new_max: int) -> None:
-        self.apply(lambda s: s.with_max(new_max))
+    def set_max(self, new_max: int) -> Applied:
+        """Creates the group if need be (as the first agent would)."""
+        return self.apply(lambda s: s.with_max(new_max))
 
-    def pause(self, info: PauseInfo) -> None:
-        self.apply(lambda s: s.pause(info))
+    def pause(self, info: PauseInfo, *, existing: bool = False) -> Applied:
+        return self.apply(self._guarded(lambda s: s.pause(info), existing))
 
-    def resume(self) -> None:
-        self.apply(lambda s: s.resume())
+    def resume(self, *, existing: bool = False) -> Applied:
+        return self.apply(self._guarded(lambda s: s.resume(), existing))
+
+    def _guarded(
+        self, change: Callable[[GroupState], GroupState], existing: bool
+    ) -> Callable[[GroupState], GroupState]:
+        if not existing:
+            return change
+
+        def on_existing(state: GroupState) -> GroupState:
+            if not stored(state):
+                raise GroupAbsent(f"group {self.group} does not exist")
+            return change(state)
+
+        return on_existing
 
     def close(self) -> None:
         self.queue.close()
