@@ -702,7 +702,9 @@ CLIENT_PACKAGES = ("etcd3", "grpc", "google", "six", "rebootcoord.adapters.etcd"
 
 def main() -> None:
     import argparse
+    import atexit
     import py_compile
+    import shutil
     import subprocess
     import sysconfig
     import tempfile
@@ -722,6 +724,7 @@ def main() -> None:
     binary = args.etcd if os.path.exists(args.etcd) else find_etcd()
     etcd_version = subprocess.run([binary, "--version"], capture_output=True, text=True, check=True)
     work = tempfile.mkdtemp(prefix="etcd-clients-")
+    atexit.register(shutil.rmtree, work, True)
     compiled = py_compile.compile(__file__, cfile=os.path.join(work, "etcd_clients_child.pyc"), doraise=True)
 
     def run_child(python: str, spec: dict[str, Any], env: dict[str, str] | None = None) -> dict[str, Any]:
