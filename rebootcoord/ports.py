@@ -128,6 +128,26 @@ class ReadsItsLine(Protocol):
         not a line this store can read."""
 
 
+@runtime_checkable
+class Mirrored(Protocol):
+    """A store that keeps its group and line in memory from a watch (etcd, for the FleetLock
+    server): a view to refuse from without a request, never one to grant from."""
+
+    def mirrored(
+        self, queue: WaitQueue, *, since: int = 0, wait: float = 0.0
+    ) -> tuple[GroupState, Any, tuple[Waiter, ...]] | None:
+        """The state, its version and ``queue``'s line as last seen, if the mirror is live and has
+        seen revision ``since`` (waiting up to ``wait`` seconds for it); None otherwise."""
+
+
+@runtime_checkable
+class KeepsPolledPlaces(Protocol):
+    """A line that can keep a polling client's place from what this process knows of it."""
+
+    def keep(self, holder: HolderId) -> bool:
+        """The place kept (its refresh on its way) without a request; False: use ``join``."""
+
+
 class WaitQueue(Protocol):
     """The line for a group's slots: request order; a dead waiter's place expires, a restarted
     agent keeps its own; a waiter is woken only when the one ahead of it leaves."""

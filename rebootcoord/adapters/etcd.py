@@ -17,12 +17,13 @@ import logging
 import queue
 import threading
 import time
-from collections import deque
+from collections import OrderedDict, deque
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future
 from concurrent.futures import TimeoutError as FutureTimeout
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
+from functools import partial
 from typing import Any, TypeVar
 from urllib.parse import urlsplit
 
@@ -204,6 +205,7 @@ class _Kv:
     value: bytes
     create_revision: int
     mod_revision: int
+    lease: int = 0
 
 
 def _txn(client: Any, compare: list[Any], success: list[Any]) -> tuple[bool, int, list[list[_Kv]]]:
@@ -220,7 +222,7 @@ def _txn(client: Any, compare: list[Any], success: list[Any]) -> tuple[bool, int
         if item.WhichOneof("response") == "response_range":
             ranges.append(
                 [
-                    _Kv(kv.key.decode(), kv.value, int(kv.create_revision), int(kv.mod_revision))
+                    _Kv(kv.key.decode(), kv.value, int(kv.create_revision), int(kv.mod_revision), kv.lease)
                     for kv in item.response_range.kvs
                 ]
             )
@@ -284,14 +286,22 @@ class EtcdGroupStore:
     capacity = ETCD_CAPACITY
 
     def __init__(
-        self, conn: EtcdConnection, *, prefix: str, group: Group, owns_connection: bool = True
+        self,
+        conn: EtcdConnection,
+        *,
+        prefix: str,
+        group: Group,
+        owns_connection: bool = True,
+        mirror: GroupMirror | None = None,
     ) -> None:
         """``owns_connection``: close ``conn`` with this store (False: it is shared by other
-        groups, and whoever made it closes it)."""
+        groups, and whoever made it closes it). ``mirror``: the group's keys kept by a watch
+        (``mirrored``; the FleetLock server's), stopped with this store."""
         self.conn = conn
         self.group = group
         self.keys = _Keys(prefix, group)
         self.owns_connection = owns_connection
+        self.mirror = mirror
         self.conflicts = 0
         self._decoded: dict[str, tuple[int, Any]] = {}
         self._lock = threading.Lock()
@@ -327,12 +337,76 @@ class EtcdGroupStore:
 
         revision, ranges = self.conn.call(fetch)
         slots_kvs, record_kvs, pause_kvs, ledger_kvs, member_kvs, history_kvs = ranges[:6]
-        places = ranges[6] if line else []
-        waiters = _line(k.waiters, ((kv.key, kv.value, kv.create_revision) for kv in places))
-        slots_kv = slots_kvs[0] if slots_kvs else None
-        pause_kv = pause_kvs[0] if pause_kvs else None
-        ledger_kv = ledger_kvs[0] if ledger_kvs else None
-        members_kv = member_kvs[0] if member_kvs else None
+        return self._assemble(
+            revision,
+            slots_kvs[0] if slots_kvs else None,
+            record_kvs=record_kvs,
+            pause_kv=pause_kvs[0] if pause_kvs else None,
+            ledger_kv=ledger_kvs[0] if ledger_kvs else None,
+            members_kv=member_kvs[0] if member_kvs else None,
+            history_kvs=history_kvs,
+            place_kvs=ranges[6] if line else [],
+        )
+
+    def mirrored(
+        self, queue: Any, *, since: int = 0, wait: float = 0.0
+    ) -> tuple[GroupState, EtcdVersion, tuple[Waiter, ...]] | None:
+        """The group and ``queue``'s line as this store's mirror keeps them (a watch), when it
+        has one, it is live and it has seen revision ``since`` (waiting up to ``wait`` seconds
+        for it); None otherwise. Cheap: built once per revision."""
+        mirror = self.mirror
+        if mirror is None or not isinstance(queue, EtcdWaitQueue) or queue.keys.waiters != self.keys.waiters:
+            return None
+        if wait > 0:
+            mirror.wait_for(since, wait)
+        got = mirror.latest(self._from_kvs)
+        if got is None or got[1].revision < since:
+            return None
+        return got
+
+    def _from_kvs(
+        self, revision: int, kvs: Iterable[_Kv]
+    ) -> tuple[GroupState, EtcdVersion, tuple[Waiter, ...]]:
+        """The group and its line from its keys (the mirror's), as ``_read`` makes them."""
+        k = self.keys
+        single: dict[str, _Kv] = {}
+        records: list[_Kv] = []
+        history: list[_Kv] = []
+        places: list[_Kv] = []
+        for kv in sorted(kvs, key=lambda kv: kv.key):  # a range's order
+            if kv.key.startswith(k.records):
+                records.append(kv)
+            elif kv.key.startswith(k.history):
+                history.append(kv)
+            elif kv.key.startswith(k.waiters):
+                places.append(kv)
+            else:
+                single[kv.key] = kv
+        return self._assemble(
+            revision,
+            single.get(k.slots),
+            record_kvs=records,
+            pause_kv=single.get(k.pause),
+            ledger_kv=single.get(k.ledger),
+            members_kv=single.get(k.members),
+            history_kvs=history,
+            place_kvs=places,
+        )
+
+    def _assemble(
+        self,
+        revision: int,
+        slots_kv: _Kv | None,
+        *,
+        record_kvs: list[_Kv],
+        pause_kv: _Kv | None,
+        ledger_kv: _Kv | None,
+        members_kv: _Kv | None,
+        history_kvs: list[_Kv],
+        place_kvs: list[_Kv],
+    ) -> tuple[GroupState, EtcdVersion, tuple[Waiter, ...]]:
+        k = self.keys
+        waiters = _line(k.waiters, ((kv.key, kv.value, kv.create_revision) for kv in place_kvs))
         state, legacy = self._state(
             slots_kv,
             record_kvs=record_kvs,
@@ -476,8 +550,145 @@ class EtcdGroupStore:
         ).start()
 
     def close(self) -> None:
+        if self.mirror is not None:
+            self.mirror.stop()
         if self.owns_connection:
             self.conn.close()
+
+
+class GroupMirror:
+    """A group's keys as a watch keeps them in memory: what the FleetLock server answers its
+    refusals from, so that a poll that is refused costs etcd nothing but its place's refresh.
+
+    Started, in a thread of its own, by the first ``latest`` (one range of the group's prefix,
+    then a watch from its revision); until it is live, and when the watch breaks, ``latest``
+    answers None (a new start is tried at most once per ``RETRY_AFTER`` seconds) and the caller
+    reads etcd instead. Its revision is
+    the newest it has seen of the group's keys: a change that has not reached it yet is simply
+    not in it, which only ever makes an answer drawn from it older -- a refusal, never a grant
+    (grants are the compare-and-swap's, on a read of etcd). Thread-safe."""
+
+    RETRY_AFTER = 1.0
+
+    def __init__(self, conn: EtcdConnection, *, prefix: str, group: Group) -> None:
+        self.conn = conn
+        self.base = _Keys(prefix, group).base
+        self._lock = threading.Lock()
+        self._changed = threading.Condition(self._lock)
+        self._starting = threading.Lock()
+        self._kvs: dict[str, _Kv] = {}
+        self._revision = 0
+        self._generation = 0  # a start's; events of an older watch are dropped
+        self._live = False
+        self._watch: tuple[Any, Any] | None = None  # (client, watch id)
+        self._retry_at = 0.0
+        self._built: tuple[int, Any] | None = None
+        self._stopped = False
+
+    def latest(self, build: Callable[[int, Iterable[_Kv]], T]) -> T | None:
+        """``build(revision, keys)`` of the newest state seen, made once per revision; None while
+        the watch is not live."""
+        with self._lock:
+            live = self._live
+            if live:
+                if self._built is not None and self._built[0] == self._revision:
+                    return self._built[1]  # type: ignore[no-any-return]
+                revision, kvs = self._revision, list(self._kvs.values())
+        if not live:
+            self._start_soon()
+            return None
+        result = build(revision, kvs)
+        with self._lock:
+            if self._revision == revision:
+                self._built = (revision, result)
+        return result
+
+    def wait_for(self, revision: int, timeout: float) -> bool:
+        """Wait until the mirror is live and has seen ``revision``, at most ``timeout`` seconds."""
+        with self._changed:
+            return self._changed.wait_for(lambda: self._live and self._revision >= revision, timeout)
+
+    def lease_of(self, key: str) -> int:
+        """The lease ``key`` is on as last seen (0: none, or no such key, or not live)."""
+        with self._lock:
+            kv = self._kvs.get(key) if self._live else None
+        return kv.lease if kv is not None else 0
+
+    def _start_soon(self) -> None:
+        """Start the mirror in a thread of its own (a caller never waits for it), at most once
+        per RETRY_AFTER seconds."""
+        if self._stopped or time.monotonic() < self._retry_at or not self._starting.acquire(blocking=False):
+            return  # stopped, tried just now, or being started
+        self._retry_at = time.monotonic() + self.RETRY_AFTER
+        threading.Thread(target=self._start, name="etcd-group-mirror", daemon=True).start()
+
+    def _start(self) -> None:
+        """(In its thread, holding ``_starting``.) One range of the group, then a watch from it."""
+        try:
+            base = self.base
+
+            def fetch(client: Any) -> tuple[int, list[_Kv]]:
+                _, revision, ranges = _txn(
+                    client, [], [client.transactions.get(base, range_end=_prefix_end(base))]
+                )
+                return revision, ranges[0]
+
+            revision, kvs = self.conn.call(fetch, retry_for=0)
+            with self._lock:
+                self._generation += 1
+                generation = self._generation
+                self._kvs = {kv.key: kv for kv in kvs}
+                self._revision, self._built = revision, None
+            with self.conn.translating():
+                client = self.conn.client()
+                watch_id = client.add_watch_prefix_callback(
+                    base, lambda response: self._on(generation, response), start_revision=revision + 1
+                )
+            with self._lock:
+                if self._generation == generation and not self._stopped:
+                    self._live, self._watch = True, (client, watch_id)
+                    return
+            self._cancel((client, watch_id))
+        except _WATCH_ERRORS as exc:
+            log.debug("the group's mirror could not start: %s", exc)
+        finally:
+            self._starting.release()
+
+    def _on(self, generation: int, response: Any) -> None:
+        with self._lock:
+            if generation != self._generation:
+                return
+            if not hasattr(response, "events"):  # an error, or None: the stream ended
+                self._live, self._generation = False, self._generation + 1
+                watch, self._watch = self._watch, None
+            else:
+                for event in response.events:
+                    key = event.key.decode()
+                    if isinstance(event, etcd3.events.DeleteEvent):
+                        self._kvs.pop(key, None)
+                    else:
+                        self._kvs[key] = _Kv(
+                            key, bytes(event.value), int(event.create_revision), int(event.mod_revision),
+                            int(event.lease),
+                        )  # fmt: skip
+                    self._revision = max(self._revision, int(event.mod_revision))
+                self._changed.notify_all()
+                return
+        log.debug("the group's mirror lost its watch: %s", response)
+        self._cancel(watch)
+
+    def stop(self) -> None:
+        with self._lock:
+            self._stopped, self._live = True, False
+            self._generation += 1
+            watch, self._watch = self._watch, None
+        self._cancel(watch)
+
+    @staticmethod
+    def _cancel(watch: tuple[Any, Any] | None) -> None:
+        if watch is not None:
+            with contextlib.suppress(Exception):
+                watch[0].cancel_watch(watch[1])
 
 
 class EtcdGroupCatalog:
@@ -533,17 +744,30 @@ class _KeepAliveStream:
 
     def refresh(self, client: Any, lease_id: int) -> int:
         """Refresh lease ``lease_id``; the TTL it has left (0 or less: it expired)."""
-        answer: Future[int] = Future()
+        return self.refresh_many(client, [lease_id])[lease_id]
+
+    def refresh_many(self, client: Any, lease_ids: Iterable[int]) -> dict[int, int]:
+        """Refresh every lease of ``lease_ids`` at once (the requests sent, then the answers
+        awaited); the TTL each has left."""
+        answers: dict[int, Future[int]] = {}
         with self._lock:
             if self._requests is None or self._client is not client:
                 self._open(client)
-            assert self._requests is not None
-            self._waiting.setdefault(lease_id, deque()).append(answer)
-            self._requests.put(etcdrpc.LeaseKeepAliveRequest(ID=lease_id))
+            requests = self._requests
+            assert requests is not None
+            for lease_id in lease_ids:
+                if lease_id not in answers:
+                    answers[lease_id] = Future()
+                    self._waiting.setdefault(lease_id, deque()).append(answers[lease_id])
+                    requests.put(etcdrpc.LeaseKeepAliveRequest(ID=lease_id))
+        deadline = time.monotonic() + self.timeout
         try:
-            return answer.result(self.timeout)
+            return {
+                lease_id: answer.result(max(0.0, deadline - time.monotonic()))
+                for lease_id, answer in answers.items()
+            }
         except FutureTimeout:
-            self._broken(self._requests, TimeoutError("no keep-alive answer"))
+            self._broken(requests, TimeoutError("no keep-alive answer"))
             raise
 
     def close(self) -> None:
@@ -606,13 +830,26 @@ class EtcdWaitQueue:
     keys of a lease that is not kept alive: a dead waiter's place expires by itself, and the one
     behind it, which watches only its key, is woken by that delete."""
 
+    #: How long a poll kept by ``keep`` waits for its refresh, sent with the others of that time.
+    KEEP_BATCH = 1.0
+    #: Places whose lease this process remembers (``keep``); the least recently polled go first.
+    MAX_POLLED = 10_000
+
     def __init__(
-        self, conn: EtcdConnection, *, prefix: str, group: Group, ttl: float, background: bool = True
+        self,
+        conn: EtcdConnection,
+        *,
+        prefix: str,
+        group: Group,
+        ttl: float,
+        background: bool = True,
+        mirror: GroupMirror | None = None,
     ) -> None:
         """``background``: keep this process's places alive (an agent); without it (the FleetLock
         server, whose clients poll) each join keeps the place for about one and a half of the
         client's own poll intervals (core.fleetlock.place_ttl), at most ``ttl``, whichever
-        replica answered it."""
+        replica answered it. ``mirror``: the group's keys kept by a watch, which lets ``keep``
+        keep a poller's place without asking etcd."""
         self.conn = conn
         self.background = background
         self.group = group
@@ -624,6 +861,12 @@ class EtcdWaitQueue:
         self._keepalive: threading.Thread | None = None
         self._stream = _KeepAliveStream(conn.options.timeout)  # the pollers' places' refreshes
         self.keepalives = 0  # lease refreshes sent (the benchmarks' "writes" of a waiting agent)
+        self.mirror = mirror
+        # a poller's id -> (its place's lease -- 0: it left --, the TTL granted, when this process
+        # last kept it)
+        self._polled: OrderedDict[HolderId, tuple[int, int, float]] = OrderedDict()
+        self._due: set[int] = set()  # leases to refresh with the next batch
+        self._batcher: threading.Thread | None = None
 
     def waiters(self) -> tuple[Waiter, ...]:
         prefix = self.keys.waiters
@@ -671,10 +914,12 @@ class EtcdWaitQueue:
         for _ in range(3):
             value, meta = client.get(key)
             if meta is None:
-                lease = client.lease(place_ttl(None, self.ttl))
+                ttl = place_ttl(self._since_last_poll(waiter.id), self.ttl)
+                lease = client.lease(ttl)
                 guard = [t.create(key) == 0, t.create(record) == 0]
                 put = t.put(key, _encode_waiter(waiter), lease=lease.id)
                 if _txn(client, guard, [put])[0]:
+                    self._remember(waiter.id, lease.id, ttl)
                     return
                 client.revoke_lease(lease.id)
                 self._no_record(client, record, waiter)
@@ -688,6 +933,7 @@ class EtcdWaitQueue:
                 ttl = place_ttl(info.grantedTTL - info.TTL, self.ttl)
                 if abs(ttl - info.grantedTTL) <= max(1, info.grantedTTL // 4):
                     if self._refresh(client, old_lease) > 0:
+                        self._remember(waiter.id, old_lease, int(info.grantedTTL))
                         return
                     continue  # it expired just now: queue again
             else:
@@ -695,6 +941,7 @@ class EtcdWaitQueue:
             lease = client.lease(ttl)
             guard = [t.mod(key) == int(meta.mod_revision), t.create(record) == 0]
             if _txn(client, guard, [t.put(key, value, lease=lease.id)])[0]:  # a put keeps the place
+                self._remember(waiter.id, lease.id, ttl)
                 if old_lease:
                     with contextlib.suppress(grpc.RpcError):
                         client.revoke_lease(old_lease)
@@ -702,6 +949,67 @@ class EtcdWaitQueue:
             client.revoke_lease(lease.id)
             self._no_record(client, record, waiter)
         raise Conflict(f"the place of {waiter.id!r} in line kept changing")
+
+    def keep(self, holder: HolderId) -> bool:
+        """Keep a polling client's place without asking etcd, when this process knows it: the
+        mirror shows the place on the lease this process gave or refreshed it last, and that
+        lease's TTL still fits the client's polls (core.fleetlock.place_ttl, as ``join`` fits
+        it). The lease is refreshed with the next batch, within KEEP_BATCH seconds: the place
+        lives at least its TTL after this poll. False: keep it with ``join``."""
+        from rebootcoord.core.fleetlock import place_ttl  # the server's rules: no agent loads them
+
+        if self.background or self.mirror is None:
+            return False
+        now = time.monotonic()
+        with self._lock:
+            known = self._polled.get(holder)
+        if known is None or not known[0] or self.mirror.lease_of(self.keys.waiters + holder) != known[0]:
+            return False
+        lease, granted, last = known
+        if abs(place_ttl(now - last, self.ttl) - granted) > max(1, granted // 4):
+            return False  # the client polls at another pace now: join fits the lease to it
+        with self._lock:
+            self._polled[holder] = (lease, granted, now)
+            self._polled.move_to_end(holder)
+            self._due.add(lease)
+            if self._batcher is None or not self._batcher.is_alive():
+                self._batcher = threading.Thread(target=self._batches, name="etcd-place-batches", daemon=True)
+                self._batcher.start()
+        return True
+
+    def _since_last_poll(self, holder: HolderId) -> float | None:
+        """Seconds since this process last kept or gave ``holder`` a place (None: never), so
+        that a client queueing again gets a lease fitted to its polls from the start."""
+        with self._lock:
+            known = self._polled.get(holder)
+        return None if known is None else time.monotonic() - known[2]
+
+    def _remember(self, holder: HolderId, lease: int, granted: int) -> None:
+        with self._lock:
+            self._polled[holder] = (lease, granted, time.monotonic())
+            self._polled.move_to_end(holder)
+            while len(self._polled) > self.MAX_POLLED:
+                self._polled.popitem(last=False)
+
+    def _batches(self) -> None:
+        """Refresh the leases of the places ``keep`` kept, KEEP_BATCH seconds' worth at a time,
+        on the shared stream; a lease found expired is forgotten (the client queues again)."""
+        while not self._keepalive_stop.wait(self.KEEP_BATCH):
+            with self._lock:
+                due, self._due = self._due, set()
+            if not due:
+                continue
+            try:
+                left = self.conn.call(partial(self._stream.refresh_many, lease_ids=due), retry_for=0)
+            except (BackendUnavailable, TimeoutError, FutureTimeout, ConnectionError) as exc:
+                log.debug("refreshing %d kept places failed: %s", len(due), exc)
+                continue
+            self.keepalives += len(due)
+            gone = {lease for lease, ttl in left.items() if ttl <= 0}
+            if gone:
+                with self._lock:
+                    for holder in [h for h, known in self._polled.items() if known[0] in gone]:
+                        del self._polled[holder]
 
     def _refresh(self, client: Any, lease_id: int) -> int:
         """Refresh a polling client's place's lease on the shared stream, else on a stream of its
@@ -725,6 +1033,9 @@ class EtcdWaitQueue:
     def leave(self, holder: HolderId) -> None:
         with self._lock:
             lease = self._leases.pop(holder, None)
+            polled = self._polled.get(holder)
+            if polled is not None:  # no place to keep; when it polled last still counts
+                self._polled[holder] = (0, 0, polled[2])
         self.conn.call(lambda c: c.delete(self.keys.waiters + holder))
         if lease is not None:
             try:

@@ -119,19 +119,22 @@ def group_opener(
             LeaseGroupCatalog(api, namespace=namespace),
             lambda: None,
         )
-    from rebootcoord.adapters.etcd import EtcdGroupCatalog, EtcdGroupStore, EtcdWaitQueue
+    from rebootcoord.adapters.etcd import EtcdGroupCatalog, EtcdGroupStore, EtcdWaitQueue, GroupMirror
 
     conn = etcd_connection(settings, retry_for=retry_for, stop=stop)
     prefix = settings.etcd.etcd_key_prefix
-    return GroupOpener(
-        lambda group: GroupClient(
-            EtcdGroupStore(conn, prefix=prefix, group=group, owns_connection=False),
-            EtcdWaitQueue(conn, prefix=prefix, group=group, ttl=ttl, background=background),
+
+    def open_group(group: Group) -> GroupClient:
+        # The FleetLock server (no background places: its clients poll) keeps each group in
+        # memory from a watch, to refuse a waiting client's poll without asking etcd.
+        mirror = None if background else GroupMirror(conn, prefix=prefix, group=group)
+        return GroupClient(
+            EtcdGroupStore(conn, prefix=prefix, group=group, owns_connection=False, mirror=mirror),
+            EtcdWaitQueue(conn, prefix=prefix, group=group, ttl=ttl, background=background, mirror=mirror),
             stop=stop,
-        ),
-        EtcdGroupCatalog(conn, prefix=prefix),
-        conn.close,
-    )
+        )
+
+    return GroupOpener(open_group, EtcdGroupCatalog(conn, prefix=prefix), conn.close)
 
 
 @dataclass(frozen=True)

@@ -83,6 +83,8 @@ MAX_CLIENT_LOCKS = 4096
 ALWAYS = Schedule()  # no maintenance windows: always open
 #: Steps one request may take (a full pre-reboot on Kubernetes takes about eight).
 MAX_STEPS = 24
+#: How long a request waits for the group's mirror to show its own write before reading.
+MIRROR_WAIT = 0.05
 #: How long a count that found the store full of groups stands (fleetlock_any_group).
 GROUPS_COUNTED_FOR = 10.0
 
@@ -177,15 +179,47 @@ class FleetLockService:
         self, method: str, path: str, headers: dict[str, str], body: bytes, peer: Peer | None = None
     ) -> tuple[int, bytes]:
         """(status, JSON body) for one request; ``peer``: who sent it (its certificate)."""
+        reply = self._handle(method, path, headers, body, peer, at_once=False)
+        assert reply is not None
+        return reply
+
+    def handle_at_once(
+        self, method: str, path: str, headers: dict[str, str], body: bytes, peer: Peer | None = None
+    ) -> tuple[int, bytes] | None:
+        """The answer to a request that needs nothing to wait on -- a malformed request, or a
+        refusal drawn from the group's mirror while no other request of that client is being
+        answered -- else None: ``handle`` it. The HTTP server's own thread answers these, so a
+        flood of refused polls never queues ahead of the requests that take and give back."""
+        return self._handle(method, path, headers, body, peer, at_once=True)
+
+    def _handle(
+        self,
+        method: str,
+        path: str,
+        headers: dict[str, str],
+        body: bytes,
+        peer: Peer | None,
+        *,
+        at_once: bool,
+    ) -> tuple[int, bytes] | None:
         started = time.monotonic()
         operation = "unknown"
-        if self.metrics:
-            self.metrics.in_flight.inc()
         try:
             operation, client = parse_request(method, path, headers, body)
-            self._check(client, peer)
-            with self._client_lock(client):
-                answer = self._answer(operation, client, peer)
+            if at_once:
+                answer = self._at_once(operation, client, peer)
+                if answer is None:
+                    return None
+            else:
+                if self.metrics:
+                    self.metrics.in_flight.inc()
+                try:
+                    self._check(client, peer)
+                    with self._client_lock(client):
+                        answer = self._answer(operation, client, peer)
+                finally:
+                    if self.metrics:
+                        self.metrics.in_flight.dec()
             if answer.refusal is not None:
                 raise answer.refusal
             reply, kind = (200, b'{"kind": "ok", "value": "ok"}'), "ok"
@@ -200,9 +234,6 @@ class FleetLockService:
         except Exception:
             log.exception("FleetLock %s %s failed", method[:20], path[:100])
             reply, kind = self._refused("internal_error", "the server failed; its log says why")
-        finally:
-            if self.metrics:
-                self.metrics.in_flight.dec()
         if self.metrics:
             name = operation.rsplit("/", 1)[-1]
             self.metrics.requests.labels(name, kind).inc()
@@ -210,6 +241,25 @@ class FleetLockService:
                 self.metrics.refusals.labels(kind).inc()
             self.metrics.seconds.labels(name).observe(time.monotonic() - started)
         return reply
+
+    def _at_once(self, operation: str, client: ClientParams, peer: Peer | None) -> Answer | None:
+        """``_answer`` when it is a refusal from the group's mirror and nothing must be waited
+        for: no Node to find (a directory asks the API server), a group already open, the
+        client's lock free. None otherwise."""
+        if self.directory is not None:
+            return None
+        with self._lock:
+            gc = self._groups.get(client.group)
+        if gc is None:
+            return None
+        self._check(client, peer)  # without a directory and with the group open: no I/O
+        lock = self._client_lock(client)
+        if not lock.acquire(blocking=False):
+            return None
+        try:
+            return self._from_mirror(gc, operation, client, peer, None)
+        finally:
+            lock.release()
 
     @staticmethod
     def _refused(kind: str, value: str) -> tuple[tuple[int, bytes], str]:
@@ -354,27 +404,46 @@ class FleetLockService:
     def _answer(self, operation: str, client: ClientParams, peer: Peer | None) -> Answer:
         node = self._node_of(client)
         gc = self.group(client.group)
+        refused = self._from_mirror(gc, operation, client, peer, node)
+        if refused is not None:
+            return refused
         decide = pre_reboot if operation == PRE_REBOOT else steady_state
+        v = self._visit(client, peer, node, self._read(gc, create=operation == PRE_REBOOT))
+        who = _who(client, node, peer)
+        for _ in range(MAX_STEPS):
+            step = decide(v)
+            if isinstance(step, Answer):
+                if step.leave:
+                    gc.leave_queue(client.id)
+                return step
+            v = self._carry_out(step, v, gc, who)
+        raise AssertionError(f"no answer after {MAX_STEPS} steps for {who}")
+
+    def _from_mirror(
+        self, gc: GroupClient, operation: str, client: ClientParams, peer: Peer | None, node: NodeName | None
+    ) -> Answer | None:
+        """The refusal of a request from the group as its mirror shows it, when it comes
+        without a write (``_refused_at_once``); None: answer it from a read of the store."""
+        recent = gc.recent_view(own_writes=False)
+        if recent is None or recent.slots is None:
+            return None  # (a group this request may create: the mirror may not show it yet)
+        decide = pre_reboot if operation == PRE_REBOOT else steady_state
+        return _refused_at_once(self._visit(client, peer, node, recent), gc, decide)
+
+    def _visit(
+        self, client: ClientParams, peer: Peer | None, node: NodeName | None, view: GroupView
+    ) -> Visit:
         now = self.clock()
-        visit = Visit(
+        return Visit(
             now=now,
             client=client,
-            view=self._read(gc, create=operation == PRE_REBOOT),
+            view=view,
             policy=self.settings.policy,
             node=node,
             member=node is not None or (peer is not None and peer.certified),
             window=self.settings.schedule.status(datetime.fromtimestamp(now, UTC)),
             max_waiters=self.settings.max_waiters,
         )
-        who = _who(client, node, peer)
-        for _ in range(MAX_STEPS):
-            step = decide(visit)
-            if isinstance(step, Answer):
-                if step.leave:
-                    gc.leave_queue(client.id)
-                return step
-            visit = self._carry_out(step, visit, gc, who)
-        raise AssertionError(f"no answer after {MAX_STEPS} steps for {who}")
 
     def _read(self, gc: GroupClient, *, create: bool = False) -> GroupView:
         view = gc.read(line_first=True)
@@ -390,6 +459,8 @@ class FleetLockService:
         match step:
             case KeepPlace(waiter=waiter):
                 new = v.view.queue_position(waiter.id) is None
+                if not new and gc.keep_place(waiter.id):
+                    return replace(v, joined=True)
                 try:
                     gc.join_queue(waiter)
                 except IdInUse as exc:  # an agent joined meanwhile under this id
@@ -414,11 +485,11 @@ class FleetLockService:
                 return self._look(v)
             case Acquire(record=record):
                 try:
-                    gc.take(record, limits=v.policy.limits, member=v.member)
+                    gc.take(record, limits=v.policy.limits, member=v.member, line=v.view.waiters)
                 except StoreFull as exc:
                     raise refusal("store_full", str(exc)) from None
                 except (NoFreeSlot, GroupPaused) as exc:
-                    return replace(v, refused=str(exc), view=self._read(gc))
+                    return replace(v, refused=str(exc), view=self._reread(gc))
                 log.info("FleetLock %s took a slot of group %s", who, record.group)
                 if ops is not None:
                     ops.announce(Phase.LOCKED, f"FleetLock client {record.id} took a slot")
@@ -428,12 +499,12 @@ class FleetLockService:
                 if ops is not None and record.phase in (Phase.DRAINING, Phase.REBOOTING):
                     ops.announce(record.phase, f"FleetLock client {record.id}: {reason}")
             case Drain(record=record):
-                return replace(v, drained=self._drain(gc, ops, record, who), view=self._read(gc))
+                return replace(v, drained=self._drain(gc, ops, record, who), view=self._reread(gc))
             case Release(record=record, reason=reason, outcome=outcome):
                 self._release(
                     gc, ops, record, reason=reason, outcome=outcome or release_outcome(record), who=who
                 )
-                return replace(v, view=self._read(gc), gave_back=record.abort_reason or v.gave_back)
+                return replace(v, view=self._reread(gc), gave_back=record.abort_reason or v.gave_back)
             case Free(holder=holder, reason=reason):
                 gc.release(holder, Ending(REBOOTED, self.clock(), reason))
                 log.info("FleetLock %s gave back a slot held without a record", who)
@@ -456,7 +527,12 @@ class FleetLockService:
                                  warning=True, event_reason="GroupPaused")  # fmt: skip
             case _:
                 raise AssertionError(f"unknown step {step!r}")
-        return replace(v, view=self._read(gc))
+        return replace(v, view=self._reread(gc))
+
+    def _reread(self, gc: GroupClient) -> GroupView:
+        """The group after a step: as its mirror shows it once it has seen this step's write
+        (a moment's wait at most), else read."""
+        return gc.recent_view(wait=MIRROR_WAIT) or self._read(gc)
 
     def _update(self, gc: GroupClient, record: HolderRecord, who: str) -> None:
         try:
@@ -525,6 +601,22 @@ class FleetLockService:
         return replace(v, verified="; ".join(f"{r.name}: {r.detail}" for r in failed), boot_id=boot)
 
 
+def _refused_at_once(v: Visit, gc: GroupClient, decide: Callable[[Visit], FleetLockStep]) -> Answer | None:
+    """The refusal a request gets from the group as its mirror shows it (``recent_view``), when
+    it comes without a write: a client that waits its turn keeps the place it has
+    (``keep_place``) and hears no. None: anything else -- a new place, a gate to look at, a take,
+    a release, a 200 -- is answered from a read of the store, step by step. Only a refusal may
+    come from a view that can lag: the client asks again."""
+    step = decide(v)
+    if isinstance(step, KeepPlace):
+        if v.view.queue_position(step.waiter.id) is None or not gc.keep_place(step.waiter.id):
+            return None
+        step = decide(replace(v, joined=True))
+    if isinstance(step, Answer) and step.refusal is not None and not step.leave:
+        return step
+    return None
+
+
 def _who(client: ClientParams, node: NodeName | None, peer: Peer | None) -> str:
     """The request's author, for the log: id, Node, certificate, address."""
     parts = [f"node {node}"] if node is not None else []
@@ -569,10 +661,19 @@ def start_http(
         status, answer = service.handle(method, path, headers, body, peer)
         return f"{status} {REASONS.get(status, 'Error')}", "application/json", answer
 
+    def at_once(
+        method: str, path: str, headers: dict[str, str], body: bytes, peer: Peer
+    ) -> tuple[str, str, bytes] | None:
+        reply = service.handle_at_once(method, path, headers, body, peer)
+        if reply is None:
+            return None
+        status, answer = reply
+        return f"{status} {REASONS.get(status, 'Error')}", "application/json", answer
+
     host, _, port = address.rpartition(":")
     server = BoundedHTTPServer(
         host.strip("[]") or "0.0.0.0", int(port), handle, workers=workers, max_body=MAX_BODY, tls=tls,
-        name="fleetlock",
+        name="fleetlock", quick=at_once,
     ).start()  # fmt: skip
     service.http_alive = server.alive
     return server.stop, server.port

@@ -30,11 +30,13 @@ from rebootcoord.errors import (
     NotHolder,
     StoreFull,
 )
-from rebootcoord.ports import GroupStore, ReadsItsLine, WaitQueue
+from rebootcoord.ports import GroupStore, KeepsPolledPlaces, Mirrored, ReadsItsLine, WaitQueue
 
 log = logging.getLogger(__name__)
 
 MAX_CAS_ATTEMPTS = 50
+#: How long a write waits for the store's mirror to show the write before it, to start from it.
+MIRROR_WAIT = 0.05
 
 
 @dataclass(frozen=True)
@@ -63,6 +65,11 @@ class GroupClient:
         self.queue = queue
         # A store that reads the group and its line in one snapshot (etcd), else None.
         self._with_line: ReadsItsLine | None = store if isinstance(store, ReadsItsLine) else None
+        self._mirrored: Mirrored | None = store if isinstance(store, Mirrored) else None
+        self._keeps: KeepsPolledPlaces | None = queue if isinstance(queue, KeepsPolledPlaces) else None
+        self._written = 0  # the newest revision this client wrote: a mirror must have seen it
+        self._recent: tuple[int, GroupView] | None = None
+        self._writing = threading.Lock()
         self.group: Group = store.group
         self.stop = stop or threading.Event()
         self.on_conflict = on_conflict
@@ -73,21 +80,44 @@ class GroupClient:
     # -- the loop ---------------------------------------------------------------------------
 
     def apply(self, change: Callable[[GroupState], GroupState]) -> Applied:
-        """Read, change, write if unchanged; again on a conflict."""
+        """Read, change, write if unchanged; again on a conflict. One at a time in this process
+        where the store has a mirror (the FleetLock server's requests): each starts from the
+        state the one before wrote, instead of losing its compare-and-swap to it."""
+        if self._mirrored is None:
+            return self._apply(change)
+        with self._writing:
+            return self._apply(change)
+
+    def _apply(self, change: Callable[[GroupState], GroupState]) -> Applied:
         for attempt in range(MAX_CAS_ATTEMPTS):
-            state, version = self.store.read()
+            state, version = self._basis() if attempt == 0 else self.store.read()
             new = change(state)
             if new is state:
                 return Applied(state, state, _revision(version), changed=False)
             try:
-                return Applied(state, new, self.store.write(new, expect=version), changed=True)
+                revision = self.store.write(new, expect=version)
             except Conflict:
                 self.conflicts += 1
                 if self.on_conflict is not None:
                     self.on_conflict()
                 if self.stop.wait(self._rng.uniform(0, 0.002 * (attempt + 1))):
                     raise Interrupted("stopping: gave up a compare-and-swap retry") from None
+                continue
+            self._written = max(self._written, revision)
+            return Applied(state, new, revision, changed=True)
         raise Conflict(f"gave up after {MAX_CAS_ATTEMPTS} conflicting writes on group {self.group}")
+
+    def _basis(self) -> tuple[GroupState, Any]:
+        """What a compare-and-swap starts from: the store's mirror when it has one that has seen
+        this client's writes (a snapshot it keeps: the write is compared against it like any
+        read, and a change it had not seen yet fails the compare, then the loop reads), else a
+        read."""
+        got = (
+            self._mirrored.mirrored(self.queue, since=self._written, wait=MIRROR_WAIT)
+            if self._mirrored is not None
+            else None
+        )
+        return (got[0], got[1]) if got is not None else self.store.read()
 
     # -- what the agent reads -----------------------------------------------------------------
 
@@ -112,6 +142,26 @@ class GroupClient:
             waiters = self.queue.waiters()
         return state.view(self.group, waiters, revision=_revision(version))
 
+    def recent_view(self, *, wait: float = 0.0, own_writes: bool = True) -> GroupView | None:
+        """The group and its line as the store's mirror keeps them (``Mirrored``: etcd, for the
+        FleetLock server), if it has seen every write of this client; None otherwise (no mirror,
+        or not live; ``wait``: seconds to wait for it to see them; ``own_writes`` False: whether
+        it has or not -- for a refusal, which a lag only ever makes older). It may lag a change
+        made elsewhere by a moment, like any read does by the time it is acted on: what is decided
+        from it is written by compare-and-swap, and a grant is only ever such a write."""
+        if self._mirrored is None:
+            return None
+        got = self._mirrored.mirrored(self.queue, since=self._written if own_writes else 0, wait=wait)
+        if got is None:
+            return None
+        state, version, waiters = got
+        revision = _revision(version)
+        recent = self._recent
+        if recent is None or recent[0] != revision:
+            recent = (revision, state.view(self.group, waiters, revision=revision))
+            self._recent = recent
+        return recent[1]
+
     def ensure(self, max_holders: int, *, member: HolderId | None = None, now: float = 0.0) -> None:
         """The semaphore created if need be, and ``member`` heard of (at ``now``) in the group."""
         self.apply(
@@ -124,6 +174,11 @@ class GroupClient:
 
     def join_queue(self, waiter: Waiter) -> None:
         self.queue.join(waiter)
+
+    def keep_place(self, holder: HolderId) -> bool:
+        """Keep a polling client's place without a request (``KeepsPolledPlaces``); False: the
+        line cannot, and ``join_queue`` must."""
+        return self._keeps is not None and self._keeps.keep(holder)
 
     def queue_joined(self, holder: HolderId) -> bool:
         return self.queue.joined(holder)
@@ -155,10 +210,18 @@ class GroupClient:
         except (NoFreeSlot, GroupPaused):
             return None
 
-    def take(self, record: HolderRecord, *, limits: Limits = NO_LIMITS, member: bool = True) -> int:
+    def take(
+        self,
+        record: HolderRecord,
+        *,
+        limits: Limits = NO_LIMITS,
+        member: bool = True,
+        line: tuple[Waiter, ...] | None = None,
+    ) -> int:
         """``acquire``, saying why not: raises NoFreeSlot (StoreFull among them) or GroupPaused.
-        ``member``: the taker counts as a node of the group (core.rollout's members)."""
-        waiters = self.queue.waiters()
+        ``member``: the taker counts as a node of the group (core.rollout's members). ``line``:
+        the line as just read with the group (read again when not given)."""
+        waiters = self.queue.waiters() if line is None else line
         ahead = next((i for i, w in enumerate(waiters) if w.id == record.id), 1 << 30)
         # (not in line: only a slot already ours with this record answers)
         capacity = self.store.capacity

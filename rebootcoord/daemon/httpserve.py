@@ -83,6 +83,8 @@ def _names(cert: dict[str, Any]) -> tuple[str, ...]:
 
 #: (status line, content type, body) for a request (method, path, headers, body, peer).
 Handler = Callable[[str, str, dict[str, str], bytes, Peer], tuple[str, str, bytes]]
+#: The same, or None when the answer needs waiting on something (then ``Handler`` answers).
+QuickHandler = Callable[[str, str, dict[str, str], bytes, Peer], tuple[str, str, bytes] | None]
 
 
 class BoundedHTTPServer:
@@ -96,8 +98,12 @@ class BoundedHTTPServer:
         max_body: int = 0,
         tls: ssl.SSLContext | None = None,
         name: str = "metrics",
+        quick: QuickHandler | None = None,
     ) -> None:
+        """``quick``: tried first, in the thread that reads the sockets, for answers that wait
+        on nothing; a request it answers None goes to a worker (``handler``)."""
         self.handler = handler
+        self.quick = quick
         self.max_body = max_body
         self.tls = tls
         self.name = name
@@ -192,7 +198,8 @@ class BoundedHTTPServer:
             return
         self._selector.unregister(conn)
         del self._pending[conn]
-        self._pool.submit(self._answer, conn, bytes(data))
+        if self.quick is None or not self._answer_at_once(conn, bytes(data)):
+            self._pool.submit(self._answer, conn, bytes(data))
 
     def _complete(self, data: bytearray) -> bool:
         """The request is whole: its head, and the body its Content-Length announces (or the
@@ -206,37 +213,77 @@ class BoundedHTTPServer:
         return length is None or length > self.max_body or len(body) >= length
 
     def _answer(self, conn: socket.socket, raw: bytes) -> None:
+        """(In a worker.) Answer the request and close the connection."""
         try:
-            head_bytes, _, rest = _split(raw)
-            lines = head_bytes.decode("latin-1").replace("\r\n", "\n").split("\n")
-            parts = lines[0].split()
-            headers = {}
-            for line in lines[1:]:
-                name, _, value = line.partition(":")
-                headers[name.strip().lower()] = value.strip()
-            length = _content_length(head_bytes)
-            peer = Peer.of(conn)
-            if len(parts) != 3 or not parts[2].startswith("HTTP/"):
-                status, ctype, body = "400 Bad Request", "text/plain", b"bad request\n"
-            elif self.max_body > 0 and "transfer-encoding" in headers:
-                status, ctype, body = "411 Length Required", "text/plain", b"send a Content-Length\n"
-            elif self.max_body > 0 and length is not None and length > self.max_body:
-                status, ctype, body = self.handler(
-                    parts[0], parts[1], headers, b" " * (self.max_body + 1), peer
-                )
-            else:
-                status, ctype, body = self.handler(parts[0], parts[1], headers, rest[: length or 0], peer)
-            payload = b"" if parts[:1] == ["HEAD"] else body
-            response = (
-                f"HTTP/1.0 {status}\r\nContent-Type: {ctype}\r\nContent-Length: {len(body)}\r\n"
-                "Connection: close\r\n\r\n"
-            ).encode("latin-1") + payload
+            response = self._respond(conn, raw, self.handler)
+            assert response is not None
             conn.settimeout(WRITE_TIMEOUT)
             conn.sendall(response)
         except Exception:
             log.debug("%s server: answering failed", self.name, exc_info=True)
         finally:
             conn.close()
+
+    def _answer_at_once(self, conn: socket.socket, raw: bytes) -> bool:
+        """(In the socket thread.) Answer with ``quick`` if it can, without blocking: the answer
+        sent as far as the socket takes it, the rest by a worker. False: ``quick`` could not."""
+        assert self.quick is not None
+        try:
+            response = self._respond(conn, raw, self.quick)
+        except Exception:
+            log.debug("%s server: answering at once failed", self.name, exc_info=True)
+            return False
+        if response is None:
+            return False
+        try:
+            sent = conn.send(response)
+        except (BlockingIOError, InterruptedError, ssl.SSLWantReadError, ssl.SSLWantWriteError):
+            sent = 0
+        except OSError:
+            conn.close()
+            return True
+        if sent < len(response):
+            self._pool.submit(self._send_rest, conn, response[sent:])
+        else:
+            conn.close()
+        return True
+
+    def _send_rest(self, conn: socket.socket, rest: bytes) -> None:
+        try:
+            conn.settimeout(WRITE_TIMEOUT)
+            conn.sendall(rest)
+        except OSError:
+            log.debug("%s server: sending failed", self.name, exc_info=True)
+        finally:
+            conn.close()
+
+    def _respond(self, conn: socket.socket, raw: bytes, handler: Handler | QuickHandler) -> bytes | None:
+        """The whole HTTP answer to ``raw`` from ``handler`` (None: it gave none)."""
+        head_bytes, _, rest = _split(raw)
+        lines = head_bytes.decode("latin-1").replace("\r\n", "\n").split("\n")
+        parts = lines[0].split()
+        headers = {}
+        for line in lines[1:]:
+            name, _, value = line.partition(":")
+            headers[name.strip().lower()] = value.strip()
+        length = _content_length(head_bytes)
+        answer: tuple[str, str, bytes] | None
+        if len(parts) != 3 or not parts[2].startswith("HTTP/"):
+            answer = "400 Bad Request", "text/plain", b"bad request\n"
+        elif self.max_body > 0 and "transfer-encoding" in headers:
+            answer = "411 Length Required", "text/plain", b"send a Content-Length\n"
+        elif self.max_body > 0 and length is not None and length > self.max_body:
+            answer = handler(parts[0], parts[1], headers, b" " * (self.max_body + 1), Peer.of(conn))
+        else:
+            answer = handler(parts[0], parts[1], headers, rest[: length or 0], Peer.of(conn))
+        if answer is None:
+            return None
+        status, ctype, body = answer
+        payload = b"" if parts[:1] == ["HEAD"] else body
+        return (
+            f"HTTP/1.0 {status}\r\nContent-Type: {ctype}\r\nContent-Length: {len(body)}\r\n"
+            "Connection: close\r\n\r\n"
+        ).encode("latin-1") + payload
 
     def _expire(self, now: float) -> None:
         while self._pending:

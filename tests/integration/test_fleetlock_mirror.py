@@ -1,0 +1,90 @@
+"""The FleetLock server answers a waiting client's poll from the group as a watch keeps it (the
+group's mirror, adapters.etcd.GroupMirror): such a refusal costs etcd no request, the client's
+place is kept alive by refreshes sent in batches, and what another replica changes reaches the
+answers. Grants stay the compare-and-swap's (test_fleetlock_etcd's racing replicas check the
+bound). On a real etcd, counting the requests etcd itself reports (its gRPC server metrics)."""
+
+from __future__ import annotations
+
+import re
+import time
+import urllib.request
+from collections.abc import Iterator
+
+import pytest
+
+from rebootcoord.sim.etcd_server import EtcdServer
+from tests.conftest import wait_for
+from tests.support.etcdraw import raw_client
+from tests.support.fleetlock import InProcessServers, ask
+
+pytestmark = pytest.mark.etcd
+
+
+@pytest.fixture
+def serve(etcd: EtcdServer, prefix: str) -> Iterator[object]:
+    servers = InProcessServers(
+        {"backend": "etcd", "etcd_endpoints": [etcd.endpoint], "etcd_key_prefix": prefix, "max_holders": 1}
+    )
+    yield servers.make
+    servers.close()
+
+
+def unary_requests(etcd: EtcdServer) -> int:
+    """The unary gRPC requests etcd has answered (reads, writes, lease grants and lookups): a
+    keep-alive stream's or a watch's messages are not among them."""
+    url = etcd._metrics_url.replace("/health", "/metrics")
+    text = urllib.request.urlopen(url, timeout=10).read().decode()
+    return sum(
+        int(float(n))
+        for n in re.findall(r'^grpc_server_handled_total\{[^}]*grpc_type="unary"[^}]*\} (\S+)', text, re.M)
+    )
+
+
+def place(etcd: EtcdServer, prefix: str, client_id: str) -> tuple[int, int] | None:
+    """(create revision, lease) of a client's place in line (None: it has none)."""
+    _, meta = raw_client(etcd).get(f"{prefix}/groups/default/v1/rebootcoord/waiters/{client_id}")
+    return None if meta is None else (int(meta.create_revision), int(meta.lease_id))
+
+
+def test_a_refused_poll_asks_etcd_nothing_and_its_place_lives_on(
+    serve: object, etcd: EtcdServer, prefix: str
+) -> None:
+    service = serve()  # type: ignore[operator]
+    assert ask(service, "pre-reboot", "holder") == (200, "ok")
+    assert ask(service, "pre-reboot", "waiter") == (423, "no_free_slot")  # joins the line
+    assert ask(service, "pre-reboot", "waiter") == (423, "no_free_slot")  # its lease fits its polls
+
+    def quiet() -> bool:  # the mirror is live: two polls in a row ask etcd nothing
+        before = unary_requests(etcd)
+        assert ask(service, "pre-reboot", "waiter") == (423, "no_free_slot")
+        assert ask(service, "pre-reboot", "waiter") == (423, "no_free_slot")
+        return unary_requests(etcd) == before
+
+    wait_for(quiet, timeout=30, interval=0.2, what="polls answered from the group's mirror")
+    kept = place(etcd, prefix, "waiter")
+    assert kept is not None
+    before = unary_requests(etcd)
+    for _ in range(200):
+        assert ask(service, "pre-reboot", "waiter") == (423, "no_free_slot")
+    assert unary_requests(etcd) == before
+    # Polled every second for twice its lease's TTL (5 s, fitted to the quick polls): alive on
+    # the batches' refreshes alone, in the same place on the same lease.
+    for _ in range(10):
+        time.sleep(1)
+        assert ask(service, "pre-reboot", "waiter") == (423, "no_free_slot")
+    assert place(etcd, prefix, "waiter") == kept
+    assert ask(service, "steady-state", "holder") == (200, "ok")
+    assert ask(service, "pre-reboot", "waiter") == (200, "ok")  # its turn: taken by a write
+
+
+def test_a_release_through_another_replica_reaches_the_waiters_answers(
+    serve: object, etcd: EtcdServer, prefix: str
+) -> None:
+    one, other = serve(), serve()  # type: ignore[operator]
+    assert ask(one, "pre-reboot", "holder") == (200, "ok")
+    for _ in range(3):
+        assert ask(one, "pre-reboot", "waiter") == (423, "no_free_slot")
+    assert ask(other, "steady-state", "holder") == (200, "ok")
+    wait_for(lambda: ask(one, "pre-reboot", "waiter") == (200, "ok"), timeout=10, what="the freed slot")
+    assert ask(other, "pre-reboot", "holder") == (423, "no_free_slot")  # the waiter holds it now
