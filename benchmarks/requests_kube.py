@@ -88,7 +88,9 @@ def workload(cluster: KubeCluster, replicas: int) -> None:
     raise TimeoutError("the workload's pods are not Ready")
 
 
-def measure(cluster: KubeCluster, *, nodes: int, slots: int, check_interval: str) -> dict[str, Any]:
+def measure(
+    cluster: KubeCluster, *, nodes: int, slots: int, check_interval: str, trace: str = ""
+) -> dict[str, Any]:
     cluster.kubectl("create", "namespace", NAMESPACE)
     names = [n.name for n in cluster.create_nodes(nodes, prefix="req", timeout=300)]
     env = agent_pods(cluster, NAMESPACE, names)
@@ -125,6 +127,13 @@ def measure(cluster: KubeCluster, *, nodes: int, slots: int, check_interval: str
             seconds = time.monotonic() - started
     time.sleep(2)  # the audit log's last lines
     requests = [e for e in audit_events(cluster, since) if _stamp(e) <= until]
+    if trace:
+        with open(trace, "w", encoding="utf-8") as fh:
+            for e in requests:
+                ref = e.get("objectRef") or {}
+                code = (e.get("responseStatus") or {}).get("code")
+                fh.write(f"{_stamp(e) - since:8.3f} {e['userAgent'].split(';')[-1].strip(' )')} "
+                         f"{kind_of(e)} {ref.get('name', '')} {code}\n")  # fmt: skip
     counts = Counter(kind_of(e) for e in requests)
     events = {k: v for k, v in counts.items() if k.endswith(" events")}
     others = {k: v for k, v in counts.items() if k not in events}
@@ -150,12 +159,19 @@ def main() -> None:
     p.add_argument("--slots", type=int, default=2)
     p.add_argument("--check-interval", default="60s", help="the agents' check_interval")
     p.add_argument("--out", default="requests_kube", help="name of the JSON in benchmarks/out")
+    p.add_argument("--trace", default="", help="a file: every request of the agents, one a line")
     args = p.parse_args()
     with tempfile.TemporaryDirectory(prefix="bench-cluster-") as tmp:
         cluster = KubeCluster(Path(tmp) / "cluster", testbin=Testbin.locate(), audit=True)
         cluster.start()
         try:
-            result = measure(cluster, nodes=args.nodes, slots=args.slots, check_interval=args.check_interval)
+            result = measure(
+                cluster,
+                nodes=args.nodes,
+                slots=args.slots,
+                check_interval=args.check_interval,
+                trace=args.trace,
+            )
         finally:
             cluster.stop()
     write_json(
