@@ -28,9 +28,10 @@ from rebootcoord.errors import (
     Interrupted,
     NoFreeSlot,
     NotHolder,
+    SemaphoreError,
     StoreFull,
 )
-from rebootcoord.ports import GroupStore, ReadsItsLine, WaitQueue
+from rebootcoord.ports import GroupStore, ReadsItsLine, RemembersLast, WaitQueue
 
 log = logging.getLogger(__name__)
 
@@ -58,11 +59,18 @@ class GroupClient:
         *,
         stop: threading.Event | None = None,
         on_conflict: Callable[[], None] | None = None,
+        write_first: bool = False,
     ) -> None:
+        """``write_first``: a write is first tried against the state the store remembers (its
+        last read or write), with no read before it; for one writer that mostly writes after its
+        own reads and writes (an agent), not for a server shared by many."""
         self.store = store
         self.queue = queue
         # A store that reads the group and its line in one snapshot (etcd), else None.
         self._with_line: ReadsItsLine | None = store if isinstance(store, ReadsItsLine) else None
+        self._memory: RemembersLast | None = store if isinstance(store, RemembersLast) else None
+        self.write_first = write_first
+        self.stale_writes = 0  # writes against a remembered state that had changed (409s)
         self.group: Group = store.group
         self.stop = stop or threading.Event()
         self.on_conflict = on_conflict
@@ -73,7 +81,13 @@ class GroupClient:
     # -- the loop ---------------------------------------------------------------------------
 
     def apply(self, change: Callable[[GroupState], GroupState]) -> Applied:
-        """Read, change, write if unchanged; again on a conflict."""
+        """Read, change, write if unchanged; again on a conflict. With ``write_first``, the first
+        try uses the remembered state: only a write is decided on it (the compare-and-swap
+        checks it); a change that refuses or changes nothing is asked again of a fresh read."""
+        if self.write_first and self._memory is not None:
+            tried = self._write_remembered(change)
+            if tried is not None:
+                return tried
         for attempt in range(MAX_CAS_ATTEMPTS):
             state, version = self.store.read()
             new = change(state)
@@ -89,9 +103,27 @@ class GroupClient:
                     raise Interrupted("stopping: gave up a compare-and-swap retry") from None
         raise Conflict(f"gave up after {MAX_CAS_ATTEMPTS} conflicting writes on group {self.group}")
 
+    def _write_remembered(self, change: Callable[[GroupState], GroupState]) -> Applied | None:
+        assert self._memory is not None
+        remembered = self._memory.remembered()
+        if remembered is None:
+            return None
+        state, version = remembered
+        try:
+            new = change(state)
+        except SemaphoreError:
+            return None  # perhaps only the memory says so: a fresh read decides
+        if new is state:
+            return None
+        try:
+            return Applied(state, new, self.store.write(new, expect=version), changed=True)
+        except Conflict:
+            self.stale_writes += 1  # the memory was stale, not a race lost: read and try again
+            return None
+
     # -- what the agent reads -----------------------------------------------------------------
 
-    def read(self, *, queue: bool = True, line_first: bool = False) -> GroupView:
+    def read(self, *, queue: bool = True, line_first: bool = False, recent: bool = False) -> GroupView:
         """The group, and its queue in request order (``queue=False``: no queue read).
 
         One snapshot where the store can read the line with the group (ReadsItsLine: etcd).
@@ -99,7 +131,15 @@ class GroupClient:
         take writes its record, then leaves the line, so a holder moving from one to the other is
         seen in at least one of them (what the FleetLock server's "whose id is this" needs). The
         agent reads the group first: its watch of the waiter ahead starts from the group's
-        revision, so the line must be as new or newer (one snapshot satisfies both)."""
+        revision, so the line must be as new or newer (one snapshot satisfies both).
+
+        ``recent``: the state the store remembers (its last read or write) will do, when it has
+        one -- the turn right after this client's own write, whose answer is that state."""
+        remembered = self._memory.remembered() if recent and self._memory is not None else None
+        if remembered is not None:
+            state, version = remembered
+            waiters = self.queue.waiters() if queue else ()
+            return state.view(self.group, waiters, revision=_revision(version))
         together = (
             self._with_line.read_with_line(self.queue) if queue and self._with_line is not None else None
         )
@@ -143,22 +183,35 @@ class GroupClient:
 
     # -- holders --------------------------------------------------------------------------------
 
-    def acquire(self, record: HolderRecord, *, limits: Limits = NO_LIMITS) -> int | None:
+    def acquire(
+        self, record: HolderRecord, *, limits: Limits = NO_LIMITS, line: tuple[Waiter, ...] | None = None
+    ) -> int | None:
         """Take a slot if it is our turn; the revision written, or None (not our turn, no slot,
         paused, the rollout's wave full, no room in the store). Taking again with the same
-        record answers the revision read."""
+        record answers the revision read. ``line``: as the caller just read it (else read)."""
         try:
-            return self.take(record, limits=limits)
+            return self.take(record, limits=limits, line=line)
         except StoreFull as exc:
             log.error("%s", exc)
             return None
         except (NoFreeSlot, GroupPaused):
             return None
 
-    def take(self, record: HolderRecord, *, limits: Limits = NO_LIMITS, member: bool = True) -> int:
+    def take(
+        self,
+        record: HolderRecord,
+        *,
+        limits: Limits = NO_LIMITS,
+        member: bool = True,
+        line: tuple[Waiter, ...] | None = None,
+    ) -> int:
         """``acquire``, saying why not: raises NoFreeSlot (StoreFull among them) or GroupPaused.
-        ``member``: the taker counts as a node of the group (core.rollout's members)."""
-        waiters = self.queue.waiters()
+        ``member``: the taker counts as a node of the group (core.rollout's members). ``line``:
+        the line as the caller just read it (else it is read). A line a moment old only ever
+        shows waiters that have left since (a newcomer joins behind us): we may be refused a
+        turn that came, never given one before an earlier waiter; the slots themselves are the
+        compare-and-swap's."""
+        waiters = self.queue.waiters() if line is None else line
         ahead = next((i for i, w in enumerate(waiters) if w.id == record.id), 1 << 30)
         # (not in line: only a slot already ours with this record answers)
         capacity = self.store.capacity
