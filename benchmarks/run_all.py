@@ -1,7 +1,7 @@
 """Run every benchmark; each prints JSON and writes benchmarks/out/.
 
 fleetlock_peers.py needs the airlock binary (tests/support/peers.py: $TESTS_AIRLOCK_BIN, testbin/
-or ../shared/peers/). The last five need `make testbin`; realnode.py also root and `make image`.
+or ../shared/peers/). The last six need `make testbin`; realnode.py also root and `make image`.
 The fault campaign is `make faults`.
 """
 
@@ -21,6 +21,7 @@ for script in (
     "fleetlock_peers.py",
     "controlplane.py",
     "handoff_kube.py",
+    "requests_kube.py",
     "scale.py",
     "fleetlock.py",
     "realnode.py",

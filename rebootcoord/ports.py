@@ -148,6 +148,16 @@ class KeepsPolledPlaces(Protocol):
         """The place kept (its refresh on its way) without a request; False: use ``join``."""
 
 
+@runtime_checkable
+class RemembersLast(Protocol):
+    """A store that keeps the state it last read or wrote (a Lease: the object a GET or a write
+    answered), so that a write can be tried against it with no read first. The compare-and-swap
+    still decides: a memory gone stale is a Conflict, and the writer reads again."""
+
+    def remembered(self) -> tuple[GroupState, Any] | None:
+        """The state last read or written and its version; None when there is none."""
+
+
 class WaitQueue(Protocol):
     """The line for a group's slots: request order; a dead waiter's place expires, a restarted
     agent keeps its own; a waiter is woken only when the one ahead of it leaves."""
@@ -191,8 +201,10 @@ class Semaphore(Protocol):
         """Create the group's semaphore with ``max_holders`` slots if it does not exist; with
         ``member``, note that it belongs to the group (max_unavailable_percent)."""
 
-    def read(self, *, queue: bool = True) -> GroupView:
-        """A fresh view of the group (and its queue, unless ``queue`` is False)."""
+    def read(self, *, queue: bool = True, recent: bool = False) -> GroupView:
+        """A fresh view of the group (and its queue, unless ``queue`` is False). ``recent``: the
+        state this client last read or wrote will do, when it has one (the turn right after its
+        own write): no request for the group."""
 
     def join_queue(self, waiter: Waiter) -> None: ...
 
@@ -206,10 +218,14 @@ class Semaphore(Protocol):
         """Call ``on_wake`` once, after ``view``: with ``role`` "slots" when the slots change (the
         head of the line), "ahead" when the waiter ahead leaves. Returns a function that stops it."""
 
-    def acquire(self, record: HolderRecord, *, limits: Limits = NO_LIMITS) -> int | None:
+    def acquire(
+        self, record: HolderRecord, *, limits: Limits = NO_LIMITS, line: tuple[Waiter, ...] | None = None
+    ) -> int | None:
         """Take a slot for ``record.id`` with its record, if it is our turn: the revision
         written, or None when it is not our turn, no slot is free, the group is paused, or
-        ``limits`` (the zone's, the group's, the rollout's) let no node through now."""
+        ``limits`` (the zone's, the group's, the rollout's) let no node through now. ``line``:
+        the line as the caller just read it (else it is read); only fairness rests on it, the
+        slots are the compare-and-swap's."""
 
     def update(self, record: HolderRecord) -> None:
         """Write our record if we still hold the slot; raise SlotLost otherwise."""

@@ -123,7 +123,7 @@ class FleetLockSemaphore:
     def ensure(self, max_holders: int, *, member: HolderId | None = None, now: float = 0.0) -> None:
         """Nothing to create: the server owns its groups."""
 
-    def read(self, *, queue: bool = True) -> GroupView:
+    def read(self, *, queue: bool = True, recent: bool = False) -> GroupView:
         record = self._record()
         with self._lock:
             refused = self.clock() < self._refused_until
@@ -194,8 +194,11 @@ class FleetLockSemaphore:
         timer.start()
         return timer.cancel
 
-    def acquire(self, record: HolderRecord, *, limits: Limits = NO_LIMITS) -> int | None:
-        """pre-reboot. ``limits`` are not FleetLock's: the server decides (ours by its own)."""
+    def acquire(
+        self, record: HolderRecord, *, limits: Limits = NO_LIMITS, line: tuple[Waiter, ...] | None = None
+    ) -> int | None:
+        """pre-reboot. ``limits`` and ``line`` are not FleetLock's: the server decides (ours by
+        its own)."""
         status, kind, value = self._post("pre-reboot")
         if status == 200:
             self._write(record)

@@ -115,6 +115,7 @@ def group_opener(
                     api, namespace=namespace, group=group, ttl=ttl, owner=owner, background=background
                 ),
                 stop=stop,
+                write_first=background,  # an agent; not the FleetLock server's many clients
             ),
             LeaseGroupCatalog(api, namespace=namespace),
             lambda: None,

@@ -505,6 +505,22 @@ def outside_window(
     return None
 
 
+def gates_due(view: GroupView, holder: HolderId, *, blocked: bool) -> bool:
+    """Whether a node that waits for a slot looks at its pre-acquire gates now: when its turn is
+    near -- first in line, or at a place the free slots cover (for a node not in line yet, the
+    place it would join at) -- or while they hold it back (to see them clear). Farther back, an
+    answer would be stale by its turn, and the turn looks again right before taking a slot
+    (CheckGates): the gates' requests (pods, budgets) are spent only on nodes about to go."""
+    if blocked:
+        return True
+    if view.slots is None:
+        return False
+    position = view.queue_position(holder)
+    if position is None:
+        position = len(view.waiters)
+    return position == 0 or position < view.slots.free
+
+
 def gates_say(blockers: tuple[str, ...]) -> str:
     """The reason of a node held back by its pre-acquire gates."""
     return "blocked: " + "; ".join(blockers)

@@ -50,6 +50,7 @@ from rebootcoord.core.cycle import (
     Uncordon,
     Verify,
     decide,
+    gates_due,
     release_outcome,
     step_phase,
 )
@@ -197,6 +198,9 @@ class Agent:
         self._decided_at = 0.0
         self._max_told: int | None = None  # the stored max we warned about differing from ours
         self._gates_fresh = False  # the blockers were looked at for a slot about to be taken
+        self._gates_ran = False  # the blockers were looked at in this turn's snapshot
+        self._recent = False  # the last turn wrote the group: its answer is the view to start from
+        self._holding = False  # the view last read says we hold a slot or have a record
         self._drained: Drained | None = None
         self._policy = self.s.policy()
 
@@ -264,7 +268,7 @@ class Agent:
                     self.p.semaphore.ensure(
                         self.s.semaphore.max_holders, member=self.s.identity.holder, now=self.p.clock()
                     )
-                self._read_view()
+                self._read_view(recent=True)  # what ensure read or wrote, a moment ago
                 return
             except AccessDenied:
                 raise
@@ -300,9 +304,16 @@ class Agent:
         self.p.metrics.next_window.set(window.next_open.timestamp() if window.next_open else 0)
         view = self._view
         if self._needs_view(view, now):
-            view = self._read_view(queue=self._pending is not None)
-        waiting = self._pending is not None and view is not None and not view.holds(self.s.identity.holder)
-        gates_fresh, self._gates_fresh = self._gates_fresh or not self.p.blockers, False
+            # A holder decides on its own record: the line is not read for it.
+            view = self._read_view(queue=self._pending is not None and not self._holding, recent=self._recent)
+        holder = self.s.identity.holder
+        waiting = self._pending is not None and view is not None and not view.holds(holder)
+        checked, self._gates_fresh, self._gates_ran = self._gates_fresh, False, False
+        blockers = (
+            self._check_blockers(now)
+            if waiting and view is not None and gates_due(view, holder, blocked=bool(self._blockers))
+            else ()
+        )
         return Snapshot(
             now=now,
             holder=self.s.identity.holder,
@@ -313,7 +324,7 @@ class Agent:
             detector_errors=self._detector_errors,
             window=window,
             view=view,
-            blockers=self._check_blockers(now) if waiting else (),
+            blockers=blockers,
             reboot_issued_at=self._reboot_issued_at,
             last_verify_at=self._last_verify_at,
             healthy_at=self._healthy_at,
@@ -321,7 +332,7 @@ class Agent:
             retry_not_before=self._retry_not_before,
             stale_cordon=self._stale_cordon(view),
             queue_owned=self.p.semaphore.queue_joined(self.s.identity.holder),
-            gates_fresh=gates_fresh,
+            gates_fresh=checked or self._gates_ran or not self.p.blockers,
             drained=self._drained,
             policy=self._policy,
             zone=self.p.zone,
@@ -341,9 +352,13 @@ class Agent:
             return False
         return now - self._view_at >= VIEW_REFRESH
 
-    def _read_view(self, *, queue: bool = True) -> GroupView:
-        view = self.p.semaphore.read(queue=queue)
-        self._view, self._woken, self._view_at = view, False, self.p.clock()
+    def _read_view(self, *, queue: bool = True, recent: bool = False) -> GroupView:
+        """The group (and the line, with ``queue``); ``recent``: the answer of our own last write
+        (or read) will do, with no request for the group."""
+        view = self.p.semaphore.read(queue=queue, recent=recent)
+        self._view, self._woken, self._view_at, self._recent = view, False, self.p.clock(), False
+        holder = self.s.identity.holder
+        self._holding = view.holds(holder) or view.record(holder) is not None
         self.p.metrics.backend_up.set(1)
         self.p.metrics.observe_group(view)
         self._compare_max(view)
@@ -394,7 +409,8 @@ class Agent:
             return False
 
     def _check_blockers(self, now: float, *, fresh: bool = False) -> tuple[str, ...]:
-        """Pre-acquire gates, at most once per check interval (fresh: right before acquiring)."""
+        """Pre-acquire gates, at most once per check interval (fresh: right before acquiring).
+        Asked only when our turn is near (core.cycle.gates_due)."""
         if not self.p.blockers:
             return ()
         if (
@@ -405,6 +421,7 @@ class Agent:
             self._blocking = tuple(r for r in (b.check() for b in self.p.blockers) if not r.ok)
             self._blockers = tuple(f"{r.reason or r.name}: {r.detail}" for r in self._blocking)
             self._blockers_at = now
+            self._gates_ran = True
         return self._blockers
 
     def _report_blocked(self, blocking: tuple[CheckResult, ...]) -> None:
@@ -450,6 +467,7 @@ class Agent:
         self.p.metrics.reboot_required.labels(self.s.identity.node_name).set(1 if pending else 0)
 
     def _rest(self, step: Rest, now: float) -> None:
+        self._recent = False  # what we knew of the group goes stale while we rest
         timeout = self.s.detection.check_interval.total_seconds()
         if self._detected_at is not None:
             timeout = max(0.0, self._detected_at + timeout - now)
@@ -498,6 +516,7 @@ class Agent:
             stop()
 
     def _sleep(self, seconds: float) -> None:
+        self._recent = False
         self.stop.wait(seconds)
 
     # ------------------------------------------------------------------------------------------
@@ -579,8 +598,10 @@ class Agent:
                 case CheckGates():
                     self._check_blockers(now, fresh=True)
                     self._gates_fresh = True
+                    return  # nothing written: the view still holds
                 case Acquire(record=record):
-                    revision = sem.acquire(record, limits=self._policy.limits)
+                    line = self._view.waiters if self._view is not None else None
+                    revision = sem.acquire(record, limits=self._policy.limits, line=line)
                     if revision is not None:
                         self._phase = None  # force the event even if a stale view said locked
                         self._enter(Phase.LOCKED, record.reason, rev=revision)
@@ -630,6 +651,9 @@ class Agent:
         except HoldsAgain as exc:
             log.info("%s", exc)
         self._view = None  # our own write changed the group: the next turn reads it
+        # ... from the answer of that write, when the step was one write of the group and no
+        # more (a drain or a check takes time: the group is read again after it).
+        self._recent = isinstance(step, (Acquire, Persist, Release, Reclaim))
 
     def _drain(self, record: HolderRecord) -> None:
         drained = holding.drain(
@@ -671,7 +695,7 @@ class Agent:
 
     def _reboot(self, record: HolderRecord, now: float) -> None:
         # Last look before the point of no return: do we still hold the slot?
-        view = self.p.semaphore.read()
+        view = self.p.semaphore.read(queue=False)  # a fresh read: never our memory of the group
         if not view.holds(record.id) or view.record(record.id) is None:
             raise SlotLost(f"{record.id} lost its slot just before rebooting; not rebooting")
         if self._reboot_issued_at is not None:

@@ -604,8 +604,8 @@ class FleetLockService:
 def _refused_at_once(v: Visit, gc: GroupClient, decide: Callable[[Visit], FleetLockStep]) -> Answer | None:
     """The refusal a request gets from the group as its mirror shows it (``recent_view``), when
     it comes without a write: a client that waits its turn keeps the place it has
-    (``keep_place``) and hears no. None: anything else -- a new place, a gate to look at, a take,
-    a release, a 200 -- is answered from a read of the store, step by step. Only a refusal may
+    (``keep_place``) and hears no. None: anything else -- a new place, a full line, a gate to look
+    at, a take, a release, a 200 -- is answered from a read of the store, step by step. Only a refusal may
     come from a view that can lag: the client asks again."""
     step = decide(v)
     if isinstance(step, KeepPlace):
@@ -613,7 +613,9 @@ def _refused_at_once(v: Visit, gc: GroupClient, decide: Callable[[Visit], FleetL
             return None
         step = decide(replace(v, joined=True))
     if isinstance(step, Answer) and step.refusal is not None and not step.leave:
-        return step
+        # A full line is counted on a read: the mirror may still show places that joiners past
+        # the bound have just withdrawn, and would turn away one that fits.
+        return None if step.refusal.kind == "line_full" else step
     return None
 
 

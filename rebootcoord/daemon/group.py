@@ -28,9 +28,10 @@ from rebootcoord.errors import (
     Interrupted,
     NoFreeSlot,
     NotHolder,
+    SemaphoreError,
     StoreFull,
 )
-from rebootcoord.ports import GroupStore, KeepsPolledPlaces, Mirrored, ReadsItsLine, WaitQueue
+from rebootcoord.ports import GroupStore, KeepsPolledPlaces, Mirrored, ReadsItsLine, RemembersLast, WaitQueue
 
 log = logging.getLogger(__name__)
 
@@ -60,7 +61,11 @@ class GroupClient:
         *,
         stop: threading.Event | None = None,
         on_conflict: Callable[[], None] | None = None,
+        write_first: bool = False,
     ) -> None:
+        """``write_first``: a write is first tried against the state the store remembers (its
+        last read or write), with no read before it; for one writer that mostly writes after its
+        own reads and writes (an agent), not for a server shared by many."""
         self.store = store
         self.queue = queue
         # A store that reads the group and its line in one snapshot (etcd), else None.
@@ -70,6 +75,9 @@ class GroupClient:
         self._written = 0  # the newest revision this client wrote: a mirror must have seen it
         self._recent: tuple[int, GroupView] | None = None
         self._writing = threading.Lock()
+        self._memory: RemembersLast | None = store if isinstance(store, RemembersLast) else None
+        self.write_first = write_first
+        self.stale_writes = 0  # writes against a remembered state that had changed (409s)
         self.group: Group = store.group
         self.stop = stop or threading.Event()
         self.on_conflict = on_conflict
@@ -82,15 +90,21 @@ class GroupClient:
     def apply(self, change: Callable[[GroupState], GroupState]) -> Applied:
         """Read, change, write if unchanged; again on a conflict. One at a time in this process
         where the store has a mirror (the FleetLock server's requests): each starts from the
-        state the one before wrote, instead of losing its compare-and-swap to it."""
+        state the one before wrote, instead of losing its compare-and-swap to it. With
+        ``write_first``, the first try uses the remembered state: only a write is decided on it
+        (the compare-and-swap checks it); a change that refuses or changes nothing is asked again
+        of a fresh read."""
         if self._mirrored is None:
             return self._apply(change)
         with self._writing:
             return self._apply(change)
 
     def _apply(self, change: Callable[[GroupState], GroupState]) -> Applied:
+        tried = self._write_first(change)
+        if tried is not None:
+            return tried
         for attempt in range(MAX_CAS_ATTEMPTS):
-            state, version = self._basis() if attempt == 0 else self.store.read()
+            state, version = self.store.read()
             new = change(state)
             if new is state:
                 return Applied(state, state, _revision(version), changed=False)
@@ -107,21 +121,43 @@ class GroupClient:
             return Applied(state, new, revision, changed=True)
         raise Conflict(f"gave up after {MAX_CAS_ATTEMPTS} conflicting writes on group {self.group}")
 
-    def _basis(self) -> tuple[GroupState, Any]:
-        """What a compare-and-swap starts from: the store's mirror when it has one that has seen
-        this client's writes (a snapshot it keeps: the write is compared against it like any
-        read, and a change it had not seen yet fails the compare, then the loop reads), else a
-        read."""
-        got = (
-            self._mirrored.mirrored(self.queue, since=self._written, wait=MIRROR_WAIT)
-            if self._mirrored is not None
-            else None
-        )
-        return (got[0], got[1]) if got is not None else self.store.read()
+    def _known(self) -> tuple[GroupState, Any] | None:
+        """A state this client holds without reading: the store's mirror once it has seen this
+        client's writes (the FleetLock server on etcd), or, with ``write_first``, the state the
+        store last read or wrote (an agent on a Lease)."""
+        if self._mirrored is not None:
+            got = self._mirrored.mirrored(self.queue, since=self._written, wait=MIRROR_WAIT)
+            return (got[0], got[1]) if got is not None else None
+        if self.write_first and self._memory is not None:
+            return self._memory.remembered()
+        return None
+
+    def _write_first(self, change: Callable[[GroupState], GroupState]) -> Applied | None:
+        """The write of ``change`` against a state known without a read (``_known``), if it makes
+        one: only a write is decided on it, and the compare-and-swap checks it. A change that
+        refuses or changes nothing there is asked again of a fresh read (None), as is one whose
+        write finds the state changed."""
+        known = self._known()
+        if known is None:
+            return None
+        state, version = known
+        try:
+            new = change(state)
+        except SemaphoreError:
+            return None  # perhaps only the known state says so: a fresh read decides
+        if new is state:
+            return None
+        try:
+            revision = self.store.write(new, expect=version)
+        except Conflict:
+            self.stale_writes += 1  # the known state was stale, not a race lost: read and try again
+            return None
+        self._written = max(self._written, revision)
+        return Applied(state, new, revision, changed=True)
 
     # -- what the agent reads -----------------------------------------------------------------
 
-    def read(self, *, queue: bool = True, line_first: bool = False) -> GroupView:
+    def read(self, *, queue: bool = True, line_first: bool = False, recent: bool = False) -> GroupView:
         """The group, and its queue in request order (``queue=False``: no queue read).
 
         One snapshot where the store can read the line with the group (ReadsItsLine: etcd).
@@ -129,7 +165,15 @@ class GroupClient:
         take writes its record, then leaves the line, so a holder moving from one to the other is
         seen in at least one of them (what the FleetLock server's "whose id is this" needs). The
         agent reads the group first: its watch of the waiter ahead starts from the group's
-        revision, so the line must be as new or newer (one snapshot satisfies both)."""
+        revision, so the line must be as new or newer (one snapshot satisfies both).
+
+        ``recent``: the state the store remembers (its last read or write) will do, when it has
+        one -- the turn right after this client's own write, whose answer is that state."""
+        remembered = self._memory.remembered() if recent and self._memory is not None else None
+        if remembered is not None:
+            state, version = remembered
+            waiters = self.queue.waiters() if queue else ()
+            return state.view(self.group, waiters, revision=_revision(version))
         together = (
             self._with_line.read_with_line(self.queue) if queue and self._with_line is not None else None
         )
@@ -198,12 +242,14 @@ class GroupClient:
 
     # -- holders --------------------------------------------------------------------------------
 
-    def acquire(self, record: HolderRecord, *, limits: Limits = NO_LIMITS) -> int | None:
+    def acquire(
+        self, record: HolderRecord, *, limits: Limits = NO_LIMITS, line: tuple[Waiter, ...] | None = None
+    ) -> int | None:
         """Take a slot if it is our turn; the revision written, or None (not our turn, no slot,
         paused, the rollout's wave full, no room in the store). Taking again with the same
-        record answers the revision read."""
+        record answers the revision read. ``line``: as the caller just read it (else read)."""
         try:
-            return self.take(record, limits=limits)
+            return self.take(record, limits=limits, line=line)
         except StoreFull as exc:
             log.error("%s", exc)
             return None
@@ -220,7 +266,10 @@ class GroupClient:
     ) -> int:
         """``acquire``, saying why not: raises NoFreeSlot (StoreFull among them) or GroupPaused.
         ``member``: the taker counts as a node of the group (core.rollout's members). ``line``:
-        the line as just read with the group (read again when not given)."""
+        the line as the caller just read it (else it is read). A line a moment old only ever
+        shows waiters that have left since (a newcomer joins behind us): we may be refused a
+        turn that came, never given one before an earlier waiter; the slots themselves are the
+        compare-and-swap's."""
         waiters = self.queue.waiters() if line is None else line
         ahead = next((i for i, w in enumerate(waiters) if w.id == record.id), 1 << 30)
         # (not in line: only a slot already ours with this record answers)

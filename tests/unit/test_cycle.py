@@ -24,6 +24,7 @@ from rebootcoord.core.cycle import (
     Snapshot,
     Verify,
     decide,
+    gates_due,
     step_phase,
 )
 from rebootcoord.core.semaphore import (
@@ -323,3 +324,42 @@ def test_window_fit_a_cycle_that_cannot_finish_before_the_window_closes_waits_fo
     assert isinstance(decide(snap(gv(), window=WindowStatus(True, roomy, None), policy=policy)), JoinQueue)
     off = replace(policy, expected_cycle=timedelta(0))
     assert isinstance(decide(snap(gv(), window=WindowStatus(True, closes, None), policy=off)), JoinQueue)
+
+
+# The pre-acquire gates (pods, budgets: requests to the API server) are looked at only when the
+# turn is near: first in line, or a place the free slots cover; else not, unless they block us.
+@pytest.mark.parametrize(
+    ("view", "blocked", "due"),
+    [
+        (gv(holders=("a", "b"), waiters=("me", "c")), False, True),
+        (gv(holders=("a", "b"), waiters=("c", "me")), False, False),
+        (gv(holders=("a", "b"), waiters=("c", "d", "e", "me")), False, False),
+        (gv(holders=("a",), waiters=("c", "me")), False, False),
+        (gv(holders=(), waiters=("c", "me")), False, True),
+        (gv(holders=(), waiters=("c", "d", "me")), False, False),
+        (gv(holders=("a", "b"), waiters=()), False, True),
+        (gv(holders=("a", "b"), waiters=("c",)), False, False),
+        (gv(holders=("a",), waiters=("c",)), False, False),
+        (gv(holders=(), waiters=("c",)), False, True),
+        (gv(holders=("a", "b"), waiters=("c", "d", "me")), True, True),
+        (gv(holders=("a", "b"), waiters=("c",)), True, True),
+        (gv(slots=False), False, False),
+    ],
+    ids=[
+        "head-of-full-line",
+        "second-of-full-line",
+        "far-back",
+        "second-one-free",
+        "second-two-free",
+        "third-two-free",
+        "not-in-line-would-be-head",
+        "not-in-line-would-be-second-none-free",
+        "not-in-line-would-be-second-one-free",
+        "not-in-line-within-two-free",
+        "far-back-but-blocked",
+        "not-in-line-blocked",
+        "no-semaphore",
+    ],
+)
+def test_gates_are_looked_at_only_when_the_turn_is_near(view: GroupView, blocked: bool, due: bool) -> None:
+    assert gates_due(view, ME, blocked=blocked) is due

@@ -106,18 +106,38 @@ class LeaseGroupStore:
         self._decoded: tuple[str, GroupState] | None = None
         # (revision, slots, pause) of the Lease last read: what a wait for the slots compares with
         self._seen: tuple[int, object, object] | None = None
+        self._known: dict[str, Any] | None = None  # the Lease as last read or written (RemembersLast)
         self._lock = threading.Lock()
+
+    def remembered(self) -> tuple[GroupState, LeaseVersion] | None:
+        """The Lease as this store last read or wrote it: what a write can be tried against
+        with no GET (a stale one is a 409), and what the writer's next turn may start from."""
+        with self._lock:
+            lease = self._known
+        if lease is None:
+            return None
+        rv = str(lease["metadata"].get("resourceVersion", ""))
+        return self.decode(lease), LeaseVersion(_revision(rv), rv, lease)
+
+    def _remember(self, lease: dict[str, Any] | None) -> None:
+        with self._lock:
+            self._known = lease
+            if lease is not None:
+                rv = str(lease["metadata"].get("resourceVersion", ""))
+                self._seen = (_revision(rv), *_slots_and_pause(lease))
 
     def read(self) -> tuple[GroupState, LeaseVersion]:
         try:
             lease = self.kube.get(self.path)
         except NotFound:
+            self._remember(None)
             # No Lease yet: the revision is the store's now (what a watch or a history starts from).
             doc = self.kube.list_objects(self.base, limit=1, labelSelector=f"{LABEL_GROUP}={self.group}")
             return GroupState(), LeaseVersion(_revision(str(doc["metadata"]["resourceVersion"])), None)
         rv = str(lease["metadata"].get("resourceVersion", ""))
         with self._lock:
             self._seen = (_revision(rv), *_slots_and_pause(lease))
+            self._known = lease
         return self.decode(lease), LeaseVersion(_revision(rv), rv, lease)
 
     def decode(self, lease: dict[str, Any]) -> GroupState:
@@ -208,6 +228,7 @@ class LeaseGroupStore:
                                           if new.slots and new.slots.holders else {})},
         }  # fmt: skip
         created = self.kube.create(self.base, body)  # AlreadyExists: a 409, a Conflict
+        self._remember(created)
         return _revision(created["metadata"]["resourceVersion"])
 
     def _replace(self, new: GroupState, lease: dict[str, Any]) -> int:
@@ -227,7 +248,12 @@ class LeaseGroupStore:
             "metadata": {**meta, "annotations": self._annotations(new, meta.get("annotations") or {})},
             "spec": {k: v for k, v in spec.items() if v is not None},
         }
-        written = self.kube.replace(self.path, body)
+        try:
+            written = self.kube.replace(self.path, body)
+        except Conflict:
+            self._remember(None)  # stale: the next write reads first
+            raise
+        self._remember(written)
         return _revision(written["metadata"]["resourceVersion"])
 
     def watch(self, on_change: Callable[[GroupState | None], None], *, since: int = 0) -> Callable[[], None]:

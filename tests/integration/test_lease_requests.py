@@ -1,0 +1,91 @@
+"""What a waiting agent asks the API server: its pre-acquire gates (pods on its node, the
+cluster's PodDisruptionBudgets) run only when its turn is near -- first in line, or a place the
+free slots cover -- never at every check interval far back in line (issue 22). Counted from the
+API server's audit log (agents say "rebootcoord/<v> (agent; <node>)"), against the head's own
+gate checks as the clock: no wall-clock assertion."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections import Counter
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from rebootcoord.adapters.kube.api import Kube
+from rebootcoord.core.semaphore import MANUAL, HolderRecord
+from rebootcoord.core.types import Group, HolderId, NodeName, Phase
+from rebootcoord.daemon.group import lease_group
+from rebootcoord.sim.fleet import Fleet
+from rebootcoord.sim.kwok import KwokRebootHooks
+from tests.support.cluster import wait_for
+from tests.support.kubecluster import KubeTestEnv
+
+pytestmark = pytest.mark.kube
+
+GATE_LISTS = ("pods", "poddisruptionbudgets")
+
+
+def gate_lists(audit_log: Path, since: float) -> Counter[tuple[str, str]]:
+    """(node, resource) -> LISTs of pods and budgets by each agent since ``since``."""
+    counts: Counter[tuple[str, str]] = Counter()
+    with open(audit_log, encoding="utf-8") as fh:
+        for line in fh:
+            event: dict[str, Any] = json.loads(line)
+            agent = event.get("userAgent", "")
+            if "(agent;" not in agent or event.get("stage") != "ResponseComplete":
+                continue
+            stamp = str(event.get("requestReceivedTimestamp", "")).replace("Z", "+00:00")
+            if datetime.fromisoformat(stamp).timestamp() < since:
+                continue
+            resource = (event.get("objectRef") or {}).get("resource")
+            if event.get("verb") == "list" and resource in GATE_LISTS:
+                counts[(agent.rpartition(";")[2].strip(" )"), resource)] += 1
+    return counts
+
+
+def test_waiters_far_from_the_head_do_not_run_their_gates(kube: KubeTestEnv, tmp_path: Path) -> None:
+    audit = kube.cluster.audit_log
+    assert audit is not None
+    nodes = [n.name for n in kube.create_nodes(3)]
+    api = Kube(kube.cluster.api_client())
+    fleet = Fleet(
+        str(tmp_path / "run"),
+        nodes=len(nodes),
+        node_names=nodes,
+        max_holders=1,
+        semaphore=lease_group(api, namespace=kube.namespace, group=Group("default")),
+        hooks=KwokRebootHooks(api),
+        agent_config={
+            "backend": "kubernetes",
+            "kubeconfig": str(kube.cluster.kubeconfig),
+            "namespace": kube.namespace,
+            "check_interval": "1s",  # the head looks at its gates every turn of a second
+        },
+    )
+    now = time.time()
+    fleet.semaphore.ensure(1)
+    fleet.semaphore.lock(HolderId("by-hand"), HolderRecord(HolderId("by-hand"), NodeName("by-hand"),
+                         Group("default"), Phase.LOCKED, "", now, now, kind=MANUAL))  # fmt: skip
+    with fleet:
+        wait_for(
+            lambda: len(fleet.semaphore.read().waiters) == 3 or None,
+            timeout=120,
+            what="three agents in line behind the slot held by hand",
+        )
+        line = [str(w.node) for w in fleet.semaphore.read().waiters]
+        since = time.time()
+        # The head's own gate checks are the clock: five of them.
+        wait_for(
+            lambda: gate_lists(audit, since)[(line[0], "pods")] >= 5 or None,
+            timeout=120,
+            what="five gate checks by the head of the line",
+        )
+        counts = gate_lists(audit, since)
+    assert counts[(line[0], "pods")] >= 5
+    for far in line[1:]:
+        assert counts[(far, "pods")] == 0, f"{far} (behind the head, no free slot) listed pods: {counts}"
+        assert counts[(far, "poddisruptionbudgets")] == 0, counts
