@@ -582,7 +582,7 @@ class GroupMirror:
         self._live = False
         self._watch: tuple[Any, Any] | None = None  # (client, watch id)
         self._retry_at = 0.0
-        self._built: tuple[int, Any] | None = None
+        self._built: dict[Any, tuple[int, Any]] = {}  # build -> (revision, what it made)
         self._stopped = False
 
     def latest(self, build: Callable[[int, Iterable[_Kv]], T]) -> T | None:
@@ -591,8 +591,9 @@ class GroupMirror:
         with self._lock:
             live = self._live
             if live:
-                if self._built is not None and self._built[0] == self._revision:
-                    return self._built[1]  # type: ignore[no-any-return]
+                built = self._built.get(build)
+                if built is not None and built[0] == self._revision:
+                    return built[1]  # type: ignore[no-any-return]
                 revision, kvs = self._revision, list(self._kvs.values())
         if not live:
             self._start_soon()
@@ -600,7 +601,7 @@ class GroupMirror:
         result = build(revision, kvs)
         with self._lock:
             if self._revision == revision:
-                self._built = (revision, result)
+                self._built[build] = (revision, result)
         return result
 
     def wait_for(self, revision: int, timeout: float) -> bool:
@@ -613,6 +614,14 @@ class GroupMirror:
         with self._lock:
             kv = self._kvs.get(key) if self._live else None
         return kv.lease if kv is not None else 0
+
+    def seen(self, key: str, *, since: int) -> bool | None:
+        """Whether ``key`` exists as of the newest revision seen, if the mirror is live and has
+        seen revision ``since``; None otherwise (it cannot say)."""
+        with self._lock:
+            if not self._live or self._revision < since:
+                return None
+            return key in self._kvs
 
     def _start_soon(self) -> None:
         """Start the mirror in a thread of its own (a caller never waits for it), at most once
@@ -638,7 +647,8 @@ class GroupMirror:
                 self._generation += 1
                 generation = self._generation
                 self._kvs = {kv.key: kv for kv in kvs}
-                self._revision, self._built = revision, None
+                self._revision = revision
+                self._built.clear()
             with self.conn.translating():
                 client = self.conn.client()
                 watch_id = client.add_watch_prefix_callback(
@@ -823,6 +833,16 @@ class _KeepAliveStream:
                     answer.set_exception(why)
 
 
+@dataclass(frozen=True)
+class _Place:
+    """A poller's place as this process last gave or kept it."""
+
+    lease: int  # 0: it left the line
+    granted: int  # the lease's TTL
+    polled: float  # when (time.monotonic())
+    put: int  # the revision of the place's last put
+
+
 class EtcdWaitQueue:
     """The WaitQueue on etcd: one key per waiter on a lease of ``ttl`` seconds, ordered by its
     create revision. A put on an existing key keeps its create revision: a restarted agent that
@@ -834,6 +854,8 @@ class EtcdWaitQueue:
     KEEP_BATCH = 1.0
     #: Places whose lease this process remembers (``keep``); the least recently polled go first.
     MAX_POLLED = 10_000
+    #: How long a read of the line waits for the mirror to show this process's last put.
+    MIRROR_WAIT = 0.05
 
     def __init__(
         self,
@@ -862,20 +884,29 @@ class EtcdWaitQueue:
         self._stream = _KeepAliveStream(conn.options.timeout)  # the pollers' places' refreshes
         self.keepalives = 0  # lease refreshes sent (the benchmarks' "writes" of a waiting agent)
         self.mirror = mirror
-        # a poller's id -> (its place's lease -- 0: it left --, the TTL granted, when this process
-        # last kept it)
-        self._polled: OrderedDict[HolderId, tuple[int, int, float]] = OrderedDict()
+        self._polled: OrderedDict[HolderId, _Place] = OrderedDict()  # the pollers this process knows
         self._due: set[int] = set()  # leases to refresh with the next batch
+        self._put = 0  # the revision of this process's last put of a place
         self._batcher: threading.Thread | None = None
 
     def waiters(self) -> tuple[Waiter, ...]:
         prefix = self.keys.waiters
+        if self.mirror is not None and self.mirror.wait_for(self._put, self.MIRROR_WAIT):
+            # the line as the mirror shows it once it has seen this process's last put
+            line = self.mirror.latest(self._line_of)
+            if line is not None:
+                return line
 
         def fetch(client: Any) -> list[Any]:
             return list(client.get_prefix(prefix))
 
         found = self.conn.call(fetch)
         return _line(prefix, ((meta.key.decode(), value, int(meta.create_revision)) for value, meta in found))
+
+    def _line_of(self, revision: int, kvs: Iterable[_Kv]) -> tuple[Waiter, ...]:
+        prefix = self.keys.waiters
+        places = (kv for kv in kvs if kv.key.startswith(prefix))
+        return _line(prefix, ((kv.key, kv.value, kv.create_revision) for kv in places))
 
     def join(self, waiter: Waiter) -> None:
         key = self.keys.waiters + waiter.id
@@ -911,15 +942,19 @@ class EtcdWaitQueue:
 
         t = client.transactions
         record = self.keys.records + waiter.id
-        for _ in range(3):
-            value, meta = client.get(key)
+        # No place, as the mirror saw it after this process's last put: try to create it at once
+        # (the transaction's guard checks it; if one is there after all, it is looked up).
+        absent = self.mirror is not None and self.mirror.seen(key, since=self._put) is False
+        for attempt in range(3):
+            value, meta = (b"", None) if absent and attempt == 0 else client.get(key)
             if meta is None:
                 ttl = place_ttl(self._since_last_poll(waiter.id), self.ttl)
                 lease = client.lease(ttl)
                 guard = [t.create(key) == 0, t.create(record) == 0]
                 put = t.put(key, _encode_waiter(waiter), lease=lease.id)
-                if _txn(client, guard, [put])[0]:
-                    self._remember(waiter.id, lease.id, ttl)
+                ok, revision, _ = _txn(client, guard, [put])
+                if ok:
+                    self._remember(waiter.id, lease.id, ttl, revision)
                     return
                 client.revoke_lease(lease.id)
                 self._no_record(client, record, waiter)
@@ -933,15 +968,16 @@ class EtcdWaitQueue:
                 ttl = place_ttl(info.grantedTTL - info.TTL, self.ttl)
                 if abs(ttl - info.grantedTTL) <= max(1, info.grantedTTL // 4):
                     if self._refresh(client, old_lease) > 0:
-                        self._remember(waiter.id, old_lease, int(info.grantedTTL))
+                        self._remember(waiter.id, old_lease, int(info.grantedTTL), int(meta.mod_revision))
                         return
                     continue  # it expired just now: queue again
             else:
                 ttl = place_ttl(None, self.ttl)
             lease = client.lease(ttl)
             guard = [t.mod(key) == int(meta.mod_revision), t.create(record) == 0]
-            if _txn(client, guard, [t.put(key, value, lease=lease.id)])[0]:  # a put keeps the place
-                self._remember(waiter.id, lease.id, ttl)
+            ok, revision, _ = _txn(client, guard, [t.put(key, value, lease=lease.id)])
+            if ok:  # a put keeps the place
+                self._remember(waiter.id, lease.id, ttl, revision)
                 if old_lease:
                     with contextlib.suppress(grpc.RpcError):
                         client.revoke_lease(old_lease)
@@ -963,15 +999,18 @@ class EtcdWaitQueue:
         now = time.monotonic()
         with self._lock:
             known = self._polled.get(holder)
-        if known is None or not known[0] or self.mirror.lease_of(self.keys.waiters + holder) != known[0]:
+        if known is None or not known.lease:
             return False
-        lease, granted, last = known
-        if abs(place_ttl(now - last, self.ttl) - granted) > max(1, granted // 4):
+        key = self.keys.waiters + holder
+        # the place is on our lease as the mirror saw it, or the mirror has not seen our put yet
+        if self.mirror.lease_of(key) != known.lease and self.mirror.seen(key, since=known.put) is not None:
+            return False
+        if abs(place_ttl(now - known.polled, self.ttl) - known.granted) > max(1, known.granted // 4):
             return False  # the client polls at another pace now: join fits the lease to it
         with self._lock:
-            self._polled[holder] = (lease, granted, now)
+            self._polled[holder] = replace(known, polled=now)
             self._polled.move_to_end(holder)
-            self._due.add(lease)
+            self._due.add(known.lease)
             if self._batcher is None or not self._batcher.is_alive():
                 self._batcher = threading.Thread(target=self._batches, name="etcd-place-batches", daemon=True)
                 self._batcher.start()
@@ -982,12 +1021,13 @@ class EtcdWaitQueue:
         that a client queueing again gets a lease fitted to its polls from the start."""
         with self._lock:
             known = self._polled.get(holder)
-        return None if known is None else time.monotonic() - known[2]
+        return None if known is None else time.monotonic() - known.polled
 
-    def _remember(self, holder: HolderId, lease: int, granted: int) -> None:
+    def _remember(self, holder: HolderId, lease: int, granted: int, put: int) -> None:
         with self._lock:
-            self._polled[holder] = (lease, granted, time.monotonic())
+            self._polled[holder] = _Place(lease, granted, time.monotonic(), put)
             self._polled.move_to_end(holder)
+            self._put = max(self._put, put)
             while len(self._polled) > self.MAX_POLLED:
                 self._polled.popitem(last=False)
 
@@ -1008,7 +1048,7 @@ class EtcdWaitQueue:
             gone = {lease for lease, ttl in left.items() if ttl <= 0}
             if gone:
                 with self._lock:
-                    for holder in [h for h, known in self._polled.items() if known[0] in gone]:
+                    for holder in [h for h, known in self._polled.items() if known.lease in gone]:
                         del self._polled[holder]
 
     def _refresh(self, client: Any, lease_id: int) -> int:
@@ -1031,12 +1071,17 @@ class EtcdWaitQueue:
             return holder in self._leases
 
     def leave(self, holder: HolderId) -> None:
+        key = self.keys.waiters + holder
         with self._lock:
             lease = self._leases.pop(holder, None)
             polled = self._polled.get(holder)
             if polled is not None:  # no place to keep; when it polled last still counts
-                self._polled[holder] = (0, 0, polled[2])
-        self.conn.call(lambda c: c.delete(self.keys.waiters + holder))
+                self._polled[holder] = replace(polled, lease=0)
+        # Nothing to delete where the mirror, having seen this process's last put, shows no place
+        # (a holder giving its slot back: its place went when it took the slot).
+        if lease is None and self.mirror is not None and self.mirror.seen(key, since=self._put) is False:
+            return
+        self.conn.call(lambda c: c.delete(key))
         if lease is not None:
             try:
                 self.conn.call(_revoker(lease.id), retry_for=0)
