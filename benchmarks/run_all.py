@@ -18,6 +18,7 @@ for script in (
     "handoff.py",
     "rollout.py",
     "metrics_flood.py",
+    "fleetlock_profile.py",
     "fleetlock_peers.py",
     "controlplane.py",
     "handoff_kube.py",
