@@ -363,6 +363,9 @@ def figures(mode: str, load: dict[str, Any]) -> dict[str, Any]:
         if proc in cpu:
             out[f"{proc}_cpu_cores"] = round(cpu[proc] / seconds, 3)
             out[f"{proc}_cpu_ms_per_{per}"] = round(1000 * cpu[proc] / unit, 3) if unit else None
+            if mode == "cycles":  # a cycle is a grant, a release and the refusals between them
+                answers = load["answers"]
+                out[f"{proc}_cpu_ms_per_answer"] = round(1000 * cpu[proc] / answers, 3) if answers else None
     out["client_cpu_cores"] = round(cpu["client"] / seconds, 3)
     out["machine_busy_cores"] = round(cpu["machine"] / seconds, 3)  # everything, other tenants too
     return out
@@ -385,6 +388,7 @@ METRICS = (
     ("cycles", "cycles_per_second"),
     ("cycles", "answers_per_second"),
     ("cycles", "server_cpu_ms_per_cycle"),
+    ("cycles", "server_cpu_ms_per_answer"),
     ("cycles", "etcd_cpu_ms_per_cycle"),
     ("cycles", "client_cpu_cores"),
     ("cycles", "machine_busy_cores"),
