@@ -217,12 +217,11 @@ class BoundedHTTPServer:
         try:
             response = self._respond(conn, raw, self.handler)
             assert response is not None
-            conn.settimeout(WRITE_TIMEOUT)
-            conn.sendall(response)
         except Exception:
             log.debug("%s server: answering failed", self.name, exc_info=True)
-        finally:
             conn.close()
+            return
+        self._send_rest(conn, response)
 
     def _answer_at_once(self, conn: socket.socket, raw: bytes) -> bool:
         """(In the socket thread.) Answer with ``quick`` if it can, without blocking: the answer
@@ -249,6 +248,7 @@ class BoundedHTTPServer:
         return True
 
     def _send_rest(self, conn: socket.socket, rest: bytes) -> None:
+        """(In a worker.) Send ``rest`` of an answer, then close the connection."""
         try:
             conn.settimeout(WRITE_TIMEOUT)
             conn.sendall(rest)
