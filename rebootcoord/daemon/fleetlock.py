@@ -128,6 +128,10 @@ class ServerMetrics:
             registry=registry,
         )  # fmt: skip
         self.in_flight = Gauge(f"{ns}_requests_in_flight", "Requests being answered", registry=registry)
+        self.at_once = Counter(
+            f"{ns}_answered_at_once", "FleetLock requests answered at once, with no request to the "
+            "backend: malformed, or refused from the group's mirror", registry=registry,
+        )  # fmt: skip
         self.drains = Counter(
             f"{ns}_drains", "Drains of a client's Node, by outcome", ["outcome"], registry=registry
         )
@@ -236,6 +240,8 @@ class FleetLockService:
             reply, kind = self._refused("internal_error", "the server failed; its log says why")
         if self.metrics:
             name = operation.rsplit("/", 1)[-1]
+            if at_once:
+                self.metrics.at_once.inc()
             self.metrics.requests.labels(name, kind).inc()
             if kind != "ok":
                 self.metrics.refusals.labels(kind).inc()

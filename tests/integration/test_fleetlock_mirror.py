@@ -74,6 +74,18 @@ def test_a_refused_poll_asks_etcd_nothing_and_its_place_lives_on(
         time.sleep(1)
         assert ask(service, "pre-reboot", "waiter") == (423, "no_free_slot")
     assert place(etcd, prefix, "waiter") == kept
+    # What the HTTP server's socket thread asks first: answered there, and counted.
+    body = b'{"client_params": {"id": "waiter", "group": "default"}}'
+    at_once = service.handle_at_once("POST", "/v1/pre-reboot", {"fleet-lock-protocol": "true"}, body)
+    assert at_once is not None and at_once[0] == 423
+    assert (
+        service.handle_at_once(
+            "POST", "/v1/pre-reboot", {"fleet-lock-protocol": "true"}, body.replace(b"waiter", b"newcomer")
+        )
+        is None
+    )  # a new place: a write
+    counted = service.metrics.at_once.collect()[0].samples
+    assert [s.value for s in counted if s.name.endswith("_total")] == [1.0]
     assert ask(service, "steady-state", "holder") == (200, "ok")
     assert ask(service, "pre-reboot", "waiter") == (200, "ok")  # its turn: taken by a write
 
