@@ -268,7 +268,9 @@ class Agent:
                     self.p.semaphore.ensure(
                         self.s.semaphore.max_holders, member=self.s.identity.holder, now=self.p.clock()
                     )
-                self._read_view(recent=True)  # what ensure read or wrote, a moment ago
+                # The first turn reads the group from what ensure read or wrote a moment ago (no
+                # GET), and the line only if a reboot is pending by then (its detection first).
+                self._recent = True
                 return
             except AccessDenied:
                 raise
@@ -603,6 +605,7 @@ class Agent:
                     line = self._view.waiters if self._view is not None else None
                     revision = sem.acquire(record, limits=self._policy.limits, line=line)
                     if revision is not None:
+                        self._holding = True  # the next turn reads no line (a holder's)
                         self._phase = None  # force the event even if a stale view said locked
                         self._enter(Phase.LOCKED, record.reason, rev=revision)
                     else:
@@ -652,8 +655,10 @@ class Agent:
             log.info("%s", exc)
         self._view = None  # our own write changed the group: the next turn reads it
         # ... from the answer of that write, when the step was one write of the group and no
-        # more (a drain or a check takes time: the group is read again after it).
-        self._recent = isinstance(step, (Acquire, Persist, Release, Reclaim))
+        # more (a drain or a check takes time: the group is read again after it); joining or
+        # leaving the line writes no group: the group read this turn still holds (the line is
+        # read again).
+        self._recent = isinstance(step, (Acquire, Persist, Release, Reclaim, JoinQueue, LeaveQueue))
 
     def _drain(self, record: HolderRecord) -> None:
         drained = holding.drain(

@@ -93,13 +93,18 @@ class KubeNodeOps:
         self._uid = node["metadata"].get("uid")
         return node
 
+    def _patch(self, body: dict[str, Any]) -> None:
+        """A merge patch of the Node; its answer is the Node, whose uid the Events name (no GET
+        for it)."""
+        node = self.kube.merge_patch(self.path, body)
+        if isinstance(node, dict):
+            self._uid = (node.get("metadata") or {}).get("uid") or self._uid
+
     def is_unschedulable(self) -> bool:
         return bool((self.read().get("spec") or {}).get("unschedulable"))
 
     def cordon(self) -> None:
-        self.kube.merge_patch(
-            self.path, {"spec": {"unschedulable": True}, "metadata": {"annotations": {ANN_CORDONED: "true"}}}
-        )
+        self._patch({"spec": {"unschedulable": True}, "metadata": {"annotations": {ANN_CORDONED: "true"}}})
 
     def cordoned_by_us(self) -> bool:
         node = self.read()
@@ -107,9 +112,7 @@ class KubeNodeOps:
         return bool((node.get("spec") or {}).get("unschedulable")) and annotations.get(ANN_CORDONED) == "true"
 
     def uncordon(self) -> None:
-        self.kube.merge_patch(
-            self.path, {"spec": {"unschedulable": None}, "metadata": {"annotations": {ANN_CORDONED: None}}}
-        )
+        self._patch({"spec": {"unschedulable": None}, "metadata": {"annotations": {ANN_CORDONED: None}}})
 
     def node_exists(self, node: NodeName) -> bool | None:
         try:
@@ -120,7 +123,7 @@ class KubeNodeOps:
 
     def set_labels(self, labels: Sequence[tuple[str, str]]) -> None:
         if labels:
-            self.kube.merge_patch(self.path, {"metadata": {"labels": dict(labels)}})
+            self._patch({"metadata": {"labels": dict(labels)}})
 
     def set_waiting_taint(self, present: bool) -> None:
         node = self.read()
@@ -133,12 +136,8 @@ class KubeNodeOps:
         else:
             taints = [t for t in taints if t.get("key") != WAITING_TAINT["key"]]
         # resourceVersion in a merge patch makes it a compare-and-swap (taints is a whole list).
-        self.kube.merge_patch(
-            self.path,
-            {
-                "metadata": {"resourceVersion": node["metadata"]["resourceVersion"]},
-                "spec": {"taints": taints},
-            },
+        self._patch(
+            {"metadata": {"resourceVersion": node["metadata"]["resourceVersion"]}, "spec": {"taints": taints}}
         )
 
     def announce(self, phase: Phase, reason: str, *, warning: bool = False, event_reason: str = "") -> None:
@@ -146,7 +145,7 @@ class KubeNodeOps:
         annotations = {ANN_PHASE: phase.value, ANN_REASON: reason[:1000], ANN_SINCE: _iso(now)}
         if phase is Phase.VERIFYING and not warning:
             annotations[ANN_LAST_REBOOT] = _iso(now)
-        self.kube.merge_patch(self.path, {"metadata": {"annotations": annotations}})
+        self._patch({"metadata": {"annotations": annotations}})
         kind = event_reason or PHASE_EVENTS.get(phase, phase.value.capitalize())
         self.event(kind, reason, warning=warning)
 
