@@ -99,6 +99,9 @@ NOTIFIED_WARNINGS = {
 #: A waiting agent's watch wakes it when its turn may have come; it reads the group this often
 #: anyway, in case a watch could not tell (a store that lost it without an error).
 VIEW_REFRESH = 300.0
+#: How often the first waiter of a full group looks up the Nodes of holders whose record has
+#: not moved for as long (a holder whose Node is gone is reclaimed).
+GONE_CHECK = 30.0
 
 
 @dataclass(frozen=True)
@@ -441,16 +444,19 @@ class Agent:
         self._told_blocked = frozenset(reasons)
 
     def _gone_holders(self, view: GroupView, now: float) -> tuple[HolderId, ...]:
-        """Holders whose Node is gone, looked up only by the first waiter of a full group."""
+        """Holders whose Node is gone, looked up only by the first waiter of a full group, and
+        only those whose record has not moved for GONE_CHECK seconds: a holder that changed its
+        phase since was alive then, and its Node with it (a GET would change nothing)."""
         if not view.first_of_full_queue(self.s.identity.holder):
             return ()
-        if now - self._gone_checked_at >= 30:
+        if now - self._gone_checked_at >= GONE_CHECK:
             self._gone_checked_at = now
             gone = []
             for holder, record in view.records.items():
                 if (
                     view.holds(holder)
                     and record.kind == AGENT
+                    and now - record.phase_since >= GONE_CHECK
                     and self.p.node_ops.node_exists(record.node) is False
                 ):
                     gone.append(holder)
@@ -571,7 +577,9 @@ class Agent:
         ops = self.p.node_ops
         try:
             if not (phase is Phase.IDLE and (before is None or before in (Phase.IDLE, Phase.PENDING))):
-                ops.announce(phase, reason)
+                # Draining: the cordon (or the drain) writes the node next; releasing: the
+                # uncordon or the idle phase. Their patch carries the phase's annotations.
+                ops.announce(phase, reason, defer=phase in (Phase.DRAINING, Phase.RELEASING))
             if self.s.drain.taint_while_waiting:
                 if phase is Phase.WAITING:
                     ops.set_waiting_taint(True)
@@ -654,11 +662,14 @@ class Agent:
         except HoldsAgain as exc:
             log.info("%s", exc)
         self._view = None  # our own write changed the group: the next turn reads it
-        # ... from the answer of that write, when the step was one write of the group and no
-        # more (a drain or a check takes time: the group is read again after it); joining or
-        # leaving the line writes no group: the group read this turn still holds (the line is
-        # read again).
-        self._recent = isinstance(step, (Acquire, Persist, Release, Reclaim, JoinQueue, LeaveQueue))
+        # ... from the answer of that write; joining or leaving the line writes no group: the
+        # group read this turn still holds (the line is read again).
+        # A drain or a check takes time, and the group may change meanwhile; but what follows either
+        # is a write (a compare-and-swap, which a stale memory only costs a refusal and a read) or
+        # the reboot, whose last look is a fresh read: the memory will do for the decision.
+        self._recent = isinstance(
+            step, (Acquire, Persist, Release, Reclaim, JoinQueue, LeaveQueue, Drain, Verify)
+        )
 
     def _drain(self, record: HolderRecord) -> None:
         drained = holding.drain(

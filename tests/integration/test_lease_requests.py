@@ -16,7 +16,8 @@ from typing import Any
 import pytest
 
 from rebootcoord.adapters.kube.api import Kube
-from rebootcoord.adapters.kube.nodes import KubeNodeOps
+from rebootcoord.adapters.kube.gates import NodeReady
+from rebootcoord.adapters.kube.nodes import ANN_PHASE, KubeNodeOps
 from rebootcoord.core.semaphore import MANUAL, HolderRecord, Waiter
 from rebootcoord.core.types import Group, HolderId, NodeName, Phase
 from rebootcoord.daemon.group import lease_group
@@ -156,3 +157,44 @@ def test_a_phase_on_the_node_is_one_patch_and_its_event_no_read(kube: KubeTestEn
     assert api.asked == [("PATCH", node), ("POST", "events")]
     listed = json.loads(kube.cluster.kubectl("get", "events", "-n", "default", "-o", "json"))["items"]
     assert any(e["involvedObject"].get("name") == node and e["involvedObject"].get("uid") for e in listed)
+
+
+def test_the_draining_phase_rides_on_the_cordon_and_releasing_on_the_uncordon(kube: KubeTestEnv) -> None:
+    node = kube.create_nodes(1)[0].name
+    api = Counting(kube.cluster.api_client())
+    ops = KubeNodeOps(api, NodeName(node))
+    ops.announce(Phase.LOCKED, "took a slot")
+    api.asked.clear()
+    ops.announce(Phase.DRAINING, "draining", defer=True)
+    ops.cordon()
+    assert api.asked == [("POST", "events"), ("PATCH", node)]
+    found = json.loads(kube.cluster.kubectl("get", "node", node, "-o", "json"))
+    assert found["spec"].get("unschedulable") is True
+    assert found["metadata"]["annotations"][ANN_PHASE] == "draining"
+    api.asked.clear()
+    ops.announce(Phase.RELEASING, "healthy", defer=True)
+    ops.uncordon()
+    assert api.asked == [("POST", "events"), ("PATCH", node)]
+    found = json.loads(kube.cluster.kubectl("get", "node", node, "-o", "json"))
+    assert not found["spec"].get("unschedulable")
+    assert found["metadata"]["annotations"][ANN_PHASE] == "releasing"
+
+
+def test_start_up_and_the_ready_check_after_a_reboot_read_the_node_once(kube: KubeTestEnv) -> None:
+    """The zone read at start-up answers the look for a stale cordon; the VERIFYING phase's
+    patch answers the first Ready check. The next check reads the Node again."""
+    node = kube.create_nodes(1)[0].name
+    api = Counting(kube.cluster.api_client())
+    ops = KubeNodeOps(api, NodeName(node))
+    ops.zone()
+    assert not ops.cordoned_by_us()
+    assert api.asked == [("GET", node)]
+    found = json.loads(kube.cluster.kubectl("get", "node", node, "-o", "json"))
+    boot = str(found["status"].get("nodeInfo", {}).get("bootID", ""))
+    ready = NodeReady(api, NodeName(node), lambda: boot, seen=ops.fresh)
+    api.asked.clear()
+    ops.announce(Phase.VERIFYING, "rebooted")
+    assert ready.check().ok
+    assert api.asked == [("PATCH", node), ("POST", "events")]
+    assert ready.check().ok
+    assert api.asked[-1] == ("GET", node)

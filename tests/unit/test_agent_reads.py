@@ -2,12 +2,15 @@
 already holds). On a store that remembers its last read or write (the Lease store) and a client
 that writes first against it, as the agent is wired on Kubernetes: a restarted agent reads the
 group once (its ensure) and the line only when a reboot is pending; a holder never reads the
-line; joining the line writes no group, so the next turn reads only the line."""
+line; joining the line writes no group, so the next turn reads only the line; after a drain,
+the turn decides on the group's memory. The first waiter of a full group looks up only the
+Nodes of holders whose record has not moved lately."""
 
 from __future__ import annotations
 
-from rebootcoord.core.cycle import Acquire, JoinQueue
-from rebootcoord.core.semaphore import Waiter
+from rebootcoord.core.cycle import Acquire, Drain, JoinQueue
+from rebootcoord.core.semaphore import HolderRecord, Waiter
+from rebootcoord.core.types import Group, HolderId, NodeName, Phase
 from rebootcoord.daemon.group import GroupClient
 from tests.unit.fakes import MemoryWaitQueue
 from tests.unit.test_agent import ME, Rig, to_reboot
@@ -63,3 +66,33 @@ def test_the_turn_after_joining_the_line_reads_the_line_not_the_group() -> None:
     r.turn()
     assert r.store.reads == reads
     assert lists(r) == listed + 1
+
+
+def test_the_turn_after_the_drain_decides_on_the_groups_memory() -> None:
+    """What follows a drain is a write (a compare-and-swap) or the reboot's fresh last look."""
+    r = rig()
+    r.until(lambda: isinstance(r.steps[-1:] and r.steps[-1], Drain), what="the drain")
+    reads = r.store.reads
+    r.turn()
+    assert r.store.reads == reads
+
+
+def test_a_holder_that_moved_lately_is_not_looked_up_a_holder_stuck_is() -> None:
+    """The first waiter of a full group looks up a holder's Node only when the holder's record
+    has not moved for GONE_CHECK seconds: one that moved since was alive then."""
+    r = Rig()
+    r.semaphore.ensure(1)
+    other = HolderId("x")
+    now = r.clock()
+    r.semaphore.join_queue(Waiter(other, NodeName("x"), now, 0))
+    assert r.semaphore.acquire(HolderRecord(other, NodeName("x"), Group("g"), Phase.DRAINING, "b", now, now))
+    r.semaphore.leave_queue(other)
+    r.node.exists["x"] = False
+    looked: list[str] = []
+    exists = r.node.node_exists
+    r.node.node_exists = lambda node: looked.append(node) or exists(node)  # type: ignore[method-assign]
+    for _ in range(10):
+        r.turn()
+    assert looked == [] and r.store.state.holds(other)
+    r.until(lambda: not r.store.state.holds(other), turns=40, what="the stuck holder reclaimed")
+    assert looked == ["x"]
