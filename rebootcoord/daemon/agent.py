@@ -99,6 +99,8 @@ NOTIFIED_WARNINGS = {
 #: A waiting agent's watch wakes it when its turn may have come; it reads the group this often
 #: anyway, in case a watch could not tell (a store that lost it without an error).
 VIEW_REFRESH = 300.0
+#: Phases whose annotations on the Node wait for the node's next patch, which follows at once.
+DEFERRED_ANNOUNCE = frozenset({Phase.LOCKED, Phase.DRAINING, Phase.RELEASING})
 #: How often the first waiter of a full group looks up the Nodes of holders whose record has
 #: not moved for as long (a holder whose Node is gone is reclaimed).
 GONE_CHECK = 30.0
@@ -577,9 +579,10 @@ class Agent:
         ops = self.p.node_ops
         try:
             if not (phase is Phase.IDLE and (before is None or before in (Phase.IDLE, Phase.PENDING))):
-                # Draining: the cordon (or the drain) writes the node next; releasing: the
-                # uncordon or the idle phase. Their patch carries the phase's annotations.
-                ops.announce(phase, reason, defer=phase in (Phase.DRAINING, Phase.RELEASING))
+                # Locked: draining follows at once; draining: the cordon (or the drain) writes the
+                # node next; releasing: the uncordon or the idle phase. Their patch carries the
+                # phase's annotations (a later phase's replace an earlier one's).
+                ops.announce(phase, reason, defer=phase in DEFERRED_ANNOUNCE)
             if self.s.drain.taint_while_waiting:
                 if phase is Phase.WAITING:
                     ops.set_waiting_taint(True)
@@ -625,6 +628,10 @@ class Agent:
                 case Persist(record=record):
                     if record.phase is Phase.VERIFYING and not _was(self._phase, Phase.VERIFYING):
                         self.p.metrics.reboots.inc()
+                    if record.phase is Phase.DRAINING and not record.abort_reason:
+                        # Whether the cordon will be ours, in the same write as the phase: the
+                        # drain then writes no record before cordoning.
+                        record = holding.claim_cordon(self.p.node_ops, record)
                     sem.update(record)
                 case Drain(record=record):
                     self._drain(record)

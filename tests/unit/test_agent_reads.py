@@ -96,3 +96,35 @@ def test_a_holder_that_moved_lately_is_not_looked_up_a_holder_stuck_is() -> None
     assert looked == [] and r.store.state.holds(other)
     r.until(lambda: not r.store.state.holds(other), turns=40, what="the stuck holder reclaimed")
     assert looked == ["x"]
+
+
+def test_draining_and_whose_cordon_it_is_are_one_write() -> None:
+    """The DRAINING record says whether the cordon will be ours: the drain writes no record."""
+    r = rig()
+    r.until(lambda: isinstance(r.steps[-1:] and r.steps[-1], Acquire), what="the take")
+    writes = len(r.store.history)
+    to_reboot(r)
+    assert r.node.calls[:2] == ["cordon", "drain"]
+    record = r.record()
+    assert record is not None and record.cordoned is True
+    assert len(r.store.history) - writes == 2  # DRAINING (cordoned), REBOOTING
+
+
+def test_the_phases_a_node_patch_follows_at_once_ride_on_it() -> None:
+    """Locked, draining and releasing: their annotations wait for the node's next patch."""
+    r = rig()
+    told: list[tuple[Phase, bool]] = []
+    announce = r.node.announce
+
+    def noting(phase: Phase, reason: str, **kw: object) -> None:
+        told.append((phase, bool(kw.get("defer"))))
+        announce(phase, reason, **kw)  # type: ignore[arg-type]
+
+    r.node.announce = noting  # type: ignore[method-assign]
+    to_reboot(r)
+    r.boot()
+    r.node.announce = noting  # type: ignore[method-assign]
+    r.until(lambda: not r.holds() and r.record() is None, what="the release")
+    deferred = {phase for phase, defer in told if defer}
+    assert deferred == {Phase.LOCKED, Phase.DRAINING, Phase.RELEASING}, told
+    assert (Phase.REBOOTING, False) in told and (Phase.VERIFYING, False) in told
