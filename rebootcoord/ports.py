@@ -82,9 +82,13 @@ class NodeOps(Protocol):
     def node_exists(self, node: NodeName) -> bool | None:
         """Whether a Node object exists; None when there is no cluster to ask."""
 
-    def announce(self, phase: Phase, reason: str, *, warning: bool = False, event_reason: str = "") -> None:
+    def announce(
+        self, phase: Phase, reason: str, *, warning: bool = False, event_reason: str = "", defer: bool = False
+    ) -> None:
         """Show the phase on the node (annotations) and record an Event (``event_reason``, else
-        one named after the phase)."""
+        one named after the phase). ``defer``: the annotations ride on the node's next change
+        (the cordon of a drain, the uncordon of a release, the next phase), which the caller
+        knows follows at once -- one write of the node instead of two."""
 
     def set_labels(self, labels: Sequence[tuple[str, str]]) -> None: ...
 

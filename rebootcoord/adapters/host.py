@@ -95,7 +95,9 @@ class NoNodeOps:
     def node_exists(self, node: NodeName) -> bool | None:
         return None
 
-    def announce(self, phase: Phase, reason: str, *, warning: bool = False, event_reason: str = "") -> None:
+    def announce(
+        self, phase: Phase, reason: str, *, warning: bool = False, event_reason: str = "", defer: bool = False
+    ) -> None:
         return None
 
     def set_labels(self, labels: Sequence[tuple[str, str]]) -> None:

@@ -273,18 +273,21 @@ def build_agent(settings: Settings, stop: threading.Event, registry: CollectorRe
         from rebootcoord.adapters.kube.gates import NodeBootId, NodeReady, PodsReady
         from rebootcoord.adapters.kube.nodes import KubeNodeOps
 
-        if not zone:
-            zone = node_zone(kube, settings.identity.node)
         if settings.host.boot_id_source == "node":
             boot_id = NodeBootId(kube, settings.identity.node)
+        kube_ops: KubeNodeOps | None = None
         if settings.drain.node_ops != "none":
-            node_ops = KubeNodeOps(
+            node_ops = kube_ops = KubeNodeOps(
                 kube,
                 settings.identity.node,
                 drain=drain_options(settings),
             )
+        if not zone:
+            # Through the node's operations: the answer also serves the start-up's look at our cordon.
+            zone = kube_ops.zone() if kube_ops is not None else node_zone(kube, settings.identity.node)
         if settings.verify.verify_node_ready:
-            checks.insert(0, NodeReady(kube, settings.identity.node, boot_id))
+            seen = kube_ops.fresh if kube_ops is not None else None
+            checks.insert(0, NodeReady(kube, settings.identity.node, boot_id, seen=seen))
         if settings.verify.verify_pods_ready:
             checks.append(PodsReady(kube, settings.identity.node))
     semaphore: Semaphore

@@ -99,6 +99,11 @@ NOTIFIED_WARNINGS = {
 #: A waiting agent's watch wakes it when its turn may have come; it reads the group this often
 #: anyway, in case a watch could not tell (a store that lost it without an error).
 VIEW_REFRESH = 300.0
+#: Phases whose annotations on the Node wait for the node's next patch, which follows at once.
+DEFERRED_ANNOUNCE = frozenset({Phase.LOCKED, Phase.DRAINING, Phase.RELEASING})
+#: How often the first waiter of a full group looks up the Nodes of holders whose record has
+#: not moved for as long (a holder whose Node is gone is reclaimed).
+GONE_CHECK = 30.0
 
 
 @dataclass(frozen=True)
@@ -268,7 +273,9 @@ class Agent:
                     self.p.semaphore.ensure(
                         self.s.semaphore.max_holders, member=self.s.identity.holder, now=self.p.clock()
                     )
-                self._read_view(recent=True)  # what ensure read or wrote, a moment ago
+                # The first turn reads the group from what ensure read or wrote a moment ago (no
+                # GET), and the line only if a reboot is pending by then (its detection first).
+                self._recent = True
                 return
             except AccessDenied:
                 raise
@@ -439,16 +446,19 @@ class Agent:
         self._told_blocked = frozenset(reasons)
 
     def _gone_holders(self, view: GroupView, now: float) -> tuple[HolderId, ...]:
-        """Holders whose Node is gone, looked up only by the first waiter of a full group."""
+        """Holders whose Node is gone, looked up only by the first waiter of a full group, and
+        only those whose record has not moved for GONE_CHECK seconds: a holder that changed its
+        phase since was alive then, and its Node with it (a GET would change nothing)."""
         if not view.first_of_full_queue(self.s.identity.holder):
             return ()
-        if now - self._gone_checked_at >= 30:
+        if now - self._gone_checked_at >= GONE_CHECK:
             self._gone_checked_at = now
             gone = []
             for holder, record in view.records.items():
                 if (
                     view.holds(holder)
                     and record.kind == AGENT
+                    and now - record.phase_since >= GONE_CHECK
                     and self.p.node_ops.node_exists(record.node) is False
                 ):
                     gone.append(holder)
@@ -569,7 +579,10 @@ class Agent:
         ops = self.p.node_ops
         try:
             if not (phase is Phase.IDLE and (before is None or before in (Phase.IDLE, Phase.PENDING))):
-                ops.announce(phase, reason)
+                # Locked: draining follows at once; draining: the cordon (or the drain) writes the
+                # node next; releasing: the uncordon or the idle phase. Their patch carries the
+                # phase's annotations (a later phase's replace an earlier one's).
+                ops.announce(phase, reason, defer=phase in DEFERRED_ANNOUNCE)
             if self.s.drain.taint_while_waiting:
                 if phase is Phase.WAITING:
                     ops.set_waiting_taint(True)
@@ -603,6 +616,7 @@ class Agent:
                     line = self._view.waiters if self._view is not None else None
                     revision = sem.acquire(record, limits=self._policy.limits, line=line)
                     if revision is not None:
+                        self._holding = True  # the next turn reads no line (a holder's)
                         self._phase = None  # force the event even if a stale view said locked
                         self._enter(Phase.LOCKED, record.reason, rev=revision)
                     else:
@@ -614,6 +628,10 @@ class Agent:
                 case Persist(record=record):
                     if record.phase is Phase.VERIFYING and not _was(self._phase, Phase.VERIFYING):
                         self.p.metrics.reboots.inc()
+                    if record.phase is Phase.DRAINING and not record.abort_reason:
+                        # Whether the cordon will be ours, in the same write as the phase: the
+                        # drain then writes no record before cordoning.
+                        record = holding.claim_cordon(self.p.node_ops, record)
                     sem.update(record)
                 case Drain(record=record):
                     self._drain(record)
@@ -651,9 +669,14 @@ class Agent:
         except HoldsAgain as exc:
             log.info("%s", exc)
         self._view = None  # our own write changed the group: the next turn reads it
-        # ... from the answer of that write, when the step was one write of the group and no
-        # more (a drain or a check takes time: the group is read again after it).
-        self._recent = isinstance(step, (Acquire, Persist, Release, Reclaim))
+        # ... from the answer of that write; joining or leaving the line writes no group: the
+        # group read this turn still holds (the line is read again).
+        # A drain or a check takes time, and the group may change meanwhile; but what follows either
+        # is a write (a compare-and-swap, which a stale memory only costs a refusal and a read) or
+        # the reboot, whose last look is a fresh read: the memory will do for the decision.
+        self._recent = isinstance(
+            step, (Acquire, Persist, Release, Reclaim, JoinQueue, LeaveQueue, Drain, Verify)
+        )
 
     def _drain(self, record: HolderRecord) -> None:
         drained = holding.drain(

@@ -35,6 +35,16 @@ class Holder(Protocol):
     def drop_record(self, holder: HolderId) -> None: ...
 
 
+def claim_cordon(ops: NodeOps, record: HolderRecord) -> HolderRecord:
+    """``record`` saying whether the cordon will be ours: True for a schedulable node (read
+    now, never from memory), unchanged for a node unschedulable already or a record that says
+    so already. To be written before the cordon -- the agent writes it with the DRAINING phase,
+    in one write."""
+    if record.cordoned is None and not ops.is_unschedulable():
+        return replace(record, cordoned=True)
+    return record
+
+
 def drain(
     sem: Holder,
     ops: NodeOps,
@@ -47,11 +57,12 @@ def drain(
     ``record``. The outcome for the next decision; None when ``stop`` interrupted the drain (the
     record still says draining: the next start drains again). Raises SlotLost when the record
     cannot be written (the slot was taken away)."""
-    if record.cordoned is None and not ops.is_unschedulable():
+    claimed = claim_cordon(ops, record)
+    if claimed is not record:
         # Record before touching the node: a crash between the two leaves a record that says
         # "we cordon", and uncordoning a schedulable node is harmless. A node that is
         # unschedulable already is not ours to uncordon; nothing to record (None stays None).
-        record = replace(record, cordoned=True)
+        record = claimed
         sem.update(record)
     try:
         if record.cordoned:

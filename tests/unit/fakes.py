@@ -166,7 +166,9 @@ class FakeNodeOps:
     def node_exists(self, node: NodeName) -> bool | None:
         return self.exists.get(node)
 
-    def announce(self, phase: Phase, reason: str, *, warning: bool = False, event_reason: str = "") -> None:
+    def announce(
+        self, phase: Phase, reason: str, *, warning: bool = False, event_reason: str = "", defer: bool = False
+    ) -> None:
         if warning:
             self.calls.append(f"warn:{event_reason}")
 

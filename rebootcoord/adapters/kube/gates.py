@@ -218,10 +218,15 @@ class NodeReady:
     node: NodeName
     boot_id: Callable[[], str]
     name: str = "node-ready"
+    #: The Node as the agent's own patch answered it a moment ago (KubeNodeOps.fresh), once:
+    #: the VERIFYING phase's patch comes right before the first check, with no GET.
+    seen: Callable[[], dict[str, Any] | None] | None = None
 
     def check(self) -> CheckResult:
         try:
-            node = self.kube.get(f"/api/v1/nodes/{path_segment(self.node)}")
+            node = (self.seen() if self.seen is not None else None) or self.kube.get(
+                f"/api/v1/nodes/{path_segment(self.node)}"
+            )
         except NotFound:
             return CheckResult(False, self.name, f"Node {self.node} does not exist")
         except BackendUnavailable as exc:

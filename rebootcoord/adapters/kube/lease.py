@@ -360,6 +360,7 @@ class LeaseWaitQueue:
         self.duration = max(self.ttl, 3 * self.renew_every)
         self.renewals = 0  # PATCHes of our waiter Leases (the benchmarks' writes of a waiting agent)
         self._mine: dict[HolderId, str] = {}  # holder -> name of the Lease this process renews
+        self._left: set[HolderId] = set()  # an agent's places it deleted and has not joined since
         self._places: dict[str, tuple[str, _Place]] = {}
         self._lock = threading.Lock()
         self._renew_stop = threading.Event()
@@ -431,12 +432,17 @@ class LeaseWaitQueue:
         is never taken over: IdInUse."""
         name = self.name_of(waiter.id)
         now = self.clock()
+        owner = self._owner_refs()
+        duration = round(self.duration)
+        if self.background and self._create(waiter, name, now, duration, owner):
+            # An agent joins with no read first: a place of its own from a previous incarnation
+            # (or another kind's) answers 409, and only then is it read.
+            self._joined(waiter.id, name)
+            return
         try:
             existing = self.kube.get(self._path(name))
         except NotFound:
             existing = None
-        owner = self._owner_refs()
-        duration = round(self.duration)
         if existing is not None:
             place = self._place(existing)
             if place.waiter.kind != waiter.kind:
@@ -456,31 +462,44 @@ class LeaseWaitQueue:
         if existing is None:
             if not self.background:
                 duration = place_ttl(None, self.ttl)
-            metadata: dict[str, Any] = {
-                "name": name,
-                "namespace": self.namespace,
-                "labels": {**MANAGED_BY, LABEL_GROUP: self.group, LABEL_ROLE: "waiter"},
-                "annotations": {ANN_NODE: waiter.node, ANN_KIND: waiter.kind},
-            }
-            if owner:
-                metadata["ownerReferences"] = owner
-            body = {
-                "apiVersion": "coordination.k8s.io/v1",
-                "kind": "Lease",
-                "metadata": metadata,
-                "spec": {
-                    "holderIdentity": waiter.id,
-                    "leaseDurationSeconds": duration,
-                    "acquireTime": micro_time(now),
-                    "renewTime": micro_time(now),
-                },
-            }
-            with contextlib.suppress(Conflict):  # created meanwhile by our previous incarnation
-                self.kube.create(self.base, body)
+            self._create(waiter, name, now, duration, owner)  # 409: created meanwhile, kept
         if self.background:
-            with self._lock:
-                self._mine[waiter.id] = name
-            self._start_renewer()
+            self._joined(waiter.id, name)
+
+    def _create(
+        self, waiter: Waiter, name: str, now: float, duration: int, owner: list[dict[str, Any]]
+    ) -> bool:
+        """Create ``waiter``'s Lease; False when it exists already (409)."""
+        metadata: dict[str, Any] = {
+            "name": name,
+            "namespace": self.namespace,
+            "labels": {**MANAGED_BY, LABEL_GROUP: self.group, LABEL_ROLE: "waiter"},
+            "annotations": {ANN_NODE: waiter.node, ANN_KIND: waiter.kind},
+        }
+        if owner:
+            metadata["ownerReferences"] = owner
+        body = {
+            "apiVersion": "coordination.k8s.io/v1",
+            "kind": "Lease",
+            "metadata": metadata,
+            "spec": {
+                "holderIdentity": waiter.id,
+                "leaseDurationSeconds": duration,
+                "acquireTime": micro_time(now),
+                "renewTime": micro_time(now),
+            },
+        }
+        try:
+            self.kube.create(self.base, body)
+        except Conflict:
+            return False
+        return True
+
+    def _joined(self, holder: HolderId, name: str) -> None:
+        with self._lock:
+            self._mine[holder] = name
+            self._left.discard(holder)
+        self._start_renewer()
 
     def _owner_refs(self) -> list[dict[str, Any]]:
         if self.owner is None:
@@ -492,10 +511,17 @@ class LeaseWaitQueue:
             return holder in self._mine
 
     def leave(self, holder: HolderId) -> None:
+        """Delete ``holder``'s place. An agent that deleted it already (a take leaves the line,
+        the release leaves it again) and has not joined since has none: no request."""
         with self._lock:
             self._mine.pop(holder, None)
+            if holder in self._left:
+                return
         with contextlib.suppress(NotFound):
             self.kube.delete(self._path(self.name_of(holder)))
+        if self.background:  # only this process recreates its places (the server's: its peers too)
+            with self._lock:
+                self._left.add(holder)
 
     def renew(self, holder: HolderId) -> None:
         body = {"spec": {"renewTime": micro_time(self.clock())}}
@@ -521,6 +547,7 @@ class LeaseWaitQueue:
                     log.info("waiter Lease of %s is gone; the agent will queue again", holder)
                     with self._lock:
                         self._mine.pop(holder, None)
+                        self._left.add(holder)
                 except BackendUnavailable as exc:
                     log.warning("cannot renew the waiter Lease of %s: %s", holder, exc)
 

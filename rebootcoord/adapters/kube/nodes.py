@@ -19,6 +19,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from rebootcoord.adapters.kube.api import (
+    ZONE_LABEL,
     Kube,
     NotFound,
     TooManyRequests,
@@ -29,7 +30,13 @@ from rebootcoord.adapters.kube.api import (
     pod_name,
 )
 from rebootcoord.core.types import NodeName, Phase
-from rebootcoord.errors import ApiError, DrainInterrupted, DrainTimeout, NodeOperationError
+from rebootcoord.errors import (
+    ApiError,
+    BackendUnavailable,
+    DrainInterrupted,
+    DrainTimeout,
+    NodeOperationError,
+)
 
 log = logging.getLogger(__name__)
 
@@ -41,6 +48,9 @@ ANN_LAST_REBOOT = ANN_PREFIX + "last-reboot"
 ANN_CORDONED = ANN_PREFIX + "cordoned-by-rebootcoord"
 EVENTS_NAMESPACE = "default"
 WAITING_TAINT = {"key": "rebootcoord.io/reboot-pending", "effect": "PreferNoSchedule"}
+#: The Node a read or a patch answered serves, once, a question asked within this many seconds
+#: (whether our cordon is on it at start-up, the Ready check after a reboot) instead of a GET.
+FRESH_FOR = 5.0
 
 # Which Event a phase change writes on the Node.
 PHASE_EVENTS = {
@@ -81,6 +91,8 @@ class KubeNodeOps:
         self.clock = clock
         self.path = f"/api/v1/nodes/{path_segment(node)}"
         self._uid: str | None = None
+        self._answered: tuple[float, dict[str, Any]] | None = None  # (monotonic time, the Node)
+        self._deferred: dict[str, str] = {}  # phase annotations for the next patch (announce)
 
     # ------------------------------------------------------------------------------------------
     # the node object
@@ -91,25 +103,57 @@ class KubeNodeOps:
         except NotFound as exc:
             raise NodeOperationError(f"Node {self.node} does not exist") from exc
         self._uid = node["metadata"].get("uid")
+        self._answered = (time.monotonic(), node)
         return node
+
+    def fresh(self) -> dict[str, Any] | None:
+        """The Node as a read or a patch of this agent answered it less than FRESH_FOR seconds
+        ago, once (then forgotten); None otherwise. What a GET now would say, but for a change
+        made in those seconds by someone else -- only for questions a moment's lag cannot make
+        unsafe (never whether the node was schedulable before our cordon: that is a GET)."""
+        answered, self._answered = self._answered, None
+        if answered is None or time.monotonic() - answered[0] > FRESH_FOR:
+            return None
+        return answered[1]
+
+    def zone(self) -> str:
+        """The Node's zone label, read at start-up ("" without one, or without the Node); the
+        answer serves the start-up's next question (``fresh``)."""
+        try:
+            node = self.read()
+        except NodeOperationError:
+            return ""
+        except BackendUnavailable as exc:
+            log.warning("cannot read the zone of Node %s: %s (max_holders_per_zone counts it in none)",
+                        self.node, exc)  # fmt: skip
+            return ""
+        return str(((node.get("metadata") or {}).get("labels") or {}).get(ZONE_LABEL, ""))
+
+    def _patch(self, body: dict[str, Any]) -> None:
+        """A merge patch of the Node, with the phase annotations an announce deferred; its answer
+        is the Node, whose uid the Events name (no GET for it)."""
+        if self._deferred:
+            meta = body.setdefault("metadata", {})
+            meta["annotations"] = {**self._deferred, **(meta.get("annotations") or {})}
+        node = self.kube.merge_patch(self.path, body)
+        self._deferred = {}
+        if isinstance(node, dict):
+            self._uid = (node.get("metadata") or {}).get("uid") or self._uid
+            self._answered = (time.monotonic(), node)
 
     def is_unschedulable(self) -> bool:
         return bool((self.read().get("spec") or {}).get("unschedulable"))
 
     def cordon(self) -> None:
-        self.kube.merge_patch(
-            self.path, {"spec": {"unschedulable": True}, "metadata": {"annotations": {ANN_CORDONED: "true"}}}
-        )
+        self._patch({"spec": {"unschedulable": True}, "metadata": {"annotations": {ANN_CORDONED: "true"}}})
 
     def cordoned_by_us(self) -> bool:
-        node = self.read()
+        node = self.fresh() or self.read()
         annotations = (node.get("metadata") or {}).get("annotations") or {}
         return bool((node.get("spec") or {}).get("unschedulable")) and annotations.get(ANN_CORDONED) == "true"
 
     def uncordon(self) -> None:
-        self.kube.merge_patch(
-            self.path, {"spec": {"unschedulable": None}, "metadata": {"annotations": {ANN_CORDONED: None}}}
-        )
+        self._patch({"spec": {"unschedulable": None}, "metadata": {"annotations": {ANN_CORDONED: None}}})
 
     def node_exists(self, node: NodeName) -> bool | None:
         try:
@@ -120,7 +164,7 @@ class KubeNodeOps:
 
     def set_labels(self, labels: Sequence[tuple[str, str]]) -> None:
         if labels:
-            self.kube.merge_patch(self.path, {"metadata": {"labels": dict(labels)}})
+            self._patch({"metadata": {"labels": dict(labels)}})
 
     def set_waiting_taint(self, present: bool) -> None:
         node = self.read()
@@ -133,20 +177,21 @@ class KubeNodeOps:
         else:
             taints = [t for t in taints if t.get("key") != WAITING_TAINT["key"]]
         # resourceVersion in a merge patch makes it a compare-and-swap (taints is a whole list).
-        self.kube.merge_patch(
-            self.path,
-            {
-                "metadata": {"resourceVersion": node["metadata"]["resourceVersion"]},
-                "spec": {"taints": taints},
-            },
+        self._patch(
+            {"metadata": {"resourceVersion": node["metadata"]["resourceVersion"]}, "spec": {"taints": taints}}
         )
 
-    def announce(self, phase: Phase, reason: str, *, warning: bool = False, event_reason: str = "") -> None:
+    def announce(
+        self, phase: Phase, reason: str, *, warning: bool = False, event_reason: str = "", defer: bool = False
+    ) -> None:
         now = self.clock()
         annotations = {ANN_PHASE: phase.value, ANN_REASON: reason[:1000], ANN_SINCE: _iso(now)}
         if phase is Phase.VERIFYING and not warning:
             annotations[ANN_LAST_REBOOT] = _iso(now)
-        self.kube.merge_patch(self.path, {"metadata": {"annotations": annotations}})
+        if defer:
+            self._deferred.update(annotations)  # the next patch carries them (the Event: now)
+        else:
+            self._patch({"metadata": {"annotations": annotations}})
         kind = event_reason or PHASE_EVENTS.get(phase, phase.value.capitalize())
         self.event(kind, reason, warning=warning)
 
@@ -187,6 +232,8 @@ class KubeNodeOps:
         return node_pods(self.kube, self.node, label_selector)
 
     def drain(self, stop: threading.Event) -> None:
+        if self._deferred:
+            self._patch({})  # no cordon of ours carried the phase: the node is told now
         o = self.options
         deadline = time.monotonic() + o.timeout
         evict, refused = plan_drain(self.pods(o.pod_selector), o)
