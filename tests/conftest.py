@@ -15,7 +15,9 @@ import shutil
 import subprocess
 import tempfile
 import time
+from collections import Counter
 from collections.abc import Callable, Iterator
+from typing import Any
 
 import pytest
 
@@ -23,6 +25,7 @@ from rebootcoord.core.types import Group
 from rebootcoord.daemon.group import GroupClient, etcd_group
 from rebootcoord.sim import etcd_server
 from rebootcoord.sim.etcd_server import EtcdNotFound, EtcdServer
+from tests.docs.mdblocks import DOCS_COUNTS, summary_line
 
 # The real Kubernetes control plane (kube-apiserver, controller-manager, scheduler, kwok, etcd
 # built into testbin/ by `make testbin`): fixtures kube_cluster, kube, kube_nodes, ...
@@ -79,21 +82,104 @@ def pytest_unconfigure(config: pytest.Config) -> None:
         shutil.rmtree(bin_dir, ignore_errors=True)
 
 
+#: ``make test`` runs the suite on pytest-xdist workers. Each worker is a session of its own: its
+#: own etcd, control plane and temp dirs, on ports the kernel picks. Tests go to the workers one
+#: at a time, except these, which go together to one worker, in order:
+_XDIST_SCOPES: dict[str, tuple[str, ...]] = {
+    # One real node per machine (tests/support/realnode.py's lock file), and the image it runs.
+    "real-node": ("tests/realnode/", "tests/packaging/test_image.py"),
+}
+#: Modules whose tests go together: a module-scoped fixture set up once and its teardown followed
+#: by the module's own tests only (two make and delete the same cluster-wide monitoring CRDs);
+#: session fixtures costly to build twice (the systemd bundle, checkov's venv); setuptools'
+#: egg-info written into the working tree.
+_XDIST_MODULES = frozenset(
+    {
+        "tests/e2e/test_faults.py",
+        "tests/packaging/test_checkov.py",
+        "tests/packaging/test_fleetlock_chart.py",
+        "tests/packaging/test_metadata.py",
+        "tests/packaging/test_monitoring.py",
+        "tests/packaging/test_server_dry_run.py",
+        "tests/packaging/test_systemd.py",
+    }
+)
+_REAL_NODE_FIXTURES = frozenset({"real_node", "node_image", "agent_image", "install", "host_test_dir"})
+
+
+def xdist_scope(nodeid: str) -> str:
+    """The unit a test goes to a worker in: its group, its module, or itself."""
+    for scope, prefixes in _XDIST_SCOPES.items():
+        if nodeid.startswith(prefixes):
+            return scope
+    module = nodeid.partition("::")[0]
+    return module if module in _XDIST_MODULES else nodeid
+
+
+@pytest.hookimpl(optionalhook=True)  # pytest-xdist's: the controller's scheduler
+def pytest_xdist_make_scheduler(config: pytest.Config, log: Any) -> Any:
+    # Not xdist's own --dist loadgroup: its xdist_group marks do nothing with pytest >= 9.2 (it
+    # renames the node IDs through an attribute pytest no longer reads).
+    if config.getvalue("dist") not in ("load", "loadscope"):
+        return None
+    from xdist.scheduler import LoadScopeScheduling
+
+    class Scheduling(LoadScopeScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            return xdist_scope(nodeid)
+
+    return Scheduling(config, log)
+
+
+def _misplaced(item: pytest.Item) -> str | None:
+    """Why ``item`` would break the scopes above on xdist workers (None: it would not)."""
+    fixtures = set(getattr(item, "fixturenames", ()))
+    real_node = fixtures & _REAL_NODE_FIXTURES or item.get_closest_marker("real_node")
+    if (real_node or item.get_closest_marker("image")) and xdist_scope(item.nodeid) != "real-node":
+        return "uses the real node or the image: put it under tests/realnode/"
+    info = getattr(item, "_fixtureinfo", None)
+    defs = info.name2fixturedefs.values() if info is not None else ()
+    module_scoped = [d.argname for chain in defs for d in chain if d.scope == "module"]
+    if module_scoped and xdist_scope(item.nodeid) == item.nodeid:
+        return f"uses module-scoped {module_scoped}: add its module to _XDIST_MODULES"
+    return None
+
+
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     # A test on the session etcd is an etcd test (the e2e fleets too), so `-m etcd` runs it again
     # on the other etcd; `make unit` leaves it out as it does the rest of the tier.
     for item in items:
         if "etcd" in getattr(item, "fixturenames", ()):
             item.add_marker(pytest.mark.etcd)
+    # Checked in every run, so that a serial one tells too.
+    misplaced = [f"{item.nodeid}: {why}" for item in items if (why := _misplaced(item))]
+    if misplaced:
+        raise pytest.UsageError("tests the xdist scopes of tests/conftest.py miss:\n" + "\n".join(misplaced))
 
 
 def pytest_report_header(config: pytest.Config) -> str:
     return config.stash[_etcd_key]
 
 
+def pytest_sessionfinish(session: pytest.Session) -> None:
+    workeroutput = getattr(session.config, "workeroutput", None)
+    if workeroutput is not None and DOCS_COUNTS in session.config.stash:  # an xdist worker's share
+        workeroutput["docs_counts"] = dict(session.config.stash[DOCS_COUNTS])
+
+
+@pytest.hookimpl(optionalhook=True)  # pytest-xdist's hook: a worker finished
+def pytest_testnodedown(node: Any, error: object) -> None:
+    share = getattr(node, "workeroutput", {}).get("docs_counts")
+    if share:
+        node.config.stash.setdefault(DOCS_COUNTS, Counter()).update(share)
+
+
 def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter, config: pytest.Config) -> None:
     if config.get_verbosity() < 0:  # -q hides the header: say it here, so a CI log shows it
         terminalreporter.write_line(config.stash[_etcd_key])
+    # The docs test's closing line: how many documented commands it ran, checked and parsed.
+    if DOCS_COUNTS in config.stash:
+        terminalreporter.write_line(summary_line(config.stash[DOCS_COUNTS]))
 
 
 @pytest.fixture(scope="session")

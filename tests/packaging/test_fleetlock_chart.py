@@ -618,7 +618,8 @@ def monitoring_crds(kube_cluster: KubeCluster) -> Iterator[None]:
     kube_cluster.kubectl("wait", "--for=condition=Established", "crd/servicemonitors.monitoring.coreos.com",
                          "--timeout=60s")  # fmt: skip
     yield
-    kube_cluster.kubectl("delete", "-f", str(crds), "--ignore-not-found", "--wait=false")
+    # Waited for: another module's fixture may apply the same CRDs next, on the same cluster.
+    kube_cluster.kubectl("delete", "-f", str(crds), "--ignore-not-found", "--timeout=120s")
 
 
 def _dry_run(cluster: KubeCluster, manifest: str) -> list[str]:

@@ -36,7 +36,8 @@ def monitoring_crds(kube_cluster: KubeCluster) -> Iterator[None]:
         "--timeout=60s",
     )
     yield
-    kube_cluster.kubectl("delete", "-f", str(CRDS), "--ignore-not-found", "--wait=false")
+    # Waited for: another module's fixture may apply the same CRDs next, on the same cluster.
+    kube_cluster.kubectl("delete", "-f", str(CRDS), "--ignore-not-found", "--timeout=120s")
 
 
 def _dry_run(cluster: KubeCluster, manifest: str) -> list[str]:
@@ -159,7 +160,8 @@ def deploy_namespace(kube_cluster: KubeCluster) -> Iterator[str]:
     kube_cluster.kubectl("apply", "-f", "-", input=yaml.safe_dump(namespace))
     yield namespace["metadata"]["name"]
     if not existed:
-        kube_cluster.kubectl("delete", "namespace", "rebootcoord", "--wait=false")
+        # Waited for: the next test on this cluster may install into it (tests/realnode).
+        kube_cluster.kubectl("delete", "namespace", "rebootcoord", "--timeout=120s")
 
 
 @pytest.mark.parametrize(

@@ -14,7 +14,9 @@ node cordoned by someone else -- and a plan of faults drawn from the run's seed
 ``link``               one agent's connection to its backend, through toxiproxy, delayed
                        (``latency``), held without data (``timeout``), reset (``reset_peer``) or
                        refused (``down``) for a while
-``broken_update``      a node whose reboot does not apply its update; repaired a while later
+``broken_update``      a node whose reboot does not apply its update; repaired a while after its
+                       agent, back up, starts verifying (its health gate has seen it whatever
+                       the load made of the agent's start)
 ``set_max``            the group's max changed at run time (never below the holders)
 
 Then the backend's history is replayed and the whole run goes to
@@ -490,6 +492,7 @@ class Injector:
         pending = list(self.plan)
         offsets = {"events": 0, "hosts": 0}
         phases: dict[str, str] = {}
+        broken_boots: set[str] = set()  # booted without their update applied, not yet verifying
         while not self._stop.is_set() and pending:
             new_events = self._tail(self.fleet.events_file, offsets, "events")
             new_hosts = self._tail(self.fleet.host_events_file, offsets, "hosts")
@@ -503,11 +506,17 @@ class Injector:
                         e.get("node") == fault.node and e.get("phase") == fault.phase for e in new_events
                     )
                 elif fault.kind == "broken_update":
-                    due = any(
+                    # The boot is written before the agent starts, so it is read no later than
+                    # the agent's first phase after it.
+                    if any(
                         e.get("node") == fault.node
                         and e.get("event") == "booted"
                         and e.get("applied") is False
                         for e in new_hosts
+                    ):
+                        broken_boots.add(fault.node)
+                    due = fault.node in broken_boots and any(
+                        e.get("node") == fault.node and e.get("phase") == "verifying" for e in new_events
                     )
                 elif fault.at is not None:
                     due = elapsed >= fault.at
