@@ -584,10 +584,18 @@ class GroupMirror:
     (grants are the compare-and-swap's, on a read of etcd). Thread-safe."""
 
     RETRY_AFTER = 1.0
+    #: How often the mirror's semaphore key is compared with etcd's: a watch that stopped
+    #: delivering without an error is given up when the key stayed behind for two checks.
+    CHECK_EVERY = 5.0
 
     def __init__(self, conn: EtcdConnection, *, prefix: str, group: Group) -> None:
         self.conn = conn
-        self.base = _Keys(prefix, group).base
+        keys = _Keys(prefix, group)
+        self.base = keys.base
+        self._sentinel = keys.slots  # what every take and release writes
+        self._checked_at = time.monotonic()
+        self._behind = False  # the last check found etcd's semaphore key newer than ours
+        self._checking = threading.Lock()
         self._lock = threading.Lock()
         self._changed = threading.Condition(self._lock)
         self._starting = threading.Lock()
@@ -603,6 +611,9 @@ class GroupMirror:
     def latest(self, build: Callable[[int, Iterable[_Kv]], T]) -> T | None:
         """``build(revision, keys)`` of the newest state seen, made once per revision; None while
         the watch is not live."""
+        if time.monotonic() - self._checked_at >= self.CHECK_EVERY and self._checking.acquire(blocking=False):
+            self._checked_at = time.monotonic()
+            threading.Thread(target=self._check, name="etcd-group-mirror-check", daemon=True).start()
         with self._lock:
             live = self._live
             if live:
@@ -662,7 +673,7 @@ class GroupMirror:
                 self._generation += 1
                 generation = self._generation
                 self._kvs = {kv.key: kv for kv in kvs}
-                self._revision = revision
+                self._revision, self._behind = revision, False
                 self._built.clear()
             with self.conn.translating():
                 client = self.conn.client()
@@ -678,6 +689,29 @@ class GroupMirror:
             log.debug("the group's mirror could not start: %s", exc)
         finally:
             self._starting.release()
+
+    def _check(self) -> None:
+        """(In its thread, holding ``_checking``; started by ``latest`` every CHECK_EVERY
+        seconds at most.) Compare the semaphore key's mod revision with
+        etcd's; behind at two checks in a row: the watch is given up and started again."""
+        try:
+            meta = self.conn.call(lambda client: client.get(self._sentinel)[1], retry_for=0)
+            theirs = int(meta.mod_revision) if meta is not None else 0
+            with self._lock:
+                mine = self._kvs.get(self._sentinel)
+                behind = theirs > (mine.mod_revision if mine is not None else 0)
+                stale, self._behind = behind and self._behind, behind
+                watch = None
+                if stale and self._live:
+                    self._live, self._generation = False, self._generation + 1
+                    watch, self._watch = self._watch, None
+            if stale:
+                log.warning("the mirror of %s fell behind etcd silently; starting it again", self.base)
+                self._cancel(watch)
+        except _WATCH_ERRORS as exc:
+            log.debug("checking the group's mirror: %s", exc)
+        finally:
+            self._checking.release()
 
     def _on(self, generation: int, response: Any) -> None:
         with self._lock:

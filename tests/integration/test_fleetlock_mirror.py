@@ -48,8 +48,11 @@ def place(etcd: EtcdServer, prefix: str, client_id: str) -> tuple[int, int] | No
 
 
 def test_a_refused_poll_asks_etcd_nothing_and_its_place_lives_on(
-    serve: object, etcd: EtcdServer, prefix: str
+    serve: object, etcd: EtcdServer, prefix: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    from rebootcoord.adapters.etcd import GroupMirror
+
+    monkeypatch.setattr(GroupMirror, "CHECK_EVERY", 3600.0)  # its one read per 5 s: not counted here
     service = serve()  # type: ignore[operator]
     assert ask(service, "pre-reboot", "holder") == (200, "ok")
     assert ask(service, "pre-reboot", "waiter") == (423, "no_free_slot")  # joins the line
@@ -100,3 +103,28 @@ def test_a_release_through_another_replica_reaches_the_waiters_answers(
     assert ask(other, "steady-state", "holder") == (200, "ok")
     wait_for(lambda: ask(one, "pre-reboot", "waiter") == (200, "ok"), timeout=10, what="the freed slot")
     assert ask(other, "pre-reboot", "holder") == (423, "no_free_slot")  # the waiter holds it now
+
+
+def test_a_mirror_whose_watch_goes_silent_is_started_again(
+    serve: object, etcd: EtcdServer, prefix: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from rebootcoord.adapters.etcd import GroupMirror
+
+    monkeypatch.setattr(GroupMirror, "CHECK_EVERY", 0.5)
+    one, other = serve(), serve()  # type: ignore[operator]
+    assert ask(one, "pre-reboot", "holder") == (200, "ok")
+    for _ in range(3):
+        assert ask(one, "pre-reboot", "waiter") == (423, "no_free_slot")
+    mirror = one.group("default").store.mirror
+    wait_for(lambda: mirror.latest(lambda revision, kvs: revision) is not None, what="a live mirror")
+    silent = mirror._generation  # its watch delivers nothing from now on, and says nothing
+    original = GroupMirror._on
+
+    def deaf(self: GroupMirror, generation: int, response: object) -> None:
+        if self is mirror and generation == silent:
+            return
+        original(self, generation, response)
+
+    monkeypatch.setattr(GroupMirror, "_on", deaf)
+    assert ask(other, "steady-state", "holder") == (200, "ok")  # the release the mirror never hears of
+    wait_for(lambda: ask(one, "pre-reboot", "waiter") == (200, "ok"), timeout=20, what="the freed slot")
