@@ -60,7 +60,7 @@ from rebootcoord.core.semaphore import GroupView, HolderRecord
 from rebootcoord.core.types import Group, HolderId, NodeName, Phase, lease_name_ok
 from rebootcoord.core.windows import Schedule
 from rebootcoord.daemon import holding
-from rebootcoord.daemon.group import GroupClient
+from rebootcoord.daemon.group import MIRROR_WAIT, GroupClient
 from rebootcoord.daemon.httpserve import BoundedHTTPServer, Peer
 from rebootcoord.errors import (
     AccessDenied,
@@ -83,8 +83,6 @@ MAX_CLIENT_LOCKS = 4096
 ALWAYS = Schedule()  # no maintenance windows: always open
 #: Steps one request may take (a full pre-reboot on Kubernetes takes about eight).
 MAX_STEPS = 24
-#: How long a request waits for the group's mirror to show its own write before reading.
-MIRROR_WAIT = 0.05
 #: How long a count that found the store full of groups stands (fleetlock_any_group).
 GROUPS_COUNTED_FOR = 10.0
 
@@ -614,15 +612,22 @@ def _refused_at_once(v: Visit, gc: GroupClient, decide: Callable[[Visit], FleetL
     at, a take, a release, a 200 -- is answered from a read of the store, step by step. Only a refusal may
     come from a view that can lag: the client asks again."""
     step = decide(v)
-    if isinstance(step, KeepPlace):
-        if v.view.queue_position(step.waiter.id) is None or not gc.keep_place(step.waiter.id):
-            return None
+    keep = isinstance(step, KeepPlace)
+    if keep:
+        if v.view.queue_position(v.client.id) is None:
+            return None  # a new place: a write
         step = decide(replace(v, joined=True))
-    if isinstance(step, Answer) and step.refusal is not None and not step.leave:
+    if not isinstance(step, Answer) or step.refusal is None or step.leave:
+        return None
+    if step.refusal.kind == "line_full":
         # A full line is counted on a read: the mirror may still show places that joiners past
         # the bound have just withdrawn, and would turn away one that fits.
-        return None if step.refusal.kind == "line_full" else step
-    return None
+        return None
+    # Kept only now that the answer is this refusal: a keep records the poll's time, by which
+    # the next poll's interval is measured, so a request must keep its place once.
+    if keep and not gc.keep_place(v.client.id):
+        return None
+    return step
 
 
 def _who(client: ClientParams, node: NodeName | None, peer: Peer | None) -> str:

@@ -36,7 +36,7 @@ from rebootcoord.ports import GroupStore, KeepsPolledPlaces, Mirrored, ReadsItsL
 log = logging.getLogger(__name__)
 
 MAX_CAS_ATTEMPTS = 50
-#: How long a write waits for the store's mirror to show the write before it, to start from it.
+#: How long a write, or a read after one, waits for the store's mirror to show this client's last write.
 MIRROR_WAIT = 0.05
 
 

@@ -128,3 +128,39 @@ def test_a_mirror_whose_watch_goes_silent_is_started_again(
     monkeypatch.setattr(GroupMirror, "_on", deaf)
     assert ask(other, "steady-state", "holder") == (200, "ok")  # the release the mirror never hears of
     wait_for(lambda: ask(one, "pre-reboot", "waiter") == (200, "ok"), timeout=20, what="the freed slot")
+
+
+def test_the_head_of_the_line_keeps_its_place_once_per_poll(
+    serve: object, etcd: EtcdServer, prefix: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A poll is answered at once or by a worker, each asking the mirror first; only the one that
+    answers keeps the place. Kept twice, the second keep would measure the client's interval as
+    nothing and fit its lease again (a LeaseTimeToLive, then perhaps a 5 s lease)."""
+    from rebootcoord.adapters.etcd import GroupMirror
+
+    monkeypatch.setattr(GroupMirror, "CHECK_EVERY", 3600.0)
+    service = serve()  # type: ignore[operator]
+    body = b'{"client_params": {"id": "waiter", "group": "default"}}'
+    headers = {"fleet-lock-protocol": "true"}
+
+    def poll() -> int:  # as the HTTP server asks: at once, else a worker
+        reply = service.handle_at_once("POST", "/v1/pre-reboot", headers, body)
+        return (reply or service.handle("POST", "/v1/pre-reboot", headers, body))[0]
+
+    assert ask(service, "pre-reboot", "holder") == (200, "ok")
+    assert poll() == 423  # joins
+    time.sleep(9)
+    assert poll() == 423  # its lease fitted to a 9 s interval (14 s)
+    assert ask(service, "steady-state", "holder") == (200, "ok")
+    time.sleep(9)
+    before = lease_lookups(etcd)
+    assert poll() == 200  # its turn, at the same pace: the place kept as it was, then taken
+    assert lease_lookups(etcd) == before
+
+
+def lease_lookups(etcd: EtcdServer) -> int:
+    url = etcd._metrics_url.replace("/health", "/metrics")
+    text = urllib.request.urlopen(url, timeout=10).read().decode()
+    pattern = r'^grpc_server_handled_total\{[^}]*grpc_method="LeaseTimeToLive"[^}]*\} (\S+)'
+    found = re.findall(pattern, text, re.M)
+    return sum(int(float(n)) for n in found)
