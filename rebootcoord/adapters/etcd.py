@@ -578,10 +578,9 @@ class GroupMirror:
     Started, in a thread of its own, by the first ``latest`` (one range of the group's prefix,
     then a watch from its revision); until it is live, and when the watch breaks, ``latest``
     answers None (a new start is tried at most once per ``RETRY_AFTER`` seconds) and the caller
-    reads etcd instead. Its revision is
-    the newest it has seen of the group's keys: a change that has not reached it yet is simply
-    not in it, which only ever makes an answer drawn from it older -- a refusal, never a grant
-    (grants are the compare-and-swap's, on a read of etcd). Thread-safe."""
+    reads etcd instead. Its revision is the newest it has seen of the group's keys: a change that
+    has not reached it yet is simply not in it, which only ever makes an answer drawn from it
+    older -- a refusal, never a grant (grants are the compare-and-swap's). Thread-safe."""
 
     RETRY_AFTER = 1.0
     #: How often the mirror's semaphore key is compared with etcd's: a watch that stopped
